@@ -1,0 +1,112 @@
+"""Whole-image and sliding-window inference, and the evaluation loop.
+
+Sliding windows (as mmsegmentation's ``slide`` mode, used by ZegCLIP at crop 512 / stride 426):
+windows of ``crop`` pixels every ``stride`` pixels, the last one flush with the border, scores
+averaged where windows overlap. Images smaller than a crop are padded and the padding cropped off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from zeroseg.data.loader import iterate_eval
+from zeroseg.engine import distributed as dist
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B,3,h,w) uint8 -> (B,K,h,w) scores
+
+
+@dataclass
+class InferenceConfig:
+    """How a model is applied to an image at test time."""
+
+    mode: str = "whole"  # whole | slide
+    crop: int = 512  # slide window size (pixels)
+    stride: int = 426  # slide step (pixels)
+    batch_size: int = 16  # images per forward pass in evaluation
+
+
+def _starts(length: int, crop: int, stride: int) -> list[int]:
+    if length <= crop:
+        return [0]
+    starts = list(range(0, length - crop, stride))
+    return starts + [length - crop]
+
+
+def slide_scores(fn: ScoreFn, images: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+    """Scores of (B, 3, H, W) images by overlapping ``crop``-sized windows.
+
+    Returns:
+        (B, K, H, W) scores averaged over the windows covering each pixel.
+    """
+    if stride <= 0 or crop <= 0 or stride > crop:
+        raise ValueError(f"slide inference needs 0 < stride <= crop, got crop={crop} stride={stride}")
+    b, _, h, w = images.shape
+    ph, pw = max(h, crop), max(w, crop)
+    if (ph, pw) != (h, w):
+        images = F.pad(images, (0, pw - w, 0, ph - h))
+    total = count = None
+    for y in _starts(ph, crop, stride):
+        for x in _starts(pw, crop, stride):
+            s = fn(images[:, :, y : y + crop, x : x + crop]).float()
+            if total is None:
+                total = s.new_zeros(b, s.shape[1], ph, pw)
+                count = s.new_zeros(1, 1, ph, pw)
+            total[:, :, y : y + crop, x : x + crop] += s
+            count[:, :, y : y + crop, x : x + crop] += 1
+    return (total / count)[:, :, :h, :w]
+
+
+def infer_scores(fn: ScoreFn, images: torch.Tensor, cfg: InferenceConfig) -> torch.Tensor:
+    if cfg.mode == "whole":
+        return fn(images)
+    if cfg.mode == "slide":
+        return slide_scores(fn, images, cfg.crop, cfg.stride)
+    raise ValueError(f"unknown inference mode {cfg.mode!r}; valid: whole, slide")
+
+
+@torch.no_grad()
+def evaluate_semantic(
+    fn: ScoreFn,
+    dataset,
+    evaluator,
+    cfg: InferenceConfig,
+    *,
+    progress: bool = True,
+    desc: str = "eval",
+    post: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
+    keep: int = 0,
+) -> tuple[dict, float, list[torch.Tensor]]:
+    """Runs a score function over a labelled dataset into a semantic evaluator.
+
+    Args:
+        fn: maps (B,3,H,W) uint8 images to (B,K,H,W) scores.
+        post: optional refinement ``post(scores, batch) -> labels (B,H,W)`` (e.g. spectral fusion).
+        keep: how many predictions (in dataset order) to return for figures.
+
+    Returns:
+        (metrics, seconds per image, kept predictions).
+    """
+    evaluator.reset()
+    kept: list[torch.Tensor] = []
+    n, seconds = 0, 0.0
+    bar = tqdm(total=len(dataset), desc=desc, disable=not progress, leave=False)
+    for batch in iterate_eval(dataset, cfg.batch_size, rank=dist.rank(), world_size=dist.world_size()):
+        t = time.perf_counter()
+        scores = infer_scores(fn, batch["image"], cfg)
+        pred = post(scores, batch) if post is not None else scores.argmax(1)
+        seconds += time.perf_counter() - t
+        evaluator.process(pred, batch["label"])
+        n += len(pred)
+        if len(kept) < keep:
+            kept.extend(pred[: keep - len(kept)])
+        bar.update(len(pred))
+    bar.close()
+    if dist.is_dist():
+        dist.all_reduce_sum(evaluator.conf)
+    return evaluator.evaluate(), seconds / max(1, n), kept

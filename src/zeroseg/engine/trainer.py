@@ -1,0 +1,279 @@
+"""The one training loop every method's stages run through.
+
+``train_stage`` owns seeding, the optimiser and learning-rate schedule, bf16/fp16 autocast,
+gradient clipping, the protocol guard, NaN/Inf detection, progress bars, CSV + TensorBoard logs,
+atomic step checkpoints with a kept count, exact resume (model, optimiser, RNG; data order is a
+function of the step, see ``zeroseg.data.loader``) and distributed gradient synchronisation.
+A method supplies only ``step_fn(model, batch) -> {"loss": ..., other scalars}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from zeroseg.data.classes import ClassSplit
+from zeroseg.data.protocol import assert_seen_only
+from zeroseg.engine import distributed as dist
+from zeroseg.engine.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_state_dict_strict,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
+
+
+@dataclass
+class TrainConfig:
+    """One training stage's schedule."""
+
+    iters: int = 1000  # optimisation steps
+    batch_size: int = 16  # global batch size (split over distributed ranks)
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "poly"  # poly (power 0.9, as DeepLab) | cosine | constant
+    warmup_iters: int = 0  # linear warm-up steps
+    amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    log_every: int = 25  # CSV/TensorBoard interval (steps)
+    ckpt_every: int = 0  # step-checkpoint interval; 0 = only at the end
+    keep_ckpts: int = 2  # step checkpoints kept per stage
+    seed: int = 0
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or Inf; the message names the step, the batch and the last checkpoint."""
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    if cfg.warmup_iters and step < cfg.warmup_iters:
+        return (step + 1) / cfg.warmup_iters
+    t = min(1.0, (step - cfg.warmup_iters) / max(1, cfg.iters - cfg.warmup_iters))
+    if cfg.scheduler == "poly":
+        return (1 - t) ** 0.9
+    if cfg.scheduler == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.scheduler == "constant":
+        return 1.0
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; valid: poly, cosine, constant")
+
+
+def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters in this stage")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
+
+
+def autocast(amp: str, device: torch.device):
+    """The autocast context for ``amp`` on ``device`` (bf16 is the big speed lever on this CPU)."""
+    if amp == "none":
+        return nullcontext()
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 autocast is only supported on CUDA; use amp=bf16 on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise ValueError(f"unknown amp mode {amp!r}; valid: none, bf16, fp16")
+
+
+class _Logger:
+    """CSV + TensorBoard, written by rank 0 only."""
+
+    def __init__(self, directory: Path, stage: str, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self.csv_path = directory / "log.csv"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(directory / "tb"))
+            except ImportError:  # tensorboard is a listed dependency; keep training if absent
+                self.tb = None
+        self.stage = stage
+        self._fields: list[str] | None = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **values}
+        new = not self.csv_path.exists()
+        if self._fields is None:
+            self._fields = list(row)
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{self.stage}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    return {"rng/torch": torch.get_rng_state()}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
+    if "rng/torch" in tensors:
+        torch.set_rng_state(tensors["rng/torch"].to(torch.uint8))
+
+
+def stage_done(directory: Path) -> bool:
+    return (directory / "final.safetensors").is_file()
+
+
+def train_stage(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    step_fn: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]],
+    batches: Callable[[int, int], Iterable[tuple[int, dict]]],
+    cfg: TrainConfig,
+    directory: Path,
+    split: ClassSplit | None = None,
+    params: Iterable[torch.nn.Parameter] | None = None,
+    device: torch.device = torch.device("cpu"),
+    resume: bool = True,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> dict:
+    """Runs one training stage to ``cfg.iters`` steps (or resumes it) and saves its weights.
+
+    Args:
+        stage: a name for logs and checkpoints ("segmenter", "generator", ...).
+        model: the module whose ``state_dict`` is checkpointed (all of it, trainable or not).
+        step_fn: computes the losses of one batch; ``"loss"`` is optimised, the rest logged.
+        batches: ``batches(start, stop)`` yields ``(step, batch)``; must be a function of the step.
+        cfg: the schedule.
+        directory: the stage's directory (checkpoints, ``log.csv``, ``tb/``, ``final.safetensors``).
+        split: when given, every batch is checked to carry no unseen label (stages 1-3, 5).
+        params: the trainable parameters (default: all of ``model`` that require grad).
+        resume: continue from the newest step checkpoint if one exists.
+
+    Returns:
+        The mean of each logged value over the last ``log_every`` steps.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    main = dist.is_main()
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    opt = build_optimizer(params if params is not None else model.parameters(), cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    start = 0
+    last_good: Path | None = None
+    if resume:
+        ckpts = list_checkpoints(directory)
+        if ckpts:
+            last_good = ckpts[-1]
+            tensors, m = load_checkpoint(last_good)
+            if m.get("stage") != stage:
+                raise CheckpointError(f"{last_good} belongs to stage {m.get('stage')!r}, not {stage!r}")
+            load_state_dict_strict(
+                model,
+                {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")},
+                what=f"checkpoint {last_good}",
+            )
+            optimizer_from_flat(opt, tensors, m["optimizer"])
+            _set_rng_state(tensors)
+            start = int(m["step"])
+    ddp_model = dist.wrap(model)
+    logger = _Logger(directory, stage, enabled=main)
+    if main and start == 0:
+        (directory / "log.csv").unlink(missing_ok=True)
+    recent: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.iters, initial=start, desc=stage, disable=not (progress and main), leave=False)
+    model.train()
+
+    def save(step: int) -> Path:
+        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+        opt_t, opt_m = optimizer_to_flat(opt)
+        tensors.update(opt_t)
+        tensors.update(_rng_state())
+        path = directory / f"step-{step:07d}.safetensors"
+        save_checkpoint(
+            path, tensors, {"stage": stage, "step": step, "optimizer": opt_m, "train": asdict(cfg), **(meta or {})}
+        )
+        for old in list_checkpoints(directory)[: -max(1, cfg.keep_ckpts)]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+        return path
+
+    try:
+        for step, batch in batches(start, cfg.iters):
+            if split is not None:
+                assert_seen_only(batch, split, stage=stage)
+            factor = lr_factor(cfg, step)
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * factor
+            with autocast(cfg.amp, device):
+                losses = step_fn(ddp_model, batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                ids = batch.get("id", batch.get("index", "?")) if isinstance(batch, dict) else "?"
+                raise NonFiniteLossError(
+                    f"stage {stage!r}: loss is {loss.item()} at step {step} (batch {ids}); "
+                    f"last good checkpoint: {last_good or 'none (no step checkpoint yet)'}"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
+                )
+            opt.step()
+            for k, v in losses.items():
+                recent.setdefault(k, []).append(float(v.detach()))
+                recent[k] = recent[k][-cfg.log_every :]
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.iters:
+                values = {k: sum(v) / len(v) for k, v in recent.items()}
+                values["lr"] = base_lrs[0] * factor
+                values["elapsed_s"] = time.perf_counter() - t0
+                logger.log(step + 1, values)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.iters and main:
+                last_good = save(step + 1)
+            dist.barrier_if_needed(cfg.ckpt_every, step)
+    finally:
+        bar.close()
+        logger.close()
+    if main:
+        save_checkpoint(
+            directory / "final.safetensors",
+            model.state_dict(),
+            {"stage": stage, "step": cfg.iters, "train": asdict(cfg), **(meta or {})},
+        )
+    dist.barrier()
+    model.eval()
+    return {k: sum(v) / len(v) for k, v in recent.items()}
+
+
+def load_stage(model: torch.nn.Module, directory: Path) -> None:
+    """Loads a finished stage's weights into ``model`` (strict)."""
+    tensors, _ = load_checkpoint(directory / "final.safetensors")
+    load_state_dict_strict(model, tensors, what=f"stage weights {directory / 'final.safetensors'}")

@@ -1,0 +1,125 @@
+"""What every method is: an ``nn.Module`` holding all its weights, with ``fit`` and ``scores``.
+
+A method is built from its typed config and the class split (``__init__``), trained through its
+stages by ``fit(ctx)`` (each stage a :func:`zeroseg.engine.trainer.train_stage` call), and applied
+to images for any vocabulary by ``scores(images, class_embeddings, seen_mask)``. The run context
+hands out data only through the zero-shot protocol (:class:`zeroseg.data.protocol.SeenOnly`) and
+class embeddings only for the names a stage is allowed to know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from zeroseg.data.classes import ClassSplit
+
+
+@dataclass
+class RunContext:
+    """Everything a method's ``fit`` may use.
+
+    Attributes:
+        cfg: the experiment config (``zeroseg.config.ExperimentConfig``).
+        directory: the run directory; each stage writes ``directory / <stage>``.
+        split: the class split.
+        train_set: labelled training data seen through the protocol (no unseen label).
+        train_images: the same training images *without labels*, for transductive stages.
+        embed: ``embed(names) -> (K, D)`` class embeddings from the configured text encoder.
+        device: where to train.
+        progress: show progress bars.
+        world: the ShapeWorld spec when the dataset is ShapeWorld (for stage-0 pretraining).
+        notes: methods append human-readable notes for the report (e.g. what they pretrain on).
+    """
+
+    cfg: object
+    directory: Path
+    split: ClassSplit
+    train_set: torch.utils.data.Dataset
+    train_images: torch.utils.data.Dataset
+    embed: Callable[[Sequence[str]], torch.Tensor]
+    device: torch.device
+    progress: bool = True
+    world: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.directory / stage
+
+    def seen_embeddings(self) -> torch.Tensor:
+        """(S, D) embeddings of the seen classes only (what inductive stages may know)."""
+        return self.embed(self.split.seen_names)
+
+    def all_embeddings(self, *, reason: str) -> torch.Tensor:
+        """(K, D) embeddings of every class, unseen names included.
+
+        Only generative methods may call this during training (their published setting uses
+        unseen *names*, never unseen pixels); the reason is recorded in the report.
+        """
+        self.notes.append(f"uses unseen class names during training: {reason}")
+        return self.embed(self.split.names)
+
+
+class Method(nn.Module):
+    """Base class of the methods in ``zeroseg.methods.METHODS``."""
+
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type]
+    protocol: ClassVar[str] = "inductive"  # inductive | transductive | supervised (oracle)
+    produces_segments: ClassVar[bool] = False  # panoptic/instance outputs (mask methods)
+
+    def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
+        super().__init__()
+        self.cfg, self.split, self.embed_dim = cfg, split, embed_dim
+
+    def fit(self, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+    def scores(
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, seen_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-pixel class scores.
+
+        Args:
+            images: (B, 3, H, W) uint8.
+            class_embeddings: (K, D) embeddings of the test vocabulary.
+            seen_mask: (K,) bool, which of the K classes were seen in training.
+
+        Returns:
+            (B, K, H, W) scores; the prediction is their argmax.
+        """
+        raise NotImplementedError
+
+
+def seen_position_lookup(split: ClassSplit) -> torch.Tensor:
+    """(256,) int64: full label -> position among the seen classes; unseen/void -> ignore."""
+    table = torch.full((256,), split.ignore_index, dtype=torch.int64)
+    for pos, c in enumerate(split.seen):
+        table[c] = pos
+    return table
+
+
+def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Calibrated stacking (Chao et al. 2016): subtract ``gamma`` from seen-class probabilities.
+
+    Args:
+        scores: (B, K, H, W) logits.
+        seen_mask: (K,) bool.
+    """
+    if gamma == 0:
+        return scores
+    probs = scores.float().softmax(1)
+    return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
+
+
+def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) labels -> (B, h, w) by nearest sampling (no label is ever interpolated)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels.long().clamp(0, 255)
+    out = torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")
+    return out[:, 0].long().clamp(0, 255)

@@ -1,0 +1,114 @@
+"""The projection baseline and the oracle.
+
+Projection (SPNet, Xian et al. CVPR 2019, eq. 1-2; ZegFormer-seg): a dense backbone's pixel
+features are projected into the class-embedding space; the score of class k at pixel x is
+``s · cos(W f(x), t_k)``, trained with cross-entropy over the *seen* classes only. At test time the
+same head scores any vocabulary, unseen names included. Trained on seen classes, it is biased
+toward them: that bias is what the later methods fix. Optional calibrated stacking subtracts
+``gamma`` from seen probabilities at test time (Xian et al., eq. 4).
+
+Oracle: the identical model trained with every class labelled, the supervised upper bound that a
+zero-shot result is compared with (not a zero-shot method; reported as "supervised").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from zeroseg.data.loader import StepLoader, StepSampler, hflip
+from zeroseg.engine.trainer import load_stage, stage_done, train_stage
+from zeroseg.methods.base import Method, RunContext, calibrate, downsample_labels, seen_position_lookup
+from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
+from zeroseg.models.heads.projection import ProjectionHead
+
+
+@dataclass
+class ProjectionConfig:
+    """Model options of the projection baseline / oracle."""
+
+    backbone: SmallUNetConfig = field(default_factory=SmallUNetConfig)  # the dense CNN
+    calibration: float = 0.0  # gamma of calibrated stacking (0 = off)
+
+
+class Projection(Method):
+    """Pixel embeddings x class text embeddings, trained on seen classes."""
+
+    name = "projection"
+    Config = ProjectionConfig
+    protocol = "inductive"
+
+    def __init__(self, cfg: ProjectionConfig, *, split, embed_dim: int):
+        super().__init__(cfg, split=split, embed_dim=embed_dim)
+        self.backbone = SmallUNet(cfg.backbone)
+        self.head = ProjectionHead(self.backbone.out_dim, embed_dim)
+
+    def logits(
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, *, upsample: bool = True
+    ) -> torch.Tensor:
+        """(B,3,H,W) uint8, (K,D) -> (B,K,H,W) logits (at feature resolution if not ``upsample``)."""
+        out = self.head(self.backbone(images), class_embeddings).float()
+        if not upsample:
+            return out
+        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def training_classes(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class embeddings the loss runs over and the label -> class-position table."""
+        return ctx.seen_embeddings(), seen_position_lookup(self.split)
+
+    def fit(self, ctx: RunContext) -> None:
+        stage = ctx.stage_dir("segmenter")
+        if stage_done(stage):
+            load_stage(self, stage)
+            return
+        emb, lookup = self.training_classes(ctx)
+        emb = emb.to(ctx.device)
+        lookup = lookup.to(ctx.device)
+        cfg = ctx.cfg.train
+        loader = StepLoader(ctx.train_set, StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed), transform=hflip)
+
+        def step(model, batch):
+            # The loss runs at the stride-2 feature resolution (labels subsampled, nearest): the
+            # upsampling of K-channel logits would otherwise dominate a CPU training step.
+            out = model.logits(batch["image"].to(ctx.device), emb, upsample=False)
+            target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
+            return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
+
+        train_stage(
+            stage="segmenter",
+            model=self,
+            step_fn=step,
+            batches=loader,
+            cfg=cfg,
+            directory=stage,
+            split=self.guard_split(),
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": self.name},
+        )
+
+    def guard_split(self):
+        return self.split
+
+    def scores(self, images, class_embeddings, seen_mask):
+        return calibrate(self.logits(images, class_embeddings), seen_mask, self.cfg.calibration)
+
+
+class Oracle(Projection):
+    """The projection model trained with all classes labelled: the supervised upper bound."""
+
+    name = "oracle"
+    protocol = "supervised"
+
+    def training_classes(self, ctx: RunContext):
+        table = torch.full((256,), self.split.ignore_index, dtype=torch.int64)
+        table[: self.split.num_classes] = torch.arange(self.split.num_classes)
+        return ctx.embed(self.split.names), table
+
+    def guard_split(self):
+        return None  # the oracle sees every label by definition
+
+    def scores(self, images, class_embeddings, seen_mask):
+        return self.logits(images, class_embeddings)

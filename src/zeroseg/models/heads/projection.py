@@ -1,0 +1,46 @@
+"""Projection head: pixel embeddings matched to class text embeddings by cosine similarity.
+
+SPNet (Xian et al., CVPR 2019) and ZegFormer-seg style: a 1x1 projection maps each pixel feature
+into the semantic space of the (frozen) class embeddings, and the score of class k at a pixel is
+``s · cos(W f(x), t_k)`` with a learned temperature ``s``. Because the class side is the text
+embedding itself, the head classifies among any vocabulary given at test time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ProjectionHead(nn.Module):
+    """Scores (B, K, h, w) = scale · cos(proj(features), text).
+
+    Args:
+        in_dim: channels of the pixel features.
+        embed_dim: dimension of the class embeddings.
+        init_scale: initial logit scale (a learnable log-parameter, clamped to [1, 100]).
+    """
+
+    def __init__(self, in_dim: int, embed_dim: int, init_scale: float = 10.0):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_dim, in_dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(in_dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_dim, embed_dim, 1),
+        )
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, D, h, w) unit pixel embeddings."""
+        return F.normalize(self.proj(features), dim=1)
+
+    def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """Args: features (B, C, h, w); class_embeddings (K, D). Returns (B, K, h, w) logits."""
+        pix = self.embed(features)
+        text = F.normalize(class_embeddings.to(pix.dtype), dim=-1)
+        scale = self.log_scale.exp().clamp(1.0, 100.0)
+        return scale * torch.einsum("bdhw,kd->bkhw", pix, text)

@@ -1,0 +1,214 @@
+"""Wiring: config -> data, text embeddings, method -> trained model -> metrics and a saved checkpoint.
+
+This is the one place that decides what a method may see: training data only through
+:class:`~zeroseg.data.protocol.SeenOnly` (full labels only for the oracle), unlabelled training
+images for transductive stages, class embeddings through the run context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zeroseg import __version__
+from zeroseg.config import ExperimentConfig, from_dict, to_dict
+from zeroseg.data.classes import ClassSplit
+from zeroseg.data.protocol import SeenOnly
+from zeroseg.engine.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
+from zeroseg.engine.inference import evaluate_semantic
+from zeroseg.methods import METHODS
+from zeroseg.methods.base import Method, RunContext
+from zeroseg.metrics.semantic import SemanticEvaluator
+from zeroseg.text.cache import cached_encode
+from zeroseg.text.encoders import build_text_encoder
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA device is available")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+class ImagesOnly(torch.utils.data.Dataset):
+    """Training images with every label removed (what transductive self-training may use)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.dataset[i]
+        return {"image": s["image"], "id": s["id"]}
+
+
+@dataclass
+class Data:
+    train: torch.utils.data.Dataset  # full labels: never handed to a zero-shot method as is
+    val: torch.utils.data.Dataset
+    split: ClassSplit
+    world: object | None = None
+
+
+def build_data(cfg: ExperimentConfig, *, progress: bool = True) -> Data:
+    d = cfg.data
+    if d.dataset == "shapeworld":
+        from zeroseg.data.shapeworld import ShapeWorldDataset, load_spec
+
+        spec = load_spec(d.world)
+        train = ShapeWorldDataset(spec, "train", limit=d.train_limit, progress=progress)
+        val = ShapeWorldDataset(spec, "val", limit=d.val_limit, progress=progress)
+        return Data(train, val, spec.class_split(), spec)
+    from zeroseg.data.real import build_real_dataset
+
+    train, val, split = build_real_dataset(d)
+    return Data(train, val, split)
+
+
+class Embedder:
+    """Class-name embeddings from the configured encoder, cached in memory and on disk."""
+
+    def __init__(self, text_cfg, *, world=None, device: str = "cpu"):
+        self.encoder_spec, self.templates = text_cfg.encoder, text_cfg.templates
+        self.world = world
+        self._encoder = None
+        self._memo: dict[tuple[str, ...], torch.Tensor] = {}
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            self._encoder = build_text_encoder(self.encoder_spec, world=self.world)
+        return self._encoder
+
+    def __call__(self, names: Sequence[str]) -> torch.Tensor:
+        key = tuple(names)
+        if key not in self._memo:
+            self._memo[key] = cached_encode(
+                lambda: self.encoder, list(names), self.templates, name=self.cache_name
+            )
+        return self._memo[key]
+
+    @property
+    def cache_name(self) -> str:
+        if self.encoder_spec == "attributes" and self.world is not None:
+            return f"attributes-{self.world.content_key()}"
+        return self.encoder_spec
+
+
+def build_method(cfg: ExperimentConfig, split: ClassSplit, embed_dim: int) -> Method:
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
+    cls = METHODS[cfg.method]
+    model_cfg = from_dict(cls.Config, cfg.model, where="model")
+    return cls(model_cfg, split=split, embed_dim=embed_dim)
+
+
+@dataclass
+class TrainResult:
+    method: Method
+    data: Data
+    embed: Embedder
+    train_seconds: float
+    notes: list[str]
+
+
+def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data: Data | None = None) -> TrainResult:
+    """Trains ``cfg.method`` into ``directory`` (resuming finished stages) and saves ``model.safetensors``."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = data or build_data(cfg, progress=progress)
+    embed = Embedder(cfg.text, world=data.world)
+    method = build_method(cfg, data.split, int(embed(data.split.names).shape[1]))
+    if method.protocol == "supervised":
+        train_set = data.train
+    else:
+        protocol = cfg.data.protocol
+        train_set = SeenOnly(data.train, data.split, protocol)
+    ctx = RunContext(
+        cfg=cfg,
+        directory=directory,
+        split=data.split,
+        train_set=train_set,
+        train_images=ImagesOnly(data.train),
+        embed=embed,
+        device=device,
+        progress=progress,
+        world=data.world,
+    )
+    if isinstance(train_set, SeenOnly) and train_set.dropped:
+        ctx.notes.append(f"strict protocol dropped {train_set.dropped} training images with unseen pixels")
+    t0 = time.perf_counter()
+    method.to(device)
+    method.fit(ctx)
+    seconds = time.perf_counter() - t0
+    method.eval()
+    save_model(method, cfg, data.split, directory / "model.safetensors", notes=ctx.notes)
+    return TrainResult(method, data, embed, seconds, ctx.notes)
+
+
+def save_model(method: Method, cfg: ExperimentConfig, split: ClassSplit, path: Path, *, notes=()) -> Path:
+    meta = {
+        "zeroseg_version": __version__,
+        "method": method.name,
+        "protocol": method.protocol,
+        "config": to_dict(cfg),
+        "split": split.to_dict(),
+        "embed_dim": method.embed_dim,
+        "notes": list(notes),
+    }
+    return save_checkpoint(path, method.state_dict(), meta)
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> tuple[Method, ExperimentConfig, ClassSplit, dict]:
+    """Rebuilds a method from a ``model.safetensors`` written by :func:`save_model` (strict)."""
+    tensors, meta = load_checkpoint(path)
+    for key in ("method", "config", "split", "embed_dim"):
+        if key not in meta:
+            raise CheckpointError(f"{path} lacks {key!r}: it is not a zeroseg model checkpoint")
+    cfg = from_dict(ExperimentConfig, meta["config"], where=f"{path}:config")
+    split = ClassSplit.from_dict(meta["split"])
+    method = build_method(cfg, split, int(meta["embed_dim"]))
+    load_state_dict_strict(method, tensors, what=f"checkpoint {path}")
+    method.to(resolve_device(device)).eval()
+    return method, cfg, split, meta
+
+
+def evaluate(
+    method: Method,
+    cfg: ExperimentConfig,
+    dataset,
+    split: ClassSplit,
+    embed: Embedder,
+    *,
+    progress: bool = True,
+    keep: int = 0,
+    post=None,
+) -> tuple[dict, float, list[torch.Tensor]]:
+    """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary)."""
+    device = next(method.parameters()).device
+    emb = embed(split.names).to(device)
+    seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
+    seen_mask[list(split.seen)] = True
+    evaluator = SemanticEvaluator(split.num_classes, split.seen, split.unseen, split.names, split.ignore_index)
+    method.eval()
+
+    def fn(images):
+        return method.scores(images.to(device), emb, seen_mask)
+
+    return evaluate_semantic(
+        fn, dataset, evaluator, cfg.eval, progress=progress, desc=f"eval {method.name}", keep=keep, post=post
+    )
+
+
+def replace(cfg: ExperimentConfig, **changes) -> ExperimentConfig:
+    return dataclasses.replace(cfg, **changes)
