@@ -1,20 +1,23 @@
 """Speed of zeroseg's CLIP image encoder against transformers.CLIPVisionModel on this CPU.
 
-ViT-B/16 (Radford et al., 2021) at 512x512 (a 32x32 patch grid, 1025 tokens: ZegCLIP's input size),
-batch 1, random weights shared by both implementations, fp32 and bf16 autocast, 2 threads.
-Reports ms/image (median of interleaved runs after warm-up), the analytic FLOPs of the encoder,
-the achieved GFLOP/s against a measured matmul peak, and the peak RSS of each configuration
-(measured in a fresh child process each).
+ViT-B/16 (Radford et al., 2021) at 512x512 (a 32x32 patch grid, 1025 tokens: ZegCLIP's input
+size), batch 1, the same random weights in both implementations, 2 threads. Modes: ``fp32``;
+``bf16`` = fp32 weights under ``torch.autocast(bfloat16)``; optionally ``bf16w`` = the models
+converted to bfloat16 (no per-call weight casts). Reports ms/image (median of interleaved runs
+after warm-up), the analytic FLOPs, the achieved GFLOP/s against a measured matmul peak, and
+the peak RSS of each configuration (each measured in a fresh child process).
 
-    .venv/bin/python benchmarks/bench_clip_encoder.py [--reps 7] [--size 512]
+    .venv/bin/python benchmarks/bench_clip_encoder.py [--reps 9] [--size 512] [--modes fp32,bf16]
 
-FLOPs count a multiply-add as 2. Per block on N tokens of width C: q/k/v, output and MLP
-projections 2N(3C^2 + C^2 + 8C^2) = 24NC^2; attention scores and weighted sum 4N^2C.
+FLOPs count a multiply-add as 2. Per block on N tokens of width C and MLP width 4C: q/k/v,
+output and MLP projections 2N(3C^2 + C^2 + 8C^2) = 24NC^2; attention scores and weighted sum
+4N^2C. Patch embedding 2 * patches * 3p^2 * C; the projection 2 * C * D per projected token.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import resource
@@ -29,22 +32,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from zeroseg.models.backbones.clip import CLIP_PRESETS, CLIPVisionConfig, VisionTransformer  # noqa: E402
+from zeroseg.models.backbones.clip import (  # noqa: E402
+    CLIP_PRESETS,
+    CLIPVisionConfig,
+    VisionTransformer,
+)
 from zeroseg.models.pretrained import hf_to_zeroseg  # noqa: E402
 
 THREADS = 2
+MODES = ("fp32", "bf16", "bf16w")
+OURS = "zeroseg forward (image embedding)"
+OURS_DENSE = "zeroseg forward_features (dense)"
+HF = "transformers CLIPVisionModel"
 
 
-def encoder_flops(cfg: CLIPVisionConfig, height: int, width: int, *, dense: bool) -> float:
-    """FLOPs of one image through the encoder (dense: also project every patch token)."""
+def encoder_flops(cfg: CLIPVisionConfig, height: int, width: int, *, projected: int) -> float:
+    """FLOPs of one image through the encoder, with ``projected`` tokens projected to D."""
     c, p = cfg.width, cfg.patch_size
     patches = (height // p) * (width // p)
     n = patches + 1
     hidden = int(c * cfg.mlp_ratio)
     embed = 2 * patches * (3 * p * p) * c
     block = 2 * n * c * (3 * c + c) + 2 * 2 * n * c * hidden + 4 * n * n * c
-    head = 2 * (n if dense else 1) * c * cfg.output_dim
-    return embed + cfg.layers * block + head
+    return embed + cfg.layers * block + 2 * projected * c * cfg.output_dim
 
 
 def build_models() -> tuple[VisionTransformer, torch.nn.Module]:
@@ -66,7 +76,7 @@ def build_models() -> tuple[VisionTransformer, torch.nn.Module]:
         )
     ).eval()
     ours = VisionTransformer(cfg).eval()
-    # hf_to_zeroseg is the loader's own remapping; CLIPVisionModel has no projection, so ours
+    # hf_to_zeroseg is the loader's own remapping. CLIPVisionModel has no projection, so ours
     # keeps its random one.
     mapped = hf_to_zeroseg({f"vision_model.{k}": v for k, v in hf.state_dict().items()})
     state = {k.removeprefix("visual."): v for k, v in mapped.items()}
@@ -76,21 +86,35 @@ def build_models() -> tuple[VisionTransformer, torch.nn.Module]:
 
 
 def runners(
-    ours: VisionTransformer, hf: torch.nn.Module, images: torch.Tensor, bf16: bool
+    ours: VisionTransformer | None,
+    hf: torch.nn.Module | None,
+    images: torch.Tensor,
+    mode: str,
+    *,
+    in_place: bool = False,
 ) -> dict[str, Callable[[], object]]:
+    """One no-argument callable per implementation, running one forward in ``mode``.
+
+    For ``bf16w`` the models are converted to bfloat16: copies, unless ``in_place``.
+    """
+    if mode == "bf16w":
+        convert = (lambda m: m) if in_place else copy.deepcopy
+        ours = convert(ours).to(torch.bfloat16) if ours is not None else None
+        hf = convert(hf).to(torch.bfloat16) if hf is not None else None
+        images = images.to(torch.bfloat16)
+
     def wrap(fn: Callable[[], object]) -> Callable[[], object]:
         def run() -> object:
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            autocast = mode == "bf16"
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
                 return fn()
 
         return run
 
     return {
-        "zeroseg forward (image embedding)": wrap(lambda: ours(images)),
-        "zeroseg forward_features (dense)": wrap(lambda: ours.forward_features(images)),
-        "transformers CLIPVisionModel": wrap(
-            lambda: hf(pixel_values=images, interpolate_pos_encoding=True)
-        ),
+        OURS: wrap(lambda: ours(images)),
+        OURS_DENSE: wrap(lambda: ours.forward_features(images)),
+        HF: wrap(lambda: hf(pixel_values=images, interpolate_pos_encoding=True)),
     }
 
 
@@ -135,21 +159,26 @@ def _status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def rss_child(impl: str, precision: str, size: int) -> None:
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def rss_child(impl: str, mode: str, size: int) -> None:
     """In a fresh process: resident memory with the model built, and its peak during a forward.
 
     Writing 5 to /proc/self/clear_refs resets the kernel's peak-RSS mark (VmHWM), so the peak
-    read afterwards belongs to the forward pass, not to building the model.
+    read afterwards belongs to the forward pass, not to building the models.
     """
     torch.set_num_threads(THREADS)
     ours, hf = build_models()
-    if impl.startswith("zeroseg"):
-        hf = None
-    else:
+    if impl == HF:
         ours = None
+    else:
+        hf = None
     gc.collect()
-    images = torch.randn(1, 3, size, size)
-    fn = runners(ours, hf, images, precision == "bf16")[impl]  # type: ignore[arg-type]
+    fn = runners(ours, hf, torch.randn(1, 3, size, size), mode, in_place=True)[impl]
+    gc.collect()
     before = _status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -160,16 +189,18 @@ def rss_child(impl: str, precision: str, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=512, help="input side (multiple of 16)")
-    parser.add_argument("--reps", type=int, default=7, help="timed runs per implementation")
+    parser.add_argument("--reps", type=int, default=9, help="timed runs per implementation")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--modes", default="fp32,bf16", help=f"comma-separated, of {MODES}")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-config RSS children")
-    parser.add_argument(
-        "--rss-child", nargs=2, metavar=("IMPL", "PRECISION"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--rss-child", nargs=2, metavar=("IMPL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1], args.size)
         return
+    modes = args.modes.split(",")
+    if unknown := [m for m in modes if m not in MODES]:
+        parser.error(f"unknown modes {unknown}; valid: {MODES}")
 
     torch.set_num_threads(THREADS)
     import transformers
@@ -185,81 +216,79 @@ def main() -> None:
     with torch.inference_mode():
         ref = hf(pixel_values=images, interpolate_pos_encoding=True).pooler_output
         diff = (ours.forward_features(images)["cls"] - ref).abs().max().item()
-    print(
-        f"same weights check: max |cls(zeroseg) - pooler_output(transformers)| = {diff:.2e} (fp32)"
-    )
+    print(f"same weights: max |cls(zeroseg) - pooler_output(transformers)| = {diff:.2e} (fp32)")
 
-    cfg = ours.config
+    cfg, side = ours.config, args.size
+    patches = (side // cfg.patch_size) ** 2
     flops = {
-        "zeroseg forward (image embedding)": encoder_flops(cfg, args.size, args.size, dense=False),
-        "zeroseg forward_features (dense)": encoder_flops(cfg, args.size, args.size, dense=True),
-        # CLIPVisionModel stops at the pooled class token (no projection).
-        "transformers CLIPVisionModel": encoder_flops(cfg, args.size, args.size, dense=False)
-        - 2 * cfg.width * cfg.output_dim,
+        OURS: encoder_flops(cfg, side, side, projected=1),
+        OURS_DENSE: encoder_flops(cfg, side, side, projected=patches + 1),
+        HF: encoder_flops(cfg, side, side, projected=0),  # stops at the pooled class token
     }
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks["bf16w"] = peaks["bf16"]
     print(
-        f"ViT-B/16 at {args.size}x{args.size}: {(args.size // 16) ** 2 + 1} tokens, "
-        f"{flops['zeroseg forward (image embedding)'] / 1e9:.1f} GFLOP per image"
-    )
-    print(
-        f"matmul peak (2048^3, {THREADS} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
+        f"ViT-B/16 at {side}x{side}: {patches + 1} tokens, {flops[OURS] / 1e9:.1f} GFLOP/image; "
+        f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s"
     )
 
-    results: dict[tuple[str, str], float] = {}
-    spread: dict[tuple[str, str], tuple[float, float]] = {}
-    for precision in ("fp32", "bf16"):
+    load_before = _loadavg()
+    # (name, mode) -> (median wall, min wall, max wall, median CPU) seconds
+    stats: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+    for mode in modes:
         times = time_interleaved(
-            runners(ours, hf, images, precision == "bf16"), reps=args.reps, warmup=args.warmup
+            runners(ours, hf, images, mode), reps=args.reps, warmup=args.warmup
         )
         for name, runs in times.items():
-            results[(name, precision)] = statistics.median(runs)
-            spread[(name, precision)] = (min(runs), max(runs))
+            walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+            stats[(name, mode)] = (
+                statistics.median(walls),
+                min(walls),
+                max(walls),
+                statistics.median(cpus),
+            )
+    load_after = _loadavg()
 
     rss: dict[tuple[str, str], tuple[float, float]] = {}
     if not args.no_rss:
-        for name, precision in results:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--size",
-                    str(args.size),
-                    "--rss-child",
-                    name,
-                    precision,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-            rss[(name, precision)] = (float(out[-2]), float(out[-1]))
+        for name, mode in stats:
+            command = [sys.executable, __file__, "--size", str(side), "--rss-child", name, mode]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            before, peak = out.split()[-2:]
+            rss[(name, mode)] = (float(before), float(peak))
 
     header = (
-        f"{'implementation':36} {'dtype':5} {'ms/img':>8} {'min-max ms':>15} "
-        f"{'GFLOP/s':>8} {'% peak':>7} {'RSS MiB':>8} {'fwd +MiB':>8}"
+        f"{'implementation':34} {'mode':5} {'ms/img':>7} {'min-max ms':>13} {'CPU ms':>7} "
+        f"{'GFLOP/s':>7} {'%peak':>6} {'RSS MiB':>7} {'fwd+MiB':>7}"
     )
-    print()
+    print(
+        f"\n{args.reps} timed runs each after {args.warmup} warm-up. ms/img: median wall time; "
+        f"CPU ms: median process CPU time (both threads).\nLoad average before {load_before}, "
+        f"after {load_after} (the CPU is shared: other processes inflate wall times)."
+    )
     print(header)
     print("-" * len(header))
-    for (name, precision), seconds in results.items():
-        lo, hi = spread[(name, precision)]
-        achieved = flops[name] / seconds / 1e9
-        before, peak = rss.get((name, precision), (float("nan"), float("nan")))
+    for (name, mode), (wall, lo, hi, cpu) in stats.items():
+        achieved = flops[name] / wall / 1e9
+        before, peak = rss.get((name, mode), (float("nan"), float("nan")))
         print(
-            f"{name:36} {precision:5} {seconds * 1e3:8.1f} {lo * 1e3:7.1f}-{hi * 1e3:<7.1f} "
-            f"{achieved:8.1f} {100 * achieved / peaks[precision]:6.1f}% "
-            f"{peak:8.0f} {peak - before:8.0f}"
+            f"{name:34} {mode:5} {wall * 1e3:7.0f} {lo * 1e3:6.0f}-{hi * 1e3:<6.0f} "
+            f"{cpu * 1e3:7.0f} {achieved:7.1f} {100 * achieved / peaks[mode]:5.1f}% "
+            f"{peak:7.0f} {peak - before:7.0f}"
         )
     print()
-    hf_name = "transformers CLIPVisionModel"
-    for precision in ("fp32", "bf16"):
-        for name in ("zeroseg forward (image embedding)", "zeroseg forward_features (dense)"):
-            ratio = results[(name, precision)] / results[(hf_name, precision)]
-            print(f"{precision}: {name} / transformers time = {ratio:.3f}")
-    for name in dict.fromkeys(n for n, _ in results):
-        print(f"bf16 speed-up, {name}: {results[(name, 'fp32')] / results[(name, 'bf16')]:.2f}x")
+    for mode in modes:
+        for name in (OURS, OURS_DENSE):
+            a, b = stats[(name, mode)], stats[(HF, mode)]
+            print(
+                f"{mode:5} {name} / transformers time: median wall {a[0] / b[0]:.3f}, "
+                f"min wall {a[1] / b[1]:.3f}, CPU {a[3] / b[3]:.3f}"
+            )
+    if "fp32" in modes:
+        for mode in (m for m in modes if m != "fp32"):
+            for name in (OURS, OURS_DENSE, HF):
+                speedup = stats[(name, "fp32")][0] / stats[(name, mode)][0]
+                print(f"{mode} speed-up over fp32 (median wall), {name}: {speedup:.2f}x")
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (both models): {own_peak:.0f} MiB")
 

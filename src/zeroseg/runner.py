@@ -19,10 +19,17 @@ from zeroseg import __version__
 from zeroseg.config import ExperimentConfig, from_dict, to_dict
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.protocol import SeenOnly
-from zeroseg.engine.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
+from zeroseg.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
+from zeroseg.engine import distributed as dist
 from zeroseg.engine.inference import evaluate_semantic
 from zeroseg.methods import METHODS
 from zeroseg.methods.base import Method, RunContext
+from zeroseg.metrics.boundary import BoundaryFScore
 from zeroseg.metrics.semantic import SemanticEvaluator
 from zeroseg.text.cache import cached_encode
 from zeroseg.text.encoders import build_text_encoder
@@ -125,6 +132,7 @@ class TrainResult:
 def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data: Data | None = None) -> TrainResult:
     """Trains ``cfg.method`` into ``directory`` (resuming finished stages) and saves ``model.safetensors``."""
     device = resolve_device(cfg.device)
+    dist.init_from_env(device)
     torch.manual_seed(cfg.seed)
     data = data or build_data(cfg, progress=progress)
     embed = Embedder(cfg.text, world=data.world)
@@ -152,7 +160,9 @@ def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data
     method.fit(ctx)
     seconds = time.perf_counter() - t0
     method.eval()
-    save_model(method, cfg, data.split, directory / "model.safetensors", notes=ctx.notes)
+    if dist.is_main():
+        save_model(method, cfg, data.split, directory / "model.safetensors", notes=ctx.notes)
+    dist.barrier()
     return TrainResult(method, data, embed, seconds, ctx.notes)
 
 
@@ -193,6 +203,7 @@ def evaluate(
     progress: bool = True,
     keep: int = 0,
     post=None,
+    boundary: bool = True,
 ) -> tuple[dict, float, list[torch.Tensor]]:
     """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary)."""
     device = next(method.parameters()).device
@@ -200,13 +211,15 @@ def evaluate(
     seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
     seen_mask[list(split.seen)] = True
     evaluator = SemanticEvaluator(split.num_classes, split.seen, split.unseen, split.names, split.ignore_index)
+    extras = (BoundaryFScore(ignore_index=split.ignore_index),) if boundary else ()
     method.eval()
 
     def fn(images):
         return method.scores(images.to(device), emb, seen_mask)
 
     return evaluate_semantic(
-        fn, dataset, evaluator, cfg.eval, progress=progress, desc=f"eval {method.name}", keep=keep, post=post
+        fn, dataset, evaluator, cfg.eval, progress=progress, desc=f"eval {method.name}", keep=keep, post=post,
+        extras=extras,
     )
 
 

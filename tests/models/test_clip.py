@@ -380,20 +380,20 @@ def test_any_input_size_runs(tiny_vit: VisionTransformer) -> None:
 
 
 def test_native_size_uses_the_stored_embedding(tiny_vit: VisionTransformer) -> None:
-    assert tiny_vit.position_embedding((4, 4)) is tiny_vit.positional_embedding
+    assert tiny_vit.resampled_position_embedding((4, 4)) is tiny_vit.positional_embedding
 
 
 def test_resampled_embedding_is_cached_and_invalidated(tiny_vit: VisionTransformer) -> None:
     vit = VisionTransformer(CLIP_PRESETS["tiny"].vision)
     with torch.no_grad():
-        first = vit.position_embedding((6, 2))
-        assert vit.position_embedding((6, 2)) is first
+        first = vit.resampled_position_embedding((6, 2))
+        assert vit.resampled_position_embedding((6, 2)) is first
         vit.positional_embedding.mul_(2.0)  # e.g. an optimiser step or load_state_dict
-        second = vit.position_embedding((6, 2))
+        second = vit.resampled_position_embedding((6, 2))
     assert second is not first
     assert torch.allclose(second, 2 * first)
     # With a gradient wanted, the resampling is recomputed so the gradient reaches the parameter.
-    vit.position_embedding((6, 2)).sum().backward()
+    vit.resampled_position_embedding((6, 2)).sum().backward()
     assert vit.positional_embedding.grad is not None
 
 
@@ -505,3 +505,24 @@ def test_clip_logits_and_bf16_autocast() -> None:
 def test_unknown_preset_lists_valid_ones() -> None:
     with pytest.raises(KeyError, match="ViT-B/16"):
         CLIP.from_config("ViT-H/14")
+
+
+def test_unknown_hf_key_resnet_and_missing_path_errors(hf_dir: Path, tmp_path: Path) -> None:
+    sd = load_file(str(hf_dir / "model.safetensors"))
+    sd["vision_model.encoder.layers.0.self_attn.rotary.weight"] = torch.zeros(2)
+    save_file(sd, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match=r"layers\.0\.self_attn\.rotary\.weight \(2,\)"):
+        load_clip(tmp_path / "extra.safetensors")
+    torch.save({"visual.layer1.0.conv1.weight": torch.zeros(1)}, tmp_path / "rn50.pt")
+    with pytest.raises(CheckpointError, match="ResNet CLIP"):
+        load_clip(tmp_path / "rn50.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_clip(tmp_path / "absent.pt")
+
+
+def test_pickled_objects_in_a_state_dict_are_refused(tmp_path: Path) -> None:
+    import argparse
+
+    torch.save({"args": argparse.Namespace(lr=1.0), "w": torch.zeros(1)}, tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match=r"weights_only=True"):
+        load_clip(tmp_path / "ckpt.pt")

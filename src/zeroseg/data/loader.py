@@ -65,7 +65,8 @@ class StepLoader:
         sampler: the global batch sampler.
         transform: optional ``f(sample, rng) -> sample`` augmentation; ``rng`` is seeded from
             ``(seed, step, index)`` so augmentations are reproducible and resumable.
-        rank / world_size: this process's slice of each global batch.
+        rank / world_size: this process's slice of each global batch (default: from the
+            initialised process group, or 0 / 1).
     """
 
     def __init__(
@@ -74,9 +75,15 @@ class StepLoader:
         sampler: StepSampler,
         *,
         transform: Callable[[dict, np.random.Generator], dict] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
+        from zeroseg.engine import distributed as dist
+
+        # Default to this process's place in the process group, so every method's loader is
+        # distributed-aware without asking.
+        rank = dist.rank() if rank is None else rank
+        world_size = dist.world_size() if world_size is None else world_size
         if sampler.batch_size % world_size:
             raise ValueError(
                 f"global batch size {sampler.batch_size} is not divisible by {world_size} ranks"

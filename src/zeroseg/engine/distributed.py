@@ -18,6 +18,10 @@ def init_from_env(device: torch.device) -> bool:
         return td.is_initialized()
     backend = "nccl" if device.type == "cuda" else "gloo"
     td.init_process_group(backend=backend)
+    if device.type == "cpu":
+        # Ranks on one machine share its cores: oversubscribed threads slow CPU training badly.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True

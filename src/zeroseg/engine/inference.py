@@ -81,6 +81,7 @@ def evaluate_semantic(
     desc: str = "eval",
     post: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
     keep: int = 0,
+    extras: tuple = (),
 ) -> tuple[dict, float, list[torch.Tensor]]:
     """Runs a score function over a labelled dataset into a semantic evaluator.
 
@@ -88,11 +89,15 @@ def evaluate_semantic(
         fn: maps (B,3,H,W) uint8 images to (B,K,H,W) scores.
         post: optional refinement ``post(scores, batch) -> labels (B,H,W)`` (e.g. spectral fusion).
         keep: how many predictions (in dataset order) to return for figures.
+        extras: more evaluators with ``reset/process(pred, label)/evaluate() -> dict`` (and
+            ``state()/merge()`` for distributed runs), e.g. the boundary F-score.
 
     Returns:
         (metrics, seconds per image, kept predictions).
     """
     evaluator.reset()
+    for ex in extras:
+        ex.reset()
     kept: list[torch.Tensor] = []
     n, seconds = 0, 0.0
     bar = tqdm(total=len(dataset), desc=desc, disable=not progress, leave=False)
@@ -102,6 +107,8 @@ def evaluate_semantic(
         pred = post(scores, batch) if post is not None else scores.argmax(1)
         seconds += time.perf_counter() - t
         evaluator.process(pred, batch["label"])
+        for ex in extras:
+            ex.process(pred, batch["label"])
         n += len(pred)
         if len(kept) < keep:
             kept.extend(pred[: keep - len(kept)])
@@ -109,4 +116,9 @@ def evaluate_semantic(
     bar.close()
     if dist.is_dist():
         dist.all_reduce_sum(evaluator.conf)
-    return evaluator.evaluate(), seconds / max(1, n), kept
+        for ex in extras:
+            ex.merge({k: dist.all_reduce_sum(v.clone()) - v for k, v in ex.state().items()})
+    metrics = evaluator.evaluate()
+    for ex in extras:
+        metrics.update(ex.evaluate())
+    return metrics, seconds / max(1, n), kept

@@ -9,6 +9,9 @@ class embeddings only for the names a stage is allowed to know.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,22 @@ class RunContext:
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
+
+    def shared_stage_dir(self, stage: str, key: dict) -> Path:
+        """A stage directory shared by every run in the same parent directory with the same key.
+
+        Methods that start from the same stage (ZS3Net and ZS5Net's segmenter, PADing's
+        ablations and the mask-projection baseline's mask model) train it once. ``key`` must
+        hold everything that decides the stage's weights (its configs, the world, the protocol).
+        """
+        blob = json.dumps(key, sort_keys=True, default=str)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return self.directory.parent / "_shared" / f"{stage}-{digest}"
+
+    def data_key(self) -> dict:
+        """What decides the training data: dataset config, protocol, world content."""
+        world = self.world.content_key() if self.world is not None else None
+        return {"data": dataclasses.asdict(self.cfg.data), "world": world, "seed": self.cfg.seed}
 
     def seen_embeddings(self) -> torch.Tensor:
         """(S, D) embeddings of the seen classes only (what inductive stages may know)."""

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 
 from zeroseg.data.loader import StepLoader, StepSampler, hflip
 from zeroseg.engine.trainer import load_stage, stage_done, train_stage
-from zeroseg.methods.base import Method, RunContext, calibrate, downsample_labels, seen_position_lookup
+from zeroseg.methods.base import (
+    Method,
+    RunContext,
+    calibrate,
+    downsample_labels,
+    seen_position_lookup,
+)
 from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 from zeroseg.models.heads.projection import ProjectionHead
 

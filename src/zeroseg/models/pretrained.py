@@ -606,10 +606,15 @@ def read_clip_checkpoint(path: str | Path) -> ClipCheckpoint:
     if path.suffix == ".safetensors":
         raw, metadata = _read_safetensors(path)
         if CONFIG_METADATA_KEY in metadata:
-            cfg = json.loads(metadata[CONFIG_METADATA_KEY])
-            declared = CLIPConfig(
-                vision=CLIPVisionConfig(**cfg["vision"]), text=CLIPTextConfig(**cfg["text"])
-            )
+            try:
+                cfg = json.loads(metadata[CONFIG_METADATA_KEY])
+                declared = CLIPConfig(
+                    vision=CLIPVisionConfig(**cfg["vision"]), text=CLIPTextConfig(**cfg["text"])
+                )
+            except (ValueError, TypeError, KeyError) as err:
+                raise CheckpointError(
+                    f"{path}: invalid {CONFIG_METADATA_KEY} metadata: {err}"
+                ) from err
     elif _is_torchscript(path):
         raw = read_torchscript_tensors(path)
     else:

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "CLIP",
+    "CLIP_MEAN",
+    "CLIP_STD",
     "CLIPConfig",
     "CLIPTextConfig",
     "CLIPVisionConfig",
@@ -39,6 +41,9 @@ __all__ = [
 ]
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+# Per-channel RGB normalisation CLIP was trained with (inputs in [0, 1], then (x - mean) / std).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -326,7 +331,7 @@ class VisionTransformer(nn.Module):
         """Grid the stored position embedding was trained on."""
         return (self.config.grid_size, self.config.grid_size)
 
-    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+    def resampled_position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for a (h, w) patch grid, (1 + h * w, width).
 
         Resampled embeddings are cached per grid while they cannot carry a gradient; the
@@ -369,7 +374,7 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         # Under autocast the conv gives bf16; the sum with the fp32 embeddings stays fp32, as in HF.
-        x = torch.cat([cls, x.to(cls.dtype)], dim=1) + self.position_embedding(grid)
+        x = torch.cat([cls, x.to(cls.dtype)], dim=1) + self.resampled_position_embedding(grid)
         return self.ln_pre(x), grid
 
     def forward(self, images: Tensor) -> Tensor:

@@ -278,7 +278,9 @@ class DeepLabV3Plus(nn.Module):
             images: (B, 3, H, W).
 
         Returns:
-            (B, feature_dim, H/4, W/4) (sizes rounded up), non-negative (post-ReLU).
+            (B, feature_dim, H/4, W/4) (sizes rounded up), non-negative (post-ReLU). In training
+            mode the decoder's last Dropout(0.1) is applied; call ``eval()`` to extract the
+            clean features a generator should match.
         """
         feats = self.backbone.forward_features(images)
         return self.decoder(self.aspp(feats["out"]), feats["low_level"])

@@ -24,8 +24,14 @@ class ProjectionHead(nn.Module):
         init_scale: initial logit scale (a learnable log-parameter, clamped to [1, 100]).
     """
 
-    def __init__(self, in_dim: int, embed_dim: int, init_scale: float = 10.0):
+    def __init__(self, in_dim: int, embed_dim: int, init_scale: float = 20.0, text_proj: bool = True):
         super().__init__()
+        # A shared linear map of the class embeddings (identity at init), learned on the seen
+        # classes: it spreads apart names the text encoder puts close together ("red square",
+        # "red star") and applies unchanged to unseen names.
+        self.text_proj = nn.Linear(embed_dim, embed_dim, bias=False) if text_proj else None
+        if self.text_proj is not None:
+            nn.init.eye_(self.text_proj.weight)
         self.proj = nn.Sequential(
             nn.Conv2d(in_dim, in_dim, 3, padding=1, bias=False),
             nn.BatchNorm2d(in_dim),
@@ -41,6 +47,9 @@ class ProjectionHead(nn.Module):
     def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
         """Args: features (B, C, h, w); class_embeddings (K, D). Returns (B, K, h, w) logits."""
         pix = self.embed(features)
-        text = F.normalize(class_embeddings.to(pix.dtype), dim=-1)
+        text = class_embeddings.to(pix.dtype)
+        if self.text_proj is not None:
+            text = self.text_proj(text)
+        text = F.normalize(text, dim=-1)
         scale = self.log_scale.exp().clamp(1.0, 100.0)
         return scale * torch.einsum("bdhw,kd->bkhw", pix, text)

@@ -1,0 +1,89 @@
+"""``zeroseg bench``: per method, inference ms/image, images/s and peak memory on this machine.
+
+Each method is measured in its own subprocess (so peak RSS is that method's alone) from randomly
+initialised weights at the size of its ShapeWorld preset: inference cost does not depend on the
+weights' values. Figures are medians over repeated runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_one(method: str, world: str | None = None, batch: int = 16, repeats: int = 10) -> dict:
+    """Measures one method in this process (call through :func:`run_bench` for clean memory)."""
+    from zeroseg.data.shapeworld import load_spec
+    from zeroseg.demo import demo_config
+    from zeroseg.runner import build_method
+
+    cfg = demo_config(method, world=world, quick=False)
+    spec = load_spec(cfg.data.world)
+    split = spec.class_split()
+    dim = 384
+    model = build_method(cfg, split, dim).eval()
+    emb = torch.nn.functional.normalize(torch.randn(split.num_classes, dim), dim=-1)
+    seen = torch.zeros(split.num_classes, dtype=torch.bool)
+    seen[list(split.seen)] = True
+    s = spec.image_size
+    g = torch.Generator().manual_seed(0)
+    one = torch.randint(0, 256, (1, 3, s, s), dtype=torch.uint8, generator=g)
+    many = torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g)
+    row = {"method": method, "image_size": s, "classes": split.num_classes, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        for _ in range(3):
+            model.scores(one, emb, seen)
+        row["ms_per_image"] = _time(lambda: model.scores(one, emb, seen), repeats) * 1000
+        model.scores(many, emb, seen)
+        row["images_per_s"] = batch / _time(lambda: model.scores(many, emb, seen), max(3, repeats // 3))
+    extra = getattr(model, "bench_extra", None)
+    if extra is not None:
+        row.update(extra(spec))
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def run_bench(methods: Sequence[str] | None = None, world: str | None = None, out: Path | None = None) -> list[dict]:
+    from zeroseg.demo import DEMO_PRESETS
+
+    methods = list(methods or DEMO_PRESETS)
+    rows = []
+    print(f"{'method':<14} {'ms/image':>9} {'images/s':>9} {'peak MB':>8}  extra")
+    for m in methods:
+        if m not in DEMO_PRESETS:
+            raise ValueError(f"unknown method {m!r}; valid: {sorted(DEMO_PRESETS)}")
+        cmd = [sys.executable, "-m", "zeroseg.bench", m] + ([world] if world else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench of {m} failed:\n{proc.stderr[-2000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        extra = {k: v for k, v in row.items() if k not in {"method", "ms_per_image", "images_per_s", "peak_rss_mb", "image_size", "classes", "threads"}}
+        extra_s = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        print(f"{m:<14} {row['ms_per_image']:>9.2f} {row['images_per_s']:>9.1f} {row['peak_rss_mb']:>8.0f}  {extra_s}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_one(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)))

@@ -1,0 +1,195 @@
+"""``zeroseg``: a thin command-line shell over the library.
+
+    zeroseg demo [--world FILE] [--methods ...] [--out DIR] [--quick]
+    zeroseg train CONFIG [--set key=value ...] [--out DIR]
+    zeroseg eval CKPT [--world FILE] [--set ...]
+    zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
+    zeroseg bench [--methods ...]
+    zeroseg world FILE [--preview PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_demo(args) -> int:
+    from zeroseg.demo import DEFAULT_METHODS, run_demo
+
+    run_demo(
+        out=Path(args.out),
+        world=args.world,
+        methods=args.methods or DEFAULT_METHODS,
+        quick=args.quick,
+        overrides=args.set or [],
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from zeroseg import runner
+    from zeroseg.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    name = cfg.name or cfg.method
+    out = Path(args.out) / name
+    result = runner.train(cfg, out, progress=not args.no_progress)
+    metrics, spi, _ = runner.evaluate(
+        result.method, cfg, result.data.val, result.data.split, result.embed, progress=not args.no_progress
+    )
+    summary = {k: v for k, v in metrics.items() if k != "per_class_iou"}
+    summary.update(train_seconds=result.train_seconds, infer_ms_per_image=spi * 1000)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"model: {out / 'model.safetensors'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from zeroseg import runner
+    from zeroseg.config import from_dict, load_config, to_dict
+
+    method, cfg, split, _ = runner.load_model(args.checkpoint, device=args.device)
+    if args.set or args.world:
+        sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
+        cfg = load_config(to_dict(cfg), sets)
+        cfg = from_dict(type(cfg), to_dict(cfg))
+    data = runner.build_data(cfg, progress=not args.no_progress)
+    if data.split.names != split.names:
+        raise SystemExit(
+            f"the checkpoint was trained on {split.num_classes} classes {list(split.names)[:5]}..., "
+            f"the evaluation data has {data.split.num_classes}: use the same world or dataset"
+        )
+    embed = runner.Embedder(cfg.text, world=data.world)
+    metrics, spi, _ = runner.evaluate(method, cfg, data.val, split, embed, progress=not args.no_progress)
+    out = {k: v for k, v in metrics.items() if k != "per_class_iou"}
+    out["infer_ms_per_image"] = spi * 1000
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from zeroseg.data.io import read_image
+    from zeroseg.predict import Predictor
+    from zeroseg.viz import save_label_png, save_overlay
+
+    names = [n.strip() for n in args.classes.split(",")]
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    out = Path(args.out)
+    for path in args.images:
+        image = read_image(Path(path))
+        label = predictor.predict(image, names)
+        stem = Path(path).stem
+        save_label_png(label, out / f"{stem}_label.png")
+        save_overlay(image, label, names, out / f"{stem}_overlay.png")
+        present = ", ".join(names[c] for c in sorted(set(label.ravel().tolist())))
+        print(f"{path}: {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')} ({present})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from zeroseg.bench import run_bench
+
+    run_bench(methods=args.methods, world=args.world, out=Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_world(args) -> int:
+    from zeroseg.data.shapeworld import load_spec
+    from zeroseg.data.shapeworld.render import render
+
+    spec = load_spec(args.spec)
+    split = spec.class_split()
+    print(f"{spec.name}: {spec.num_classes} classes ({len(spec.things)} things, {len(spec.stuff)} stuff)")
+    print(f"unseen ({len(split.unseen)}): {', '.join(split.unseen_names)}")
+    print(f"cache key {spec.content_key()}")
+    if args.preview:
+        import numpy as np
+        from PIL import Image
+
+        tiles = [render(spec, "train", i).image for i in range(16)]
+        rows = [np.concatenate(tiles[r * 4 : r * 4 + 4], 1) for r in range(4)]
+        Image.fromarray(np.concatenate(rows, 0)).save(args.preview)
+        print(f"preview: {args.preview}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zeroseg", description="Generalized zero-shot segmentation toolkit")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, progress=True):
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+        if progress:
+            sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    d = sub.add_parser("demo", help="generate ShapeWorld, train and evaluate methods, write a report")
+    d.add_argument("--world", help="ShapeWorld spec YAML (default: the built-in world)")
+    d.add_argument("--methods", nargs="+", help="methods to run (default: projection oracle)")
+    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument("--quick", action="store_true", help="a short schedule for a fast look")
+    common(d)
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train", help="train one config (a preset name or a YAML file)")
+    t.add_argument("config")
+    t.add_argument("--out", default="runs")
+    common(t)
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a model checkpoint on its validation split")
+    e.add_argument("checkpoint")
+    e.add_argument("--world", help="ShapeWorld spec (default: the one it was trained on)")
+    e.add_argument("--device", default="cpu")
+    common(e)
+    e.set_defaults(fn=cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment images with any vocabulary")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--classes", required=True, help='comma-separated class names, e.g. "a,b,c"')
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(fn=cmd_predict)
+
+    b = sub.add_parser("bench", help="inference speed and peak memory per method")
+    b.add_argument("--methods", nargs="+")
+    b.add_argument("--world")
+    b.add_argument("--out", help="also write the results as JSON here")
+    b.set_defaults(fn=cmd_bench)
+
+    w = sub.add_parser("world", help="validate a ShapeWorld spec and preview it")
+    w.add_argument("spec", nargs="?")
+    w.add_argument("--preview", help="write a 4x4 grid of training images to this PNG")
+    w.set_defaults(fn=cmd_world)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_env()
+    args = build_parser().parse_args(argv)
+    from zeroseg.errors import USER_ERRORS
+
+    try:
+        return args.fn(args)
+    except USER_ERRORS as e:
+        print(f"zeroseg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zeroseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,657 @@
+"""ZS3Net and ZS5Net (Bucher, Vu, Cord, Pérez, "Zero-Shot Semantic Segmentation", NeurIPS 2019).
+
+ZS3Net turns zero-shot segmentation into supervised learning on synthetic features:
+
+1. **Segmenter** (stage 1): DeepLabv3+ trained with cross-entropy on the seen classes; unseen pixels
+   arrive as ``ignore`` through the protocol. Its pre-classifier pixel features ``f(x)`` are what
+   the generator imitates.
+2. **Generator** (stage 2, paper Sec. 3.1-3.2): a GMMN ``G(a_c, z)`` maps a class embedding ``a_c``
+   and noise ``z`` to a pixel feature. It is trained by the per-class MMD (paper eq. 1-2)
+
+       L_GMMN = sum_c MMD^2({G(a_c, z_i)}_i, {f(x_j) : y_j = c}_j)
+       MMD^2(X, Y) = E k(x, x') + E k(y, y') - 2 E k(x, y),   k = sum_s exp(-||a - b||^2 / (2 s))
+
+   between generated features and real features of *seen* classes. The real features come from
+   the frozen segmenter in eval mode on the protocol's training set (labels nearest-downsampled to
+   feature resolution, ignore pixels skipped), gathered once into a per-class feature bank, and
+   each step draws the same number of them for every seen class (balanced classes).
+3. **Classifier retraining** (stage 3, paper Sec. 3.2): the final 1x1 classifier is re-initialised
+   over *all* classes and trained with (weighted) cross-entropy on real seen features + generated
+   unseen features; ``unseen_weight`` and ``fake_per_unseen`` set how much the unseen classes count.
+
+Stages 2-3 use the unseen class *names* (their embeddings), never their pixels: the published
+setting of generative methods, recorded in the report through ``ctx.all_embeddings(reason=...)``.
+Stages 1-3 are shared between ``zs3net`` and ``zs5net`` (``ctx.shared_stage_dir``): trained once.
+
+ZS5Net (paper Sec. 3.3, transductive) adds **self-training** (stage 5): the ZS3Net model labels the
+*unlabelled* training images (``ctx.train_images``), and for every unseen class the top ``p`` % most
+confident pixels predicted as that class become pseudo-labels (p = 75 in the paper). The segmenter
+is then fine-tuned on the seen ground truth (``ctx.train_set``, seen labels only) plus those
+pseudo-labels, as two cross-entropy terms over the all-class classifier.
+
+**Difference from the released code.** The reference implementation (valeoai/ZS3) restricts
+pseudo-labels to pixels whose ground truth is an unseen class or ignored, i.e. it consults where the
+unseen objects are. We don't: pseudo-labels are ranked over *every* pixel of the unlabelled images,
+and the seen ground truth is a separate loss term on its own batch, so neither the selection nor the
+targets depend on the location of unseen pixels. Our ZS5Net numbers are therefore not inflated by
+that leak (and may be lower than a leaky re-implementation's).
+
+**Vocabulary at test time.** The retrained classifier is over the training vocabulary. ``scores``
+uses it directly when every given class embedding matches a training-vocabulary row (any order,
+any subset). For a vocabulary with new names it retrains a classifier on the fly (cached per
+vocabulary): real features of the matching seen training classes from the stored feature bank, and
+GMMN features for every other name, exactly as stage 3 does for the training vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zeroseg.data.loader import StepLoader, StepSampler, hflip, iterate_eval
+from zeroseg.data.protocol import assert_seen_only
+from zeroseg.engine.trainer import TrainConfig, autocast, load_stage, stage_done, train_stage
+from zeroseg.generators.gmmn import GMMN, GMMNConfig
+from zeroseg.generators.mmd import ZS3_BANDWIDTHS, class_conditional_mmd
+from zeroseg.methods.base import (
+    Method,
+    RunContext,
+    calibrate,
+    downsample_labels,
+    seen_position_lookup,
+)
+from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
+
+__all__ = [
+    "FeatureGenerator",
+    "GeneratorConfig",
+    "ZS3Net",
+    "ZS3NetConfig",
+    "ZS5Net",
+    "ZS5NetConfig",
+    "select_top_percent",
+]
+
+# How close two unit class embeddings must be to count as the same class (cosine similarity).
+_SAME_CLASS_COS = 0.9999
+
+
+@dataclass
+class GeneratorConfig:
+    """The GMMN and how it is trained against real seen features (stage 2)."""
+
+    noise_dim: int = 300  # noise concatenated to the class embedding (ZS3: 300)
+    hidden: int = 256  # hidden width (ZS3: one hidden layer of 256)
+    dropout: float = 0.5  # after the hidden activation (ZS3: 0.5)
+    leaky_slope: float = 0.2  # LeakyReLU slope (ZS3: 0.2)
+    noise: str = "uniform"  # uniform on [0, 1) (ZS3's torch.rand) | normal
+    output_activation: str = "none"  # none (ZS3) | relu (real features are post-ReLU)
+    bandwidths: tuple[float, ...] = ZS3_BANDWIDTHS  # Gaussian kernel variances, chosen for 256-d
+    root: bool = True  # per-class sqrt(MMD^2), as the reference's GMMNLoss
+    pixels_per_class: int = 128  # real and generated features per seen class per step (ZS3: 128)
+    bank_images: int = 1000  # training images whose features fill the real-feature bank
+    bank_per_class: int = 512  # real features kept per seen class (also stored in the checkpoint)
+
+
+def _stage(iters: int, lr: float, **kw) -> TrainConfig:
+    return TrainConfig(iters=iters, lr=lr, **kw)
+
+
+@dataclass
+class ZS3NetConfig:
+    """Model options of ZS3Net (the outer ``train:`` section is the segmenter's schedule)."""
+
+    segmenter: str = "deeplabv3plus-small"  # a DEEPLAB_PRESETS name
+    segmenter_overrides: dict = field(default_factory=dict)  # DeepLabConfig fields, e.g. feature_dim
+    pretrained_backbone: str | None = None  # torchvision-format ResNet .pth for the backbone
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator_train: TrainConfig = field(  # stage 2 schedule (ZS3: Adam 2e-4)
+        default_factory=lambda: _stage(1000, 2e-4, weight_decay=0.0, scheduler="constant", optimizer="adamw")
+    )
+    classifier_train: TrainConfig = field(  # stage 3 schedule
+        default_factory=lambda: _stage(500, 1e-2, weight_decay=0.0, scheduler="poly", optimizer="adamw")
+    )
+    real_per_step: int = 2048  # real seen features per stage-3 step (drawn from the bank)
+    fake_per_unseen: int = 128  # generated features per unseen class per stage-3 step
+    unseen_weight: float = 1.0  # cross-entropy weight of unseen classes in stage 3 (ZS3 code: 100)
+    calibration: float = 0.0  # calibrated stacking gamma at test time (0 = off)
+    vocab_retrain_iters: int = 300  # steps of on-the-fly classifier retraining for a new vocabulary
+
+
+@dataclass
+class ZS5NetConfig(ZS3NetConfig):
+    """ZS3Net options plus the self-training stage (stage 5)."""
+
+    pseudo_percent: float = 75.0  # top p% most confident pixels kept per unseen class (paper: 75)
+    pseudo_images: int | None = None  # unlabelled training images to pseudo-label (None: all)
+    self_train: TrainConfig = field(  # stage 5 schedule (fine-tunes the whole segmenter)
+        default_factory=lambda: _stage(300, 3e-4, scheduler="poly", optimizer="adamw")
+    )
+    pseudo_loss_weight: float = 1.0  # weight of the pseudo-label term relative to the seen term
+
+
+class FeatureGenerator(nn.Module):
+    """The GMMN plus the bank of real seen features it was trained against.
+
+    The bank travels with the weights so a new test vocabulary can be handled without the
+    training data (see ``ZS3Net.scores``).
+
+    Args:
+        gmmn: The generator.
+        num_seen: Number of seen classes S.
+        bank_per_class: Features kept per seen class N.
+    """
+
+    def __init__(self, gmmn: GMMN, *, num_seen: int, bank_per_class: int):
+        super().__init__()
+        self.gmmn = gmmn
+        dim = gmmn.config.feature_dim
+        self.register_buffer("bank", torch.zeros(num_seen, bank_per_class, dim))  # (S, N, F)
+        self.register_buffer("bank_count", torch.zeros(num_seen, dtype=torch.int64))  # (S,)
+
+    def sample_real(self, positions: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """(len(positions) * n, F) real features, ``n`` per seen position (with replacement)."""
+        counts = self.bank_count[positions].clamp_min(1).cpu()
+        idx = (torch.rand(len(positions), n, generator=generator) * counts[:, None]).long()
+        return self.bank[positions.to(self.bank.device)[:, None], idx.to(self.bank.device)].flatten(0, 1)
+
+
+def select_top_percent(pred: Tensor, conf: Tensor, classes: list[int], percent: float, ignore: int = 255) -> Tensor:
+    """ZS5Net pseudo-labels: per class, the top ``percent`` % most confident pixels predicted as it.
+
+    Args:
+        pred: (N, H, W) predicted class per pixel.
+        conf: (N, H, W) confidence of that prediction.
+        classes: the classes to pseudo-label (the unseen ones).
+        percent: p in (0, 100].
+
+    Returns:
+        (N, H, W) int64: the class where a pixel is selected, ``ignore`` elsewhere.
+    """
+    if not 0 < percent <= 100:
+        raise ValueError(f"pseudo_percent must be in (0, 100], got {percent}")
+    out = torch.full_like(pred, ignore, dtype=torch.int64)
+    for c in classes:
+        mask = pred == c
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        keep = max(1, int(round(n * percent / 100)))
+        scores = conf[mask].float()
+        # The keep-th largest confidence; ties at the threshold are all kept.
+        threshold = torch.topk(scores, keep).values[-1]
+        out[mask & (conf.float() >= threshold)] = c
+    return out
+
+
+def _seeded(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class ZS3Net(Method):
+    """DeepLabv3+ whose last classifier is retrained on real seen + GMMN-generated unseen features."""
+
+    name = "zs3net"
+    Config = ZS3NetConfig
+    protocol = "inductive"
+
+    def __init__(self, cfg: ZS3NetConfig, *, split, embed_dim: int):
+        super().__init__(cfg, split=split, embed_dim=embed_dim)
+        if cfg.segmenter not in DEEPLAB_PRESETS:
+            raise KeyError(f"unknown segmenter preset {cfg.segmenter!r}; valid: {sorted(DEEPLAB_PRESETS)}")
+        overrides = dict(cfg.segmenter_overrides)
+        if "num_classes" in overrides:
+            raise ValueError("model.segmenter_overrides.num_classes is set by the class split; remove it")
+        # The tuple fields of DeepLabConfig arrive from YAML as lists.
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        self.segmenter: DeepLabV3Plus = build_deeplab(cfg.segmenter, num_classes=split.num_classes, **overrides)
+        g = cfg.generator
+        gmmn = GMMN(
+            GMMNConfig(
+                embed_dim=embed_dim,
+                feature_dim=self.segmenter.feature_dim,
+                noise_dim=g.noise_dim,
+                hidden=g.hidden,
+                dropout=g.dropout,
+                leaky_slope=g.leaky_slope,
+                noise=g.noise,
+                output_activation=g.output_activation,
+            )
+        )
+        self.feature_gen = FeatureGenerator(gmmn, num_seen=len(split.seen), bank_per_class=g.bank_per_class)
+        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
+        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+        # The training vocabulary's embeddings (all classes, split order), set by fit().
+        self.register_buffer("train_embeddings", torch.zeros(split.num_classes, embed_dim))
+        self._vocab_cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ model
+    def features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) uint8 -> (B, F, H/4, W/4) pre-classifier features."""
+        return self.segmenter.forward_features((images.float() - self.pixel_mean) / self.pixel_std)
+
+    @property
+    def seen_t(self) -> Tensor:
+        return torch.tensor(self.split.seen, dtype=torch.int64)
+
+    @property
+    def unseen_t(self) -> Tensor:
+        return torch.tensor(self.split.unseen, dtype=torch.int64)
+
+    # ------------------------------------------------------------- stage keys
+    def _key1(self, ctx: RunContext) -> dict:
+        c = self.cfg
+        return {
+            "data": ctx.data_key(),
+            "segmenter": c.segmenter,
+            "overrides": c.segmenter_overrides,
+            "pretrained": c.pretrained_backbone,
+            "train": dataclasses.asdict(ctx.cfg.train),
+        }
+
+    def _key2(self, ctx: RunContext) -> dict:
+        return {
+            **self._key1(ctx),
+            "text": dataclasses.asdict(ctx.cfg.text),
+            "generator": dataclasses.asdict(self.cfg.generator),
+            "generator_train": dataclasses.asdict(self.cfg.generator_train),
+        }
+
+    def _key3(self, ctx: RunContext) -> dict:
+        c = self.cfg
+        return {
+            **self._key2(ctx),
+            "classifier_train": dataclasses.asdict(c.classifier_train),
+            "real_per_step": c.real_per_step,
+            "fake_per_unseen": c.fake_per_unseen,
+            "unseen_weight": c.unseen_weight,
+        }
+
+    # ------------------------------------------------------------------ stages
+    def fit(self, ctx: RunContext) -> None:
+        emb = ctx.all_embeddings(
+            reason="ZS3Net's generator makes unseen-class features from their names (stages 2-3); "
+            "no unseen pixel label is used"
+        )
+        self.train_embeddings.copy_(emb.to(self.train_embeddings))
+        self.fit_segmenter(ctx)
+        self.fit_generator(ctx)
+        self.fit_classifier(ctx)
+
+    def fit_segmenter(self, ctx: RunContext) -> None:
+        """Stage 1: DeepLabv3+ with cross-entropy over the seen classes."""
+        directory = ctx.shared_stage_dir("zs3-segmenter", self._key1(ctx))
+        self.segmenter.reset_classifier(len(self.split.seen))
+        if stage_done(directory):
+            load_stage(self.segmenter, directory)
+            return
+        if self.cfg.pretrained_backbone:
+            from zeroseg.models.backbones.resnet import load_torchvision_resnet
+
+            load_torchvision_resnet(self.segmenter.backbone, self.cfg.pretrained_backbone)
+        lookup = seen_position_lookup(self.split).to(ctx.device)
+        cfg = ctx.cfg.train
+        loader = StepLoader(ctx.train_set, StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed), transform=hflip)
+        mean, std = self.pixel_mean.to(ctx.device), self.pixel_std.to(ctx.device)
+
+        def step(seg, batch):
+            # Loss at feature resolution (labels nearest-subsampled): the K-channel upsampling
+            # would otherwise dominate a CPU step.
+            images = (batch["image"].to(ctx.device).float() - mean) / std
+            out = seg.classifier(seg.forward_features(images)).float()
+            target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
+            return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
+
+        train_stage(
+            stage="segmenter",
+            model=self.segmenter,
+            step_fn=step,
+            batches=loader,
+            cfg=cfg,
+            directory=directory,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": "zs3net"},
+        )
+
+    @torch.no_grad()
+    def build_feature_bank(self, dataset, *, device: torch.device, seed: int = 0) -> None:
+        """Fills the bank with real features of seen classes from the frozen segmenter (eval mode).
+
+        Args:
+            dataset: labelled data through the protocol (every batch is checked for unseen labels).
+        """
+        g = self.cfg.generator
+        lookup = seen_position_lookup(self.split).to(device)
+        n_img = min(len(dataset), g.bank_images)
+        order = np.random.default_rng(seed).permutation(len(dataset))[:n_img]
+        subset = torch.utils.data.Subset(dataset, order.tolist())
+        per_class: list[list[Tensor]] = [[] for _ in self.split.seen]
+        self.segmenter.eval()
+        for batch in iterate_eval(subset, 50):
+            assert_seen_only(batch, self.split, stage="feature-bank")
+            feats = self.features(batch["image"].to(device)).float()  # (B, F, h, w)
+            pos = lookup[downsample_labels(batch["label"].to(device), feats.shape[-2:])]  # (B, h, w)
+            flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+            pos = pos.reshape(-1)
+            for p in torch.unique(pos).tolist():
+                if p != self.split.ignore_index:
+                    per_class[p].append(flat[pos == p].cpu())
+        gen = torch.Generator().manual_seed(seed)
+        bank = torch.zeros_like(self.feature_gen.bank, device="cpu")
+        count = torch.zeros_like(self.feature_gen.bank_count, device="cpu")
+        for p, chunks in enumerate(per_class):
+            if not chunks:
+                continue
+            allf = torch.cat(chunks)
+            keep = torch.randperm(len(allf), generator=gen)[: bank.shape[1]]
+            bank[p, : len(keep)] = allf[keep]
+            count[p] = len(keep)
+        self.feature_gen.bank.copy_(bank)
+        self.feature_gen.bank_count.copy_(count)
+
+    def fit_generator(self, ctx: RunContext) -> None:
+        """Stage 2: the GMMN, by class-conditional MMD against balanced real seen features."""
+        directory = ctx.shared_stage_dir("zs3-generator", self._key2(ctx))
+        if stage_done(directory):
+            load_stage(self.feature_gen, directory)
+            return
+        self.build_feature_bank(ctx.train_set, device=ctx.device, seed=ctx.cfg.seed)
+        g, cfg = self.cfg.generator, self.cfg.generator_train
+        present = torch.nonzero(self.feature_gen.bank_count.cpu() > 0).flatten()  # seen positions
+        if len(present) == 0:
+            raise RuntimeError("zs3net: no seen-class pixel in the training images used for the feature bank")
+        classes = self.seen_t[present]  # full class ids
+        emb = self.train_embeddings.to(ctx.device)
+
+        def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
+            for step in range(start, stop):
+                gen = _seeded(cfg.seed, step)
+                real = self.feature_gen.sample_real(present, g.pixels_per_class, gen)
+                yield step, {"features": real, "label": classes.repeat_interleave(g.pixels_per_class)}
+
+        def step(fg, batch):
+            label = batch["label"].to(ctx.device)
+            noise = fg.gmmn.sample_noise(len(label), device=ctx.device)
+            fake = fg.gmmn(emb[label], noise).float()
+            real = batch["features"].to(ctx.device).float()
+            loss = class_conditional_mmd(fake, label, real, label, g.bandwidths, root=g.root)
+            return {"loss": loss}
+
+        train_stage(
+            stage="generator",
+            model=self.feature_gen,
+            step_fn=step,
+            batches=batches,
+            cfg=cfg,
+            directory=directory,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": "zs3net"},
+        )
+
+    def _classifier_batch(self, classes_real: Tensor, positions: Tensor, classes_fake: Tensor,
+                          emb_fake: Tensor, n_real: int, n_fake: int, gen: torch.Generator) -> dict:
+        """Real bank features of ``positions`` (labelled ``classes_real``) + generated ones."""
+        per = max(1, n_real // max(1, len(positions)))
+        real = self.feature_gen.sample_real(positions, per, gen)
+        out = {"features": real, "label": classes_real.repeat_interleave(per)}
+        if len(classes_fake):
+            was = self.feature_gen.training
+            self.feature_gen.eval()
+            with torch.no_grad():
+                gmmn = self.feature_gen.gmmn
+                noise = gmmn.sample_noise(len(classes_fake) * n_fake, generator=gen, device="cpu")
+                e = emb_fake.cpu().repeat_interleave(n_fake, 0)
+                fake = gmmn(e.to(gmmn.net[0].weight.device), noise.to(gmmn.net[0].weight.device))
+            self.feature_gen.train(was)
+            out["fake"] = fake.float()
+            out["fake_label"] = classes_fake.repeat_interleave(n_fake)
+        return out
+
+    def fit_classifier(self, ctx: RunContext) -> None:
+        """Stage 3: the 1x1 classifier over all classes, on real seen + generated unseen features."""
+        directory = ctx.shared_stage_dir("zs3-classifier", self._key3(ctx))
+        self.segmenter.reset_classifier(self.split.num_classes)
+        if stage_done(directory):
+            load_stage(self.segmenter.classifier, directory)
+            return
+        c, cfg = self.cfg, self.cfg.classifier_train
+        present = torch.nonzero(self.feature_gen.bank_count.cpu() > 0).flatten()
+        unseen = self.unseen_t
+        emb_unseen = self.train_embeddings[unseen]
+        weight = torch.ones(self.split.num_classes, device=ctx.device)
+        weight[unseen.to(ctx.device)] = c.unseen_weight
+
+        def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
+            for step in range(start, stop):
+                gen = _seeded(cfg.seed + 1, step)
+                yield step, self._classifier_batch(
+                    self.seen_t[present], present, unseen, emb_unseen, c.real_per_step, c.fake_per_unseen, gen
+                )
+
+        train_stage(
+            stage="classifier",
+            model=self.segmenter.classifier,
+            step_fn=lambda clf, batch: {"loss": _linear_ce(clf, batch, weight, ctx.device)},
+            batches=batches,
+            cfg=cfg,
+            directory=directory,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": "zs3net"},
+        )
+
+    # --------------------------------------------------------------- inference
+    def _match_training_rows(self, class_embeddings: Tensor) -> Tensor:
+        """(K,) index of the training-vocabulary row each embedding equals, or -1."""
+        a = F.normalize(class_embeddings.float(), dim=1)
+        b = F.normalize(self.train_embeddings.float().to(a.device), dim=1)
+        sim = a @ b.T  # (K, K_train)
+        best, idx = sim.max(1)
+        return torch.where(best >= _SAME_CLASS_COS, idx, torch.full_like(idx, -1))
+
+    def classifier_for(self, class_embeddings: Tensor, seen_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(K, F) weights and (K,) biases of a 1x1 classifier over the given vocabulary."""
+        rows = self._match_training_rows(class_embeddings)
+        clf = self.segmenter.classifier
+        if bool((rows >= 0).all()) and len(set(rows.tolist())) == len(rows):
+            return clf.weight[rows, :, 0, 0], clf.bias[rows]
+        key = hashlib.sha256(class_embeddings.detach().float().cpu().numpy().tobytes()).hexdigest()
+        key += hashlib.sha256(seen_mask.cpu().numpy().tobytes()).hexdigest()
+        if key not in self._vocab_cache:
+            self._vocab_cache[key] = self._retrain_for_vocabulary(class_embeddings, seen_mask, rows)
+        return self._vocab_cache[key]
+
+    @torch.enable_grad()
+    def _retrain_for_vocabulary(self, class_embeddings: Tensor, seen_mask: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage 3 for a new vocabulary: real bank features for the classes that are seen training
+        classes, GMMN features for all others."""
+        device = class_embeddings.device
+        seen_pos = {c: p for p, c in enumerate(self.split.seen)}
+        real_cls, real_pos, fake_cls = [], [], []
+        for k, (r, s) in enumerate(zip(rows.tolist(), seen_mask.tolist())):
+            if s and r in seen_pos and int(self.feature_gen.bank_count[seen_pos[r]]) > 0:
+                real_cls.append(k)
+                real_pos.append(seen_pos[r])
+            else:
+                fake_cls.append(k)
+        c = self.cfg
+        kcls = len(rows)
+        clf = nn.Conv2d(self.segmenter.feature_dim, kcls, 1).to(device)
+        opt = torch.optim.AdamW(clf.parameters(), lr=c.classifier_train.lr, weight_decay=0.0)
+        weight = torch.ones(kcls, device=device)
+        weight[torch.tensor(fake_cls, dtype=torch.int64, device=device)] = c.unseen_weight
+        real_cls_t, real_pos_t = torch.tensor(real_cls, dtype=torch.int64), torch.tensor(real_pos, dtype=torch.int64)
+        fake_t = torch.tensor(fake_cls, dtype=torch.int64)
+        for step in range(c.vocab_retrain_iters):
+            gen = _seeded(c.classifier_train.seed + 7, step)
+            if len(real_pos):
+                batch = self._classifier_batch(
+                    real_cls_t, real_pos_t, fake_t, class_embeddings[fake_t.to(device)],
+                    c.real_per_step, c.fake_per_unseen, gen,
+                )
+            else:
+                batch = self._fake_only_batch(fake_t, class_embeddings[fake_t.to(device)], c.fake_per_unseen, gen)
+            for g in opt.param_groups:
+                g["lr"] = c.classifier_train.lr * (1 - step / c.vocab_retrain_iters) ** 0.9
+            loss = _linear_ce(clf, batch, weight, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return clf.weight.detach()[:, :, 0, 0], clf.bias.detach()
+
+    def _fake_only_batch(self, classes: Tensor, emb: Tensor, n: int, gen: torch.Generator) -> dict:
+        out = self._classifier_batch(classes[:0], classes[:0], classes, emb, 0, n, gen)
+        return {"features": out["fake"], "label": out["fake_label"]}
+
+    def logits(self, images: Tensor, class_embeddings: Tensor, seen_mask: Tensor, *, upsample: bool = True) -> Tensor:
+        """(B, 3, H, W) uint8 -> (B, K, H, W) logits (feature resolution if not ``upsample``)."""
+        w, b = self.classifier_for(class_embeddings, seen_mask)
+        feats = self.features(images).float()
+        out = F.conv2d(feats, w.float()[:, :, None, None], b.float())
+        if upsample:
+            out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        return out
+
+    def scores(self, images, class_embeddings, seen_mask):
+        return calibrate(self.logits(images, class_embeddings, seen_mask), seen_mask, self.cfg.calibration)
+
+
+def _linear_ce(clf: nn.Module, batch: dict, weight: Tensor, device: torch.device) -> Tensor:
+    """Weighted cross-entropy of a 1x1 conv classifier on (N, F) features."""
+    feats, labels = batch["features"], batch["label"]
+    if "fake" in batch:
+        feats = torch.cat([feats, batch["fake"]])
+        labels = torch.cat([labels, batch["fake_label"]])
+    feats = feats.to(device).float()
+    logits = clf(feats[:, :, None, None])[:, :, 0, 0].float()  # (N, K)
+    return F.cross_entropy(logits, labels.to(device), weight=weight)
+
+
+class _PseudoLabelled(torch.utils.data.Dataset):
+    """Unlabelled training images with their pseudo-label maps (the only targets they carry)."""
+
+    def __init__(self, images, indices: list[int], pseudo: Tensor):
+        self.images, self.indices, self.pseudo = images, indices, pseudo
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.images[self.indices[i]]
+        return {"image": s["image"], "pseudo_label": self.pseudo[i]}
+
+
+def _flip_pseudo(sample: dict, rng: np.random.Generator) -> dict:
+    if rng.random() < 0.5:
+        sample = {k: (v.flip(-1) if k in ("image", "pseudo_label") else v) for k, v in sample.items()}
+    return sample
+
+
+class ZS5Net(ZS3Net):
+    """ZS3Net followed by transductive self-training on pseudo-labelled unlabelled images."""
+
+    name = "zs5net"
+    Config = ZS5NetConfig
+    protocol = "transductive"
+
+    def fit(self, ctx: RunContext) -> None:
+        super().fit(ctx)  # stages 1-3, shared with zs3net
+        self.fit_self_training(ctx)
+
+    @torch.no_grad()
+    def pseudo_label(self, images, *, device: torch.device, amp: str = "none") -> tuple[list[int], Tensor]:
+        """Pseudo-labels of unlabelled images (no label is read: ``images`` carry none).
+
+        Returns:
+            the image indices used and their (N, H, W) pseudo-label maps (unseen class or 255).
+        """
+        c = self.cfg
+        n = len(images) if c.pseudo_images is None else min(len(images), c.pseudo_images)
+        indices = list(range(n))
+        subset = torch.utils.data.Subset(images, indices)
+        emb = self.train_embeddings
+        seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=emb.device)
+        seen_mask[self.seen_t.to(emb.device)] = True
+        preds, confs = [], []
+        self.eval()
+        for batch in iterate_eval(subset, 50):
+            if "label" in batch:
+                raise ValueError("pseudo-labelling must run on unlabelled images (ctx.train_images)")
+            with autocast(amp, device):
+                logits = self.logits(batch["image"].to(device), emb, seen_mask)
+            prob = logits.float().softmax(1)
+            ranked = calibrate(logits.float(), seen_mask, c.calibration) if c.calibration else prob
+            pred = ranked.argmax(1)
+            preds.append(pred.cpu())
+            confs.append(prob.gather(1, pred[:, None])[:, 0].half().cpu())
+        pseudo = select_top_percent(torch.cat(preds), torch.cat(confs), list(self.split.unseen), c.pseudo_percent)
+        return indices, pseudo.to(torch.uint8)
+
+    def fit_self_training(self, ctx: RunContext) -> None:
+        """Stage 5: fine-tune the segmenter on seen ground truth + unseen pseudo-labels."""
+        directory = ctx.stage_dir("self_training")
+        if stage_done(directory):
+            load_stage(self.segmenter, directory)
+            return
+        c, cfg = self.cfg, self.cfg.self_train
+        indices, pseudo = self.pseudo_label(ctx.train_images, device=ctx.device, amp=cfg.amp)
+        counts = {self.split.names[u]: int((pseudo == u).sum()) for u in self.split.unseen}
+        ctx.notes.append(
+            f"zs5net pseudo-labelled {sum(counts.values())} pixels of unseen classes "
+            f"(top {c.pseudo_percent:g}% per class) in {len(indices)} unlabelled training images"
+        )
+        half = max(1, cfg.batch_size // 2)
+        seen_loader = StepLoader(ctx.train_set, StepSampler(len(ctx.train_set), half, cfg.seed), transform=hflip)
+        pseudo_set = _PseudoLabelled(ctx.train_images, indices, pseudo)
+        pseudo_loader = StepLoader(pseudo_set, StepSampler(len(pseudo_set), half, cfg.seed + 1), transform=_flip_pseudo)
+
+        def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
+            for step in range(start, stop):
+                s, p = seen_loader.batch(step), pseudo_loader.batch(step)
+                # "label" is the seen ground truth, checked by the protocol guard; pseudo-labels are
+                # the model's own predictions on unlabelled images.
+                yield step, {"image": s["image"], "label": s["label"],
+                             "pseudo_image": p["image"], "pseudo_label": p["pseudo_label"]}
+
+        mean, std = self.pixel_mean.to(ctx.device), self.pixel_std.to(ctx.device)
+        ignore = self.split.ignore_index
+
+        def step(seg, batch):
+            images = torch.cat([batch["image"], batch["pseudo_image"]]).to(ctx.device)
+            out = seg.classifier(seg.forward_features((images.float() - mean) / std)).float()
+            size = out.shape[-2:]
+            n = len(batch["image"])
+            seen_t = downsample_labels(batch["label"].to(ctx.device), size)
+            pseudo_t = downsample_labels(batch["pseudo_label"].to(ctx.device), size)
+            loss_seen = F.cross_entropy(out[:n], seen_t, ignore_index=ignore)
+            if bool((pseudo_t != ignore).any()):
+                loss_pseudo = F.cross_entropy(out[n:], pseudo_t, ignore_index=ignore)
+            else:
+                loss_pseudo = out.sum() * 0
+            loss = loss_seen + c.pseudo_loss_weight * loss_pseudo
+            return {"loss": loss, "seen": loss_seen.detach(), "pseudo": loss_pseudo.detach()}
+
+        train_stage(
+            stage="self_training",
+            model=self.segmenter,
+            step_fn=step,
+            batches=batches,
+            cfg=cfg,
+            directory=directory,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": "zs5net"},
+        )

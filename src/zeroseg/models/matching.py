@@ -1,0 +1,162 @@
+"""Bipartite matching and the set loss of mask-classification models.
+
+DETR (Carion et al., ECCV 2020) / MaskFormer (Cheng et al., NeurIPS 2021) / Mask2Former (CVPR 2022):
+predictions (N queries) and ground-truth segments (M <= N) are matched one-to-one by the Hungarian
+algorithm (``scipy.optimize.linear_sum_assignment``) on the cost
+
+    C(q, j) = w_class · (-p_q(c_j)) + w_mask · BCE(m_q, g_j) + w_dice · (1 - dice(m_q, g_j)),
+
+and the set loss is, for the matched pairs, ``w_mask · BCE + w_dice · dice`` (averaged over the
+ground-truth segments) plus ``w_class ·`` cross-entropy of *all* queries, unmatched ones toward
+the no-object class whose weight is ``no_object_weight`` (0.1). Mask2Former's weights are
+w_class 2, w_mask 5, w_dice 5. Masks are compared at the prediction's resolution (64 px images
+give 32x32 masks, small enough that no point sampling is needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+__all__ = [
+    "MatchWeights",
+    "Target",
+    "hungarian_match",
+    "set_loss",
+    "targets_from_panoptic",
+]
+
+
+@dataclass
+class MatchWeights:
+    """Weights of the matching cost and of the loss (Mask2Former's defaults)."""
+
+    class_weight: float = 2.0  # class term
+    mask_weight: float = 5.0  # sigmoid BCE term
+    dice_weight: float = 5.0  # dice term
+    no_object_weight: float = 0.1  # CE weight of the no-object class
+
+
+@dataclass
+class Target:
+    """Ground-truth segments of one image: ``labels`` (M,) int64 class positions, ``masks`` (M, h, w) float."""
+
+    labels: Tensor
+    masks: Tensor
+
+
+def targets_from_panoptic(
+    panoptic: Tensor, segments, lookup: Tensor, size: tuple[int, int], *, ignore_index: int = 255
+) -> list[Target]:
+    """Per-image targets from panoptic maps and segment rows.
+
+    Args:
+        panoptic: (B, H, W) segment ids (0 = void).
+        segments: B tensors (n, >=2) of rows ``(segment_id, class, ...)`` (or one (B, n, >=2) tensor).
+        lookup: (256,) class index -> position in the training vocabulary; ``ignore_index`` drops
+            a segment (e.g. an unseen class, which the protocol has removed already).
+        size: (h, w) of the predicted masks; the map is subsampled there (nearest: no id is mixed).
+    """
+    pan = panoptic
+    if tuple(pan.shape[-2:]) != tuple(size):
+        pan = F.interpolate(pan[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    out = []
+    for b in range(pan.shape[0]):
+        segs = segments[b]
+        ids, cls = segs[:, 0].to(pan.device), segs[:, 1].long().clamp(0, 255)
+        pos = lookup.to(pan.device)[cls.to(pan.device)]
+        keep = pos != ignore_index
+        masks = (pan[b][None] == ids[keep][:, None, None]).float()
+        present = masks.flatten(1).sum(1) > 0  # a tiny segment may vanish at mask resolution
+        out.append(Target(labels=pos[keep][present], masks=masks[present]))
+    return out
+
+
+def _pair_costs(logits: Tensor, masks: Tensor, t: Target, w: MatchWeights) -> Tensor:
+    """(N, M) matching cost of one image's predictions against its targets."""
+    prob = logits.float().softmax(-1)
+    cost_class = -prob[:, t.labels]
+    x = masks.float().flatten(1)  # (N, P)
+    g = t.masks.float().flatten(1)  # (M, P)
+    p = x.shape[1]
+    pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
+    cost_mask = (pos @ g.T + neg @ (1 - g).T) / p
+    s = x.sigmoid()
+    dice = (2 * s @ g.T + 1) / (s.sum(1)[:, None] + g.sum(1)[None, :] + 1)
+    return w.class_weight * cost_class + w.mask_weight * cost_mask + w.dice_weight * (1 - dice)
+
+
+@torch.no_grad()
+def hungarian_match(
+    logits: Tensor, masks: Tensor, targets: list[Target], weights: MatchWeights | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """Optimal one-to-one assignment of queries to ground-truth segments, per image.
+
+    Args:
+        logits: (B, N, K+1) class logits (last: no-object).
+        masks: (B, N, h, w) mask logits.
+        targets: B targets with masks at (h, w).
+
+    Returns:
+        B pairs ``(query_idx, target_idx)`` of int64 tensors of length min(N, M_b).
+    """
+    w = weights or MatchWeights()
+    out = []
+    for b, t in enumerate(targets):
+        if len(t.labels) == 0:
+            empty = torch.zeros(0, dtype=torch.int64)
+            out.append((empty, empty))
+            continue
+        c = _pair_costs(logits[b], masks[b], t, w).cpu().numpy()
+        qi, ti = linear_sum_assignment(np.nan_to_num(c, nan=1e6))
+        out.append((torch.as_tensor(qi, dtype=torch.int64), torch.as_tensor(ti, dtype=torch.int64)))
+    return out
+
+
+def set_loss(
+    logits: Tensor,
+    masks: Tensor,
+    targets: list[Target],
+    matches: list[tuple[Tensor, Tensor]],
+    weights: MatchWeights | None = None,
+) -> dict[str, Tensor]:
+    """The weighted set loss of one layer's predictions.
+
+    Args:
+        logits: (B, N, K+1) class logits.
+        masks: (B, N, h, w) mask logits.
+        targets: B targets.
+        matches: from :func:`hungarian_match`.
+
+    Returns:
+        ``ce``, ``bce``, ``dice`` (unweighted) and ``loss`` (weighted sum).
+    """
+    w = weights or MatchWeights()
+    b, n, k1 = logits.shape
+    device = logits.device
+    target_cls = torch.full((b, n), k1 - 1, dtype=torch.int64, device=device)
+    src_masks, tgt_masks = [], []
+    for i, (t, (qi, ti)) in enumerate(zip(targets, matches)):
+        target_cls[i, qi.to(device)] = t.labels[ti.to(t.labels.device)].to(device)
+        src_masks.append(masks[i, qi.to(device)])
+        tgt_masks.append(t.masks[ti.to(t.masks.device)].to(device))
+    class_w = torch.ones(k1, device=device)
+    class_w[-1] = w.no_object_weight
+    ce = F.cross_entropy(logits.float().reshape(-1, k1), target_cls.reshape(-1), weight=class_w)
+    num = max(1, sum(len(qi) for qi, _ in matches))
+    if num and src_masks and sum(len(s) for s in src_masks):
+        x = torch.cat(src_masks).float().flatten(1)
+        g = torch.cat(tgt_masks).float().flatten(1)
+        bce = F.binary_cross_entropy_with_logits(x, g, reduction="none").mean(1).sum() / num
+        s = x.sigmoid()
+        dice = (1 - (2 * (s * g).sum(1) + 1) / (s.sum(1) + g.sum(1) + 1)).sum() / num
+    else:
+        bce = dice = masks.sum() * 0.0
+    loss = w.class_weight * ce + w.mask_weight * bce + w.dice_weight * dice
+    return {"loss": loss, "ce": ce.detach(), "bce": bce.detach(), "dice": dice.detach()}

@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated cache, and a tiny ShapeWorld that trains in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_WORLD = """\
+name: tiny
+seed: 1
+image_size: 32
+train_images: 640
+val_images: 96
+caption_images: 64
+objects_per_image: [1, 2]
+things:
+  - {name: red circle, color: [220, 40, 40], shape: circle}
+  - {name: blue circle, color: [50, 90, 220], shape: circle}
+  - {name: red square, color: [220, 40, 40], shape: square}
+  - {name: blue square, color: [50, 90, 220], shape: square}
+  - {name: yellow triangle, color: [225, 205, 40], shape: triangle}
+stuff:
+  - {name: flat gray ground, color: [130, 130, 130], texture: flat}
+  - {name: striped brown ground, color: [120, 80, 45], texture: stripes}
+unseen: [blue square]
+variation: {size: [0.4, 0.7], stuff_regions: [1, 2]}
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Worlds and embeddings are cached under a session temp dir, never in the user's cache."""
+    root = tmp_path_factory.mktemp("zeroseg-cache")
+    old = os.environ.get("ZEROSEG_CACHE")
+    os.environ["ZEROSEG_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("ZEROSEG_CACHE", None)
+    else:
+        os.environ["ZEROSEG_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("worlds") / "tiny.yaml"
+    path.write_text(TINY_WORLD)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from zeroseg.data.loader import StepLoader, StepSampler, hflip
+from zeroseg.data.protocol import ProtocolError, SeenOnly, assert_seen_only
+from zeroseg.data.shapeworld import ShapeWorldDataset, load_spec
+from zeroseg.engine.trainer import TrainConfig, train_stage
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world):
+    spec = load_spec(tiny_world)
+    return spec, ShapeWorldDataset(spec, "train", progress=False)
+
+
+@pytest.mark.parametrize("protocol", ["ignore", "strict"])
+def test_no_unseen_label_reaches_any_training_batch(world, protocol):
+    spec, ds = world
+    split = spec.class_split()
+    assert split.contains_unseen(torch.from_numpy(ds.labels()))  # the raw data has unseen pixels
+    seen_only = SeenOnly(ds, split, protocol)
+    loader = StepLoader(seen_only, StepSampler(len(seen_only), 32, seed=0), transform=hflip)
+    steps = -(-len(seen_only) // 32) + 2  # more than an epoch
+    for _, batch in loader(0, steps):
+        assert not split.contains_unseen(batch["label"])
+        for segs in batch["segments"]:
+            assert not np.isin(segs[:, 1].numpy(), split.unseen).any()
+        assert "caption" not in batch  # captions name unseen classes
+        assert_seen_only(batch, split, stage="test")
+
+
+def test_strict_drops_every_image_with_unseen_pixels(world):
+    spec, ds = world
+    split = spec.class_split()
+    strict = SeenOnly(ds, split, "strict")
+    has_unseen = np.isin(ds.labels(), split.unseen).reshape(len(ds), -1).any(1)
+    assert strict.dropped == has_unseen.sum() > 0
+    assert len(strict) == len(ds) - strict.dropped
+    for i in range(len(strict)):
+        assert not split.contains_unseen(ds[int(strict.unseen_free[i])]["label"])
+
+
+def test_ignore_keeps_images_but_voids_unseen_pixels(world):
+    spec, ds = world
+    split = spec.class_split()
+    view = SeenOnly(ds, split, "ignore")
+    assert len(view) == len(ds)
+    i = int(np.flatnonzero(np.isin(ds.labels(), split.unseen).reshape(len(ds), -1).any(1))[0])
+    full, seen = ds[i]["label"], view[i]["label"]
+    unseen_px = torch.isin(full, torch.tensor(split.unseen))
+    assert (seen[unseen_px] == 255).all() and (seen[~unseen_px] == full[~unseen_px]).all()
+    assert (view[i]["panoptic"][unseen_px] == 0).all()
+
+
+def test_a_training_stage_refuses_a_leaking_batch(world, tmp_path):
+    spec, ds = world
+    split = spec.class_split()
+    model = torch.nn.Linear(1, 1)
+
+    def leaking(start, stop):  # full labels, bypassing SeenOnly
+        for step in range(start, stop):
+            yield step, {"label": ds[0]["label"][None] * 0 + split.unseen[0]}
+
+    with pytest.raises(ProtocolError, match="blue square"):
+        train_stage(
+            stage="segmenter",
+            model=model,
+            step_fn=lambda m, b: {"loss": m.weight.sum()},
+            batches=leaking,
+            cfg=TrainConfig(iters=2),
+            directory=tmp_path / "s",
+            split=split,
+            progress=False,
+        )

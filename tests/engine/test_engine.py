@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from zeroseg.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
+from zeroseg.engine.inference import slide_scores
+from zeroseg.engine.trainer import NonFiniteLossError, TrainConfig, lr_factor, train_stage
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 8)
+        self.drop = torch.nn.Dropout(0.3)  # uses the RNG, so resume must restore it
+        self.b = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.b(self.drop(torch.relu(self.a(x))))
+
+
+def batches(start, stop):
+    for step in range(start, stop):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(8, 4, generator=g)
+        yield step, {"x": x, "y": x.sum(1, keepdim=True)}
+
+
+def step_fn(model, batch):
+    return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
+
+
+def test_checkpoint_round_trip_and_strict_errors(tmp_path):
+    m = Tiny()
+    path = save_checkpoint(tmp_path / "m.safetensors", m.state_dict(), {"hello": 1})
+    tensors, meta = load_checkpoint(path)
+    assert meta == {"hello": 1} and path.with_suffix(".json").is_file()
+    load_state_dict_strict(Tiny(), tensors, what="m")
+    del tensors["a.bias"]
+    tensors["b.weight"] = torch.zeros(2, 8)
+    with pytest.raises(CheckpointError, match=r"missing keys: a.bias(.|\n)*b.weight: checkpoint \(2, 8\) vs model \(1, 8\)"):
+        load_state_dict_strict(Tiny(), tensors, what="m")
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(iters=40, lr=1e-2, ckpt_every=10, keep_ckpts=2, seed=3)
+    torch.manual_seed(0)
+    full = Tiny()
+    train_stage(stage="s", model=full, step_fn=step_fn, batches=batches, cfg=cfg, directory=tmp_path / "a", progress=False)
+
+    torch.manual_seed(0)
+    part = Tiny()
+    half = TrainConfig(**{**cfg.__dict__, "iters": 40})
+
+    def interrupted(start, stop):  # dies after step 25
+        for step, b in batches(start, stop):
+            if step == 25:
+                raise KeyboardInterrupt
+            yield step, b
+
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(stage="s", model=part, step_fn=step_fn, batches=interrupted, cfg=half, directory=tmp_path / "b", progress=False)
+    assert sorted(p.name for p in (tmp_path / "b").glob("step-*.safetensors")) == [
+        "step-0000010.safetensors",
+        "step-0000020.safetensors",
+    ]
+    resumed = Tiny()  # fresh weights: everything must come from the checkpoint
+    train_stage(stage="s", model=resumed, step_fn=step_fn, batches=batches, cfg=cfg, directory=tmp_path / "b", progress=False)
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_nan_loss_stops_with_step_and_batch(tmp_path):
+    def nan_fn(model, batch):
+        return {"loss": model(batch["x"]).sum() * float("nan")}
+
+    with pytest.raises(NonFiniteLossError, match="at step 0"):
+        train_stage(stage="s", model=Tiny(), step_fn=nan_fn, batches=batches, cfg=TrainConfig(iters=3), directory=tmp_path, progress=False)
+
+
+def test_poly_schedule():
+    cfg = TrainConfig(iters=100, warmup_iters=10)
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100) == pytest.approx(0.0)
+
+
+def test_slide_inference_matches_whole_for_a_pixelwise_model():
+    images = torch.randint(0, 255, (2, 3, 37, 50), dtype=torch.uint8)
+
+    def fn(x):  # per-pixel scores: windows must reassemble exactly
+        return torch.stack([x[:, 0].float(), x[:, 1].float() * 2], 1)
+
+    out = slide_scores(fn, images, crop=16, stride=12)
+    assert out.shape == (2, 2, 37, 50)
+    assert torch.allclose(out, fn(images))
+    small = slide_scores(fn, images[:, :, :10, :10], crop=16, stride=12)  # padded, then cropped
+    assert torch.allclose(small, fn(images[:, :, :10, :10]))
