@@ -1,1 +1,64 @@
+"""Real benchmarks in their standard layouts: PASCAL VOC 2012 (+SBD), COCO-Stuff 164k, PASCAL
+Context-59 and COCO panoptic 2017, each with the zero-shot class split of DESIGN.md.
 
+``DATASETS`` maps a dataset name (``DataConfig.dataset``) to its builder
+``build(root, split, *, limit, train_transform) -> FileListDataset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from zeroseg.data.classes import ClassSplit
+from zeroseg.data.real import coco_panoptic, coco_stuff, context, voc
+from zeroseg.data.real.base import FileListDataset, LayoutError
+
+DATASETS: dict[str, Callable[..., FileListDataset]] = {
+    "voc": voc.build,
+    "coco_stuff": coco_stuff.build,
+    "context": context.build,
+    "coco_panoptic": coco_panoptic.build,
+}
+
+CLASS_SPLITS: dict[str, Callable[[], ClassSplit]] = {
+    "voc": voc.class_split,
+    "coco_stuff": coco_stuff.class_split,
+    "context": context.class_split,
+    "coco_panoptic": coco_panoptic.class_split,
+}
+
+
+def get_builder(name: str) -> Callable[..., FileListDataset]:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)} (and shapeworld)")
+    return DATASETS[name]
+
+
+def build_real_dataset(data_cfg) -> tuple[FileListDataset, FileListDataset, ClassSplit]:
+    """The training and validation sets and class split of a ``zeroseg.config.DataConfig``.
+
+    The training set carries ``train_transform`` (resize ``data_cfg.scale_range``, crop
+    ``data_cfg.crop_size``, flip, photometric distortion) for the step loader to apply; the
+    validation set is not augmented.
+    """
+    from zeroseg.data.transforms import train_transform
+
+    build = get_builder(data_cfg.dataset)
+    if not data_cfg.root:
+        raise ValueError(
+            f"data.root is not set: point it at the {data_cfg.dataset} dataset directory"
+        )
+    aug = train_transform(data_cfg.crop_size, tuple(data_cfg.scale_range))
+    train = build(data_cfg.root, "train", limit=data_cfg.train_limit, train_transform=aug)
+    val = build(data_cfg.root, "val", limit=data_cfg.val_limit)
+    return train, val, train.class_split
+
+
+__all__ = [
+    "CLASS_SPLITS",
+    "DATASETS",
+    "FileListDataset",
+    "LayoutError",
+    "build_real_dataset",
+    "get_builder",
+]

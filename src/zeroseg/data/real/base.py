@@ -45,11 +45,13 @@ class Item:
         id: the sample's name (the file stem, as in the split lists).
         image: path of the image file.
         label: path of the annotation file (a label PNG, or a panoptic PNG).
+        info: annotation records kept from an index file (COCO panoptic ``segments_info``).
     """
 
     id: str
     image: Path
     label: Path
+    info: tuple = ()
 
 
 def label_table(pairs: dict[int, int] | Sequence[tuple[int, int]]) -> np.ndarray:
@@ -118,7 +120,8 @@ class FileListDataset(torch.utils.data.Dataset):
     Args:
         items: the samples on disk, in split order.
         class_split: the benchmark's classes and its seen/unseen split.
-        table: (256,) raw label value -> class index table (:func:`label_table`).
+        table: (256,) raw label value -> class index table (:func:`label_table`); ``None`` for
+            subclasses that decode labels otherwise.
         scheme: a human description of the valid raw values, for errors.
         name: dataset name, prefixed to sample ids.
         split_name: "train" or "val".
@@ -133,7 +136,7 @@ class FileListDataset(torch.utils.data.Dataset):
         items: Sequence[Item],
         *,
         class_split: ClassSplit,
-        table: np.ndarray,
+        table: np.ndarray | None,
         scheme: str,
         name: str,
         split_name: str,

@@ -30,7 +30,9 @@ from zeroseg.data.real.coco_stuff import NAMES as COCO_STUFF_NAMES
 from zeroseg.data.real.coco_stuff import RAW_IDS
 
 # (COCO category id, name) of the 80 things (same names and ids as COCO-Stuff's first 80 classes)
-THINGS = tuple((raw + 1, name) for raw, name in zip(RAW_IDS[:80], COCO_STUFF_NAMES[:80], strict=True))
+THINGS = tuple(
+    (raw + 1, name) for raw, name in zip(RAW_IDS[:80], COCO_STUFF_NAMES[:80], strict=True)
+)
 # (COCO category id, name) of the 53 panoptic stuff categories (panopticapi's
 # panoptic_coco_categories.json; the "-merged" ones merge several COCO-Stuff classes).
 STUFF = (
@@ -84,21 +86,17 @@ def check_categories(categories: list[dict], *, where: str) -> dict[int, tuple[i
     expected = dict(CATEGORIES)
     missing = sorted(set(expected) - set(by_id))
     extra = sorted(set(by_id) - set(expected))
-    renamed = [(i, by_id[i]["name"], expected[i]) for i in expected if i in by_id and by_id[i]["name"] != expected[i]]
+    renamed = [
+        (i, by_id[i]["name"], expected[i])
+        for i in expected
+        if i in by_id and by_id[i]["name"] != expected[i]
+    ]
     if missing or extra or renamed:
         raise LayoutError(
             f"{where}: categories differ from the 133 COCO panoptic categories "
             f"(missing ids {missing[:10]}, unknown ids {extra[:10]}, renamed {renamed[:5]})"
         )
     return {cid: (k, bool(by_id[cid]["isthing"])) for k, (cid, _) in enumerate(CATEGORIES)}
-
-
-class PanopticItem(Item):
-    """An :class:`Item` with the segments listed for it in the json."""
-
-    def __init__(self, id: str, image: Path, label: Path, segments_info: tuple):
-        super().__init__(id, image, label)
-        object.__setattr__(self, "segments_info", segments_info)
 
 
 class CocoPanopticDataset(FileListDataset):
@@ -116,7 +114,7 @@ class CocoPanopticDataset(FileListDataset):
         panoptic = np.zeros(ids.shape, np.int64)
         rows = []
         listed = {0}
-        for seg in item.segments_info:
+        for seg in item.info:
             sid, cid = int(seg["id"]), int(seg["category_id"])
             listed.add(sid)
             if cid not in self.category_map:
@@ -151,7 +149,7 @@ def load_json(path: Path) -> dict:
     return data
 
 
-def items(root: str | Path, split: str) -> tuple[list[PanopticItem], dict[int, tuple[int, bool]]]:
+def items(root: str | Path, split: str) -> tuple[list[Item], dict[int, tuple[int, bool]]]:
     if split not in SPLITS:
         raise ValueError(f"unknown COCO panoptic split {split!r}; valid: {list(SPLITS)}")
     root = Path(root)
@@ -167,17 +165,19 @@ def items(root: str | Path, split: str) -> tuple[list[PanopticItem], dict[int, t
         stem = Path(img["file_name"]).stem
         png = ann_dir / (ann["file_name"] if ann else f"{stem}.png")
         segs = tuple(ann["segments_info"]) if ann else ()
-        out.append(PanopticItem(stem, image_dir / img["file_name"], png, segs))
+        out.append(Item(stem, image_dir / img["file_name"], png, segs))
     return out, category_map
 
 
-def build(root: str | Path, split: str, *, limit: int | None = None, train_transform=None) -> CocoPanopticDataset:
+def build(
+    root: str | Path, split: str, *, limit: int | None = None, train_transform=None
+) -> CocoPanopticDataset:
     files, category_map = items(root, split)
     return CocoPanopticDataset(
         files,
         category_map=category_map,
         class_split=class_split(),
-        table=np.zeros(256, np.int16),  # unused: labels come from segments
+        table=None,  # labels come from the segments
         scheme="COCO panoptic segment ids listed in the json",
         name="coco_panoptic",
         split_name=split,

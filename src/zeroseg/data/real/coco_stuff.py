@@ -98,7 +98,9 @@ def items(root: str | Path, split: str) -> tuple[list[Item], bool]:
     return [Item(p.stem, p, ann_dir / f"{p.stem}{suffix}") for p in images], raw
 
 
-def build(root: str | Path, split: str, *, limit: int | None = None, train_transform=None) -> FileListDataset:
+def build(
+    root: str | Path, split: str, *, limit: int | None = None, train_transform=None
+) -> FileListDataset:
     files, raw = items(root, split)
     return FileListDataset(
         files,

@@ -17,7 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from zeroseg.data.classes import ClassSplit
-from zeroseg.data.real.base import FileListDataset, Item, read_split_list, require_dir, shifted_table
+from zeroseg.data.real.base import (
+    FileListDataset,
+    Item,
+    read_split_list,
+    require_dir,
+    shifted_table,
+)
 
 # (459-class id in labels.txt / trainval .mat files, name): the 59 classes, in label order. These are
 # the 59 non-background ids of the mapping in mmseg/PyTorch-Encoding's converter, sorted.
@@ -35,7 +41,18 @@ CONTEXT459_IDS = (
     (440, "wall"), (445, "water"), (454, "window"), (458, "wood"),
 )  # fmt: skip
 NAMES = tuple(name for _, name in CONTEXT459_IDS)
-UNSEEN = ("cow", "motorbike", "sofa", "cat", "boat", "fence", "bird", "tvmonitor", "keyboard", "aeroplane")
+UNSEEN = (
+    "cow",
+    "motorbike",
+    "sofa",
+    "cat",
+    "boat",
+    "fence",
+    "bird",
+    "tvmonitor",
+    "keyboard",
+    "aeroplane",
+)
 TABLE = shifted_table(len(NAMES))  # 0 background -> 255, k -> k-1
 SCHEME = "Context-59 ids 0 (background) to 59 and 255"
 SPLITS = ("train", "val")
@@ -57,7 +74,9 @@ def items(root: str | Path, split: str) -> list[Item]:
     return [Item(i, root / "JPEGImages" / f"{i}.jpg", root / LABEL_DIR / f"{i}.png") for i in ids]
 
 
-def build(root: str | Path, split: str, *, limit: int | None = None, train_transform=None) -> FileListDataset:
+def build(
+    root: str | Path, split: str, *, limit: int | None = None, train_transform=None
+) -> FileListDataset:
     return FileListDataset(
         items(root, split),
         class_split=class_split(),

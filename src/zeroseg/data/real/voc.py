@@ -23,7 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from zeroseg.data.classes import ClassSplit
-from zeroseg.data.real.base import FileListDataset, Item, read_split_list, require_dir, shifted_table
+from zeroseg.data.real.base import (
+    FileListDataset,
+    Item,
+    read_split_list,
+    require_dir,
+    shifted_table,
+)
 
 NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -61,14 +67,20 @@ def items(root: str | Path, split: str) -> list[Item]:
     if split != "train":
         raise ValueError(f"unknown VOC split {split!r}; valid: {list(SPLITS)}")
     if (sets / "trainaug.txt").is_file():
-        return _items(root, read_split_list(sets / "trainaug.txt"), ("SegmentationClassAug", "SegmentationClass"))
+        return _items(
+            root,
+            read_split_list(sets / "trainaug.txt"),
+            ("SegmentationClassAug", "SegmentationClass"),
+        )
     train = _items(root, read_split_list(sets / "train.txt"), ("SegmentationClass",))
     if (sets / "aug.txt").is_file():
         train += _items(root, read_split_list(sets / "aug.txt"), ("SegmentationClassAug",))
     return train
 
 
-def build(root: str | Path, split: str, *, limit: int | None = None, train_transform=None) -> FileListDataset:
+def build(
+    root: str | Path, split: str, *, limit: int | None = None, train_transform=None
+) -> FileListDataset:
     return FileListDataset(
         items(root, split),
         class_split=class_split(),

@@ -45,7 +45,7 @@ class StuffClass:
 class Variation:
     """Within-class variation; the defaults keep the task from being trivial."""
 
-    size: tuple[float, float] = (0.22, 0.42)  # object diameter as a fraction of the image side
+    size: tuple[float, float] = (0.25, 0.45)  # object diameter as a fraction of the image side
     color_jitter: int = 18  # max per-channel shift of a class colour, in 0-255 units
     pixel_noise: float = 6.0  # std of per-pixel Gaussian noise, in 0-255 units
     min_visible: float = 0.35  # an occluded object keeps at least this fraction of its area

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 class SmallUNetConfig:
     """Widths of the four resolution levels (strides 1, 2, 4, 8) and the output feature size."""
 
-    widths: tuple[int, int, int, int] = (16, 32, 64, 96)
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     out_dim: int = 64  # channels of the stride-2 output feature map
 
 
