@@ -6,6 +6,7 @@
     zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
     zeroseg bench [--methods ...]
     zeroseg world FILE [--preview PNG]
+    zeroseg data check DATASET ROOT | zeroseg data prepare DATASET ROOT
 """
 
 from __future__ import annotations
@@ -125,6 +126,24 @@ def cmd_world(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from zeroseg.data.check import check_dataset
+
+    report = check_dataset(
+        args.dataset, args.root, splits=tuple(args.split or ("train", "val")), limit=args.limit, progress=True
+    )
+    print(report.format(examples=args.examples))
+    return 0 if report.ok else 1
+
+
+def cmd_data_prepare(args) -> int:
+    from zeroseg.data.check import prepare
+
+    result = prepare(args.dataset, args.root, source=args.source, force=args.force, progress=True)
+    print(result.format())
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zeroseg", description="Generalized zero-shot segmentation toolkit")
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--world")
     b.add_argument("--out", help="also write the results as JSON here")
     b.set_defaults(fn=cmd_bench)
+
+    data = sub.add_parser("data", help="check or prepare a real dataset in its standard layout")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="report every missing or malformed file at once")
+    dc.add_argument("dataset", help="voc | coco_stuff | context | coco_panoptic")
+    dc.add_argument("root")
+    dc.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
+    dc.add_argument("--limit", type=int, help="check only the first N items of each split")
+    dc.add_argument("--examples", type=int, default=5, help="file names shown per problem kind")
+    dc.set_defaults(fn=cmd_data_check)
+    dp = dsub.add_parser("prepare", help="label conversions (COCO-Stuff 182->171, Context 459->59)")
+    dp.add_argument("dataset", help="coco_stuff | context")
+    dp.add_argument("root")
+    dp.add_argument("--source", help="raw annotations (Context: ROOT/trainval by default)")
+    dp.add_argument("--force", action="store_true", help="rewrite converted files that exist")
+    dp.set_defaults(fn=cmd_data_prepare)
 
     w = sub.add_parser("world", help="validate a ShapeWorld spec and preview it")
     w.add_argument("spec", nargs="?")

@@ -18,14 +18,15 @@ import torch
 from zeroseg import __version__
 from zeroseg.config import ExperimentConfig, from_dict, to_dict
 from zeroseg.data.classes import ClassSplit
+from zeroseg.data.loader import hflip
 from zeroseg.data.protocol import SeenOnly
+from zeroseg.engine import distributed as dist
 from zeroseg.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
 )
-from zeroseg.engine import distributed as dist
 from zeroseg.engine.inference import evaluate_semantic
 from zeroseg.methods import METHODS
 from zeroseg.methods.base import Method, RunContext
@@ -152,6 +153,7 @@ def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data
         device=device,
         progress=progress,
         world=data.world,
+        train_transform=getattr(data.train, "train_transform", None) or hflip,
     )
     if isinstance(train_set, SeenOnly) and train_set.dropped:
         ctx.notes.append(f"strict protocol dropped {train_set.dropped} training images with unseen pixels")

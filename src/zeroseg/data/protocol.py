@@ -71,6 +71,8 @@ def _images_with_unseen(dataset, split: ClassSplit) -> np.ndarray:
     if hasattr(dataset, "labels"):  # fast path: label maps without decoding images
         labels = dataset.labels()
         return np.isin(labels, split.unseen).reshape(len(labels), -1).any(axis=1)
+    if hasattr(dataset, "label"):  # real datasets: read label files only
+        return np.array([split.contains_unseen(np.asarray(dataset.label(i))) for i in range(len(dataset))])
     return np.array([split.contains_unseen(dataset[i]["label"]) for i in range(len(dataset))])
 
 
@@ -87,5 +89,6 @@ def assert_seen_only(batch: Mapping, split: ClassSplit, *, stage: str) -> None:
     segs = batch.get("segments")
     if segs is not None:
         for s in segs if isinstance(segs, (list, tuple)) else [segs]:
+            s = s.reshape(-1, s.shape[-1])  # (n, 3) per image, or (B, n, 3) when collated
             if len(s) and torch.isin(s[:, 1], torch.tensor(split.unseen, dtype=s.dtype)).any():
                 raise ProtocolError(f"stage {stage!r} received a segment of an unseen class")

@@ -102,17 +102,27 @@ def evaluate_semantic(
     n, seconds = 0, 0.0
     bar = tqdm(total=len(dataset), desc=desc, disable=not progress, leave=False)
     for batch in iterate_eval(dataset, cfg.batch_size, rank=dist.rank(), world_size=dist.world_size()):
-        t = time.perf_counter()
-        scores = infer_scores(fn, batch["image"], cfg)
-        pred = post(scores, batch) if post is not None else scores.argmax(1)
-        seconds += time.perf_counter() - t
-        evaluator.process(pred, batch["label"])
-        for ex in extras:
-            ex.process(pred, batch["label"])
-        n += len(pred)
-        if len(kept) < keep:
-            kept.extend(pred[: keep - len(kept)])
-        bar.update(len(pred))
+        # Images of different sizes (real datasets) arrive as lists: run them one at a time.
+        if isinstance(batch["image"], list):
+            parts = [
+                {k: (v[i : i + 1] if isinstance(v, list) and k in ("image", "label") else v) for k, v in batch.items()}
+                for i in range(len(batch["image"]))
+            ]
+            parts = [{**p, "image": p["image"][0][None], "label": p["label"][0][None]} for p in parts]
+        else:
+            parts = [batch]
+        for part in parts:
+            t = time.perf_counter()
+            scores = infer_scores(fn, part["image"], cfg)
+            pred = post(scores, part) if post is not None else scores.argmax(1)
+            seconds += time.perf_counter() - t
+            evaluator.process(pred, part["label"])
+            for ex in extras:
+                ex.process(pred, part["label"])
+            n += len(pred)
+            if len(kept) < keep:
+                kept.extend(pred[: keep - len(kept)])
+            bar.update(len(pred))
     bar.close()
     if dist.is_dist():
         dist.all_reduce_sum(evaluator.conf)

@@ -38,6 +38,8 @@ class RunContext:
         progress: show progress bars.
         world: the ShapeWorld spec when the dataset is ShapeWorld (for stage-0 pretraining).
         notes: methods append human-readable notes for the report (e.g. what they pretrain on).
+        train_transform: the dataset's training augmentation ``f(sample, rng) -> sample``
+            (random resize/crop/flip/photometric for real data, a flip for ShapeWorld).
     """
 
     cfg: object
@@ -50,6 +52,7 @@ class RunContext:
     progress: bool = True
     world: object | None = None
     notes: list[str] = field(default_factory=list)
+    train_transform: Callable | None = None
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage

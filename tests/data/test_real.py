@@ -1,0 +1,409 @@
+"""Real-dataset loaders on fixtures written in the exact layouts and id schemes of the benchmarks.
+
+Each fixture holds a few tiny images whose labels use the files' own id scheme (VOC palette PNGs
+with background 0 and boundary 255, COCO-Stuff train ids or raw 182 ids, Context-59 PNGs, COCO
+panoptic RGB PNGs + json), including ignore pixels and unseen classes. Expected class indices are
+worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zeroseg.config import DataConfig
+from zeroseg.data.loader import StepLoader, StepSampler
+from zeroseg.data.protocol import SeenOnly, assert_seen_only
+from zeroseg.data.real import (
+    CLASS_SPLITS,
+    DATASETS,
+    build_real_dataset,
+    coco_panoptic,
+    coco_stuff,
+    context,
+    voc,
+)
+from zeroseg.data.real.base import LabelRangeError, LayoutError
+from zeroseg.data.transforms import PhotometricDistortion, RandomCrop, train_transform
+
+H, W = 6, 8
+
+
+def write_jpg(path: Path, seed: int, size=(H, W)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path, quality=95)
+
+
+def write_png(path: Path, values: np.ndarray, *, palette: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(values.astype(np.uint8), "L")
+    if palette:  # VOC's SegmentationClass files are palette PNGs whose indices are the labels
+        img = img.convert("P")
+        img.putpalette([(i * 37) % 256 for i in range(768)])
+        img = Image.fromarray(values.astype(np.uint8), "P")
+        img.putpalette([(i * 37) % 256 for i in range(768)])
+    img.save(path)
+
+
+def blocks(*values: int) -> np.ndarray:
+    """(H, W) map: column block j (2 columns wide) holds values[j]."""
+    out = np.zeros((H, W), np.uint8)
+    for j, v in enumerate(values):
+        out[:, 2 * j : 2 * j + 2] = v
+    return out
+
+
+def write_list(path: Path, ids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{i}\n" for i in ids))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+    root = tmp_path / "VOC2012"
+    # a: background 0, aeroplane 1, sheep 17 (unseen), boundary 255
+    # b: person 15, bottle 5 (SBD label in SegmentationClassAug, gray PNG)
+    # c (val): tvmonitor 20 (unseen), cat 8
+    write_png(root / "SegmentationClass" / "a.png", blocks(0, 1, 17, 255), palette=True)
+    write_png(root / "SegmentationClassAug" / "b.png", blocks(15, 15, 5, 0))
+    write_png(root / "SegmentationClass" / "c.png", blocks(20, 8, 0, 0), palette=True)
+    for k, i in enumerate("abc"):
+        write_jpg(root / "JPEGImages" / f"{i}.jpg", k)
+    sets = root / "ImageSets" / "Segmentation"
+    write_list(sets / "trainaug.txt", ["a", "b"])
+    write_list(sets / "train.txt", ["a"])
+    write_list(sets / "val.txt", ["c"])
+    return root
+
+
+@pytest.fixture
+def coco_stuff_root(tmp_path):
+    root = tmp_path / "coco_stuff164k"
+    # train ids: person 0, cow 19 (unseen), wood 170, ignore 255
+    write_png(
+        root / "annotations/train2017/000000000001_labelTrainIds.png", blocks(0, 19, 170, 255)
+    )
+    write_png(root / "annotations/train2017/000000000002_labelTrainIds.png", blocks(0, 0, 1, 1))
+    write_png(root / "annotations/val2017/000000000003_labelTrainIds.png", blocks(112, 5, 5, 5))
+    for k, i in enumerate(["000000000001", "000000000002"]):
+        write_jpg(root / "images/train2017" / f"{i}.jpg", k)
+    write_jpg(root / "images/val2017/000000000003.jpg", 3)
+    return root
+
+
+@pytest.fixture
+def context_root(tmp_path):
+    root = tmp_path / "VOC2010"
+    # file values are 0 background and 1-59 the classes: 1 aeroplane (unseen), 37 person,
+    # 59 wood, 51 track; the val image is all 15 cat (unseen)
+    write_png(root / "SegmentationClassContext/2008_000001.png", blocks(0, 1, 37, 59))
+    write_png(root / "SegmentationClassContext/2008_000002.png", blocks(37, 37, 51, 0))
+    write_png(root / "SegmentationClassContext/2008_000003.png", blocks(15, 15, 15, 15))
+    for k, i in enumerate(["2008_000001", "2008_000002", "2008_000003"]):
+        write_jpg(root / "JPEGImages" / f"{i}.jpg", k)
+    lists = root / "ImageSets/SegmentationContext"
+    write_list(lists / "train.txt", ["2008_000001", "2008_000002"])
+    write_list(lists / "val.txt", ["2008_000003"])
+    return root
+
+
+def panoptic_categories() -> list[dict]:
+    thing_ids = {cid for cid, _ in coco_panoptic.THINGS}
+    return [
+        {"id": cid, "name": name, "isthing": int(cid in thing_ids), "supercategory": "x"}
+        for cid, name in coco_panoptic.CATEGORIES
+    ]
+
+
+def write_panoptic_image(
+    root: Path, split: str, image_id: int, ids: np.ndarray, segments: list[dict], json_data: dict
+):
+    stem = f"{image_id:012d}"
+    write_jpg(root / f"{split}2017" / f"{stem}.jpg", image_id, ids.shape)
+    png = root / "annotations" / f"panoptic_{split}2017" / f"{stem}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(coco_panoptic.id_to_rgb(ids), "RGB").save(png)
+    h, w = ids.shape
+    json_data["images"].append(
+        {"id": image_id, "file_name": f"{stem}.jpg", "height": h, "width": w}
+    )
+    json_data["annotations"].append(
+        {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments}
+    )
+
+
+@pytest.fixture
+def panoptic_root(tmp_path):
+    root = tmp_path / "coco"
+    train = {"images": [], "annotations": [], "categories": panoptic_categories()}
+    val = {"images": [], "annotations": [], "categories": panoptic_categories()}
+    # image 1: person (id 1000, cat 1), cow (id 70000, cat 21, unseen thing), sky-other-merged
+    # (id 300000 > 2^16, cat 187, unseen stuff), a crowd of persons (id 5), void (0)
+    ids = np.zeros((H, W), np.int64)
+    ids[:, 0:2], ids[:, 2:4], ids[:, 4:6], ids[:3, 6:8] = 1000, 70000, 300000, 5
+    segs = [
+        {"id": 1000, "category_id": 1, "iscrowd": 0},
+        {"id": 70000, "category_id": 21, "iscrowd": 0},
+        {"id": 300000, "category_id": 187, "iscrowd": 0},
+        {"id": 5, "category_id": 1, "iscrowd": 1},
+    ]
+    write_panoptic_image(root, "train", 1, ids, segs, train)
+    # image 2: two persons and banner (cat 92): all seen
+    ids = np.full((H, W), 9, np.int64)
+    ids[:, :3], ids[:, 3:5] = 11, 12
+    segs = [{"id": 11, "category_id": 1, "iscrowd": 0}, {"id": 12, "category_id": 1, "iscrowd": 0},
+            {"id": 9, "category_id": 92, "iscrowd": 0}]  # fmt: skip
+    write_panoptic_image(root, "train", 2, ids, segs, train)
+    ids = np.full((H, W), 7, np.int64)
+    write_panoptic_image(root, "val", 3, ids, [{"id": 7, "category_id": 193, "iscrowd": 0}], val)
+    (root / "annotations/panoptic_train2017.json").write_text(json.dumps(train))
+    (root / "annotations/panoptic_val2017.json").write_text(json.dumps(val))
+    return root
+
+
+ROOTS = {
+    "voc": "voc_root",
+    "coco_stuff": "coco_stuff_root",
+    "context": "context_root",
+    "coco_panoptic": "panoptic_root",
+}
+
+
+# ----------------------------------------------------------------------------- class splits
+
+
+def test_class_splits_match_design():
+    sizes = {
+        "voc": (20, 5),
+        "coco_stuff": (171, 15),
+        "context": (59, 10),
+        "coco_panoptic": (133, 14),
+    }
+    assert set(DATASETS) == set(CLASS_SPLITS) == set(sizes)
+    for name, (k, u) in sizes.items():
+        split = CLASS_SPLITS[name]()
+        assert (split.num_classes, len(split.unseen)) == (k, u)
+    assert voc.class_split().unseen_names == ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
+    assert context.class_split().unseen_names == (
+        "aeroplane", "bird", "boat", "cat", "cow", "fence", "keyboard", "motorbike", "sofa", "tvmonitor"
+    )  # fmt: skip
+    pan = coco_panoptic.class_split()
+    assert len(pan.things) == 80 and set(pan.things) == set(range(80))
+    # hand-checked indices: cow is the 20th COCO thing; sky-other-merged is the 40th stuff entry
+    assert coco_stuff.NAMES[19] == "cow" and pan.names[19] == "cow"
+    assert pan.names[80 + 39] == "sky-other-merged" and pan.is_unseen(119)
+    assert context.NAMES[0] == "aeroplane" and context.NAMES[36] == "person"
+
+
+def test_coco_stuff_raw_ids_skip_the_unused_coco_ids():
+    # raw value = COCO id - 1; ids 12 and 26 are unused, so raw 10 -> 10, raw 12 -> 11, raw 26 -> 24
+    assert (
+        coco_stuff.RAW_IDS[10] == 10
+        and coco_stuff.RAW_IDS[11] == 12
+        and coco_stuff.RAW_IDS[24] == 26
+    )
+    assert coco_stuff.RAW_IDS[-1] == 181 and len(coco_stuff.RAW_IDS) == 171
+    assert coco_stuff.RAW_TABLE[182] == 255 and coco_stuff.RAW_TABLE[11] == -1
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ValueError, match="coco_panoptic.*voc|valid"):
+        build_real_dataset(DataConfig(dataset="cityscapes", root="/nowhere"))
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_voc_labels_and_splits(voc_root):
+    train = voc.build(voc_root, "train")
+    val = voc.build(voc_root, "val")
+    assert [it.id for it in train.items] == ["a", "b"] and [it.id for it in val.items] == ["c"]
+    assert train.items[0].label.parent.name == "SegmentationClass"  # not in Aug: falls back
+    assert train.items[1].label.parent.name == "SegmentationClassAug"
+    s = train[0]
+    assert s["image"].shape == (3, H, W) and s["image"].dtype == torch.uint8
+    assert s["label"].dtype == torch.int64 and s["id"] == "voc/train/a"
+    # background 0 -> 255, aeroplane 1 -> 0, sheep 17 -> 16, boundary 255 -> 255
+    assert s["label"][0, ::2].tolist() == [255, 0, 16, 255]
+    assert train[1]["label"][3, ::2].tolist() == [14, 14, 4, 255]  # person 15 -> 14, bottle 5 -> 4
+    assert val[0]["label"][0, ::2].tolist() == [19, 7, 255, 255]  # tvmonitor 20 -> 19, cat 8 -> 7
+
+
+def test_voc_without_trainaug_uses_train_list(voc_root):
+    (voc_root / "ImageSets/Segmentation/trainaug.txt").unlink()
+    assert [it.id for it in voc.build(voc_root, "train").items] == ["a"]
+
+
+def test_coco_stuff_labels(coco_stuff_root):
+    train, val = (
+        coco_stuff.build(coco_stuff_root, "train"),
+        coco_stuff.build(coco_stuff_root, "val"),
+    )
+    assert len(train) == 2 and len(val) == 1
+    assert train[0]["label"][0, ::2].tolist() == [0, 19, 170, 255]
+    assert val[0]["label"][0, ::2].tolist() == [112, 5, 5, 5]
+
+
+def test_coco_stuff_reads_raw_182_ids(tmp_path):
+    root = tmp_path / "raw"
+    # raw = COCO id - 1: person 0 -> 0, cow 20 -> 19, stop sign 12 -> 11, other 182 -> 255
+    write_png(root / "annotations/train2017/000000000001.png", blocks(0, 20, 12, 182))
+    write_jpg(root / "images/train2017/000000000001.jpg", 0)
+    ds = coco_stuff.build(root, "train")
+    assert ds[0]["label"][0, ::2].tolist() == [0, 19, 11, 255]
+    write_png(root / "annotations/train2017/000000000001.png", blocks(0, 11, 0, 0))  # 11: unused id
+    with pytest.raises(LabelRangeError, match=r"000000000001.png.*\[11\]"):
+        ds[0]
+
+
+def test_context_labels(context_root):
+    train, val = context.build(context_root, "train"), context.build(context_root, "val")
+    # background 0 -> 255, aeroplane 1 -> 0, person 37 -> 36, wood 59 -> 58
+    assert train[0]["label"][0, ::2].tolist() == [255, 0, 36, 58]
+    assert train[1]["label"][0, ::2].tolist() == [36, 36, 50, 255]
+    assert val[0]["label"].unique().tolist() == [14]
+
+
+def test_coco_panoptic_labels_and_segments(panoptic_root):
+    train = coco_panoptic.build(panoptic_root, "train")
+    s = train[0]
+    # person -> 0, cow -> 19, sky-other-merged -> 119, crowd -> 255 / void, void -> 255
+    assert s["label"][0, ::2].tolist() == [0, 19, 119, 255]
+    assert s["label"][5, 6].item() == 255 and s["panoptic"][5, 6].item() == 0
+    assert s["segments"].tolist() == [[1, 0, 1], [2, 19, 1], [3, 119, 0]]
+    assert s["panoptic"][0, ::2].tolist() == [1, 2, 3, 0]
+    s2 = train[1]
+    assert s2["segments"].tolist() == [[1, 0, 1], [2, 0, 1], [3, 80, 0]]  # banner is class 80
+    assert s2["label"][0].tolist() == [0, 0, 0, 0, 0, 80, 80, 80]
+    assert coco_panoptic.build(panoptic_root, "val")[0]["label"].unique().tolist() == [125]
+
+
+def test_panoptic_json_with_other_categories_is_refused(panoptic_root):
+    path = panoptic_root / "annotations/panoptic_train2017.json"
+    data = json.loads(path.read_text())
+    data["categories"] = data["categories"][:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(LayoutError, match=r"missing ids \[200\]"):
+        coco_panoptic.build(panoptic_root, "train")
+
+
+def test_missing_layout_names_the_directory(tmp_path):
+    with pytest.raises(LayoutError, match="JPEGImages"):
+        voc.build(tmp_path, "train")
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+@pytest.mark.parametrize("name", list(ROOTS))
+@pytest.mark.parametrize("protocol", ["ignore", "strict"])
+def test_no_unseen_pixel_reaches_training(name, protocol, request):
+    root = request.getfixturevalue(ROOTS[name])
+    cfg = DataConfig(dataset=name, root=str(root), protocol=protocol, crop_size=4)
+    train, val, split = build_real_dataset(cfg)
+    assert val.train_transform is None and train.train_transform is not None
+    full_has_unseen = [split.contains_unseen(train[i]["label"]) for i in range(len(train))]
+    assert any(full_has_unseen)  # every fixture puts an unseen class in training images
+    seen_only = SeenOnly(train, split, protocol)
+    if protocol == "strict":
+        assert len(seen_only) == full_has_unseen.count(False) >= 1
+    loader = StepLoader(
+        seen_only, StepSampler(len(seen_only), 1, seed=0), transform=train.train_transform
+    )
+    for _, batch in loader(0, 4):
+        assert batch["image"].shape == (1, 3, 4, 4) and batch["label"].shape == (1, 4, 4)
+        assert_seen_only({"label": batch["label"]}, split, stage="test")
+        assert not split.contains_unseen(batch["label"])
+        # collate stacks equal-length segment lists to (B, n, 3): check the class column per image
+        for segs in batch.get("segments", []):
+            assert not split.contains_unseen(segs.reshape(-1, 3)[:, 1])
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def coordinate_sample(h: int = 24, w: int = 40) -> dict:
+    """Image channels encode the column (R = 4x) and row (G = 4y); label = x, panoptic = y + 1."""
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    image = torch.stack([4 * x, 4 * y, torch.full_like(x, 100)]).to(torch.uint8)
+    segs = torch.stack(
+        [torch.arange(1, h + 1), torch.zeros(h, dtype=torch.long), torch.ones(h, dtype=torch.long)],
+        1,
+    )
+    return {"image": image, "label": x.clone(), "panoptic": y + 1, "segments": segs, "id": "grid"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_transforms_keep_image_and_maps_aligned(seed):
+    t = train_transform(16, (0.5, 2.0), cat_max_ratio=1.0, photometric=False)
+    out = t(coordinate_sample(), np.random.default_rng(seed))
+    assert out["image"].shape == (3, 16, 16) and out["label"].shape == (16, 16)
+    valid = out["label"] != 255
+    assert valid.any()
+    # pad: label 255, panoptic void, image black
+    assert (out["panoptic"][~valid] == 0).all() and (out["image"][:, ~valid] == 0).all()
+    # bilinear image vs nearest maps differ by under one source pixel (values are 4 per pixel)
+    assert (out["image"][0][valid].float() / 4 - out["label"][valid]).abs().max() <= 1
+    assert (out["image"][1][valid].float() / 4 - (out["panoptic"][valid] - 1)).abs().max() <= 1
+    # segments are exactly those still present
+    assert sorted(out["segments"][:, 0].tolist()) == sorted(set(out["panoptic"][valid].tolist()))
+
+
+def test_transforms_are_deterministic_per_generator_seed():
+    t = train_transform(16, (0.5, 2.0))
+    a = t(coordinate_sample(), np.random.default_rng([0, 5, 2]))
+    b = t(coordinate_sample(), np.random.default_rng([0, 5, 2]))
+    c = t(coordinate_sample(), np.random.default_rng([0, 6, 2]))
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_flip_moves_image_and_label_together():
+    flipped = 0
+    for seed in range(8):
+        t = train_transform(
+            40, (1.0, 1.0), base_size=(40, 24), cat_max_ratio=1.0, photometric=False
+        )
+        out = t(coordinate_sample(), np.random.default_rng(seed))
+        # ratio 1, base = the sample size: no resize, crop = the whole image, so only the flip acts
+        if out["label"][0, 0].item() == 39:
+            flipped += 1
+            assert out["image"][0, 0, 0].item() == 4 * 39
+        else:
+            assert out["label"][0, 0].item() == 0 and out["image"][0, 0, 0].item() == 0
+    assert 0 < flipped < 8
+
+
+def test_photometric_distortion_changes_only_the_image():
+    s = coordinate_sample()
+    out = PhotometricDistortion()(s, np.random.default_rng(3))
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == s["image"].shape
+    assert out["label"] is s["label"] and out["panoptic"] is s["panoptic"]
+    changed = sum(
+        not torch.equal(PhotometricDistortion()(s, np.random.default_rng(i))["image"], s["image"])
+        for i in range(8)
+    )
+    assert changed >= 6  # four independent steps at p = 0.5: all skipped 1/16 of the time
+
+
+def test_cat_max_ratio_prefers_crops_with_two_classes():
+    label = torch.zeros(64, 64, dtype=torch.long)
+    label[:, 30:34] = 1  # a thin strip of class 1
+    s = {"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "label": label}
+
+    def two_class_rate(ratio: float) -> float:
+        crop = RandomCrop((8, 8), cat_max_ratio=ratio)
+        hits = [len(crop(s, np.random.default_rng(i))["label"].unique()) == 2 for i in range(100)]
+        return sum(hits) / len(hits)
+
+    # one draw contains the strip with probability 11/57; ten draws: 1 - (46/57)^10 = 0.88
+    assert two_class_rate(1.0) < 0.35 and two_class_rate(0.75) > 0.7
