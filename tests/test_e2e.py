@@ -93,3 +93,25 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     ckpt.write_bytes(b"junk")
     assert main(["predict", str(ckpt), str(bad), "--classes", "a,b"]) == 2
     assert "fake.safetensors" in capsys.readouterr().err
+
+
+def test_predict_rejects_empty_or_duplicated_class_lists(demo_run, tiny_world, tmp_path, capsys):
+    ckpt = next((demo_run / "runs").glob("projection-*/model.safetensors"))
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert main(["predict", str(ckpt), str(img), "--classes", "red circle,Red Circle"]) == 2
+    assert "duplicated class name 'Red Circle'" in capsys.readouterr().err
+    assert main(["predict", str(ckpt), str(img), "--classes", " , "]) == 2
+    assert "--classes: entry 0" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_architecture_fails_naming_keys(demo_run, tmp_path):
+    from zeroseg.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from zeroseg.runner import load_model
+
+    ckpt = next((demo_run / "runs").glob("projection-*/model.safetensors"))
+    tensors, meta = load_checkpoint(ckpt)
+    meta["config"]["model"] = {"backbone": {"widths": [8, 16, 32, 64], "out_dim": 32}}
+    save_checkpoint(tmp_path / "other.safetensors", tensors, meta)
+    with pytest.raises(CheckpointError, match=r"misshaped keys: backbone\.\S+: checkpoint"):
+        load_model(tmp_path / "other.safetensors")

@@ -37,6 +37,7 @@ class DataConfig:
     val_limit: int | None = None  # evaluate on the first N validation images
     crop_size: int = 512  # training crop for real datasets
     scale_range: tuple[float, float] = (0.5, 2.0)  # random resize range for real datasets
+    skip_bad: bool = False  # scan real datasets first and leave out bad samples (counted, logged)
 
 
 @dataclass

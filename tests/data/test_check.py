@@ -138,3 +138,20 @@ def test_context_table_covers_the_59_classes():
 def test_prepare_refuses_datasets_without_conversion(tmp_path):
     with pytest.raises(ValueError, match="needs no label conversion"):
         prepare("voc", tmp_path)
+
+
+def test_bad_samples_stop_a_run_unless_skipped_and_then_are_counted(broken_voc, caplog):
+    from zeroseg.config import DataConfig
+    from zeroseg.data.real import build_real_dataset
+
+    cfg = DataConfig(dataset="voc", root=str(broken_voc), crop_size=8)
+    train, _, _ = build_real_dataset(cfg)
+    with pytest.raises(Exception, match="bad_img.jpg"):
+        train[1]
+    cfg.skip_bad = True
+    with caplog.at_level("WARNING", logger="zeroseg.data"):
+        train, val, _ = build_real_dataset(cfg)
+    assert len(train) == 1 and len(train.skipped) == 4 and len(val) == 1
+    assert "skipped 4 of 5 voc/train samples" in caplog.text
+    for name in ("bad_img", "bad_val", "no_label", "small"):
+        assert name in caplog.text

@@ -140,11 +140,11 @@ def check_dataset(
         for i, item in enumerate(
             tqdm(ds.items, desc=f"check {name}/{split}", disable=not progress)
         ):
-            report.problems.extend(_check_item(ds, i, item, split))
+            report.problems.extend(check_item(ds, i, item, split))
     return report
 
 
-def _check_item(ds, i: int, item, split: str) -> list[Problem]:
+def check_item(ds, i: int, item, split: str) -> list[Problem]:
     found, image, label = [], None, None
     if not item.image.is_file():
         found.append(

@@ -51,7 +51,37 @@ def build_real_dataset(data_cfg) -> tuple[FileListDataset, FileListDataset, Clas
     aug = train_transform(data_cfg.crop_size, tuple(data_cfg.scale_range))
     train = build(data_cfg.root, "train", limit=data_cfg.train_limit, train_transform=aug)
     val = build(data_cfg.root, "val", limit=data_cfg.val_limit)
+    if getattr(data_cfg, "skip_bad", False):
+        for ds in (train, val):
+            skip_bad_samples(ds)
     return train, val, train.class_split
+
+
+def skip_bad_samples(ds: FileListDataset) -> int:
+    """Scans a split and removes the samples with a problem, logging each one and the count.
+
+    Without ``data.skip_bad`` a bad sample stops the run with an error naming its file; with it,
+    nothing is dropped silently: every skipped file is logged and ``ds.skipped`` records them.
+    """
+    import logging
+
+    from zeroseg.data.check import check_item
+
+    log = logging.getLogger("zeroseg.data")
+    bad: dict[int, list[str]] = {}
+    for i, item in enumerate(ds.items):
+        for p in check_item(ds, i, item, ds.split_name):
+            bad.setdefault(i, []).append(f"{p.kind}: {p.path}: {p.detail}")
+    for i, reasons in bad.items():
+        for r in reasons:
+            log.warning("skipping %s/%s sample %d (%s)", ds.name, ds.split_name, i, r)
+    ds.skipped = [str(ds.items[i].image) for i in sorted(bad)]
+    ds.items = [it for i, it in enumerate(ds.items) if i not in bad]
+    if bad:
+        log.warning("skipped %d of %d %s/%s samples", len(bad), len(bad) + len(ds.items), ds.name, ds.split_name)
+    if not ds.items:
+        raise ValueError(f"{ds.name}/{ds.split_name}: every sample is bad; see the log")
+    return len(bad)
 
 
 __all__ = [
