@@ -526,3 +526,24 @@ def test_pickled_objects_in_a_state_dict_are_refused(tmp_path: Path) -> None:
     torch.save({"args": argparse.Namespace(lr=1.0), "w": torch.zeros(1)}, tmp_path / "ckpt.pt")
     with pytest.raises(CheckpointError, match=r"weights_only=True"):
         load_clip(tmp_path / "ckpt.pt")
+
+
+def test_clip_text_encoder_embeds_class_names_like_hf(hf_dir: Path, hf_model: nn.Module) -> None:
+    from zeroseg.text.clip_text import CLIPTextEncoder
+    from zeroseg.text.clip_tokenizer import CLIPTokenizer
+
+    enc = CLIPTextEncoder(hf_dir)
+    emb = enc.encode(["red circle", "blue square"], ["a photo of a {}."])
+    # Token ids from our tokenizer (its parity with transformers' is tested on its own).
+    ids = CLIPTokenizer()(["a photo of a red circle.", "a photo of a blue square."])
+    eot = ids.argmax(-1)
+    mask = (torch.arange(77)[None] <= eot[:, None]).long()
+    with torch.no_grad():
+        ref = hf_model.get_text_features(input_ids=ids, attention_mask=mask)
+    if not isinstance(ref, torch.Tensor):  # newer transformers return an output object
+        ref = ref.text_embeds if hasattr(ref, "text_embeds") else ref.pooler_output
+    ref = torch.nn.functional.normalize(ref, dim=-1)
+    assert emb.shape == ref.shape
+    assert _max_diff(emb, ref) < 1e-4
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CLIPTextEncoder(hf_dir / "missing")
