@@ -34,6 +34,8 @@ def cmd_demo(args) -> int:
         quick=args.quick,
         overrides=args.set or [],
         progress=not args.no_progress,
+        refine=args.refine or [],
+        refine_on=args.refine_on,
     )
     return 0
 
@@ -73,7 +75,12 @@ def cmd_eval(args) -> int:
             f"the evaluation data has {data.split.num_classes}: use the same world or dataset"
         )
     embed = runner.Embedder(cfg.text, world=data.world)
-    metrics, spi, _ = runner.evaluate(method, cfg, data.val, split, embed, progress=not args.no_progress)
+    post = None
+    if args.refine:
+        from zeroseg.demo import build_refinement
+
+        post = build_refinement(args.refine)
+    metrics, spi, _ = runner.evaluate(method, cfg, data.val, split, embed, progress=not args.no_progress, post=post)
     out = {k: v for k, v in metrics.items() if k != "per_class_iou"}
     out["infer_ms_per_image"] = spi * 1000
     print(json.dumps(out, indent=2))
@@ -144,6 +151,30 @@ def cmd_data_prepare(args) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_data_spectral(args) -> int:
+    from zeroseg import runner
+    from zeroseg.config import load_config
+    from zeroseg.methods.sazs import precompute_command
+    from zeroseg.paths import cache_dir
+
+    sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
+    cfg = load_config(args.config, sets)
+    data = runner.build_data(cfg)
+    dataset = data.val if args.split == "val" else data.train
+    root = Path(args.cache) if args.cache else cache_dir() / "spectral"
+    result = precompute_command(dataset, root, _refine_config(cfg), progress=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _refine_config(cfg):
+    from zeroseg.config import from_dict
+    from zeroseg.methods.sazs import SazsConfig
+
+    model = from_dict(SazsConfig, cfg.model, where="model") if cfg.method.startswith("sazs") else SazsConfig()
+    return model.refine
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zeroseg", description="Generalized zero-shot segmentation toolkit")
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", nargs="+", help="methods to run (default: projection oracle)")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--quick", action="store_true", help="a short schedule for a fast look")
+    d.add_argument(
+        "--refine", action="append", choices=["spectral"],
+        help="also report methods refined by this inference-time fusion (spectral: SAZS's eigen-segments)",
+    )
+    d.add_argument("--refine-on", nargs="+", metavar="METHOD", help="methods to refine (default: all)")
     common(d)
     d.set_defaults(fn=cmd_demo)
 
@@ -171,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--world", help="ShapeWorld spec (default: the one it was trained on)")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--refine", choices=["spectral"], help="refine predictions at inference")
     common(e)
     e.set_defaults(fn=cmd_eval)
 
@@ -203,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--source", help="raw annotations (Context: ROOT/trainval by default)")
     dp.add_argument("--force", action="store_true", help="rewrite converted files that exist")
     dp.set_defaults(fn=cmd_data_prepare)
+
+    ds = dsub.add_parser("spectral", help="precompute SAZS eigenvectors for a dataset's images")
+    ds.add_argument("config", nargs="?", default="sazs_unet-small_2k_shapeworld", help="a preset or YAML (data + spectral settings)")
+    ds.add_argument("--split", choices=["train", "val"], default="val")
+    ds.add_argument("--world", help="ShapeWorld spec (for ShapeWorld configs)")
+    ds.add_argument("--cache", help="cache root (default: $ZEROSEG_CACHE/spectral)")
+    ds.add_argument("--set", action="append", metavar="KEY=VALUE")
+    ds.set_defaults(fn=cmd_data_spectral)
 
     w = sub.add_parser("world", help="validate a ShapeWorld spec and preview it")
     w.add_argument("spec", nargs="?")
