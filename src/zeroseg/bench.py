@@ -61,7 +61,7 @@ def bench_one(method: str, world: str | None = None, batch: int = 16, repeats: i
     return row
 
 
-def run_bench(methods: Sequence[str] | None = None, world: str | None = None, out: Path | None = None) -> list[dict]:
+def run_bench(methods: Sequence[str] | None = None, world: str | None = None) -> list[dict]:
     from zeroseg.demo import DEMO_PRESETS
 
     methods = list(methods or DEMO_PRESETS)
@@ -79,11 +79,56 @@ def run_bench(methods: Sequence[str] | None = None, world: str | None = None, ou
         extra = {k: v for k, v in row.items() if k not in {"method", "ms_per_image", "images_per_s", "peak_rss_mb", "image_size", "classes", "threads"}}
         extra_s = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
         print(f"{m:<14} {row['ms_per_image']:>9.2f} {row['images_per_s']:>9.1f} {row['peak_rss_mb']:>8.0f}  {extra_s}")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=2))
     return rows
 
 
 if __name__ == "__main__":
     print(json.dumps(bench_one(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)))
+
+
+def bench_presets(presets: Sequence[str] | None = None, *, crop: int = 128, batch: int = 2, iters: int = 4) -> list[dict]:
+    """Per-iteration training cost of each paper preset on this CPU at a reduced crop and batch.
+
+    Each preset trains ``iters`` steps, with its own architecture and schedule settings, on a tiny
+    dataset written in its dataset's real layout (``zeroseg.data.real.fixtures``), through the same
+    code path a GPU run takes; the first step (warm-up) is left out of the timing. ``full_size_est``
+    scales the measured seconds by pixels and batch to the preset's own crop and batch size: a
+    rough figure for planning (attention grows faster than pixels), not a measurement.
+    """
+    import csv
+    import tempfile
+
+    import yaml
+
+    from zeroseg import runner
+    from zeroseg.config import PRESET_DIR, load_config
+    from zeroseg.data.real.fixtures import WRITERS
+
+    rows = []
+    names = presets or [
+        p.stem for p in sorted(PRESET_DIR.glob("*.yaml"))
+        if (yaml.safe_load(p.read_text()).get("data") or {}).get("dataset", "shapeworld") != "shapeworld"
+    ]
+    print(f"{'preset':<48} {'s/iter':>8} {'at':>12} {'est. s/iter full size':>22}")
+    for name in names:
+        base = load_config(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = WRITERS[base.data.dataset](Path(tmp) / base.data.dataset)
+            cfg = load_config(name, [
+                f"data.root={root}", f"data.crop_size={crop}", f"train.iters={iters}",
+                f"train.batch_size={batch}", "train.log_every=1", "train.ckpt_every=0", "text.encoder=minilm",
+            ])
+            runner.train(cfg, Path(tmp) / "run", progress=False)
+            logs = sorted(Path(tmp, "run").rglob("log.csv"))
+            steps = []
+            for log in logs:  # every stage of the method
+                with open(log) as f:
+                    elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(f)]
+                steps += [b - a for a, b in zip(elapsed, elapsed[1:])]
+            s_iter = statistics.median(steps) if steps else float("nan")
+        scale = (base.data.crop_size / crop) ** 2 * (base.train.batch_size / batch)
+        row = {"preset": name, "s_per_iter": s_iter, "crop": crop, "batch": batch,
+               "full_size_est_s_per_iter": s_iter * scale, "paper_iters": base.train.iters}
+        rows.append(row)
+        print(f"{name:<48} {s_iter:>8.3f} {f'{crop}px x{batch}':>12} {s_iter * scale:>22.1f}")
+    return rows

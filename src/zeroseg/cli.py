@@ -107,9 +107,15 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from zeroseg.bench import run_bench
+    from zeroseg.bench import bench_presets, run_bench
 
-    run_bench(methods=args.methods, world=args.world, out=Path(args.out) if args.out else None)
+    if args.presets is not None:
+        rows = bench_presets(args.presets or None, crop=args.crop)
+    else:
+        rows = run_bench(methods=args.methods, world=args.world)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0
 
 
@@ -223,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+")
     b.add_argument("--world")
     b.add_argument("--out", help="also write the results as JSON here")
+    b.add_argument(
+        "--presets", nargs="*",
+        help="instead: per-iteration training cost of paper presets (all if none named) at a reduced crop",
+    )
+    b.add_argument("--crop", type=int, default=128, help="crop size for --presets (default 128)")
     b.set_defaults(fn=cmd_bench)
 
     data = sub.add_parser("data", help="check or prepare a real dataset in its standard layout")

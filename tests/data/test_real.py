@@ -9,8 +9,6 @@ worked out by hand in the comments.
 from __future__ import annotations
 
 import json
-import sys  # noqa: E402
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,10 +27,7 @@ from zeroseg.data.real import (
     voc,
 )
 from zeroseg.data.real.base import LabelRangeError, LayoutError
-from zeroseg.data.transforms import PhotometricDistortion, RandomCrop, train_transform
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from real_layouts import (  # noqa: E402
+from zeroseg.data.real.fixtures import (
     H,
     W,
     blocks,
@@ -43,6 +38,7 @@ from real_layouts import (  # noqa: E402
     write_png,
     write_voc,
 )
+from zeroseg.data.transforms import PhotometricDistortion, RandomCrop, train_transform
 
 
 @pytest.fixture

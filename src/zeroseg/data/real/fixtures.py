@@ -1,7 +1,11 @@
-"""Tiny datasets in the real benchmarks' layouts and id schemes, written by tests.
+"""Tiny datasets in the real benchmarks' exact layouts and id schemes.
 
-Used by the loader tests (tests/data/test_real.py) and by the paper-preset runs
-(tests/test_paper_presets.py). Expected class indices are worked out in the comments.
+A few 6x8 images per dataset whose labels use the files' own id scheme (VOC palette PNGs with
+background 0 and boundary 255, COCO-Stuff train ids, Context-59 PNGs, COCO panoptic RGB PNGs +
+json), including ignore pixels and unseen classes. The loader tests check them pixel by pixel,
+the paper-preset tests and ``zeroseg bench --presets`` train on them, and a user can write one to
+see the layout a loader expects: ``python -c "from zeroseg.data.real.fixtures import write_voc;
+write_voc(Path('voc-demo'))"``. Expected class indices are worked out in the comments.
 """
 
 from __future__ import annotations
