@@ -109,7 +109,9 @@ def _disk_offsets(radius: int) -> list[tuple[int, int]]:
     ]
 
 
-def boundary_targets(labels: torch.Tensor, *, radius: int = 1, ignore_index: int = 255) -> torch.Tensor:
+def boundary_targets(
+    labels: torch.Tensor, *, radius: int = 1, ignore_index: int = 255
+) -> torch.Tensor:
     """Boundary targets of label maps: 1 edge, 0 no edge, ``ignore_index`` unknown.
 
     A labelled pixel is an edge when a labelled pixel of another class lies within Euclidean
@@ -274,7 +276,9 @@ class Sazs(Projection):
         cfg, mcfg = ctx.cfg.train, self.cfg
         ignore = self.split.ignore_index
         loader = StepLoader(
-            ctx.train_set, StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed), transform=hflip
+            ctx.train_set,
+            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
+            transform=hflip,
         )
 
         def step(model, batch):
@@ -289,7 +293,12 @@ class Sazs(Projection):
                 logits, target, edge, threshold=mcfg.attention_logit, ignore_index=ignore
             )
             loss = mcfg.seg_weight * ce + mcfg.edge_weight * bce + mcfg.attention_weight * att
-            return {"loss": loss, "ce": ce.detach(), "edge_bce": bce.detach(), "edge_att": att.detach()}
+            return {
+                "loss": loss,
+                "ce": ce.detach(),
+                "edge_bce": bce.detach(),
+                "edge_att": att.detach(),
+            }
 
         # Both SAZS rows (with and without fusion) start from this stage: trained once.
         train_stage(
