@@ -33,6 +33,15 @@ DEMO_PRESETS: dict[str, str] = {
     "sazs-nofusion": "sazs-nofusion_unet-small_2k_shapeworld",
     "zs3net": "zs3net_deeplabv3plus-small_shapeworld",
     "zs5net": "zs5net_deeplabv3plus-small_shapeworld",
+    "zegclip": "zegclip_vit-tiny_shapeworld",
+    "zegclip-st": "zegclip-st_vit-tiny_shapeworld",
+    "zegclip-nodpt": "zegclip-nodpt_vit-tiny_shapeworld",
+    "zegclip-nord": "zegclip-nord_vit-tiny_shapeworld",
+    "zegclip-nonel": "zegclip-nonel_vit-tiny_shapeworld",
+    "alignzeg": "alignzeg_unet-small_1k_shapeworld",
+    "alignzeg-norefine": "alignzeg-norefine_unet-small_1k_shapeworld",
+    "alignzeg-nogen": "alignzeg-nogen_unet-small_1k_shapeworld",
+    "alignzeg-nobc": "alignzeg-nobc_unet-small_1k_shapeworld",
 }
 DEFAULT_METHODS = ("projection", "oracle")
 QUICK = {"iters_scale": 0.25, "val_images": 200}

@@ -64,7 +64,7 @@ class MaskModelConfig:
     """Sizes of the mask-classification model (ShapeWorld defaults; the paper: 100 / 9 / 256)."""
 
     backbone: str = "unet-small"  # unet-small | resnet18 | resnet34 | resnet50 | resnet101
-    unet: SmallUNetConfig = field(default_factory=SmallUNetConfig)  # widths when backbone=unet-small
+    unet: SmallUNetConfig = field(default_factory=SmallUNetConfig)  # for backbone=unet-small
     hidden_dim: int = 64  # transformer width (Mask2Former: 256)
     mask_dim: int = 64  # per-pixel mask-embedding channels (Mask2Former: 256)
     num_queries: int = 16  # learnable queries N (Mask2Former / PADing: 100)
@@ -108,13 +108,21 @@ def sine_position(x: Tensor, dim: int) -> Tensor:
 
 
 class UNetPyramid(nn.Module):
-    """SmallUNet's encoder and decoder read out at strides 8, 4, 2 (its decoder is the FPN)."""
+    """SmallUNet read out at strides 16, 8, 4, 2 (coarse to fine; its decoder is the FPN).
+
+    As Mask2Former attends to 1/32, 1/16, 1/8 and predicts masks at 1/4, the transformer attends
+    to strides 16, 8, 4 (a stride-2 conv on the context features adds the coarsest) and masks
+    come from the stride-2 decoder output: on 64 px images, 4x4 ... 16x16 tokens and 32x32 masks.
+    """
 
     def __init__(self, cfg: SmallUNetConfig):
         super().__init__()
         self.unet = SmallUNet(cfg)
         w = cfg.widths
-        self.channels = (w[3], w[2], cfg.out_dim)  # coarse -> fine
+        self.down = nn.Sequential(
+            nn.Conv2d(w[3], w[3], 3, stride=2, padding=1), nn.ReLU(inplace=True)
+        )
+        self.channels = (w[3], w[3], w[2], cfg.out_dim)  # coarse -> fine
 
     def forward(self, x: Tensor) -> list[Tensor]:
         u = self.unet
@@ -125,7 +133,7 @@ class UNetPyramid(nn.Module):
         d3 = u.dec3(torch.cat([up, e3], 1))
         up = F.interpolate(d3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
         d2 = u.dec2(torch.cat([up, e2], 1))
-        return [e4, d3, d2]
+        return [self.down(e4), e4, d3, d2]
 
 
 class ResNetPyramid(nn.Module):
@@ -165,11 +173,18 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.cross = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_dim, dim),
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         self.heads = heads
 
-    def forward(self, q: Tensor, q_pos: Tensor, mem: Tensor, mem_pos: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(
+        self, q: Tensor, q_pos: Tensor, mem: Tensor, mem_pos: Tensor, attn_mask: Tensor | None
+    ) -> Tensor:
         """q (B,N,C), mem (B,L,C); attn_mask (B*heads, N, L) bool, True = not attended."""
         a = self.cross(q + q_pos, mem + mem_pos, mem, attn_mask=attn_mask, need_weights=False)[0]
         q = self.norms[0](q + a)
@@ -197,7 +212,9 @@ class TextClassifier(nn.Module):
     def forward(self, embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
         """(..., D) query embeddings and (K, D) text embeddings -> (..., K+1) logits (last: no-object)."""
         e = F.normalize(embeddings.float(), dim=-1)
-        t = F.normalize(torch.cat([class_embeddings.float().to(e.device), self.null[None].float()]), dim=-1)
+        t = F.normalize(
+            torch.cat([class_embeddings.float().to(e.device), self.null[None].float()]), dim=-1
+        )
         return self.scale() * e @ t.T
 
 
@@ -212,33 +229,44 @@ class MaskClassifier(nn.Module):
     def __init__(self, cfg: MaskModelConfig, *, embed_dim: int):
         super().__init__()
         self.cfg, self.embed_dim = cfg, embed_dim
-        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+        self.register_buffer(
+            "pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+        )
         c = cfg.hidden_dim
+        # Both backbones give 4 levels, coarse to fine: 3 for attention, the finest for masks.
         if cfg.backbone == "unet-small":
             self.backbone: nn.Module = UNetPyramid(cfg.unet)
-            levels = self.backbone.channels  # 3 levels; the finest also gives the mask features
         elif cfg.backbone.startswith("resnet"):
             self.backbone = ResNetPyramid(cfg.backbone, c)
-            levels = self.backbone.channels[:3]
         else:
             raise ValueError(
                 f"unknown mask-model backbone {cfg.backbone!r}; valid: unet-small, resnet18, "
                 "resnet34, resnet50, resnet101"
             )
-        mask_in = self.backbone.channels[-1]
+        levels, mask_in = self.backbone.channels[:3], self.backbone.channels[3]
         # Pixel decoder: 1x1 projections of the three transformer scales and a mask-feature conv.
         self.input_proj = nn.ModuleList(nn.Conv2d(ch, c, 1) for ch in levels)
         self.level_embed = nn.Embedding(3, c)
         self.mask_features = nn.Sequential(
-            nn.Conv2d(mask_in, cfg.mask_dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cfg.mask_dim, cfg.mask_dim, 1)
+            nn.Conv2d(mask_in, cfg.mask_dim, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cfg.mask_dim, cfg.mask_dim, 1),
         )
         self.query_feat = nn.Embedding(cfg.num_queries, c)
         self.query_pos = nn.Embedding(cfg.num_queries, c)
-        self.layers = nn.ModuleList(DecoderLayer(c, cfg.heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(c, cfg.heads, cfg.ffn_dim, cfg.dropout) for _ in range(cfg.layers)
+        )
         self.decoder_norm = nn.LayerNorm(c)
         self.mask_embed = nn.Sequential(
-            nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, cfg.mask_dim)
+            nn.Linear(c, c),
+            nn.ReLU(inplace=True),
+            nn.Linear(c, c),
+            nn.ReLU(inplace=True),
+            nn.Linear(c, cfg.mask_dim),
         )
         self.class_embed = nn.Linear(c, embed_dim)
         self.classifier = TextClassifier(embed_dim, cfg.init_temperature)
@@ -251,9 +279,12 @@ class MaskClassifier(nn.Module):
         emb = self.class_embed(q)
         attn = None
         if attn_size is not None:
-            m = F.interpolate(masks.detach().float(), size=attn_size, mode="bilinear", align_corners=False)
+            m = F.interpolate(
+                masks.detach().float(), size=attn_size, mode="bilinear", align_corners=False
+            )
             attn = (m.sigmoid() < 0.5).flatten(2)  # (B, N, L), True = blocked
-            attn[attn.all(-1)] = False  # a query with an empty mask attends everywhere (Mask2Former)
+            # A query whose mask is empty attends everywhere, as in Mask2Former.
+            attn[attn.all(-1)] = False
             attn = attn.repeat_interleave(self.cfg.heads, dim=0)
         return masks, emb, attn
 
@@ -276,7 +307,9 @@ class MaskClassifier(nn.Module):
         preds.append((masks, emb))
         for i, layer in enumerate(self.layers):
             lvl = i % 3
-            q = layer(q, q_pos, mems[lvl], poss[lvl], attn.to(q.device) if attn is not None else None)
+            q = layer(
+                q, q_pos, mems[lvl], poss[lvl], attn.to(q.device) if attn is not None else None
+            )
             masks, emb, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
             preds.append((masks, emb))
         return MaskOutputs(masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1])
