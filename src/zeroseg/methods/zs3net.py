@@ -355,7 +355,7 @@ class ZS3Net(Method):
         loader = StepLoader(
             ctx.train_set,
             StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=hflip,
+            transform=ctx.train_transform or hflip,
         )
         mean, std = self.pixel_mean.to(ctx.device), self.pixel_std.to(ctx.device)
 
@@ -655,15 +655,9 @@ class _PseudoLabelled(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s = self.images[self.indices[i]]
-        return {"image": s["image"], "pseudo_label": self.pseudo[i]}
-
-
-def _flip_pseudo(sample: dict, rng: np.random.Generator) -> dict:
-    if rng.random() < 0.5:
-        sample = {
-            k: (v.flip(-1) if k in ("image", "pseudo_label") else v) for k, v in sample.items()
-        }
-    return sample
+        # Named "label" so the dataset's training transform (flip, crop) moves it with the image;
+        # the self-training batches rename it "pseudo_label" before the protocol guard sees them.
+        return {"image": s["image"], "label": self.pseudo[i]}
 
 
 class ZS5Net(ZS3Net):
@@ -727,11 +721,15 @@ class ZS5Net(ZS3Net):
         )
         half = max(1, cfg.batch_size // 2)
         seen_loader = StepLoader(
-            ctx.train_set, StepSampler(len(ctx.train_set), half, cfg.seed), transform=hflip
+            ctx.train_set,
+            StepSampler(len(ctx.train_set), half, cfg.seed),
+            transform=ctx.train_transform or hflip,
         )
         pseudo_set = _PseudoLabelled(ctx.train_images, indices, pseudo)
         pseudo_loader = StepLoader(
-            pseudo_set, StepSampler(len(pseudo_set), half, cfg.seed + 1), transform=_flip_pseudo
+            pseudo_set,
+            StepSampler(len(pseudo_set), half, cfg.seed + 1),
+            transform=ctx.train_transform or hflip,
         )
 
         def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
@@ -745,7 +743,7 @@ class ZS5Net(ZS3Net):
                         "image": s["image"],
                         "label": s["label"],
                         "pseudo_image": p["image"],
-                        "pseudo_label": p["pseudo_label"],
+                        "pseudo_label": p["label"],
                     },
                 )
 

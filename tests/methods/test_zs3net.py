@@ -1,0 +1,259 @@
+"""ZS3Net / ZS5Net: the generator learns, no stage sees an unseen pixel label, pseudo-labels come
+only from unlabelled images, and a tiny end-to-end fit on the tiny world works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zeroseg.methods.zs3net as zs3
+from zeroseg import runner
+from zeroseg.config import load_config
+from zeroseg.data.protocol import ProtocolError, SeenOnly
+from zeroseg.data.shapeworld import load_spec
+from zeroseg.generators.mmd import class_conditional_mmd
+from zeroseg.methods.base import RunContext
+from zeroseg.methods.zs3net import ZS3Net, ZS5Net, balanced_class_mmd, select_top_percent
+
+# Small schedules: the whole file must stay well under a minute on a shared CPU.
+TINY = [
+    "train.iters=150",
+    "train.batch_size=16",
+    "train.amp=bf16",
+    "model.generator_train.iters=250",
+    "model.classifier_train.iters=150",
+    "model.generator.bank_images=300",
+    "model.generator.bank_per_class=256",
+    "model.vocab_retrain_iters=60",
+    "eval.batch_size=48",
+]
+ZS5_TINY = ["model.self_train.iters=60", "model.pseudo_images=320"]
+
+
+class SpySeenOnly(SeenOnly):
+    """The protocol view, recording every label value it hands out."""
+
+    values: set[int] = set()
+
+    def __getitem__(self, i):
+        s = super().__getitem__(i)
+        SpySeenOnly.values |= set(torch.unique(s["label"]).tolist())
+        return s
+
+
+class SpyImagesOnly(runner.ImagesOnly):
+    reads = 0
+
+    def __getitem__(self, i):
+        SpyImagesOnly.reads += 1
+        return super().__getitem__(i)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_world, tmp_path_factory):
+    """zs3net then zs5net into sibling run directories (stages 1-3 shared), with spies."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("zs3runs")
+    calls: list[tuple[str, str, object]] = []
+    real_train_stage = zs3.train_stage
+
+    def spy_train_stage(**kw):
+        batches = kw["batches"]
+
+        def checked(start, stop):
+            for step, batch in batches(start, stop):
+                calls.append((kw["stage"], "label" in batch, kw["split"]))
+                yield step, batch
+
+        return real_train_stage(**{**kw, "batches": checked})
+
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zs3, "train_stage", spy_train_stage)
+        mp.setattr(runner, "SeenOnly", SpySeenOnly)
+        mp.setattr(runner, "ImagesOnly", SpyImagesOnly)
+        for name, extra in (("zs3net", []), ("zs5net", ZS5_TINY)):
+            cfg = load_config(
+                f"{name}_deeplabv3plus-small_shapeworld",
+                [f"data.world={tiny_world}", *TINY, *extra],
+            )
+            data = results.get("data") or runner.build_data(cfg, progress=False)
+            results["data"] = data
+            before = len(calls)
+            res = runner.train(cfg, out / name, progress=False, data=data)
+            metrics, _, _ = runner.evaluate(
+                res.method, cfg, data.val, data.split, res.embed, progress=False
+            )
+            results[name] = (res, metrics, calls[before:])
+    results["out"] = out
+    return results
+
+
+def test_balanced_mmd_equals_the_per_class_loop():
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(4, 10, 6, generator=g), torch.randn(4, 10, 6, generator=g) + 0.5
+    labels = torch.arange(4).repeat_interleave(10)
+    for root in (False, True):
+        ref = class_conditional_mmd(
+            fake.flatten(0, 1), labels, real.flatten(0, 1), labels, (2.0, 5.0), root=root
+        )
+        assert torch.allclose(balanced_class_mmd(fake, real, (2.0, 5.0), root=root), ref, atol=1e-6)
+
+
+def test_select_top_percent_by_hand():
+    # Class 3 is predicted at 4 pixels with confidences .9 .8 .7 .6 -> top 50% keeps .9 and .8;
+    # class 5 at one pixel -> always kept (at least one); class 1 (not unseen) is never labelled.
+    pred = torch.tensor([[[3, 3, 3, 3, 5, 1]]])
+    conf = torch.tensor([[[0.9, 0.8, 0.7, 0.6, 0.1, 0.99]]])
+    out = select_top_percent(pred, conf, [3, 5], 50.0)
+    assert out.tolist() == [[[3, 3, 255, 255, 5, 255]]]
+    with pytest.raises(ValueError, match="pseudo_percent"):
+        select_top_percent(pred, conf, [3], 0.0)
+
+
+def test_generator_learns_seen_classes(runs):
+    """Generated features of a seen class lie nearer (mean) to that class's real features than to
+    any other seen class's, for >= 80% of the seen classes (real segmenter features)."""
+    method: ZS3Net = runs["zs3net"][0].method
+    fg = method.feature_gen.eval()
+    counts = fg.bank_count
+    present = torch.nonzero(counts > 0).flatten()
+    assert len(present) == len(method.split.seen)  # every seen class reached the bank
+    real_means = torch.stack([fg.bank[p, : counts[p]].mean(0) for p in present])
+    emb = method.train_embeddings[torch.tensor(method.split.seen)[present]]
+    with torch.no_grad():
+        fake, labels = fg.gmmn.generate(emb, 300, generator=torch.Generator().manual_seed(0))
+    fake_means = torch.stack([fake[labels == i].mean(0) for i in range(len(present))])
+    nearest = torch.cdist(fake_means, real_means).argmin(1)
+    hits = (nearest == torch.arange(len(present))).float().mean().item()
+    assert hits >= 0.8, nearest.tolist()
+
+
+def test_stages_see_no_unseen_label(runs):
+    data = runs["data"]
+    unseen = set(data.split.unseen)
+    assert SpySeenOnly.values and not (SpySeenOnly.values & unseen)
+    stages = {}
+    for name in ("zs3net", "zs5net"):
+        for stage, has_label, split in runs[name][2]:
+            assert has_label, stage  # every stage's batch carries its labels, for the guard
+            assert split is data.split, stage  # ... and the guard is on
+            stages.setdefault(name, set()).add(stage)
+    assert stages["zs3net"] == {"segmenter", "generator", "classifier"}
+    # zs5net reuses the shared stages 1-3 and only trains the self-training stage.
+    assert stages["zs5net"] == {"self_training"}
+    assert len(list((runs["out"] / "_shared").iterdir())) == 3
+
+
+def test_the_guard_stops_a_leak(runs, tmp_path):
+    data = runs["data"]
+    method = runs["zs3net"][0].method
+    with pytest.raises(ProtocolError, match="feature-bank"):
+        method.build_feature_bank(data.train, device=torch.device("cpu"))  # full labels
+    cfg = load_config("zs3net_deeplabv3plus-small_shapeworld", [*TINY, "train.iters=3"])
+    fresh = runner.build_method(cfg, data.split, method.embed_dim)
+    ctx = RunContext(
+        cfg=cfg,
+        directory=tmp_path / "run",
+        split=data.split,
+        train_set=data.train,  # not through the protocol
+        train_images=runner.ImagesOnly(data.train),
+        embed=runs["zs3net"][0].embed,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    with pytest.raises(ProtocolError, match="segmenter"):
+        fresh.fit(ctx)
+
+
+def test_pseudo_labels_come_only_from_unlabelled_images(runs):
+    data = runs["data"]
+    method: ZS5Net = runs["zs5net"][0].method
+    assert SpyImagesOnly.reads > 0  # stage 5 read the unlabelled view
+    with pytest.raises(ValueError, match="unlabelled"):
+        method.pseudo_label(SeenOnly(data.train, data.split), device=torch.device("cpu"))
+    idx, pseudo = method.pseudo_label(runner.ImagesOnly(data.train), device=torch.device("cpu"))
+    values = set(torch.unique(pseudo).tolist())
+    assert values <= set(data.split.unseen) | {255}
+    assert values & set(data.split.unseen)  # some unseen pixels were pseudo-labelled
+    assert any("pseudo-labelled" in n for n in runs["zs5net"][0].notes)
+
+
+def test_tiny_end_to_end(runs):
+    # 7 classes, 1 unseen (blue square), 150 segmenter steps: the seen classes are learned, and the
+    # unseen one is found at all only through the generated features (a seen-only classifier
+    # scores exactly 0 on it).
+    m3, m5 = runs["zs3net"][1], runs["zs5net"][1]
+    for m in (m3, m5):
+        assert m["seen_miou"] > 40.0, m
+        assert m["unseen_miou"] > 2.0, m
+    assert runs["zs3net"][0].method.protocol == "inductive"
+    assert runs["zs5net"][0].method.protocol == "transductive"
+
+
+def test_vocabulary_order_subset_and_new_names(runs):
+    res, data = runs["zs3net"][0], runs["data"]
+    method = res.method.eval()
+    images = torch.stack([data.val[i]["image"] for i in range(4)])
+    emb = res.embed(data.split.names)
+    seen = torch.zeros(len(emb), dtype=torch.bool)
+    seen[list(data.split.seen)] = True
+    with torch.no_grad():
+        base = method.scores(images, emb, seen)
+        perm = torch.randperm(len(emb))
+        permuted = method.scores(images, emb[perm], seen[perm])
+        assert torch.allclose(permuted, base[:, perm], atol=1e-4)
+        assert not method._vocab_cache  # reordering reuses the retrained classifier
+        names = ["red circle", "blue square", "green hexagon"]  # green hexagon: a new name
+        new = method.scores(images, res.embed(names), torch.tensor([True, False, False]))
+    assert new.shape == (4, 3, *images.shape[-2:])
+    assert len(method._vocab_cache) == 1
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "zs3net_deeplabv3plus-small_shapeworld",
+        "zs5net_deeplabv3plus-small_shapeworld",
+        "zs3net_deeplabv3plus-r101_voc-15+5",
+        "zs5net_deeplabv3plus-r101_voc-15+5",
+    ],
+)
+def test_presets_parse_and_build(preset, tiny_world):
+    cfg = load_config(preset)
+    method = runner.build_method(cfg, load_spec(tiny_world).class_split(), 16)
+    assert method.name == cfg.method
+
+
+def test_word_vector_embeddings(tiny_world, tmp_path):
+    """The paper's semantic space: a word2vec-format file, averaged over multi-word names."""
+    torch.set_num_threads(1)
+    words = "red blue yellow circle square triangle flat gray striped brown ground".split()
+    rng = np.random.default_rng(0)
+    lines = [f"{len(words)} 8"] + [
+        w + " " + " ".join(f"{v:.4f}" for v in rng.normal(size=8)) for w in words
+    ]
+    path = tmp_path / "vectors.vec"
+    path.write_text("\n".join(lines) + "\n")
+    sets = [
+        f"data.world={tiny_world}",
+        "data.train_limit=64",
+        "data.val_limit=16",
+        f"text.encoder=wordvec:{path}",
+        "train.iters=5",
+        "model.generator_train.iters=5",
+        "model.classifier_train.iters=5",
+        "model.generator.bank_images=16",
+    ]
+    cfg = load_config("zs3net_deeplabv3plus-small_shapeworld", sets)
+    res = runner.train(cfg, tmp_path / "run", progress=False)
+    assert res.method.train_embeddings.shape == (res.data.split.num_classes, 8)
+    assert res.method.feature_gen.gmmn.config.embed_dim == 8
+    metrics, _, _ = runner.evaluate(
+        res.method, cfg, res.data.val, res.data.split, res.embed, progress=False
+    )
+    assert 0.0 <= metrics["hiou"] <= 100.0
+    assert Path(tmp_path / "run" / "model.safetensors").is_file()
