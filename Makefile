@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo demo-ablations test lint format bench clean
 
 # Only sets up; re-runs when pyproject.toml changes.
 $(VENV): pyproject.toml
@@ -21,7 +21,10 @@ $(VENV): pyproject.toml
 	@touch $(VENV)
 
 demo: $(VENV)
-	$(BIN)/zeroseg demo --out runs/demo
+	$(BIN)/zeroseg demo --out runs/demo --refine spectral --refine-on projection zegclip
+
+demo-ablations: $(VENV)
+	$(BIN)/zeroseg demo --out runs/demo --ablations --refine spectral --refine-on projection zegclip
 
 test: $(VENV)
 	bash scripts/run_tests.sh

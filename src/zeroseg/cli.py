@@ -25,12 +25,13 @@ def _setup_env() -> None:
 
 
 def cmd_demo(args) -> int:
-    from zeroseg.demo import DEFAULT_METHODS, run_demo
+    from zeroseg.demo import ABLATIONS, DEFAULT_METHODS, run_demo
 
+    methods = list(args.methods or DEFAULT_METHODS) + (list(ABLATIONS) if args.ablations else [])
     run_demo(
         out=Path(args.out),
         world=args.world,
-        methods=args.methods or DEFAULT_METHODS,
+        methods=methods,
         quick=args.quick,
         overrides=args.set or [],
         progress=not args.no_progress,
@@ -192,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate ShapeWorld, train and evaluate methods, write a report")
     d.add_argument("--world", help="ShapeWorld spec YAML (default: the built-in world)")
-    d.add_argument("--methods", nargs="+", help="methods to run (default: projection oracle)")
+    d.add_argument("--methods", nargs="+", help="methods to run (default: one row per system + baselines)")
+    d.add_argument("--ablations", action="store_true", help="also run the ablation rows of ZegCLIP, PADing, AlignZeg")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--quick", action="store_true", help="a short schedule for a fast look")
     d.add_argument(

@@ -43,7 +43,32 @@ DEMO_PRESETS: dict[str, str] = {
     "alignzeg-nogen": "alignzeg-nogen_unet-small_1k_shapeworld",
     "alignzeg-nobc": "alignzeg-nobc_unet-small_1k_shapeworld",
 }
-DEFAULT_METHODS = ("projection", "oracle")
+# One row per published system plus its baseline and the oracle; ablation rows (pading-g,
+# zegclip-nodpt, alignzeg-nobc, ...) run with --methods.
+DEFAULT_METHODS = (
+    "projection",
+    "oracle",
+    "zs3net",
+    "zs5net",
+    "zegclip",
+    "zegclip-st",
+    "mask-projection",
+    "pading",
+    "sazs",
+    "sazs-nofusion",
+    "alignzeg",
+)
+ABLATIONS = (
+    "zegclip-nodpt",
+    "zegclip-nord",
+    "zegclip-nonel",
+    "pading-g",
+    "pading-p",
+    "pading-pa",
+    "alignzeg-norefine",
+    "alignzeg-nogen",
+    "alignzeg-nobc",
+)
 QUICK = {"iters_scale": 0.25, "val_images": 200}
 
 
