@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from zeroseg.data.loader import StepLoader, StepSampler, hflip, iterate_eval
+from zeroseg.data.loader import StepLoader, StepSampler, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done, train_stage
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
@@ -148,7 +148,7 @@ class MaskProjection(Method):
         loader = StepLoader(
             ctx.train_set,
             StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=hflip,
+            transform=ctx.train_transform,
         )
         model, weights = self.model, self.cfg.match
 

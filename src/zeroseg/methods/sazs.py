@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zeroseg.data.loader import StepLoader, StepSampler, hflip
+from zeroseg.data.loader import StepLoader, StepSampler
 from zeroseg.engine.trainer import load_stage, stage_done, train_stage
 from zeroseg.methods.base import RunContext, calibrate, downsample_labels, seen_position_lookup
 from zeroseg.methods.projection import Projection
@@ -278,7 +278,7 @@ class Sazs(Projection):
         loader = StepLoader(
             ctx.train_set,
             StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=hflip,
+            transform=ctx.train_transform,
         )
 
         def step(model, batch):
