@@ -86,7 +86,7 @@ if __name__ == "__main__":
     print(json.dumps(bench_one(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)))
 
 
-def bench_presets(presets: Sequence[str] | None = None, *, crop: int = 128, batch: int = 2, iters: int = 4) -> list[dict]:
+def bench_presets(presets: Sequence[str] | None = None, *, crop: int = 128, batch: int = 1, iters: int = 4) -> list[dict]:
     """Per-iteration training cost of each paper preset on this CPU at a reduced crop and batch.
 
     Each preset trains ``iters`` steps, with its own architecture and schedule settings, on a tiny

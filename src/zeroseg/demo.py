@@ -51,7 +51,6 @@ DEFAULT_METHODS = (
     "zs3net",
     "zs5net",
     "zegclip",
-    "zegclip-st",
     "mask-projection",
     "pading",
     "sazs",
@@ -59,6 +58,7 @@ DEFAULT_METHODS = (
     "alignzeg",
 )
 ABLATIONS = (
+    "zegclip-st",
     "zegclip-nodpt",
     "zegclip-nord",
     "zegclip-nonel",

@@ -1,0 +1,409 @@
+"""AlignZeg: mutually-refined proposals, generalisation-enhanced classification, bias correction.
+
+Ge et al., "AlignZeg: Mitigating Objective Misalignment for Zero-shot Semantic Segmentation",
+ECCV 2024 (arXiv 2404.05667; no public code). A mask-classification model in the PADing /
+ZegFormer family (:mod:`zeroseg.methods.pading`'s mask-projection baseline is the starting
+point) with three changes, one per part of the pipeline:
+
+1. **Mutually-Refined Proposal Extraction** (Sec. 3.2): queries and visual features refine each
+   other in every decoder layer, and a frozen CLIP-style encoder's patch features are fused
+   with the learnable encoder's (:mod:`zeroseg.models.heads.alignzeg_decoder`). On ShapeWorld
+   the frozen encoder is the stage-0 caption-contrastive ViT of :func:`zeroseg.pretrain.load_or_train`
+   (``clip_fusion``); on real data no CLIP checkpoint is wired in yet, so the paper preset runs
+   without fusion.
+2. **Generalisation-Enhanced Proposal Classification** (Sec. 3.3):
+   - *virtual features*: feature-level manifold mixup of the hidden states of real proposals
+     matched to two different seen classes, ``v = g h_i + (1 - g) h_j``, ``g ~ U(mix_range)``,
+     passed through the rest of the classification branch (the two-layer class-embedding map);
+   - ``L_vir``: the mixup loss of the virtual features, a soft-target cross-entropy with target
+     ``g`` on class ``c_i`` and ``1 - g`` on ``c_j`` (none on background),
+     ``L_vir = -(g log p(c_i | v) + (1 - g) log p(c_j | v))``;
+   - ``L_reg``: the regulariser that keeps virtual features away from every seen class,
+     ``L_reg = mean_v relu(max_k cos(e_v, t_k) - margin)``: the region between seen classes,
+     where an unseen class's proposals fall, stays unclaimed by confident seen predictions;
+   - M learned *background prototypes* instead of one no-object embedding (the no-object
+     logit is the log-sum-exp of the prototypes' logits).
+3. **Predictive Bias Correction** (Sec. 3.4): a class indicator (an MLP on the query hidden
+   state) gives the probability ``u_q`` that proposal q is of a potential unseen class. It is
+   trained by ``L_bc``, a binary cross-entropy with real matched seen proposals as negatives
+   and the virtual features as positives (its input is detached: it is a probe and does not
+   reshape the proposal features). At inference, proposals with ``u_q > bias_threshold`` have
+   their seen-class probabilities multiplied by ``1 - bias_strength`` and the class
+   probabilities renormalised to their previous total (the background probability is left
+   alone), before Mask2Former's semantic / panoptic / instance assignment.
+
+Loss (deep supervision as Mask2Former for the set loss; the other terms on the last layer):
+
+    L = L_bc + lambda1 L_ce + lambda2 L_mask + lambda3 L_vir + lambda4 L_reg,
+
+lambda1 = 2 (``match.class_weight``), lambda2 = 5 for each of BCE and dice (``match.mask_weight``,
+``match.dice_weight``): Mask2Former's weights, which the paper keeps. lambda3 = lambda4 = 1,
+``margin`` 0.5, ``mix_range`` (0.3, 0.7), M = 4 (ShapeWorld) / 10 (COCO preset), 64 virtual
+features per batch, bias threshold 0.5 and strength 0.5 are **our choices**: the stored copy of
+the paper we could read (abstract, introduction and a third-party summary) does not give them,
+nor the exact form of L_vir / L_reg / the post-process, which are our reconstruction of the
+described method (see docs/methods.md).
+
+Protocol: inductive. Only seen class names (``ctx.seen_embeddings()``) and the strict
+protocol's training set are used in training; the virtual features are made from seen
+proposals, so no unseen name is needed (the paper evaluates in the inductive setting of its
+ZegFormer/ZegCLIP baselines).
+
+Ablation rows: ``alignzeg-norefine`` (no mutual refinement), ``alignzeg-nogen`` (no virtual
+features in the classifier's losses and a single background class; the indicator still learns
+from virtual features, detached, so part 3 is unchanged), ``alignzeg-nobc`` (no bias correction:
+the same trained weights as ``alignzeg``, shared, evaluated without the post-process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zeroseg.data.loader import StepLoader, StepSampler
+from zeroseg.engine.trainer import load_stage, stage_done, train_stage
+from zeroseg.methods.base import Method, RunContext, seen_position_lookup
+from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
+from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
+from zeroseg.models.heads.mask_decoder import semantic_inference
+from zeroseg.models.matching import hungarian_match, set_loss, targets_from_panoptic
+from zeroseg.pretrain import PretrainConfig
+
+__all__ = [
+    "AlignZeg",
+    "AlignZegConfig",
+    "AlignZegNoBC",
+    "AlignZegNoGen",
+    "AlignZegNoRefine",
+    "correct_bias",
+    "mixup_virtual",
+    "seen_repulsion",
+    "virtual_loss",
+]
+
+
+@dataclass
+class AlignZegConfig(MaskProjectionConfig):
+    """AlignZeg on the mask model; ``refine`` / ``generalise`` / ``bias_correction`` select the row."""
+
+    refine: bool = True  # part 1: mutual refinement of queries and visual features
+    generalise: bool = True  # part 2: L_vir + L_reg on virtual features, M background prototypes
+    bias_correction: bool = True  # part 3: indicator-driven correction at inference
+    clip_fusion: bool = True  # fuse the frozen stage-0 encoder's patch tokens (ShapeWorld only)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the stage-0 encoder fused
+    background_prototypes: int = 4  # M (used when generalise; otherwise one no-object class)
+    virtual_per_batch: int = 64  # virtual features mixed per training batch
+    mix_range: tuple[float, float] = (0.3, 0.7)  # range of the mixing coefficient g
+    reg_margin: float = 0.5  # L_reg: allowed cosine between a virtual feature and a seen class
+    bc_weight: float = 1.0  # weight of L_bc
+    vir_weight: float = 1.0  # lambda3, weight of L_vir
+    reg_weight: float = 1.0  # lambda4, weight of L_reg
+    bias_threshold: float = 0.5  # a proposal with indicator probability above this is corrected
+    bias_strength: float = 0.5  # fraction of a flagged proposal's seen-class probability removed
+
+
+# -- the parts, as pure functions -------------------------------------------------------------------
+
+
+def mixup_virtual(
+    hidden: Tensor,
+    labels: Tensor,
+    count: int,
+    mix_range: tuple[float, float],
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Virtual features by mixing real features of two different classes.
+
+    Args:
+        hidden: (n, C) real features (hidden states of matched proposals).
+        labels: (n,) their classes.
+        count: pairs drawn (those with equal classes are discarded).
+        mix_range: (lo, hi) of the uniform mixing coefficient g.
+        generator: CPU random generator (a pure function of the step, for exact resume).
+
+    Returns:
+        ``virtual`` (V, C) ``= g h_i + (1 - g) h_j``, ``i`` (V,), ``j`` (V,), ``g`` (V,); or None
+        when no two features of different classes exist.
+    """
+    n = len(labels)
+    if n < 2:
+        return None
+    i = torch.randint(n, (count,), generator=generator)
+    j = torch.randint(n, (count,), generator=generator)
+    lo, hi = mix_range
+    g = lo + (hi - lo) * torch.rand(count, generator=generator)
+    keep = labels.cpu()[i] != labels.cpu()[j]
+    if not keep.any():
+        return None
+    i, j, g = i[keep].to(hidden.device), j[keep].to(hidden.device), g[keep].to(hidden.device)
+    gc = g.to(hidden.dtype)[:, None]
+    return gc * hidden[i] + (1 - gc) * hidden[j], i, j, g
+
+
+def virtual_loss(logits: Tensor, yi: Tensor, yj: Tensor, g: Tensor) -> Tensor:
+    """L_vir: soft-target cross-entropy ``-(g log p(yi) + (1 - g) log p(yj))``, mean over V.
+
+    Args:
+        logits: (V, K+1) logits of the virtual features.
+        yi, yj: (V,) the classes mixed.
+        g: (V,) mixing coefficients (the weight of yi).
+    """
+    logp = logits.float().log_softmax(-1)
+    a = logp.gather(1, yi[:, None])[:, 0]
+    b = logp.gather(1, yj[:, None])[:, 0]
+    return -(g * a + (1 - g) * b).mean()
+
+
+def seen_repulsion(virtual_emb: Tensor, seen_emb: Tensor, margin: float) -> Tensor:
+    """L_reg: ``mean_v relu(max_k cos(e_v, t_k) - margin)`` over (V, D) virtual and (S, D) seen embeddings."""
+    cos = (
+        F.normalize(virtual_emb.float(), dim=-1)
+        @ F.normalize(seen_emb.float().to(virtual_emb.device), dim=-1).T
+    )
+    return F.relu(cos.max(-1).values - margin).mean()
+
+
+def correct_bias(
+    probs: Tensor, unseen_prob: Tensor, seen_mask: Tensor, threshold: float, strength: float
+) -> Tensor:
+    """Predictive bias correction of proposal class probabilities.
+
+    Args:
+        probs: (..., N, K+1) class probabilities, the last column background.
+        unseen_prob: (..., N) indicator probabilities that a proposal is of an unseen class.
+        seen_mask: (K,) bool, which vocabulary classes were seen in training.
+        threshold: proposals with ``unseen_prob > threshold`` are corrected.
+        strength: the fraction of their seen-class probabilities removed; the class
+            probabilities are then rescaled to their previous total, so the removed mass goes
+            to the unseen classes in proportion and the background probability is unchanged.
+
+    Returns:
+        Probabilities of the same shape.
+    """
+    cls, bg = probs[..., :-1].float(), probs[..., -1:].float()
+    flag = (unseen_prob > threshold).float()[..., None]  # (..., N, 1)
+    seen = seen_mask.to(probs.device).float()  # (K,)
+    scaled = cls * (1 - strength * flag * seen)
+    total = cls.sum(-1, keepdim=True)
+    scaled = scaled * total / scaled.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.cat([scaled, bg], -1)
+
+
+def _batch_generator(batch: dict, seed: int) -> torch.Generator:
+    """A generator seeded by the batch's sample ids: the same batch always mixes the same pairs."""
+    ids = "|".join(str(i) for i in batch.get("id", []))
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(ids.encode()))
+
+
+# -- the method ---------------------------------------------------------------------------------------
+
+
+class AlignZeg(MaskProjection):
+    """AlignZeg (all three parts); subclasses are the ablation rows."""
+
+    name = "alignzeg"
+    Config = AlignZegConfig
+    protocol = "inductive"
+    produces_segments = True
+    # The ablation row this class stands for: (refine, generalise, bias_correction).
+    row: tuple[bool, bool, bool] = (True, True, True)
+
+    def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
+        # Method.__init__, not MaskProjection.__init__: its plain mask model is replaced.
+        Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
+        have = (cfg.refine, cfg.generalise, cfg.bias_correction)
+        if have != self.row:
+            raise ValueError(
+                f"method {self.name!r} is the ablation row refine={self.row[0]}, generalise={self.row[1]}, "
+                f"bias_correction={self.row[2]}; its config has {have}"
+            )
+        clip = None
+        if cfg.clip_fusion:
+            from zeroseg.models.backbones.clip import VisionTransformer
+
+            clip = VisionTransformer(cfg.pretrain.vision_config())
+        self.model = AlignZegModel(
+            cfg.mask,
+            embed_dim=embed_dim,
+            refine=cfg.refine,
+            background_prototypes=cfg.background_prototypes if cfg.generalise else 1,
+            clip_encoder=clip,
+        )
+        is_thing = torch.zeros(split.num_classes, dtype=torch.bool)
+        is_thing[list(split.things)] = True
+        self.register_buffer("is_thing", is_thing, persistent=False)
+        seen = torch.zeros(split.num_classes, dtype=torch.bool)
+        seen[list(split.seen)] = True
+        self.register_buffer("split_seen", seen, persistent=False)
+
+    # training ---------------------------------------------------------------------------------------
+    def stage_key(self, ctx: RunContext) -> dict:
+        """What decides the trained weights; the inference-only settings (bias correction) are left
+        out, so ``alignzeg`` and ``alignzeg-nobc`` share one training."""
+        train_fields = {f.name for f in dataclasses.fields(AlignZegConfig)} - {
+            "bias_correction",
+            "bias_threshold",
+            "bias_strength",
+            "object_threshold",
+            "overlap_threshold",
+            "topk",
+        }
+        return {
+            "data": ctx.data_key(),
+            "model": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in train_fields},
+            "train": dataclasses.asdict(ctx.cfg.train),
+            "text": dataclasses.asdict(ctx.cfg.text),
+        }
+
+    def losses(
+        self,
+        images: Tensor,
+        batch: dict,
+        seen_emb: Tensor,
+        lookup: Tensor,
+        generator: torch.Generator,
+    ) -> dict:
+        """L of one batch: deep-supervised set loss + L_vir + L_reg (when generalising) + L_bc."""
+        cfg, model = self.cfg, self.model
+        device = images.device
+        out = model(images)
+        targets = targets_from_panoptic(
+            batch["panoptic"].to(device), batch["segments"], lookup, out.masks.shape[-2:]
+        )
+        total = 0.0
+        for masks, emb in out.aux + [(out.masks, out.embeddings)]:
+            logits = model.classify(emb, seen_emb)
+            matches = hungarian_match(logits, masks, targets, cfg.match)
+            terms = set_loss(logits, masks, targets, matches, cfg.match)
+            total = total + terms["loss"]
+        logs = {"ce": terms["ce"], "bce": terms["bce"], "dice": terms["dice"]}
+        # Matched proposals of the last layer: the real seen features the virtual ones mix.
+        hs, ys = [], []
+        for b, (t, (qi, ti)) in enumerate(zip(targets, matches)):
+            hs.append(out.hidden[b, qi.to(device)])
+            ys.append(t.labels[ti.to(t.labels.device)].to(device))
+        h, y = torch.cat(hs), torch.cat(ys)
+        mixed = mixup_virtual(h, y, cfg.virtual_per_batch, cfg.mix_range, generator)
+        if mixed is not None:
+            v, i, j, g = mixed
+            if cfg.generalise:
+                v_emb = model.class_embed(v)
+                l_vir = virtual_loss(model.classify(v_emb, seen_emb), y[i], y[j], g)
+                l_reg = seen_repulsion(v_emb, seen_emb, cfg.reg_margin)
+                total = total + cfg.vir_weight * l_vir + cfg.reg_weight * l_reg
+                logs.update(l_vir=l_vir.detach(), l_reg=l_reg.detach())
+            x = torch.cat([h.detach(), v.detach()])
+            target = torch.cat(
+                [torch.zeros(len(h), device=device), torch.ones(len(v), device=device)]
+            )
+            l_bc = F.binary_cross_entropy_with_logits(model.indicator(x), target)
+            total = total + cfg.bc_weight * l_bc
+            logs["l_bc"] = l_bc.detach()
+        return {"loss": total, **logs}
+
+    def _load_frozen_encoder(self, ctx: RunContext) -> None:
+        if self.model.clip is None:
+            return
+        if ctx.world is None:
+            raise ValueError(
+                f"{self.name}: model.clip_fusion needs the ShapeWorld stage-0 encoder, but the dataset "
+                f"is {ctx.cfg.data.dataset!r}; set model.clip_fusion=false"
+            )
+        from zeroseg.pretrain import load_or_train
+
+        visual = load_or_train(ctx.world, self.cfg.pretrain, progress=ctx.progress)
+        self.model.clip.load_state_dict(visual.state_dict(), strict=True)
+        ctx.notes.append(
+            "fuses the frozen stage-0 caption-contrastive encoder (image-level captions of the separate "
+            "caption split, all class names, no masks) as the paper fuses frozen CLIP"
+        )
+
+    def fit(self, ctx: RunContext) -> None:
+        stage = ctx.shared_stage_dir("alignzeg-model", self.stage_key(ctx))
+        if stage_done(stage):
+            load_stage(self, stage)
+            return
+        if ctx.cfg.data.protocol != "strict":
+            ctx.notes.append(f"AlignZeg trained under the {ctx.cfg.data.protocol!r} protocol")
+        self._load_frozen_encoder(ctx)
+        seen_emb = ctx.seen_embeddings().to(ctx.device)
+        lookup = seen_position_lookup(self.split).to(ctx.device)
+        tc = ctx.cfg.train
+        loader = StepLoader(
+            ctx.train_set, StepSampler(len(ctx.train_set), tc.batch_size, tc.seed), transform=ctx.train_transform
+        )
+
+        def step(m, batch):
+            gen = _batch_generator(batch, tc.seed)
+            return self.losses(batch["image"].to(ctx.device), batch, seen_emb, lookup, gen)
+
+        train_stage(
+            stage="alignzeg-model",
+            model=self,
+            step_fn=step,
+            batches=loader,
+            cfg=tc,
+            directory=stage,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": "alignzeg-model"},
+        )
+
+    # inference -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, images: Tensor, class_embeddings: Tensor, seen_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(B,3,H,W) uint8 -> corrected class probabilities (B,N,K+1) and mask logits (B,N,H,W).
+
+        ``seen_mask`` defaults to the split's when the vocabulary is the split's K classes.
+        """
+        out = self.model(images)
+        probs = self.model.classify(out.embeddings, class_embeddings).float().softmax(-1)
+        if self.cfg.bias_correction:
+            if seen_mask is None:
+                if class_embeddings.shape[0] != self.split.num_classes:
+                    raise ValueError(
+                        f"{self.name}: bias correction needs seen_mask for a vocabulary of "
+                        f"{class_embeddings.shape[0]} classes (the split has {self.split.num_classes})"
+                    )
+                seen_mask = self.split_seen
+            u = self.model.indicator(out.hidden).sigmoid()
+            probs = correct_bias(
+                probs, u, seen_mask, self.cfg.bias_threshold, self.cfg.bias_strength
+            )
+        masks = F.interpolate(
+            out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return probs, masks
+
+    def scores(self, images, class_embeddings, seen_mask):
+        probs, masks = self.predict(images, class_embeddings, seen_mask)
+        return semantic_inference(probs[..., :-1], masks.sigmoid())
+
+
+class AlignZegNoRefine(AlignZeg):
+    """Ablation: no mutual refinement (the visual features are not updated by the queries)."""
+
+    name = "alignzeg-norefine"
+    row = (False, True, True)
+
+
+class AlignZegNoGen(AlignZeg):
+    """Ablation: no generalisation-enhanced classification (no L_vir / L_reg, one background class)."""
+
+    name = "alignzeg-nogen"
+    row = (True, False, True)
+
+
+class AlignZegNoBC(AlignZeg):
+    """Ablation: no predictive bias correction at inference (shares ``alignzeg``'s training)."""
+
+    name = "alignzeg-nobc"
+    row = (True, True, False)

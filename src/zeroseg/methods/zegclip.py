@@ -1,0 +1,519 @@
+"""ZegCLIP (Zhou et al., "ZegCLIP: Towards Adapting CLIP for Zero-shot Semantic Segmentation",
+CVPR 2023): one-stage zero-shot segmentation on a frozen CLIP image encoder.
+
+- **Deep visual prompt tuning** (DPT, Sec. 3.4, after Jia et al.'s VPT-deep): P learnable tokens
+  per layer for the first ``prompt_depth`` layers of the frozen ViT; only they (and the decoder)
+  are trained, the CLIP weights never.
+- **Relationship descriptor** (RD, eq. 3): class query = W_q [t_k ⊙ g ; t_k] with g the image's
+  CLS embedding (``zeroseg.models.heads.zegclip_decoder``).
+- **Light decoder**: text queries cross-attend to the patch tokens; a layer's head-averaged
+  attention logits are the class masks (Sec. 3.2).
+- **Non-mutually-exclusive loss** (NEL, Sec. 3.5): every class is its own binary mask problem,
+  ``L = 100 * focal + 1 * dice`` (sigmoid focal loss, alpha 0.25, gamma 2, averaged over pixels,
+  summed over (image, class) masks and divided by the number of ground-truth masks; dice over the
+  classes present in each image), on every decoder layer (deep supervision). NEL off = softmax
+  cross-entropy over the classes (the ablation).
+- **Seen-score reduction** at inference: scores = sigmoid(masks), minus ``seen_reduction`` (0.1)
+  on the seen classes, for inductive models only; the released code applies no reduction after
+  self-training (weight 0), and neither do we.
+
+Inductive ``zegclip`` trains with the seen names only (``ctx.seen_embeddings()``).
+Transductive ``zegclip-st`` then self-trains: each step adds a batch of *unlabelled* training
+images whose pseudo-labels the current model gives over all class names: pixels predicted as an
+unseen class (after the seen-score reduction), the top ``pseudo_percent`` % most confident per
+class. The released code instead pseudo-labels exactly the pixels whose ground truth is an unseen
+class (its ``st_mask`` / ``gt == -1``), i.e. it reads where the unseen objects are; we never do.
+Ignored pixels (255: void, and unseen pixels under the ``ignore`` protocol) are left out of both
+loss terms; the release counts them as negatives of every class in the focal term.
+
+On ShapeWorld the frozen encoder is the stage-0 encoder (``zeroseg.pretrain``), aligned to the
+MiniLM class embeddings; on real data it is a CLIP checkpoint (``pretrained:``) with the CLIP
+text encoder giving class embeddings (``text.encoder: clip:PATH``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zeroseg.data.loader import StepLoader, StepSampler, hflip
+from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done, train_stage
+from zeroseg.methods.base import Method, RunContext, downsample_labels
+from zeroseg.methods.zs3net import select_top_percent
+from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
+from zeroseg.models.heads.zegclip_decoder import ZegCLIPDecoder, ZegCLIPDecoderConfig
+from zeroseg.pretrain import PretrainConfig
+
+__all__ = [
+    "SelfTrainingConfig",
+    "ZegCLIP",
+    "ZegCLIPConfig",
+    "ZegCLIPNoDPT",
+    "ZegCLIPNoNEL",
+    "ZegCLIPNoRD",
+    "ZegCLIPST",
+    "dice_loss",
+    "mask_losses",
+    "reduce_seen",
+    "sigmoid_focal_loss",
+]
+
+STAGE0_NOTE = "starts from the ShapeWorld CLIP-style encoder (stage 0)"
+
+
+def _st_schedule() -> TrainConfig:
+    return TrainConfig(
+        iters=300, batch_size=16, lr=3e-4, scheduler="poly", amp="bf16", log_every=25
+    )
+
+
+@dataclass
+class SelfTrainingConfig:
+    """Transductive self-training (``zegclip-st`` only)."""
+
+    train: TrainConfig = field(default_factory=_st_schedule)  # the self-training schedule
+    pseudo_percent: float = 75.0  # top p% most confident pixels kept per unseen class
+    pseudo_weight: float = 1.0  # weight of the unlabelled images' loss
+
+
+@dataclass
+class ZegCLIPConfig:
+    """Model options of ZegCLIP."""
+
+    encoder: str = "shapeworld"  # "shapeworld" (stage-0 encoder) or a CLIP preset name ("ViT-B/16")
+    pretrained: str | None = None  # local CLIP checkpoint for a CLIP preset (None: random init)
+    pretrain: PretrainConfig = field(
+        default_factory=PretrainConfig
+    )  # the stage-0 encoder (ShapeWorld)
+    dpt: bool = True  # deep visual prompt tuning (False: the encoder runs unchanged)
+    prompt_tokens: int = 10  # learnable prompt tokens per layer (paper: 10)
+    prompt_depth: int = -1  # layers that get prompts, from the first (-1: all)
+    rd: bool = True  # relationship descriptor (False: queries from text alone)
+    nel: bool = True  # non-mutually-exclusive sigmoid focal + dice loss (False: softmax CE)
+    decoder: ZegCLIPDecoderConfig = field(default_factory=ZegCLIPDecoderConfig)  # the light decoder
+    focal_weight: float = 100.0  # weight of the sigmoid focal loss (paper: 100)
+    dice_weight: float = 1.0  # weight of the dice loss (paper: 1)
+    focal_alpha: float = 0.25  # focal loss positive weight
+    focal_gamma: float = 2.0  # focal loss focusing exponent
+    loss_stride: int = (
+        2  # the loss runs at (H, W) / loss_stride (masks upsampled, labels subsampled)
+    )
+    seen_reduction: float = 0.1  # subtracted from seen-class scores at inference (inductive only)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)  # zegclip-st only
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, valid: Tensor, *, alpha: float, gamma: float
+) -> Tensor:
+    """Per-mask sigmoid focal loss (Lin et al. 2017), averaged over the valid pixels.
+
+    Args:
+        logits: (B, K, P) mask logits.
+        targets: (B, K, P) {0, 1}.
+        valid: (B, P) bool, pixels that count.
+
+    Returns:
+        (B, K) mean focal loss of each (image, class) mask.
+    """
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = logits.sigmoid()
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    w = valid[:, None].to(loss)
+    return (loss * w).sum(-1) / w.sum(-1).clamp_min(1)
+
+
+def dice_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Per-mask dice loss 1 - (2|p t| + 1) / (|p| + |t| + 1) over the valid pixels.
+
+    Args:
+        logits / targets: (B, K, P); valid: (B, P) bool.
+
+    Returns:
+        (B, K).
+    """
+    w = valid[:, None].to(logits)
+    p = logits.sigmoid() * w
+    t = targets * w
+    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+def mask_losses(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    ignore_index: int,
+    focal_weight: float,
+    dice_weight: float,
+    alpha: float,
+    gamma: float,
+) -> dict[str, Tensor]:
+    """ZegCLIP's non-mutually-exclusive loss of one mask map.
+
+    Args:
+        logits: (B, K, h, w) mask logits.
+        labels: (B, h, w) class positions in [0, K) or ``ignore_index``.
+
+    Returns:
+        ``focal`` and ``dice``, each summed over the (image, class) masks and divided by the
+        number of ground-truth masks (classes present per image, at least 1); dice counts only
+        present classes, focal every class.
+    """
+    b, k = logits.shape[:2]
+    logits = logits.float().flatten(2)  # (B, K, P)
+    labels = labels.flatten(1)  # (B, P)
+    valid = labels != ignore_index
+    onehot = F.one_hot(labels.clamp(0, num_classes - 1), num_classes).permute(0, 2, 1).float()
+    onehot = onehot * valid[:, None]
+    present = onehot.sum(-1) > 0  # (B, K)
+    num_masks = present.sum().clamp_min(1).float()
+    focal = sigmoid_focal_loss(logits, onehot, valid, alpha=alpha, gamma=gamma).sum() / num_masks
+    dice = (dice_loss(logits, onehot, valid) * present).sum() / num_masks
+    return {"focal": focal_weight * focal, "dice": dice_weight * dice}
+
+
+def reduce_seen(
+    logits: Tensor,
+    seen_mask: Tensor,
+    reduction: float,
+    *,
+    sigmoid: bool = True,
+    inplace: bool = False,
+) -> Tensor:
+    """Inference scores: sigmoid (or softmax) of the masks, ``reduction`` subtracted on seen classes.
+
+    Args:
+        logits: (B, K, H, W) mask logits.
+        seen_mask: (K,) bool.
+        inplace: overwrite ``logits`` (fp32, no autograd): at 512 px with 171 classes each
+            full-size temporary is 180 MB, and these element-wise passes are memory-bound.
+    """
+    x = logits.float()
+    if sigmoid:
+        probs = x.sigmoid_() if inplace else x.sigmoid()
+    else:
+        probs = x.softmax(1)
+    if reduction == 0:
+        return probs
+    shift = (reduction * seen_mask.to(probs)).view(1, -1, 1, 1)
+    return probs.sub_(shift) if inplace else probs - shift
+
+
+class ZegCLIP(Method):
+    """Frozen CLIP ViT + deep prompts + relationship-descriptor decoder, sigmoid mask loss."""
+
+    name = "zegclip"
+    Config = ZegCLIPConfig
+    protocol = "inductive"
+    forced: dict = {}  # config fields an ablation fixes
+
+    def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
+        cfg = dataclasses.replace(cfg, **self.forced) if self.forced else cfg
+        super().__init__(cfg, split=split, embed_dim=embed_dim)
+        self.encoder = self._build_encoder(cfg)
+        self.encoder.requires_grad_(False)
+        vis = self.encoder.config
+        depth = vis.layers if cfg.prompt_depth < 0 else cfg.prompt_depth
+        if not 0 < depth <= vis.layers:
+            raise ValueError(
+                f"ZegCLIPConfig.prompt_depth {cfg.prompt_depth} must be -1 or in 1..{vis.layers}"
+            )
+        if cfg.dpt:
+            if cfg.prompt_tokens < 1:
+                raise ValueError(
+                    f"ZegCLIPConfig.prompt_tokens must be >= 1 with dpt, got {cfg.prompt_tokens}"
+                )
+            # VPT's initialisation: uniform with the Xavier bound of the patch-embedding fan.
+            bound = (6.0 / (3 * vis.patch_size**2 + vis.width)) ** 0.5
+            self.prompts = nn.Parameter(
+                torch.empty(depth, cfg.prompt_tokens, vis.width).uniform_(-bound, bound)
+            )
+        else:
+            self.prompts = None
+        if vis.output_dim != embed_dim and cfg.rd:
+            raise ValueError(
+                f"ZegCLIP: the image encoder's output_dim ({vis.output_dim}) must equal the class "
+                f"embedding dimension ({embed_dim}) for the relationship descriptor"
+            )
+        self.decoder = ZegCLIPDecoder(
+            cfg.decoder, visual_dim=vis.output_dim, text_dim=embed_dim, relationship=cfg.rd
+        )
+        self.register_buffer(
+            "mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255, persistent=False
+        )
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @staticmethod
+    def _build_encoder(cfg: ZegCLIPConfig) -> VisionTransformer:
+        if cfg.encoder == "shapeworld":
+            if cfg.pretrained is not None:
+                raise ValueError(
+                    "ZegCLIPConfig.pretrained is for CLIP presets; the ShapeWorld encoder comes from stage 0"
+                )
+            return VisionTransformer(cfg.pretrain.vision_config())
+        if cfg.encoder not in CLIP_PRESETS:
+            raise ValueError(
+                f"unknown ZegCLIP encoder {cfg.encoder!r}; valid: ['shapeworld', {sorted(CLIP_PRESETS)}]"
+            )
+        if cfg.pretrained is None:
+            return VisionTransformer(CLIP_PRESETS[cfg.encoder].vision)
+        from zeroseg.models.pretrained import load_clip
+
+        return load_clip(cfg.pretrained, config=CLIP_PRESETS[cfg.encoder]).visual
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: never in training mode
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def mask_logits(self, images: Tensor, class_embeddings: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) uint8, (K, D) -> per decoder layer (B, K, h, w) mask logits."""
+        x = (images.float() - self.mean) / self.std
+        if self.prompts is None:
+            with torch.no_grad():  # nothing upstream of the decoder is trained
+                feats = self.encoder.forward_features(x)
+        else:
+            feats = self.encoder.forward_features(x, prompts=self.prompts)
+        patches = F.normalize(feats["patch_proj"].float(), dim=-1)
+        cls = F.normalize(feats["cls_proj"].float(), dim=-1)
+        return self.decoder(patches, cls, F.normalize(class_embeddings.float(), dim=-1))
+
+    def reduction(self) -> float:
+        return self.cfg.seen_reduction
+
+    def scores(self, images, class_embeddings, seen_mask):
+        logits = self.mask_logits(images, class_embeddings)[-1]
+        logits = F.interpolate(
+            logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=self.cfg.nel)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, images: Tensor, labels: Tensor, class_embeddings: Tensor) -> dict[str, Tensor]:
+        """Deeply supervised loss of every decoder layer.
+
+        Args:
+            images: (B, 3, H, W) uint8.
+            labels: (B, H, W) positions into ``class_embeddings`` or the ignore index.
+            class_embeddings: (K, D).
+        """
+        cfg, ignore = self.cfg, self.split.ignore_index
+        size = (images.shape[-2] // cfg.loss_stride, images.shape[-1] // cfg.loss_stride)
+        target = downsample_labels(labels, size)
+        out: dict[str, Tensor] = {}
+        total = 0
+        for i, m in enumerate(self.mask_logits(images, class_embeddings)):
+            m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
+            if cfg.nel:
+                parts = mask_losses(
+                    m,
+                    target,
+                    num_classes=len(class_embeddings),
+                    ignore_index=ignore,
+                    focal_weight=cfg.focal_weight,
+                    dice_weight=cfg.dice_weight,
+                    alpha=cfg.focal_alpha,
+                    gamma=cfg.focal_gamma,
+                )
+            else:
+                parts = {"ce": F.cross_entropy(m, target, ignore_index=ignore)}
+            total = total + sum(parts.values())
+            if i == len(self.decoder.layers) - 1:
+                out.update(parts)
+        out["loss"] = total
+        return out
+
+    def _stage0(self, ctx: RunContext) -> None:
+        if self.cfg.encoder != "shapeworld":
+            return
+        if ctx.world is None:
+            raise ValueError(
+                "ZegCLIP encoder 'shapeworld' needs a ShapeWorld dataset; use a CLIP preset for real data"
+            )
+        from zeroseg.pretrain import load_or_train
+
+        visual = load_or_train(ctx.world, self.cfg.pretrain, progress=ctx.progress)
+        self.encoder.load_state_dict(visual.state_dict(), strict=True)
+        ctx.notes.append(STAGE0_NOTE)
+
+    def _inductive_key(self, ctx: RunContext) -> dict:
+        model = dataclasses.asdict(self.cfg)
+        for k in ("self_training", "seen_reduction"):  # do not decide the inductive weights
+            model.pop(k)
+        return {
+            "stage": "zegclip",
+            "data": ctx.data_key(),
+            "model": model,
+            "train": dataclasses.asdict(ctx.cfg.train),
+            "text": dataclasses.asdict(ctx.cfg.text),
+        }
+
+    def fit(self, ctx: RunContext) -> None:
+        self._stage0(ctx)
+        self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
+
+    def fit_inductive(self, ctx: RunContext, stage) -> None:
+        """Stage 1: seen classes, seen names only."""
+        if stage_done(stage):
+            load_stage(self, stage)
+            return
+        seen_emb = ctx.seen_embeddings().to(ctx.device)
+        lookup = torch.full((256,), self.split.ignore_index, dtype=torch.int64)
+        lookup[list(self.split.seen)] = torch.arange(len(self.split.seen))
+        lookup = lookup.to(ctx.device)
+        cfg = ctx.cfg.train
+        loader = StepLoader(
+            ctx.train_set,
+            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
+            transform=ctx.train_transform,
+        )
+
+        def step(model, batch):
+            labels = lookup[batch["label"].to(ctx.device).clamp(0, 255)]
+            return model.loss(batch["image"].to(ctx.device), labels, seen_emb)
+
+        train_stage(
+            stage="zegclip",
+            model=self,
+            step_fn=step,
+            batches=loader,
+            cfg=cfg,
+            directory=stage,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": self.name},
+        )
+
+
+class ZegCLIPST(ZegCLIP):
+    """ZegCLIP + transductive self-training on unlabelled training images (no unseen locations)."""
+
+    name = "zegclip-st"
+    protocol = "transductive"
+
+    def reduction(self) -> float:
+        return 0.0  # as the release: no seen-score reduction after self-training
+
+    @torch.no_grad()
+    def pseudo_labels(
+        self, images: Tensor, class_embeddings: Tensor, seen_mask: Tensor, size
+    ) -> Tensor:
+        """Pseudo-labels of unlabelled images over all classes.
+
+        Args:
+            images: (B, 3, H, W) uint8, from the unlabelled training images.
+            class_embeddings: (K, D) all class names; seen_mask (K,) bool.
+            size: (h, w) of the returned map.
+
+        Returns:
+            (B, h, w) int64: an unseen class where a pixel is among the top ``pseudo_percent`` %
+            most confident of the pixels predicted as it, ``ignore_index`` elsewhere.
+        """
+        was = self.training
+        self.eval()
+        logits = self.mask_logits(images, class_embeddings)[-1]
+        self.train(was)
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        probs = reduce_seen(logits, seen_mask, self.cfg.seen_reduction, sigmoid=self.cfg.nel)
+        conf, pred = probs.max(1)
+        unseen = [int(c) for c in torch.nonzero(~seen_mask).flatten()]
+        return select_top_percent(
+            pred, conf, unseen, self.cfg.self_training.pseudo_percent, self.split.ignore_index
+        )
+
+    def fit(self, ctx: RunContext) -> None:
+        self._stage0(ctx)
+        self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
+        stage = ctx.stage_dir("self-training")
+        if stage_done(stage):
+            load_stage(self, stage)
+            return
+        st = self.cfg.self_training
+        cfg = st.train
+        all_emb = ctx.all_embeddings(
+            reason="transductive self-training pseudo-labels over all class names"
+        ).to(ctx.device)
+        seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
+        seen_mask[list(self.split.seen)] = True
+        labelled = StepLoader(
+            ctx.train_set,
+            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
+            transform=ctx.train_transform,
+        )
+        unlabelled = StepLoader(
+            ctx.train_images,
+            StepSampler(len(ctx.train_images), cfg.batch_size, cfg.seed + 1),
+            transform=hflip,
+        )
+
+        def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
+            for (step, lab), (_, unl) in zip(labelled(start, stop), unlabelled(start, stop)):
+                yield (
+                    step,
+                    {"image": lab["image"], "label": lab["label"], "unlabelled": unl["image"]},
+                )
+
+        def step(model, batch):
+            images = batch["image"].to(ctx.device)
+            u_images = batch["unlabelled"].to(ctx.device)
+            size = (
+                images.shape[-2] // self.cfg.loss_stride,
+                images.shape[-1] // self.cfg.loss_stride,
+            )
+            pseudo = self.pseudo_labels(u_images, all_emb, seen_mask, size)
+            sup = model.loss(images, batch["label"].to(ctx.device).clamp(0, 255), all_emb)
+            uns = model.loss(
+                u_images,
+                F.interpolate(pseudo[:, None].float(), size=u_images.shape[-2:], mode="nearest")[
+                    :, 0
+                ].long(),
+                all_emb,
+            )
+            return {
+                "loss": sup["loss"] + st.pseudo_weight * uns["loss"],
+                "pseudo_fraction": (pseudo != self.split.ignore_index).float().mean(),
+            }
+
+        train_stage(
+            stage="self-training",
+            model=self,
+            step_fn=step,
+            batches=batches,
+            cfg=cfg,
+            directory=stage,
+            split=self.split,
+            device=ctx.device,
+            progress=ctx.progress,
+            meta={"method": self.name, "transductive": True},
+        )
+
+
+class ZegCLIPNoDPT(ZegCLIP):
+    """Ablation: no deep prompt tuning (the frozen encoder runs unchanged)."""
+
+    name = "zegclip-nodpt"
+    forced = {"dpt": False}
+
+
+class ZegCLIPNoRD(ZegCLIP):
+    """Ablation: no relationship descriptor (queries from the text embeddings alone)."""
+
+    name = "zegclip-nord"
+    forced = {"rd": False}
+
+
+class ZegCLIPNoNEL(ZegCLIP):
+    """Ablation: mutually exclusive softmax cross-entropy instead of sigmoid focal + dice."""
+
+    name = "zegclip-nonel"
+    forced = {"nel": False}

@@ -1,0 +1,189 @@
+"""ZegCLIP's text-query decoder (Zhou et al., "ZegCLIP: Towards Adapting CLIP for Zero-shot
+Semantic Segmentation", CVPR 2023, Sec. 3.2-3.3, Fig. 2).
+
+Relationship descriptor (Sec. 3.3, eq. 3): the query of class k for image b is
+
+    r_k^b = W_q [ t_k ⊙ g^b ; t_k ]        (t_k the class text embedding, g^b the image CLS
+                                            embedding, both unit vectors in CLIP's joint space)
+
+(without it, the ablation "w/o RD", r_k = W_q t_k). A light transformer decoder lets the class
+queries attend to the projected patch tokens F = LN(W_in P); each layer is cross-attention then an
+MLP, post-norm (no self-attention among queries, as the released code). The segmentation mask of
+class k is the attention logit map of the layer's cross-attention averaged over heads (Sec. 3.2):
+
+    M_k^b = mean_heads( (W_Q q_k)(W_K F)^T / sqrt(d_head) )   (before the softmax)
+
+so each layer gives (B, K, h, w) mask logits; the last one is the prediction and the earlier
+ones are deeply supervised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ZegCLIPDecoder", "ZegCLIPDecoderConfig", "relationship_descriptor"]
+
+
+@dataclass
+class ZegCLIPDecoderConfig:
+    """The light decoder (paper: 3 layers, 8 heads, width 512)."""
+
+    width: int = 512  # token dimension of the decoder
+    layers: int = 3  # cross-attention layers (each gives a mask map)
+    heads: int = 8  # attention heads (width must divide evenly)
+    mlp_ratio: float = 4.0  # hidden width of each layer's MLP relative to width
+    dropout: float = 0.1  # dropout on attention weights and residual branches (as the release)
+    input_proj: bool = (
+        True  # Linear + LayerNorm on the patch tokens (release presets: off, width = 512)
+    )
+
+
+def relationship_descriptor(text: Tensor, cls: Tensor) -> Tensor:
+    """ZegCLIP eq. 3 before its projection: [t_k ⊙ g^b ; t_k].
+
+    Args:
+        text: (K, D) class embeddings.
+        cls: (B, D) image (CLS) embeddings.
+
+    Returns:
+        (B, K, 2D).
+    """
+    if text.shape[-1] != cls.shape[-1]:
+        raise ValueError(
+            f"relationship descriptor: text dim {text.shape[-1]} != image CLS dim {cls.shape[-1]}"
+        )
+    t = text.unsqueeze(0).expand(cls.shape[0], -1, -1)  # (B, K, D)
+    return torch.cat([t * cls[:, None, :], t], dim=-1)
+
+
+class _CrossAttention(nn.Module):
+    """Multi-head cross-attention that also returns its head-averaged logits (the masks)."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(
+                f"ZegCLIPDecoderConfig: width {width} is not divisible by heads {heads}"
+            )
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, query: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Args:
+            query: (B, K, C) class queries.
+            memory: (B, N, C) patch tokens.
+
+        Returns:
+            (B, K, C) attended values and (B, K, N) logits averaged over heads.
+        """
+        b, k, c = query.shape
+        n, hs = memory.shape[1], c // self.heads
+        q = self.q(query).view(b, k, self.heads, hs).transpose(1, 2)  # (B, nh, K, hs)
+        key = self.k(memory).view(b, n, self.heads, hs).transpose(1, 2)  # (B, nh, N, hs)
+        v = self.v(memory).view(b, n, self.heads, hs).transpose(1, 2)
+        logits = (q @ key.transpose(-2, -1)) * hs**-0.5  # (B, nh, K, N)
+        attn = self.drop(logits.softmax(-1))
+        out = (attn @ v).transpose(1, 2).reshape(b, k, c)
+        return self.proj(out), logits.mean(1)
+
+
+class _DecoderLayer(nn.Module):
+    """Cross-attention and MLP, each residual then LayerNorm (post-norm)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.attn = _CrossAttention(width, heads, dropout)
+        self.norm1 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, width)
+        )
+        self.norm2 = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, query: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        out, logits = self.attn(query, memory)
+        query = self.norm1(query + self.drop(out))
+        query = self.norm2(query + self.drop(self.mlp(query)))
+        return query, logits
+
+
+class ZegCLIPDecoder(nn.Module):
+    """Class queries (relationship descriptors) -> per-layer mask logits over the patch grid.
+
+    Args:
+        config: decoder sizes.
+        visual_dim: dimension of the patch and CLS embeddings (CLIP's joint space).
+        text_dim: dimension of the class embeddings; equals ``visual_dim`` when ``relationship``.
+        relationship: build queries with the relationship descriptor (False: from text alone).
+    """
+
+    def __init__(
+        self,
+        config: ZegCLIPDecoderConfig,
+        *,
+        visual_dim: int,
+        text_dim: int,
+        relationship: bool = True,
+    ):
+        super().__init__()
+        if relationship and visual_dim != text_dim:
+            raise ValueError(
+                f"the relationship descriptor multiplies text ({text_dim}-d) and image CLS "
+                f"({visual_dim}-d) embeddings: the two dimensions must match"
+            )
+        self.config, self.relationship = config, relationship
+        if config.input_proj:
+            self.input_proj, self.input_norm = (
+                nn.Linear(visual_dim, config.width),
+                nn.LayerNorm(config.width),
+            )
+        elif visual_dim != config.width:
+            raise ValueError(
+                f"ZegCLIPDecoderConfig.input_proj is off, so the decoder width ({config.width}) must "
+                f"equal the patch embedding dimension ({visual_dim})"
+            )
+        else:
+            self.input_proj, self.input_norm = nn.Identity(), nn.Identity()
+        self.q_proj = nn.Linear(2 * text_dim if relationship else text_dim, config.width)
+        self.layers = nn.ModuleList(
+            _DecoderLayer(config.width, config.heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.layers)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def queries(self, text: Tensor, cls: Tensor) -> Tensor:
+        """(K, D) text, (B, D) CLS -> (B, K, width) class queries."""
+        if self.relationship:
+            return self.q_proj(relationship_descriptor(text, cls))
+        return self.q_proj(text).unsqueeze(0).expand(cls.shape[0], -1, -1)
+
+    def forward(self, patches: Tensor, cls: Tensor, text: Tensor) -> list[Tensor]:
+        """Mask logits of every decoder layer.
+
+        Args:
+            patches: (B, h, w, Dv) patch embeddings.
+            cls: (B, Dv) image embeddings.
+            text: (K, Dt) class embeddings.
+
+        Returns:
+            ``layers`` tensors of shape (B, K, h, w); the last is the prediction.
+        """
+        b, h, w, _ = patches.shape
+        memory = self.input_norm(self.input_proj(patches.reshape(b, h * w, -1)))  # (B, N, C)
+        q = self.queries(text.to(memory.dtype), cls.to(memory.dtype))
+        masks = []
+        for layer in self.layers:
+            q, logits = layer(q, memory)
+            masks.append(logits.reshape(b, -1, h, w))
+        return masks

@@ -1,0 +1,259 @@
+"""Stage 0 for ShapeWorld: CLIP-style contrastive pretraining of a small ViT image encoder.
+
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision" (ICML
+2021), Fig. 3: image embeddings I_e and text embeddings T_e of a batch of N pairs give the logits
+``exp(t) * cos(I_e^i, T_e^j)``, and the loss is the symmetric InfoNCE
+
+    L = (CE(logits, diag) + CE(logits^T, diag)) / 2,   t a learned log inverse temperature.
+
+As for real CLIP, the supervision is image-level text only (a caption naming every class in the
+image, unseen classes included), never masks, and the images are the world's separate
+``caption`` split, disjoint from the segmentation training and validation images (as CLIP's web
+data is disjoint from COCO). Unlike CLIP the text tower is frozen: it is all-MiniLM-L6-v2, the
+encoder that gives ShapeWorld's class embeddings, so the image encoder learns to land in the
+space the zero-shot methods match against. The result, a ``clip.VisionTransformer``, is cached
+under ``cache_dir()/pretrain/<world>-<content key>-<config hash>`` and reused by every method
+that starts from it (:func:`load_or_train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zeroseg.data.loader import StepLoader, StepSampler, hflip
+from zeroseg.data.shapeworld import ShapeWorldDataset
+from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done, train_stage
+from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_STD, CLIPVisionConfig, VisionTransformer
+from zeroseg.paths import cache_dir
+from zeroseg.text.cache import cached_encode
+
+__all__ = [
+    "CaptionContrastive",
+    "PretrainConfig",
+    "caption_embeddings",
+    "load_or_train",
+    "pretrain_dir",
+    "retrieval_top_k",
+]
+
+
+def _pretrain_schedule() -> TrainConfig:
+    return TrainConfig(
+        iters=250,
+        batch_size=128,
+        lr=2e-3,
+        weight_decay=0.05,
+        scheduler="cosine",
+        warmup_iters=25,
+        amp="bf16",
+        log_every=50,
+        seed=0,
+    )
+
+
+@dataclass
+class PretrainConfig:
+    """The stage-0 encoder and its contrastive schedule."""
+
+    image_size: int = 64  # side of the stored position grid (other input sizes are resampled)
+    patch_size: int = 8  # patch side: 64 px -> an 8 x 8 token grid
+    width: int = 128  # token dimension
+    layers: int = 4  # transformer blocks
+    heads: int = 4  # attention heads
+    output_dim: int = 384  # joint space = the MiniLM text dimension
+    text_encoder: str = "minilm"  # the frozen text tower (a zeroseg text encoder name)
+    logit_scale_init: float = math.log(1 / 0.07)  # CLIP's initial log inverse temperature
+    logit_scale_max: float = math.log(100.0)  # CLIP clips the temperature at 100
+    train: TrainConfig = field(default_factory=_pretrain_schedule)  # the contrastive schedule
+
+    def vision_config(self) -> CLIPVisionConfig:
+        return CLIPVisionConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            width=self.width,
+            layers=self.layers,
+            heads=self.heads,
+            output_dim=self.output_dim,
+        )
+
+    def key(self) -> str:
+        """Hash of every field (architecture and schedule decide the weights)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+class CaptionContrastive(nn.Module):
+    """The image tower plus CLIP's learned temperature; the text side is precomputed and frozen.
+
+    Args:
+        visual: the image encoder; its ``output_dim`` must equal the text dimension.
+        logit_scale_init: initial log inverse temperature.
+        logit_scale_max: upper clip of the log inverse temperature.
+    """
+
+    def __init__(
+        self, *, visual: VisionTransformer, logit_scale_init: float, logit_scale_max: float
+    ):
+        super().__init__()
+        self.visual = visual
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
+        self.logit_scale_max = logit_scale_max
+        self.register_buffer(
+            "mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255, persistent=False
+        )
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) uint8 -> (B, D) unit image embeddings."""
+        x = (images.float() - self.mean) / self.std
+        return F.normalize(self.visual(x).float(), dim=-1)
+
+    def loss(self, images: Tensor, text: Tensor) -> dict[str, Tensor]:
+        """Symmetric InfoNCE of a batch of (image, caption embedding) pairs.
+
+        Args:
+            images: (B, 3, H, W) uint8.
+            text: (B, D) unit caption embeddings (frozen).
+        """
+        img = self.encode_image(images)
+        scale = self.logit_scale.clamp(max=self.logit_scale_max).exp()
+        logits = scale * img @ text.t()  # (B, B)
+        target = torch.arange(len(img), device=img.device)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        return {"loss": loss, "temperature": 1 / scale.detach()}
+
+
+class _CaptionPairs(torch.utils.data.Dataset):
+    """Caption-split images with the row of their caption's embedding (no labels, no masks)."""
+
+    def __init__(self, dataset: ShapeWorldDataset, caption_rows: list[int]):
+        self.dataset, self.rows = dataset, caption_rows
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.dataset[i]["image"]
+        return {"image": image, "caption_row": torch.tensor(self.rows[i]), "id": f"caption/{i}"}
+
+
+def caption_embeddings(captions: list[str], encoder: str = "minilm") -> tuple[Tensor, list[int]]:
+    """Frozen embeddings of the distinct captions, cached on disk.
+
+    Returns:
+        (U, D) unit embeddings of the U distinct captions (in first-seen order) and, per
+        input caption, its row in that table.
+    """
+    unique = list(dict.fromkeys(captions))
+    row = {c: i for i, c in enumerate(unique)}
+
+    def build():
+        from zeroseg.text.encoders import build_text_encoder
+
+        return build_text_encoder(encoder)
+
+    emb = cached_encode(build, unique, None, name=f"{encoder}-captions")
+    return F.normalize(emb.float(), dim=-1), [row[c] for c in captions]
+
+
+def pretrain_dir(spec, cfg: PretrainConfig) -> Path:
+    """Where the stage-0 encoder of world ``spec`` and config ``cfg`` is cached."""
+    return cache_dir() / "pretrain" / f"{spec.name}-{spec.content_key()}-{cfg.key()}"
+
+
+def _build(cfg: PretrainConfig) -> CaptionContrastive:
+    return CaptionContrastive(
+        visual=VisionTransformer(cfg.vision_config()),
+        logit_scale_init=cfg.logit_scale_init,
+        logit_scale_max=cfg.logit_scale_max,
+    )
+
+
+def train_contrastive(
+    spec,
+    cfg: PretrainConfig,
+    directory: Path,
+    *,
+    progress: bool = True,
+    device: torch.device | None = None,
+) -> CaptionContrastive:
+    """Trains (or resumes, or loads) the contrastive model of ``spec``'s caption split into ``directory``."""
+    device = device or torch.device("cpu")
+    model = _build(cfg)
+    if stage_done(directory):
+        load_stage(model, directory)
+        return model.eval()
+    data = ShapeWorldDataset(spec, "caption", progress=progress)  # the caption split only
+    text, rows = caption_embeddings(list(data.data.captions), cfg.text_encoder)
+    if text.shape[1] != cfg.output_dim:
+        raise ValueError(
+            f"PretrainConfig.output_dim is {cfg.output_dim} but the {cfg.text_encoder!r} caption "
+            f"embeddings are {text.shape[1]}-d; they must match"
+        )
+    text = text.to(device)
+    pairs = _CaptionPairs(data, rows)
+    batch = min(cfg.train.batch_size, len(pairs))
+    train_cfg = dataclasses.replace(cfg.train, batch_size=batch)
+    loader = StepLoader(pairs, StepSampler(len(pairs), batch, train_cfg.seed), transform=hflip)
+
+    def step(m, b):
+        return m.loss(b["image"].to(device), text[b["caption_row"].to(device)])
+
+    train_stage(
+        stage="pretrain",
+        model=model,
+        step_fn=step,
+        batches=loader,
+        cfg=train_cfg,
+        directory=directory,
+        device=device,
+        progress=progress,
+        meta={
+            "world": spec.name,
+            "world_key": spec.content_key(),
+            "pretrain": dataclasses.asdict(cfg),
+        },
+    )
+    return model.eval()
+
+
+def load_or_train(
+    spec, cfg: PretrainConfig | None = None, *, progress: bool = True
+) -> VisionTransformer:
+    """The stage-0 image encoder of ShapeWorld ``spec``: trained once, then read from the cache.
+
+    Returns:
+        A frozen ``VisionTransformer`` in eval mode (inputs normalised with ``CLIP_MEAN/STD``).
+    """
+    cfg = cfg or PretrainConfig()
+    model = train_contrastive(spec, cfg, pretrain_dir(spec, cfg), progress=progress)
+    visual = model.visual.cpu().eval()
+    for p in visual.parameters():
+        p.requires_grad_(False)
+    return visual
+
+
+@torch.no_grad()
+def retrieval_top_k(
+    model: CaptionContrastive, images: Tensor, caption_rows: Tensor, text: Tensor, k: int = 5
+) -> float:
+    """Image -> caption retrieval: fraction of images whose caption is among the top ``k``.
+
+    Args:
+        images: (N, 3, H, W) uint8.
+        caption_rows: (N,) the row of each image's caption in ``text``.
+        text: (U, D) unit embeddings of the distinct captions (the retrieval gallery).
+    """
+    model.eval()
+    img = torch.cat([model.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)])
+    top = (img @ text.t()).topk(min(k, len(text)), dim=1).indices  # (N, k)
+    return float((top == caption_rows[:, None]).any(1).float().mean())

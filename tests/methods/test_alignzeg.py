@@ -1,0 +1,229 @@
+"""AlignZeg: bias correction, virtual features + regulariser, background prototypes, a tiny fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from zeroseg import runner
+from zeroseg.config import load_config
+from zeroseg.engine import trainer
+from zeroseg.methods import METHODS
+from zeroseg.methods.alignzeg import correct_bias, mixup_virtual, seen_repulsion, virtual_loss
+from zeroseg.models.backbones.clip import CLIPVisionConfig, VisionTransformer
+from zeroseg.models.backbones.small import SmallUNetConfig
+from zeroseg.models.heads.alignzeg_decoder import AlignZegModel, PrototypeClassifier
+from zeroseg.models.heads.mask_decoder import MaskModelConfig
+
+
+def test_bias_correction_flips_flagged_unseen_proposal_and_leaves_clear_seen_alone():
+    # Vocabulary: classes 0, 1 seen, class 2 unseen; last column background.
+    seen = torch.tensor([True, True, False])
+    probs = torch.tensor(
+        [
+            [0.6, 0.0, 0.3, 0.1],  # an unseen object whose seen score is higher (the bias)
+            [0.8, 0.05, 0.05, 0.1],  # a clear seen object
+        ]
+    )
+    unseen_prob = torch.tensor([0.9, 0.1])  # the indicator flags only the first
+    out = correct_bias(probs, unseen_prob, seen, threshold=0.5, strength=0.6)
+    # Row 0: seen scaled by 0.4 -> 0.24, 0.0; unseen 0.3; rescaled to the old class total 0.9:
+    # factor 0.9 / 0.54 -> 0.4, 0.0, 0.5; background 0.1 untouched.
+    assert torch.allclose(out[0], torch.tensor([0.4, 0.0, 0.5, 0.1]), atol=1e-6)
+    assert out[0, :-1].argmax() == 2  # flipped to the unseen class
+    assert torch.equal(out[1], probs[1])  # below threshold: unchanged
+    assert torch.allclose(out.sum(-1), torch.ones(2))
+    # Strength 0 or a vocabulary without unseen classes changes nothing.
+    assert torch.allclose(correct_bias(probs, unseen_prob, seen, 0.5, 0.0), probs)
+    assert torch.allclose(
+        correct_bias(probs, unseen_prob, torch.ones(3, dtype=torch.bool), 0.5, 0.6), probs
+    )
+
+
+def test_mixup_virtual_features_and_regulariser_by_hand():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    labels = torch.tensor([0, 1, 0])
+    gen = torch.Generator().manual_seed(0)
+    v, i, j, g = mixup_virtual(h, labels, 50, (0.3, 0.7), gen)
+    assert (labels[i] != labels[j]).all()  # only pairs of different classes survive
+    assert ((g >= 0.3) & (g <= 0.7)).all()
+    assert torch.allclose(v, g[:, None] * h[i] + (1 - g[:, None]) * h[j])
+    # A single class has no pair.
+    assert mixup_virtual(h, torch.zeros(3, dtype=torch.long), 10, (0.3, 0.7), gen) is None
+
+    # L_reg: virtual (1,1)/sqrt2 against seen classes e1 and e2 -> max cos = 1/sqrt2 = 0.7071;
+    # margin 0.5 -> 0.2071; a virtual (1,-1) has max cos 0.7071 too; (-1,-1) has 0 -> mean.
+    seen = torch.eye(2)
+    virt = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
+    expect = (2 * (1 / math.sqrt(2) - 0.5) + 0.0) / 3
+    assert seen_repulsion(virt, seen, 0.5).item() == pytest.approx(expect, abs=1e-6)
+
+    # L_vir: logits giving p = (0.5, 0.25, 0.25) and g = 0.5 between classes 0 and 1:
+    # -(0.5 log 0.5 + 0.5 log 0.25) = 0.5 (log 2 + log 4) = 1.5 log 2.
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    loss = virtual_loss(logits, torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]))
+    assert loss.item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
+
+
+def test_background_prototypes_no_object_scoring():
+    clf = PrototypeClassifier(embed_dim=3, num_background=2, init_temperature=1.0)  # scale s = 1
+    with torch.no_grad():
+        clf.background.copy_(torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    text = torch.tensor([[1.0, 0.0, 0.0]])
+    e = torch.tensor([[0.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    logits = clf(e, text)
+    # e0 = prototype 0: class cos 0, prototypes cos (1, 0) -> background logit log(e^1 + e^0).
+    assert torch.allclose(logits[0], torch.tensor([0.0, math.log(math.e + 1)]), atol=1e-6)
+    # e1 = the class: class cos 1, prototypes (0, 0) -> background log 2.
+    assert torch.allclose(logits[1], torch.tensor([1.0, math.log(2)]), atol=1e-6)
+    # The background softmax probability is the prototypes' summed probability over K + M.
+    full = torch.tensor([0.0, 1.0, 0.0]).softmax(0)
+    assert logits[0].softmax(0)[1].item() == pytest.approx(float(full[1:].sum()), abs=1e-6)
+
+
+SMALL_MASK = MaskModelConfig(
+    unet=SmallUNetConfig(widths=(8, 16, 16, 32), out_dim=16),
+    hidden_dim=32,
+    mask_dim=16,
+    num_queries=6,
+    layers=3,
+    heads=2,
+    ffn_dim=32,
+)
+
+
+def test_model_refinement_and_frozen_encoder_fusion_shapes():
+    clip = VisionTransformer(
+        CLIPVisionConfig(image_size=32, patch_size=8, width=16, layers=1, heads=2, output_dim=8)
+    )
+    model = AlignZegModel(
+        SMALL_MASK, embed_dim=5, refine=True, background_prototypes=3, clip_encoder=clip
+    )
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    out = model(images)
+    assert (
+        out.masks.shape == (2, 6, 16, 16)
+        and out.embeddings.shape == (2, 6, 5)
+        and out.hidden.shape == (2, 6, 32)
+    )
+    assert len(out.aux) == 3
+    assert model.classify(out.embeddings, torch.randn(4, 5)).shape == (2, 6, 5)
+    assert model.indicator(out.hidden).shape == (2, 6)
+    assert not any(p.requires_grad for p in model.clip.parameters())  # CLIP stays frozen
+    # Refinement changes the masks (the features see the queries); without it they differ.
+    torch.manual_seed(0)
+    a = AlignZegModel(SMALL_MASK, embed_dim=5, refine=False)
+    assert not hasattr(a, "mask_refiners")
+
+
+def _tiny_cfg(world, method: str, **model):
+    return load_config(
+        {
+            "method": method,
+            "device": "cpu",
+            "data": {
+                "dataset": "shapeworld",
+                "world": str(world),
+                "protocol": "strict",
+                "val_limit": 48,
+            },
+            "text": {"encoder": "attributes", "templates": "none"},
+            "train": {"iters": 60, "batch_size": 8, "lr": 0.003, "warmup_iters": 10, "amp": "bf16"},
+            "eval": {"batch_size": 48},
+            "model": {
+                "mask": {
+                    "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
+                    "hidden_dim": 32,
+                    "mask_dim": 16,
+                    "num_queries": 6,
+                    "layers": 3,
+                    "heads": 2,
+                    "ffn_dim": 32,
+                },
+                "object_threshold": 0.5,
+                "clip_fusion": False,
+                "background_prototypes": 3,
+                "virtual_per_batch": 32,
+                **model,
+            },
+        }
+    )
+
+
+def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    stages: dict[str, int] = {}
+
+    def spy(batch, split, *, stage):
+        stages[stage] = stages.get(stage, 0) + 1
+        label = batch["label"]
+        assert not np.isin(label.numpy(), split.unseen).any()
+        assert not (label == split.ignore_index).any()  # strict: images with unseen pixels dropped
+        for s in batch["segments"]:
+            assert not np.isin(s[:, 1].numpy(), split.unseen).any()
+
+    monkeypatch.setattr(trainer, "assert_seen_only", spy)
+    cfg = _tiny_cfg(tiny_world, "alignzeg")
+    data = runner.build_data(cfg, progress=False)
+    result = runner.train(cfg, tmp_path / "alignzeg", progress=False, data=data)
+    assert stages.get("alignzeg-model", 0) == 60
+    # Inductive: all_embeddings (unseen names) is never called.
+    assert not any("unseen class names" in n for n in result.notes)
+    metrics, _, _ = runner.evaluate(
+        result.method, cfg, data.val, data.split, result.embed, progress=False
+    )
+    extra = result.method.extra_metrics(cfg, data, result.embed, progress=False)
+    for key in ("seen_pq", "unseen_pq", "hpq", "seen_ap50", "unseen_ap50"):
+        assert key in extra and 0.0 <= extra[key] <= 100.0
+    assert metrics["seen_miou"] > 25.0  # 60 steps already segment the seen classes
+
+    # The no-bias-correction row reuses the same trained weights (shared stage, no training).
+    stages.clear()
+    nobc = runner.train(
+        _tiny_cfg(tiny_world, "alignzeg-nobc", bias_correction=False),
+        tmp_path / "nobc",
+        progress=False,
+        data=data,
+    )
+    assert "alignzeg-model" not in stages
+    assert torch.equal(nobc.method.model.query_feat.weight, result.method.model.query_feat.weight)
+
+
+def test_rows_registered_and_flags_checked():
+    for name in ("alignzeg", "alignzeg-norefine", "alignzeg-nogen", "alignzeg-nobc"):
+        assert name in METHODS
+    cfg = METHODS["alignzeg"].Config()
+    cfg.refine = False
+    from zeroseg.data.classes import ClassSplit
+
+    split = ClassSplit(names=("a", "b", "c"), unseen=(2,))
+    with pytest.raises(ValueError, match="ablation row"):
+        METHODS["alignzeg"](cfg, split=split, embed_dim=4)
+
+
+def test_coco_stuff_preset_parses_and_builds():
+    from zeroseg.data.classes import ClassSplit
+
+    cfg = load_config(
+        "alignzeg_r50_60k_coco-stuff-156+15",
+        [
+            "model.mask.hidden_dim=32",
+            "model.mask.mask_dim=32",
+            "model.mask.num_queries=10",
+            "model.mask.layers=3",
+            "model.mask.ffn_dim=64",
+            "model.mask.heads=2",
+            "model.virtual_per_batch=8",
+        ],
+    )
+    assert cfg.data.dataset == "coco_stuff" and cfg.method == "alignzeg"
+    assert cfg.model["background_prototypes"] == 10 and cfg.model["clip_fusion"] is False
+    split = ClassSplit(names=tuple(f"c{i}" for i in range(171)), unseen=tuple(range(156, 171)))
+    method = runner.build_method(cfg, split, embed_dim=8)
+    images = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        s = method.scores(images, torch.randn(171, 8), torch.arange(171) < 156)
+    assert s.shape == (1, 171, 64, 64)
