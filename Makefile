@@ -21,10 +21,10 @@ $(VENV): pyproject.toml
 	@touch $(VENV)
 
 demo: $(VENV)
-	$(BIN)/zeroseg demo --out runs/demo --refine spectral --refine-on projection zs3net
+	$(BIN)/zeroseg demo --quick --out runs/demo --refine spectral --refine-on projection zs3net
 
 demo-ablations: $(VENV)
-	$(BIN)/zeroseg demo --out runs/demo --ablations --refine spectral --refine-on projection zs3net
+	$(BIN)/zeroseg demo --quick --out runs/demo-ablations --ablations --refine spectral --refine-on projection zs3net
 
 test: $(VENV)
 	bash scripts/run_tests.sh

@@ -84,8 +84,8 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         line += f" {_fmt(r.get('train_seconds'), 0)} | {_fmt(r.get('infer_ms_per_image'), 2)} |"
         lines.append(line)
     lines += ["", "Protocols:"]
-    for p in sorted({r["protocol"] for r in rows.values()}):
-        lines.append(f"- {PROTOCOL_NOTE.get(p, p)}")
+    for note in dict.fromkeys(PROTOCOL_NOTE.get(r["protocol"], r["protocol"]) for r in rows.values()):
+        lines.append(f"- {note}")
     notes = [(n, note) for n, r in rows.items() for note in r.get("notes", [])]
     if notes:
         lines += ["", "Notes:"] + [f"- {n}: {note}" for n, note in notes]

@@ -71,7 +71,7 @@ from zeroseg.methods.base import Method, RunContext, seen_position_lookup
 from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
 from zeroseg.models.heads.mask_decoder import semantic_inference
-from zeroseg.models.matching import hungarian_match, set_loss, targets_from_panoptic
+from zeroseg.models.matching import batch_targets, hungarian_match, set_loss
 from zeroseg.pretrain import PretrainConfig
 
 __all__ = [
@@ -272,9 +272,7 @@ class AlignZeg(MaskProjection):
         cfg, model = self.cfg, self.model
         device = images.device
         out = model(images)
-        targets = targets_from_panoptic(
-            batch["panoptic"].to(device), batch["segments"], lookup, out.masks.shape[-2:]
-        )
+        targets = batch_targets(batch, lookup, out.masks.shape[-2:], device)
         total = 0.0
         for masks, emb in out.aux + [(out.masks, out.embeddings)]:
             logits = model.classify(emb, seen_emb)

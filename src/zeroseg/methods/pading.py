@@ -69,7 +69,7 @@ from zeroseg.models.heads.mask_decoder import (
     panoptic_inference,
     semantic_inference,
 )
-from zeroseg.models.matching import MatchWeights, hungarian_match, set_loss, targets_from_panoptic
+from zeroseg.models.matching import MatchWeights, batch_targets, hungarian_match, set_loss
 
 # Kernel variances for MMD between unit-norm query embeddings (squared distances lie in [0, 4]);
 # ZS3's (2 ... 80) suit unnormalised 256-d features and would make every kernel flat here.
@@ -93,9 +93,7 @@ class MaskProjectionConfig:
 def _flat_losses(model: MaskClassifier, images, batch, class_emb, lookup, weights: MatchWeights):
     """Deep-supervised set loss of one batch: every layer's prediction matched and supervised."""
     out = model(images)
-    targets = targets_from_panoptic(
-        batch["panoptic"].to(images.device), batch["segments"], lookup, out.masks.shape[-2:]
-    )
+    targets = batch_targets(batch, lookup, out.masks.shape[-2:], images.device)
     total, logs = 0.0, {}
     for masks, emb in out.aux + [(out.masks, out.embeddings)]:
         logits = model.classify(emb, class_emb)
@@ -490,9 +488,7 @@ class PADing(MaskProjection):
         for batch in iterate_eval(ctx.train_set, 64):
             assert_seen_only(batch, self.split, stage="pading-queries")
             out = self.model(batch["image"].to(ctx.device))
-            targets = targets_from_panoptic(
-                batch["panoptic"].to(ctx.device), batch["segments"], lookup, out.masks.shape[-2:]
-            )
+            targets = batch_targets(batch, lookup, out.masks.shape[-2:], ctx.device)
             logits = self.model.classify(out.embeddings, emb_seen)
             matches = hungarian_match(logits, out.masks, targets, self.cfg.match)
             for b, (t, (qi, ti)) in enumerate(zip(targets, matches)):

@@ -160,3 +160,28 @@ def set_loss(
         bce = dice = masks.sum() * 0.0
     loss = w.class_weight * ce + w.mask_weight * bce + w.dice_weight * dice
     return {"loss": loss, "ce": ce.detach(), "bce": bce.detach(), "dice": dice.detach()}
+
+
+def targets_from_semantic(labels: Tensor, lookup: Tensor, size: tuple[int, int], *, ignore_index: int = 255) -> list[Target]:
+    """Per-image targets from semantic label maps: one mask per class present (Mask2Former's
+    semantic-segmentation training targets, for datasets without panoptic annotations)."""
+    lab = labels.long().clamp(0, 255)
+    if tuple(lab.shape[-2:]) != tuple(size):
+        lab = F.interpolate(lab[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    out = []
+    for b in range(lab.shape[0]):
+        classes = [c for c in torch.unique(lab[b]).tolist() if c != ignore_index]
+        pos = lookup.to(lab.device)[torch.tensor(classes, dtype=torch.long, device=lab.device)]
+        keep = pos != ignore_index
+        cls = torch.tensor(classes, device=lab.device)[keep]
+        masks = (lab[b][None] == cls[:, None, None]).float()
+        out.append(Target(labels=pos[keep], masks=masks))
+    return out
+
+
+def batch_targets(batch: dict, lookup: Tensor, size: tuple[int, int], device) -> list[Target]:
+    """Targets of a training batch: from panoptic segments when the dataset has them, else from
+    the semantic labels (COCO-Stuff, VOC, Context)."""
+    if "panoptic" in batch and "segments" in batch:
+        return targets_from_panoptic(batch["panoptic"].to(device), batch["segments"], lookup, size)
+    return targets_from_semantic(batch["label"].to(device), lookup, size)
