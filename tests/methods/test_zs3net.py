@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import zeroseg.methods.zs3net as zs3
+import zeroseg.engine.trainer as trainer_mod
 from zeroseg import runner
 from zeroseg.config import load_config
 from zeroseg.data.protocol import ProtocolError, SeenOnly
@@ -58,7 +58,7 @@ def runs(tiny_world, tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("zs3runs")
     calls: list[tuple[str, str, object]] = []
-    real_train_stage = zs3.train_stage
+    real_train_stage = trainer_mod.train_stage  # every stage goes through RunContext.train_stage
 
     def spy_train_stage(**kw):
         batches = kw["batches"]
@@ -72,7 +72,7 @@ def runs(tiny_world, tmp_path_factory):
 
     results = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(zs3, "train_stage", spy_train_stage)
+        mp.setattr(trainer_mod, "train_stage", spy_train_stage)
         mp.setattr(runner, "SeenOnly", SpySeenOnly)
         mp.setattr(runner, "ImagesOnly", SpyImagesOnly)
         for name, extra in (("zs3net", []), ("zs5net", ZS5_TINY)):

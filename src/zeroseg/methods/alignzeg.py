@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zeroseg.data.loader import StepLoader, StepSampler
-from zeroseg.engine.trainer import load_stage, stage_done, train_stage
+from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.methods.base import Method, RunContext, seen_position_lookup
 from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
@@ -340,16 +340,13 @@ class AlignZeg(MaskProjection):
             gen = _batch_generator(batch, tc.seed)
             return self.losses(batch["image"].to(ctx.device), batch, seen_emb, lookup, gen)
 
-        train_stage(
+        ctx.train_stage(
             stage="alignzeg-model",
             model=self,
             step_fn=step,
             batches=loader,
             cfg=tc,
             directory=stage,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "alignzeg-model"},
         )
 

@@ -73,6 +73,17 @@ class RunContext:
         world = self.world.content_key() if self.world is not None else None
         return {"data": dataclasses.asdict(self.cfg.data), "world": world, "seed": self.cfg.seed}
 
+    def train_stage(self, *, guard: bool = True, **kwargs) -> dict:
+        """:func:`zeroseg.engine.trainer.train_stage` with this run's device and progress setting,
+        and the protocol guard on: every batch is checked to carry no unseen label. Only a stage
+        that sees every label by definition (the oracle) passes ``guard=False``.
+        """
+        from zeroseg.engine.trainer import train_stage
+
+        return train_stage(
+            split=self.split if guard else None, device=self.device, progress=self.progress, **kwargs
+        )
+
     def seen_embeddings(self) -> torch.Tensor:
         """(S, D) embeddings of the seen classes only (what inductive stages may know)."""
         return self.embed(self.split.seen_names)

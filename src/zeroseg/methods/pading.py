@@ -56,7 +56,7 @@ from safetensors.torch import load_file, save_file
 
 from zeroseg.data.loader import StepLoader, StepSampler, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
-from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done, train_stage
+from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import mmd_loss
 from zeroseg.methods.base import Method, RunContext, seen_position_lookup
@@ -153,16 +153,13 @@ class MaskProjection(Method):
         def step(m, batch):
             return _flat_losses(model, batch["image"].to(ctx.device), batch, emb, lookup, weights)
 
-        train_stage(
+        ctx.train_stage(
             stage="mask-model",
             model=self.model,
             step_fn=step,
             batches=loader,
             cfg=cfg,
             directory=stage,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "mask-model"},
         )
         return stage
@@ -586,17 +583,14 @@ class PADing(MaskProjection):
                 loss = loss + cfg.lam * extra
             return {"loss": loss, **logs}
 
-        train_stage(
+        ctx.train_stage(
             stage="generator",
             model=self,
             step_fn=step,
             batches=batches,
             cfg=tc,
             directory=directory,
-            split=split,
             params=self._gen_params(),
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": self.name},
         )
 
@@ -631,17 +625,14 @@ class PADing(MaskProjection):
             ce = F.cross_entropy(self.classifier(x), y, weight=weight)
             return {"loss": ce}
 
-        train_stage(
+        ctx.train_stage(
             stage="classifier",
             model=self,
             step_fn=step,
             batches=batches,
             cfg=tc,
             directory=directory,
-            split=split,
             params=self.classifier.parameters(),
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": self.name},
         )
 

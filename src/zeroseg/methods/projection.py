@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroseg.data.loader import StepLoader, StepSampler
-from zeroseg.engine.trainer import load_stage, stage_done, train_stage
+from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.methods.base import (
     Method,
     RunContext,
@@ -84,16 +84,14 @@ class Projection(Method):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        train_stage(
+        ctx.train_stage(
             stage="segmenter",
             model=self,
             step_fn=step,
             batches=loader,
             cfg=cfg,
             directory=stage,
-            split=self.guard_split(),
-            device=ctx.device,
-            progress=ctx.progress,
+            guard=self.guard_split() is not None,
             meta={"method": self.name},
         )
 

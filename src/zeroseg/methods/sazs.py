@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zeroseg.data.loader import StepLoader, StepSampler
-from zeroseg.engine.trainer import load_stage, stage_done, train_stage
+from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.methods.base import RunContext, calibrate, downsample_labels, seen_position_lookup
 from zeroseg.methods.projection import Projection
 from zeroseg.models.backbones.small import SmallUNetConfig
@@ -301,16 +301,13 @@ class Sazs(Projection):
             }
 
         # Both SAZS rows (with and without fusion) start from this stage: trained once.
-        train_stage(
+        ctx.train_stage(
             stage="sazs-segmenter",
             model=self,
             step_fn=step,
             batches=loader,
             cfg=cfg,
             directory=stage,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "sazs"},
         )
 

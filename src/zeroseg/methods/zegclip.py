@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeroseg.data.loader import StepLoader, StepSampler, hflip
-from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done, train_stage
+from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
 from zeroseg.methods.base import Method, RunContext, downsample_labels
 from zeroseg.methods.zs3net import select_top_percent
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
@@ -381,16 +381,13 @@ class ZegCLIP(Method):
             labels = lookup[batch["label"].to(ctx.device).clamp(0, 255)]
             return model.loss(batch["image"].to(ctx.device), labels, seen_emb)
 
-        train_stage(
+        ctx.train_stage(
             stage="zegclip",
             model=self,
             step_fn=step,
             batches=loader,
             cfg=cfg,
             directory=stage,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": self.name},
         )
 
@@ -484,16 +481,13 @@ class ZegCLIPST(ZegCLIP):
                 "pseudo_fraction": (pseudo != self.split.ignore_index).float().mean(),
             }
 
-        train_stage(
+        ctx.train_stage(
             stage="self-training",
             model=self,
             step_fn=step,
             batches=batches,
             cfg=cfg,
             directory=stage,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": self.name, "transductive": True},
         )
 

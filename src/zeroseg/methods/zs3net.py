@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from zeroseg.data.loader import StepLoader, StepSampler, hflip, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
-from zeroseg.engine.trainer import TrainConfig, autocast, load_stage, stage_done, train_stage
+from zeroseg.engine.trainer import TrainConfig, autocast, load_stage, stage_done
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import ZS3_BANDWIDTHS
 from zeroseg.methods.base import (
@@ -367,16 +367,13 @@ class ZS3Net(Method):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        train_stage(
+        ctx.train_stage(
             stage="segmenter",
             model=self.segmenter,
             step_fn=step,
             batches=loader,
             cfg=cfg,
             directory=directory,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "zs3net"},
         )
 
@@ -458,16 +455,13 @@ class ZS3Net(Method):
             )
             return {"loss": loss}
 
-        train_stage(
+        ctx.train_stage(
             stage="generator",
             model=self.feature_gen,
             step_fn=step,
             batches=batches,
             cfg=cfg,
             directory=directory,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "zs3net"},
         )
 
@@ -528,16 +522,13 @@ class ZS3Net(Method):
                     ),
                 )
 
-        train_stage(
+        ctx.train_stage(
             stage="classifier",
             model=self.segmenter.classifier,
             step_fn=lambda clf, batch: {"loss": _linear_ce(clf, batch, weight, ctx.device)},
             batches=batches,
             cfg=cfg,
             directory=directory,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "zs3net"},
         )
 
@@ -765,15 +756,12 @@ class ZS5Net(ZS3Net):
             loss = loss_seen + c.pseudo_loss_weight * loss_pseudo
             return {"loss": loss, "seen": loss_seen.detach(), "pseudo": loss_pseudo.detach()}
 
-        train_stage(
+        ctx.train_stage(
             stage="self_training",
             model=self.segmenter,
             step_fn=step,
             batches=batches,
             cfg=cfg,
             directory=directory,
-            split=self.split,
-            device=ctx.device,
-            progress=ctx.progress,
             meta={"method": "zs5net"},
         )
