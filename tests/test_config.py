@@ -6,7 +6,9 @@ from zeroseg.runner import build_method
 
 
 def test_presets_load_and_overrides_apply():
-    cfg = load_config("projection_unet-small_2k_shapeworld", ["train.iters=7", "model.calibration=0.3"])
+    cfg = load_config(
+        "projection_unet-small_2k_shapeworld", ["train.iters=7", "model.calibration=0.3"]
+    )
     assert cfg.train.iters == 7 and cfg.model["calibration"] == 0.3
     m = build_method(cfg, ClassSplit(("a", "b"), unseen=(1,)), 16)
     assert m.cfg.calibration == 0.3 and m.cfg.backbone.widths == (16, 32, 64, 128)

@@ -19,12 +19,18 @@ def demo_run(tiny_world, tmp_path_factory):
     rc = main(
         [
             "demo",
-            "--world", str(tiny_world),
-            "--methods", "projection", "oracle",
-            "--out", str(out),
+            "--world",
+            str(tiny_world),
+            "--methods",
+            "projection",
+            "oracle",
+            "--out",
+            str(out),
             "--no-progress",
-            "--set", "train.iters=300",
-            "--set", "eval.batch_size=32",
+            "--set",
+            "train.iters=300",
+            "--set",
+            "eval.batch_size=32",
         ]
     )
     assert rc == 0
@@ -35,7 +41,14 @@ def test_demo_writes_report_with_the_headline_keys(demo_run):
     report = json.loads((demo_run / "report.json").read_text())
     for name in ("projection", "oracle"):
         row = report["methods"][name]
-        for key in ("seen_miou", "unseen_miou", "hiou", "per_class_iou", "train_seconds", "infer_ms_per_image"):
+        for key in (
+            "seen_miou",
+            "unseen_miou",
+            "hiou",
+            "per_class_iou",
+            "train_seconds",
+            "infer_ms_per_image",
+        ):
             assert key in row
     assert report["methods"]["projection"]["protocol"] == "inductive"
     assert report["methods"]["oracle"]["protocol"] == "supervised"
@@ -77,7 +90,17 @@ def test_cli_predict_writes_label_and_overlay(demo_run, tiny_world, tmp_path, ca
     spec = load_spec(tiny_world)
     img = ShapeWorldDataset(spec, "val", progress=False)[1]["image"].permute(1, 2, 0).numpy()
     Image.fromarray(img).save(tmp_path / "x.png")
-    rc = main(["predict", str(ckpt), str(tmp_path / "x.png"), "--classes", "red circle, blue square, flat gray ground", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "predict",
+            str(ckpt),
+            str(tmp_path / "x.png"),
+            "--classes",
+            "red circle, blue square, flat gray ground",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     label = np.asarray(Image.open(tmp_path / "out" / "x_label.png"))
     assert label.shape == (32, 32) and label.max() <= 2
@@ -86,7 +109,9 @@ def test_cli_predict_writes_label_and_overlay(demo_run, tiny_world, tmp_path, ca
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nimage_size: 32\ntrain_images: 2\nval_images: 2\nthings: [{name: a, color: [1,2,3], shape: blob}]\nstuff: [{name: b, color: [1,2,3], texture: flat}]\n")
+    bad.write_text(
+        "name: x\nimage_size: 32\ntrain_images: 2\nval_images: 2\nthings: [{name: a, color: [1,2,3], shape: blob}]\nstuff: [{name: b, color: [1,2,3], texture: flat}]\n"
+    )
     assert main(["demo", "--world", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "unknown shape 'blob'" in capsys.readouterr().err
     ckpt = tmp_path / "fake.safetensors"

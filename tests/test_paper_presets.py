@@ -34,7 +34,8 @@ _MASK = [
 ]
 TINY: dict[str, list[str]] = {
     "zs3net": _ZS3,
-    "zs5net": _ZS3 + ["model.self_train.iters=2", "model.self_train.batch_size=2", "model.pseudo_images=2"],
+    "zs5net": _ZS3
+    + ["model.self_train.iters=2", "model.self_train.batch_size=2", "model.pseudo_images=2"],
     "pading": _MASK
     + [
         "model.generator.primitives=16",
@@ -47,7 +48,12 @@ TINY: dict[str, list[str]] = {
     ],
     "alignzeg": _MASK + ["model.background_prototypes=2", "model.virtual_per_batch=8"],
     "sazs": ["model.refine.spectral.max_side=16"],
-    "zegclip": ["model.encoder=tiny", "model.decoder.width=32", "model.decoder.heads=2", "model.decoder.layers=1"],
+    "zegclip": [
+        "model.encoder=tiny",
+        "model.decoder.width=32",
+        "model.decoder.heads=2",
+        "model.decoder.layers=1",
+    ],
 }
 
 # Methods whose image and text towers come from one CLIP checkpoint: the test writes a tiny one,
@@ -55,7 +61,12 @@ TINY: dict[str, list[str]] = {
 CLIP_METHODS = {"zegclip"}
 
 # Dataset a preset's data.dataset is read from (few-shot style settings reuse VOC / COCO layouts).
-FIXTURE_OF = {"voc": "voc", "coco_stuff": "coco_stuff", "context": "context", "coco_panoptic": "coco_panoptic"}
+FIXTURE_OF = {
+    "voc": "voc",
+    "coco_stuff": "coco_stuff",
+    "context": "context",
+    "coco_panoptic": "coco_panoptic",
+}
 
 
 def paper_presets() -> list[str]:
@@ -68,7 +79,9 @@ def paper_presets() -> list[str]:
 
 
 def test_every_method_has_paper_presets():
-    methods = {yaml.safe_load((PRESET_DIR / f"{p}.yaml").read_text())["method"] for p in paper_presets()}
+    methods = {
+        yaml.safe_load((PRESET_DIR / f"{p}.yaml").read_text())["method"] for p in paper_presets()
+    }
     assert methods, "no paper presets found"
 
 
@@ -77,7 +90,9 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
     raw = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
     dataset = raw["data"]["dataset"]
     if dataset not in FIXTURE_OF:
-        pytest.skip(f"{preset}: dataset {dataset!r} has no loader yet (COCO-20i needs COCO instance annotations)")
+        pytest.skip(
+            f"{preset}: dataset {dataset!r} has no loader yet (COCO-20i needs COCO instance annotations)"
+        )
     root = WRITERS[FIXTURE_OF[dataset]](tmp_path / dataset)
     method = raw["method"]
     overrides = [
@@ -103,6 +118,8 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
         overrides += [f"text.encoder=clip:{ckpt}", f"model.pretrained={ckpt}"]
     cfg = load_config(preset, overrides)
     result = runner.train(cfg, tmp_path / "run", progress=False)
-    metrics, _, _ = runner.evaluate(result.method, cfg, result.data.val, result.data.split, result.embed, progress=False)
+    metrics, _, _ = runner.evaluate(
+        result.method, cfg, result.data.val, result.data.split, result.embed, progress=False
+    )
     assert 0.0 <= metrics["miou"] <= 100.0
     assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -47,13 +47,20 @@ def bench_one(method: str, world: str | None = None, batch: int = 16, repeats: i
     g = torch.Generator().manual_seed(0)
     one = torch.randint(0, 256, (1, 3, s, s), dtype=torch.uint8, generator=g)
     many = torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g)
-    row = {"method": method, "image_size": s, "classes": split.num_classes, "threads": torch.get_num_threads()}
+    row = {
+        "method": method,
+        "image_size": s,
+        "classes": split.num_classes,
+        "threads": torch.get_num_threads(),
+    }
     with torch.no_grad():
         for _ in range(3):
             model.scores(one, emb, seen)
         row["ms_per_image"] = _time(lambda: model.scores(one, emb, seen), repeats) * 1000
         model.scores(many, emb, seen)
-        row["images_per_s"] = batch / _time(lambda: model.scores(many, emb, seen), max(3, repeats // 3))
+        row["images_per_s"] = batch / _time(
+            lambda: model.scores(many, emb, seen), max(3, repeats // 3)
+        )
     extra = getattr(model, "bench_extra", None)
     if extra is not None:
         row.update(extra(spec))
@@ -76,9 +83,26 @@ def run_bench(methods: Sequence[str] | None = None, world: str | None = None) ->
             raise RuntimeError(f"bench of {m} failed:\n{proc.stderr[-2000:]}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        extra = {k: v for k, v in row.items() if k not in {"method", "ms_per_image", "images_per_s", "peak_rss_mb", "image_size", "classes", "threads"}}
-        extra_s = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
-        print(f"{m:<14} {row['ms_per_image']:>9.2f} {row['images_per_s']:>9.1f} {row['peak_rss_mb']:>8.0f}  {extra_s}")
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k
+            not in {
+                "method",
+                "ms_per_image",
+                "images_per_s",
+                "peak_rss_mb",
+                "image_size",
+                "classes",
+                "threads",
+            }
+        }
+        extra_s = ", ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+        )
+        print(
+            f"{m:<14} {row['ms_per_image']:>9.2f} {row['images_per_s']:>9.1f} {row['peak_rss_mb']:>8.0f}  {extra_s}"
+        )
     return rows
 
 
@@ -86,7 +110,9 @@ if __name__ == "__main__":
     print(json.dumps(bench_one(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)))
 
 
-def bench_presets(presets: Sequence[str] | None = None, *, crop: int = 128, batch: int = 1, iters: int = 4) -> list[dict]:
+def bench_presets(
+    presets: Sequence[str] | None = None, *, crop: int = 128, batch: int = 1, iters: int = 4
+) -> list[dict]:
     """Per-iteration training cost of each paper preset on this CPU at a reduced crop and batch.
 
     Each preset trains ``iters`` steps, with its own architecture and schedule settings, on a tiny
@@ -106,18 +132,28 @@ def bench_presets(presets: Sequence[str] | None = None, *, crop: int = 128, batc
 
     rows = []
     names = presets or [
-        p.stem for p in sorted(PRESET_DIR.glob("*.yaml"))
-        if (yaml.safe_load(p.read_text()).get("data") or {}).get("dataset", "shapeworld") != "shapeworld"
+        p.stem
+        for p in sorted(PRESET_DIR.glob("*.yaml"))
+        if (yaml.safe_load(p.read_text()).get("data") or {}).get("dataset", "shapeworld")
+        != "shapeworld"
     ]
     print(f"{'preset':<48} {'s/iter':>8} {'at':>12} {'est. s/iter full size':>22}")
     for name in names:
         base = load_config(name)
         with tempfile.TemporaryDirectory() as tmp:
             root = WRITERS[base.data.dataset](Path(tmp) / base.data.dataset)
-            cfg = load_config(name, [
-                f"data.root={root}", f"data.crop_size={crop}", f"train.iters={iters}",
-                f"train.batch_size={batch}", "train.log_every=1", "train.ckpt_every=0", "text.encoder=minilm",
-            ])
+            cfg = load_config(
+                name,
+                [
+                    f"data.root={root}",
+                    f"data.crop_size={crop}",
+                    f"train.iters={iters}",
+                    f"train.batch_size={batch}",
+                    "train.log_every=1",
+                    "train.ckpt_every=0",
+                    "text.encoder=minilm",
+                ],
+            )
             runner.train(cfg, Path(tmp) / "run", progress=False)
             logs = sorted(Path(tmp, "run").rglob("log.csv"))
             steps = []
@@ -127,8 +163,14 @@ def bench_presets(presets: Sequence[str] | None = None, *, crop: int = 128, batc
                 steps += [b - a for a, b in zip(elapsed, elapsed[1:])]
             s_iter = statistics.median(steps) if steps else float("nan")
         scale = (base.data.crop_size / crop) ** 2 * (base.train.batch_size / batch)
-        row = {"preset": name, "s_per_iter": s_iter, "crop": crop, "batch": batch,
-               "full_size_est_s_per_iter": s_iter * scale, "paper_iters": base.train.iters}
+        row = {
+            "preset": name,
+            "s_per_iter": s_iter,
+            "crop": crop,
+            "batch": batch,
+            "full_size_est_s_per_iter": s_iter * scale,
+            "paper_iters": base.train.iters,
+        }
         rows.append(row)
         print(f"{name:<48} {s_iter:>8.3f} {f'{crop}px x{batch}':>12} {s_iter * scale:>22.1f}")
     return rows

@@ -1,12 +1,12 @@
 """``zeroseg``: a thin command-line shell over the library.
 
-    zeroseg demo [--world FILE] [--methods ...] [--out DIR] [--quick]
-    zeroseg train CONFIG [--set key=value ...] [--out DIR]
-    zeroseg eval CKPT [--world FILE] [--set ...]
-    zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
-    zeroseg bench [--methods ...]
-    zeroseg world FILE [--preview PNG]
-    zeroseg data check DATASET ROOT | zeroseg data prepare DATASET ROOT
+zeroseg demo [--world FILE] [--methods ...] [--out DIR] [--quick]
+zeroseg train CONFIG [--set key=value ...] [--out DIR]
+zeroseg eval CKPT [--world FILE] [--set ...]
+zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
+zeroseg bench [--methods ...]
+zeroseg world FILE [--preview PNG]
+zeroseg data check DATASET ROOT | zeroseg data prepare DATASET ROOT
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ def cmd_train(args) -> int:
     out = Path(args.out) / name
     result = runner.train(cfg, out, progress=not args.no_progress)
     metrics, spi, _ = runner.evaluate(
-        result.method, cfg, result.data.val, result.data.split, result.embed, progress=not args.no_progress
+        result.method,
+        cfg,
+        result.data.val,
+        result.data.split,
+        result.embed,
+        progress=not args.no_progress,
     )
     summary = {k: v for k, v in metrics.items() if k != "per_class_iou"}
     summary.update(train_seconds=result.train_seconds, infer_ms_per_image=spi * 1000)
@@ -81,7 +86,9 @@ def cmd_eval(args) -> int:
         from zeroseg.demo import build_refinement
 
         post = build_refinement(args.refine)
-    metrics, spi, _ = runner.evaluate(method, cfg, data.val, split, embed, progress=not args.no_progress, post=post)
+    metrics, spi, _ = runner.evaluate(
+        method, cfg, data.val, split, embed, progress=not args.no_progress, post=post
+    )
     out = {k: v for k, v in metrics.items() if k != "per_class_iou"}
     out["infer_ms_per_image"] = spi * 1000
     print(json.dumps(out, indent=2))
@@ -126,7 +133,9 @@ def cmd_world(args) -> int:
 
     spec = load_spec(args.spec)
     split = spec.class_split()
-    print(f"{spec.name}: {spec.num_classes} classes ({len(spec.things)} things, {len(spec.stuff)} stuff)")
+    print(
+        f"{spec.name}: {spec.num_classes} classes ({len(spec.things)} things, {len(spec.stuff)} stuff)"
+    )
     print(f"unseen ({len(split.unseen)}): {', '.join(split.unseen_names)}")
     print(f"cache key {spec.content_key()}")
     if args.preview:
@@ -144,7 +153,11 @@ def cmd_data_check(args) -> int:
     from zeroseg.data.check import check_dataset
 
     report = check_dataset(
-        args.dataset, args.root, splits=tuple(args.split or ("train", "val")), limit=args.limit, progress=True
+        args.dataset,
+        args.root,
+        splits=tuple(args.split or ("train", "val")),
+        limit=args.limit,
+        progress=True,
     )
     print(report.format(examples=args.examples))
     return 0 if report.ok else 1
@@ -178,30 +191,50 @@ def _refine_config(cfg):
     from zeroseg.config import from_dict
     from zeroseg.methods.sazs import SazsConfig
 
-    model = from_dict(SazsConfig, cfg.model, where="model") if cfg.method.startswith("sazs") else SazsConfig()
+    model = (
+        from_dict(SazsConfig, cfg.model, where="model")
+        if cfg.method.startswith("sazs")
+        else SazsConfig()
+    )
     return model.refine
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zeroseg", description="Generalized zero-shot segmentation toolkit")
+    p = argparse.ArgumentParser(
+        prog="zeroseg", description="Generalized zero-shot segmentation toolkit"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, progress=True):
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
+        sp.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
+        )
         if progress:
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    d = sub.add_parser("demo", help="generate ShapeWorld, train and evaluate methods, write a report")
+    d = sub.add_parser(
+        "demo", help="generate ShapeWorld, train and evaluate methods, write a report"
+    )
     d.add_argument("--world", help="ShapeWorld spec YAML (default: the built-in world)")
-    d.add_argument("--methods", nargs="+", help="methods to run (default: one row per system + baselines)")
-    d.add_argument("--ablations", action="store_true", help="also run the ablation rows of ZegCLIP, PADing, AlignZeg")
+    d.add_argument(
+        "--methods", nargs="+", help="methods to run (default: one row per system + baselines)"
+    )
+    d.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also run the ablation rows of ZegCLIP, PADing, AlignZeg",
+    )
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--quick", action="store_true", help="a short schedule for a fast look")
     d.add_argument(
-        "--refine", action="append", choices=["spectral"],
+        "--refine",
+        action="append",
+        choices=["spectral"],
         help="also report methods refined by this inference-time fusion (spectral: SAZS's eigen-segments)",
     )
-    d.add_argument("--refine-on", nargs="+", metavar="METHOD", help="methods to refine (default: all)")
+    d.add_argument(
+        "--refine-on", nargs="+", metavar="METHOD", help="methods to refine (default: all)"
+    )
     common(d)
     d.set_defaults(fn=cmd_demo)
 
@@ -232,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--world")
     b.add_argument("--out", help="also write the results as JSON here")
     b.add_argument(
-        "--presets", nargs="*",
+        "--presets",
+        nargs="*",
         help="instead: per-iteration training cost of paper presets (all if none named) at a reduced crop",
     )
     b.add_argument("--crop", type=int, default=128, help="crop size for --presets (default 128)")
@@ -255,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp.set_defaults(fn=cmd_data_prepare)
 
     ds = dsub.add_parser("spectral", help="precompute SAZS eigenvectors for a dataset's images")
-    ds.add_argument("config", nargs="?", default="sazs_unet-small_2k_shapeworld", help="a preset or YAML (data + spectral settings)")
+    ds.add_argument(
+        "config",
+        nargs="?",
+        default="sazs_unet-small_2k_shapeworld",
+        help="a preset or YAML (data + spectral settings)",
+    )
     ds.add_argument("--split", choices=["train", "val"], default="val")
     ds.add_argument("--world", help="ShapeWorld spec (for ShapeWorld configs)")
     ds.add_argument("--cache", help="cache root (default: $ZEROSEG_CACHE/spectral)")

@@ -168,14 +168,18 @@ def resolve_preset(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    candidate = PRESET_DIR / (str(name_or_path) + ("" if str(name_or_path).endswith(".yaml") else ".yaml"))
+    candidate = PRESET_DIR / (
+        str(name_or_path) + ("" if str(name_or_path).endswith(".yaml") else ".yaml")
+    )
     if candidate.is_file():
         return candidate
     valid = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     raise ConfigError(f"config {name_or_path} is neither a file nor a preset; presets: {valid}")
 
 
-def load_config(source: str | Path | dict | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    source: str | Path | dict | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Loads a preset/file/dict and applies overrides; every key is checked."""
     if source is None:
         data: dict = {}

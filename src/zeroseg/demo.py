@@ -137,13 +137,21 @@ def run_demo(
     for name in methods:
         cfg = demo_config(name, world=world, quick=quick, overrides=overrides)
         if data is None:
-            print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
+            print(
+                f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen"
+            )
             data = runner.build_data(cfg, progress=progress)
         directory = out / "runs" / f"{name}-{fingerprint(cfg, spec.content_key())}"
         print(f"[zeroseg] {name}: training into {directory}")
         result = runner.train(cfg, directory, progress=progress, data=data)
         metrics, spi, kept = runner.evaluate(
-            result.method, cfg, data.val, data.split, result.embed, progress=progress, keep=grid_images
+            result.method,
+            cfg,
+            data.val,
+            data.split,
+            result.embed,
+            progress=progress,
+            keep=grid_images,
         )
         extra = getattr(result.method, "extra_metrics", None)
         if extra is not None:
@@ -153,11 +161,19 @@ def run_demo(
         for kind in refine if refine_on is None or name in refine_on else ():
             post = build_refinement(kind)
             r_metrics, r_spi, r_kept = runner.evaluate(
-                result.method, cfg, data.val, data.split, result.embed, progress=progress,
-                keep=grid_images, post=post,
+                result.method,
+                cfg,
+                data.val,
+                data.split,
+                result.embed,
+                progress=progress,
+                keep=grid_images,
+                post=post,
             )
             note = f"{name} refined by {kind} fusion at inference (no ground truth used)"
-            rows[f"{name}+{kind}"] = row_from(r_metrics, result.method, result.train_seconds, r_spi, [note])
+            rows[f"{name}+{kind}"] = row_from(
+                r_metrics, result.method, result.train_seconds, r_spi, [note]
+            )
             grid_preds[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
             print(
                 f"[zeroseg] {name}+{kind}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "

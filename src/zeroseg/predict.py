@@ -36,7 +36,9 @@ class Predictor:
 
     def seen_mask(self, names: Sequence[str]) -> torch.Tensor:
         trained = {n.lower() for n in self.split.seen_names}
-        return torch.tensor([n.lower() in trained for n in names], dtype=torch.bool, device=self.device)
+        return torch.tensor(
+            [n.lower() in trained for n in names], dtype=torch.bool, device=self.device
+        )
 
     @torch.no_grad()
     def scores(self, image, class_names: Sequence[str]) -> torch.Tensor:

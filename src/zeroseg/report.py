@@ -77,14 +77,17 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         )
         if has_pq:
             line += "".join(
-                f" {_fmt(r.get(k))} |" for k in ("seen_pq", "unseen_pq", "hpq", "seen_ap50", "unseen_ap50")
+                f" {_fmt(r.get(k))} |"
+                for k in ("seen_pq", "unseen_pq", "hpq", "seen_ap50", "unseen_ap50")
             )
         if has_bf:
             line += f" {_fmt(r.get('boundary_f'))} |"
         line += f" {_fmt(r.get('train_seconds'), 0)} | {_fmt(r.get('infer_ms_per_image'), 2)} |"
         lines.append(line)
     lines += ["", "Protocols:"]
-    for note in dict.fromkeys(PROTOCOL_NOTE.get(r["protocol"], r["protocol"]) for r in rows.values()):
+    for note in dict.fromkeys(
+        PROTOCOL_NOTE.get(r["protocol"], r["protocol"]) for r in rows.values()
+    ):
         lines.append(f"- {note}")
     notes = [(n, note) for n, r in rows.items() for note in r.get("notes", [])]
     if notes:
@@ -93,11 +96,27 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     if figs:
         lines += [""] + [f"![{k}]({v})" for k, v in figs.items()]
     unseen = summary["split"]["unseen"]
-    lines += ["", "## Unseen-class IoU", "", "| class | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
+    lines += [
+        "",
+        "## Unseen-class IoU",
+        "",
+        "| class | " + " | ".join(rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
     for c in unseen:
-        lines.append(f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |")
-    lines += ["", "## Seen-class IoU", "", "| class | " + " | ".join(rows) + " |", "|---|" + "---:|" * len(rows)]
+        lines.append(
+            f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |"
+        )
+    lines += [
+        "",
+        "## Seen-class IoU",
+        "",
+        "| class | " + " | ".join(rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
     for c in summary["split"]["seen"]:
-        lines.append(f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |")
+        lines.append(
+            f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |"
+        )
     _atomic_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md", out / "report.json"

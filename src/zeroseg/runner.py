@@ -130,7 +130,9 @@ class TrainResult:
     notes: list[str]
 
 
-def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data: Data | None = None) -> TrainResult:
+def train(
+    cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data: Data | None = None
+) -> TrainResult:
     """Trains ``cfg.method`` into ``directory`` (resuming finished stages) and saves ``model.safetensors``."""
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
@@ -156,7 +158,9 @@ def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data
         train_transform=getattr(data.train, "train_transform", None) or hflip,
     )
     if isinstance(train_set, SeenOnly) and train_set.dropped:
-        ctx.notes.append(f"strict protocol dropped {train_set.dropped} training images with unseen pixels")
+        ctx.notes.append(
+            f"strict protocol dropped {train_set.dropped} training images with unseen pixels"
+        )
     t0 = time.perf_counter()
     method.to(device)
     method.fit(ctx)
@@ -168,7 +172,9 @@ def train(cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data
     return TrainResult(method, data, embed, seconds, ctx.notes)
 
 
-def save_model(method: Method, cfg: ExperimentConfig, split: ClassSplit, path: Path, *, notes=()) -> Path:
+def save_model(
+    method: Method, cfg: ExperimentConfig, split: ClassSplit, path: Path, *, notes=()
+) -> Path:
     meta = {
         "zeroseg_version": __version__,
         "method": method.name,
@@ -181,7 +187,9 @@ def save_model(method: Method, cfg: ExperimentConfig, split: ClassSplit, path: P
     return save_checkpoint(path, method.state_dict(), meta)
 
 
-def load_model(path: str | Path, *, device: str = "cpu") -> tuple[Method, ExperimentConfig, ClassSplit, dict]:
+def load_model(
+    path: str | Path, *, device: str = "cpu"
+) -> tuple[Method, ExperimentConfig, ClassSplit, dict]:
     """Rebuilds a method from a ``model.safetensors`` written by :func:`save_model` (strict)."""
     tensors, meta = load_checkpoint(path)
     for key in ("method", "config", "split", "embed_dim"):
@@ -212,7 +220,9 @@ def evaluate(
     emb = embed(split.names).to(device)
     seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
     seen_mask[list(split.seen)] = True
-    evaluator = SemanticEvaluator(split.num_classes, split.seen, split.unseen, split.names, split.ignore_index)
+    evaluator = SemanticEvaluator(
+        split.num_classes, split.seen, split.unseen, split.names, split.ignore_index
+    )
     extras = (BoundaryFScore(ignore_index=split.ignore_index),) if boundary else ()
     method.eval()
 
@@ -220,7 +230,14 @@ def evaluate(
         return method.scores(images.to(device), emb, seen_mask)
 
     return evaluate_semantic(
-        fn, dataset, evaluator, cfg.eval, progress=progress, desc=f"eval {method.name}", keep=keep, post=post,
+        fn,
+        dataset,
+        evaluator,
+        cfg.eval,
+        progress=progress,
+        desc=f"eval {method.name}",
+        keep=keep,
+        post=post,
         extras=extras,
     )
 

@@ -32,11 +32,18 @@ def colorize(label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np
 
 
 def save_overlay(
-    image: np.ndarray, label: np.ndarray, class_names: Sequence[str], path: Path, *, alpha: float = 0.55
+    image: np.ndarray,
+    label: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+    *,
+    alpha: float = 0.55,
 ) -> Path:
     """Writes the image blended with its coloured labels and a legend of the classes present."""
     colors = colorize(label, len(class_names))
-    blend = (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).astype(np.uint8)
+    blend = (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).astype(
+        np.uint8
+    )
     present = [int(c) for c in np.unique(label) if c < len(class_names)]
     pal = palette(len(class_names))
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
@@ -44,7 +51,9 @@ def save_overlay(
     ax.axis("off")
     handles = [matplotlib.patches.Patch(color=pal[c] / 255, label=class_names[c]) for c in present]
     if handles:
-        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+        ax.legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
@@ -69,7 +78,9 @@ def prediction_grid(
     """Rows = images; columns = image, ground truth, then each method's prediction."""
     cols = ["image", "ground truth", *predictions]
     n = len(images)
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        n, len(cols), figsize=(1.6 * len(cols), 1.6 * n), dpi=100, squeeze=False
+    )
     for r in range(n):
         panels = [images[r], colorize(truths[r], num_classes)] + [
             colorize(predictions[m][r], num_classes) for m in predictions

@@ -36,8 +36,14 @@ def test_the_issue_schema_is_accepted():
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"things": [{"name": "x", "color": [1, 2, 3], "shape": "blob"}]}, "thing 'x': unknown shape 'blob'"),
-        ({"stuff": [{"name": "y", "color": [1, 2, 3], "texture": "fur"}]}, "stuff 'y': unknown texture 'fur'"),
+        (
+            {"things": [{"name": "x", "color": [1, 2, 3], "shape": "blob"}]},
+            "thing 'x': unknown shape 'blob'",
+        ),
+        (
+            {"stuff": [{"name": "y", "color": [1, 2, 3], "texture": "fur"}]},
+            "stuff 'y': unknown texture 'fur'",
+        ),
         ({"unseen": ["purple cow"]}, "unseen name 'purple cow' is not a class"),
         (
             {"things": [{"name": "z", "color": [1, 2, 300], "shape": "circle"}]},
@@ -72,10 +78,14 @@ def test_default_world_is_about_a_quarter_unseen_and_compositional():
     seen_stuff = [s for s in spec.stuff if s.name not in unseen]
     for t in spec.things:
         if t.name in unseen:  # a new combination of a seen colour and a seen shape
-            assert any(s.color == t.color for s in seen_things) and any(s.shape == t.shape for s in seen_things)
+            assert any(s.color == t.color for s in seen_things) and any(
+                s.shape == t.shape for s in seen_things
+            )
     for st in spec.stuff:
         if st.name in unseen:
-            assert any(s.color == st.color for s in seen_stuff) and any(s.texture == st.texture for s in seen_stuff)
+            assert any(s.color == st.color for s in seen_stuff) and any(
+                s.texture == st.texture for s in seen_stuff
+            )
 
 
 def test_every_builtin_shape_and_texture_renders():

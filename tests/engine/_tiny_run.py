@@ -27,7 +27,9 @@ class Data(torch.utils.data.Dataset):
 
 def model_fn():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1)
+    )
 
 
 def step_fn(model, batch):
@@ -45,8 +47,24 @@ def run(out: Path, sleep: float = 0.0, iters: int = 30, ckpt_every: int = 5) -> 
                 time.sleep(sleep)
             yield step, batch
 
-    cfg = TrainConfig(iters=iters, lr=0.05, optimizer="sgd", ckpt_every=ckpt_every, keep_ckpts=2, seed=2, scheduler="poly")
-    train_stage(stage="tiny", model=model, step_fn=step_fn, batches=batches, cfg=cfg, directory=out, progress=False)
+    cfg = TrainConfig(
+        iters=iters,
+        lr=0.05,
+        optimizer="sgd",
+        ckpt_every=ckpt_every,
+        keep_ckpts=2,
+        seed=2,
+        scheduler="poly",
+    )
+    train_stage(
+        stage="tiny",
+        model=model,
+        step_fn=step_fn,
+        batches=batches,
+        cfg=cfg,
+        directory=out,
+        progress=False,
+    )
     return model
 
 

@@ -21,7 +21,9 @@ import _tiny_run  # noqa: E402
 
 
 def _worker(rank: int, world: int, out: str, port: int) -> None:  # one DDP rank
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     td.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -40,14 +42,19 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     monkeypatch.setattr(
         _tiny_run,
         "model_fn",
-        lambda: (torch.manual_seed(0), torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))[1],
+        lambda: (
+            torch.manual_seed(0),
+            torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)),
+        )[1],
     )
     torch.set_num_threads(1)
     single = tmp_path / "single"
     _tiny_run.run(single, iters=20, ckpt_every=0)
     port = 30500 + os.getpid() % 1000
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(r, 2, str(tmp_path / "ddp"), port)) for r in range(2)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, 2, str(tmp_path / "ddp"), port)) for r in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -62,7 +69,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     script = str(HERE / "_tiny_run.py")
-    subprocess.run([sys.executable, script, str(tmp_path / "full")], check=True, env=env, timeout=120)
+    subprocess.run(
+        [sys.executable, script, str(tmp_path / "full")], check=True, env=env, timeout=120
+    )
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, script, str(out), "0.05"], env=env)

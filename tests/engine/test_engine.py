@@ -41,7 +41,10 @@ def test_checkpoint_round_trip_and_strict_errors(tmp_path):
     load_state_dict_strict(Tiny(), tensors, what="m")
     del tensors["a.bias"]
     tensors["b.weight"] = torch.zeros(2, 8)
-    with pytest.raises(CheckpointError, match=r"missing keys: a.bias(.|\n)*b.weight: checkpoint \(2, 8\) vs model \(1, 8\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing keys: a.bias(.|\n)*b.weight: checkpoint \(2, 8\) vs model \(1, 8\)",
+    ):
         load_state_dict_strict(Tiny(), tensors, what="m")
 
 
@@ -58,7 +61,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     cfg = TrainConfig(iters=40, lr=1e-2, ckpt_every=10, keep_ckpts=2, seed=3)
     torch.manual_seed(0)
     full = Tiny()
-    train_stage(stage="s", model=full, step_fn=step_fn, batches=batches, cfg=cfg, directory=tmp_path / "a", progress=False)
+    train_stage(
+        stage="s",
+        model=full,
+        step_fn=step_fn,
+        batches=batches,
+        cfg=cfg,
+        directory=tmp_path / "a",
+        progress=False,
+    )
 
     torch.manual_seed(0)
     part = Tiny()
@@ -71,13 +82,29 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             yield step, b
 
     with pytest.raises(KeyboardInterrupt):
-        train_stage(stage="s", model=part, step_fn=step_fn, batches=interrupted, cfg=half, directory=tmp_path / "b", progress=False)
+        train_stage(
+            stage="s",
+            model=part,
+            step_fn=step_fn,
+            batches=interrupted,
+            cfg=half,
+            directory=tmp_path / "b",
+            progress=False,
+        )
     assert sorted(p.name for p in (tmp_path / "b").glob("step-*.safetensors")) == [
         "step-0000010.safetensors",
         "step-0000020.safetensors",
     ]
     resumed = Tiny()  # fresh weights: everything must come from the checkpoint
-    train_stage(stage="s", model=resumed, step_fn=step_fn, batches=batches, cfg=cfg, directory=tmp_path / "b", progress=False)
+    train_stage(
+        stage="s",
+        model=resumed,
+        step_fn=step_fn,
+        batches=batches,
+        cfg=cfg,
+        directory=tmp_path / "b",
+        progress=False,
+    )
     for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
 
@@ -87,7 +114,15 @@ def test_nan_loss_stops_with_step_and_batch(tmp_path):
         return {"loss": model(batch["x"]).sum() * float("nan")}
 
     with pytest.raises(NonFiniteLossError, match="at step 0"):
-        train_stage(stage="s", model=Tiny(), step_fn=nan_fn, batches=batches, cfg=TrainConfig(iters=3), directory=tmp_path, progress=False)
+        train_stage(
+            stage="s",
+            model=Tiny(),
+            step_fn=nan_fn,
+            batches=batches,
+            cfg=TrainConfig(iters=3),
+            directory=tmp_path,
+            progress=False,
+        )
 
 
 def test_poly_schedule():

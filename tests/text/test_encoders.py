@@ -13,7 +13,9 @@ def minilm():
 
 
 def test_minilm_gives_unit_vectors_that_know_words(minilm):
-    emb = minilm.encode(["red circle", "red ring", "blue square", "striped gray ground"], "shapeworld")
+    emb = minilm.encode(
+        ["red circle", "red ring", "blue square", "striped gray ground"], "shapeworld"
+    )
     assert emb.shape == (4, 384)
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
     sim = emb @ emb.T

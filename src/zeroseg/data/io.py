@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-MAX_PIXELS = 80_000_000  # about 9000 x 9000; larger files are refused as possible decompression bombs
+MAX_PIXELS = (
+    80_000_000  # about 9000 x 9000; larger files are refused as possible decompression bombs
+)
 
 
 class ImageError(ValueError):
@@ -49,7 +51,9 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return img
 
 
-def read_image(path: str | Path, *, alpha: str = "error", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(
+    path: str | Path, *, alpha: str = "error", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decodes an image file to (H, W, 3) uint8 RGB.
 
     Args:
@@ -59,10 +63,14 @@ def read_image(path: str | Path, *, alpha: str = "error", max_pixels: int = MAX_
     img = _open(path, max_pixels)
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        raise ImageError(f"{path}: {mode} ({'16-bit' if '16' in mode else '32-bit'}) images are not supported; convert to 8-bit RGB")
+        raise ImageError(
+            f"{path}: {mode} ({'16-bit' if '16' in mode else '32-bit'}) images are not supported; convert to 8-bit RGB"
+        )
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         if alpha != "drop":
-            raise ImageError(f"{path}: has an alpha channel ({mode}); pass alpha='drop' to ignore it")
+            raise ImageError(
+                f"{path}: has an alpha channel ({mode}); pass alpha='drop' to ignore it"
+            )
     if mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
@@ -79,7 +87,9 @@ def read_label(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def check_label_range(label: np.ndarray, num_classes: int, ignore_index: int, *, where: str) -> None:
+def check_label_range(
+    label: np.ndarray, num_classes: int, ignore_index: int, *, where: str
+) -> None:
     """Raises if a label map holds a value that is neither a class nor ``ignore_index``."""
     values = np.unique(label)
     bad = values[(values >= num_classes) & (values != ignore_index)]

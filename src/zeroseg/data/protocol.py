@@ -72,7 +72,9 @@ def _images_with_unseen(dataset, split: ClassSplit) -> np.ndarray:
         labels = dataset.labels()
         return np.isin(labels, split.unseen).reshape(len(labels), -1).any(axis=1)
     if hasattr(dataset, "label"):  # real datasets: read label files only
-        return np.array([split.contains_unseen(np.asarray(dataset.label(i))) for i in range(len(dataset))])
+        return np.array(
+            [split.contains_unseen(np.asarray(dataset.label(i))) for i in range(len(dataset))]
+        )
     return np.array([split.contains_unseen(dataset[i]["label"]) for i in range(len(dataset))])
 
 

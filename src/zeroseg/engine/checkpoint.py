@@ -76,7 +76,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(header[META_KEY])
 
 
-def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
+def load_state_dict_strict(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str
+) -> None:
     """Loads a state dict, failing with every missing, unexpected and misshaped key named."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -88,9 +90,15 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
     ]
     if missing or unexpected or misshaped:
         lines = [f"{what} does not match the model:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("misshaped", misshaped),
+        ):
             if items:
-                shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+                shown = ", ".join(items[:20]) + (
+                    f", ... ({len(items)} in all)" if len(items) > 20 else ""
+                )
                 lines.append(f"  {title} keys: {shown}")
         raise CheckpointError("\n".join(lines))
     module.load_state_dict(state, strict=True)
@@ -119,7 +127,9 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
+def optimizer_from_flat(
+    opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[int, dict] = {}
     pat = re.compile(r"optim/(\d+)/(.+)")
     for key, v in tensors.items():

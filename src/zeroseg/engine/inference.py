@@ -45,7 +45,9 @@ def slide_scores(fn: ScoreFn, images: torch.Tensor, crop: int, stride: int) -> t
         (B, K, H, W) scores averaged over the windows covering each pixel.
     """
     if stride <= 0 or crop <= 0 or stride > crop:
-        raise ValueError(f"slide inference needs 0 < stride <= crop, got crop={crop} stride={stride}")
+        raise ValueError(
+            f"slide inference needs 0 < stride <= crop, got crop={crop} stride={stride}"
+        )
     b, _, h, w = images.shape
     ph, pw = max(h, crop), max(w, crop)
     if (ph, pw) != (h, w):
@@ -101,14 +103,21 @@ def evaluate_semantic(
     kept: list[torch.Tensor] = []
     n, seconds = 0, 0.0
     bar = tqdm(total=len(dataset), desc=desc, disable=not progress, leave=False)
-    for batch in iterate_eval(dataset, cfg.batch_size, rank=dist.rank(), world_size=dist.world_size()):
+    for batch in iterate_eval(
+        dataset, cfg.batch_size, rank=dist.rank(), world_size=dist.world_size()
+    ):
         # Images of different sizes (real datasets) arrive as lists: run them one at a time.
         if isinstance(batch["image"], list):
             parts = [
-                {k: (v[i : i + 1] if isinstance(v, list) and k in ("image", "label") else v) for k, v in batch.items()}
+                {
+                    k: (v[i : i + 1] if isinstance(v, list) and k in ("image", "label") else v)
+                    for k, v in batch.items()
+                }
                 for i in range(len(batch["image"]))
             ]
-            parts = [{**p, "image": p["image"][0][None], "label": p["label"][0][None]} for p in parts]
+            parts = [
+                {**p, "image": p["image"][0][None], "label": p["label"][0][None]} for p in parts
+            ]
         else:
             parts = [batch]
         for part in parts:

@@ -78,7 +78,9 @@ def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
 
 
@@ -191,7 +193,9 @@ def train_stage(
             last_good = ckpts[-1]
             tensors, m = load_checkpoint(last_good)
             if m.get("stage") != stage:
-                raise CheckpointError(f"{last_good} belongs to stage {m.get('stage')!r}, not {stage!r}")
+                raise CheckpointError(
+                    f"{last_good} belongs to stage {m.get('stage')!r}, not {stage!r}"
+                )
             load_state_dict_strict(
                 model,
                 {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")},
@@ -206,7 +210,9 @@ def train_stage(
         (directory / "log.csv").unlink(missing_ok=True)
     recent: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.iters, initial=start, desc=stage, disable=not (progress and main), leave=False)
+    bar = tqdm(
+        total=cfg.iters, initial=start, desc=stage, disable=not (progress and main), leave=False
+    )
     model.train()
 
     def save(step: int) -> Path:
@@ -216,7 +222,15 @@ def train_stage(
         tensors.update(_rng_state())
         path = directory / f"step-{step:07d}.safetensors"
         save_checkpoint(
-            path, tensors, {"stage": stage, "step": step, "optimizer": opt_m, "train": asdict(cfg), **(meta or {})}
+            path,
+            tensors,
+            {
+                "stage": stage,
+                "step": step,
+                "optimizer": opt_m,
+                "train": asdict(cfg),
+                **(meta or {}),
+            },
         )
         for old in list_checkpoints(directory)[: -max(1, cfg.keep_ckpts)]:
             old.unlink(missing_ok=True)
@@ -256,7 +270,12 @@ def train_stage(
                 values["elapsed_s"] = time.perf_counter() - t0
                 logger.log(step + 1, values)
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
-            if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.iters and main:
+            if (
+                cfg.ckpt_every
+                and (step + 1) % cfg.ckpt_every == 0
+                and step + 1 < cfg.iters
+                and main
+            ):
                 last_good = save(step + 1)
             dist.barrier_if_needed(cfg.ckpt_every, step)
     finally:

@@ -333,7 +333,9 @@ class AlignZeg(MaskProjection):
         lookup = seen_position_lookup(self.split).to(ctx.device)
         tc = ctx.cfg.train
         loader = StepLoader(
-            ctx.train_set, StepSampler(len(ctx.train_set), tc.batch_size, tc.seed), transform=ctx.train_transform
+            ctx.train_set,
+            StepSampler(len(ctx.train_set), tc.batch_size, tc.seed),
+            transform=ctx.train_transform,
         )
 
         def step(m, batch):

@@ -81,7 +81,10 @@ class RunContext:
         from zeroseg.engine.trainer import train_stage
 
         return train_stage(
-            split=self.split if guard else None, device=self.device, progress=self.progress, **kwargs
+            split=self.split if guard else None,
+            device=self.device,
+            progress=self.progress,
+            **kwargs,
         )
 
     def seen_embeddings(self) -> torch.Tensor:

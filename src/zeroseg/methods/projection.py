@@ -74,7 +74,9 @@ class Projection(Method):
         lookup = lookup.to(ctx.device)
         cfg = ctx.cfg.train
         loader = StepLoader(
-            ctx.train_set, StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed), transform=ctx.train_transform
+            ctx.train_set,
+            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
+            transform=ctx.train_transform,
         )
 
         def step(model, batch):

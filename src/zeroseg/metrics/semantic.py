@@ -51,7 +51,10 @@ def iou_per_class(conf: torch.Tensor) -> np.ndarray:
 
 
 def summarize(
-    conf: torch.Tensor, seen: Sequence[int], unseen: Sequence[int], names: Sequence[str] | None = None
+    conf: torch.Tensor,
+    seen: Sequence[int],
+    unseen: Sequence[int],
+    names: Sequence[str] | None = None,
 ) -> dict:
     """Seen/unseen/harmonic metrics from a confusion matrix (percent).
 
@@ -110,7 +113,9 @@ class SemanticEvaluator:
     def process(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Adds a batch: ``pred`` and ``target`` are (B, H, W) or (H, W) class indices."""
         if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}"
+            )
         self.conf += confusion_matrix(pred.cpu(), target.cpu(), self.num_classes, self.ignore_index)
 
     def evaluate(self) -> dict:

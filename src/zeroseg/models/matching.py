@@ -162,7 +162,9 @@ def set_loss(
     return {"loss": loss, "ce": ce.detach(), "bce": bce.detach(), "dice": dice.detach()}
 
 
-def targets_from_semantic(labels: Tensor, lookup: Tensor, size: tuple[int, int], *, ignore_index: int = 255) -> list[Target]:
+def targets_from_semantic(
+    labels: Tensor, lookup: Tensor, size: tuple[int, int], *, ignore_index: int = 255
+) -> list[Target]:
     """Per-image targets from semantic label maps: one mask per class present (Mask2Former's
     semantic-segmentation training targets, for datasets without panoptic annotations)."""
     lab = labels.long().clamp(0, 255)

@@ -22,7 +22,12 @@ def cache_key(encoder_name: str, names: Sequence[str], templates) -> str:
 
 
 def cached_encode(
-    encoder, names: Sequence[str], templates=None, *, root: Path | None = None, name: str | None = None
+    encoder,
+    names: Sequence[str],
+    templates=None,
+    *,
+    root: Path | None = None,
+    name: str | None = None,
 ) -> torch.Tensor:
     """``encoder.encode(names, templates)``, read from / written to the cache.
 

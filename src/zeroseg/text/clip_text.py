@@ -33,7 +33,9 @@ class CLIPTextEncoder(TextEncoder):
         vocab = path if path.is_dir() and (path / "vocab.json").is_file() else None
         self.tokenizer = CLIPTokenizer(vocab)
         self.device, self.batch_size = device, batch_size
-        self.dim = int(self.model.text.config.output_dim) if hasattr(self.model.text, "config") else 0
+        self.dim = (
+            int(self.model.text.config.output_dim) if hasattr(self.model.text, "config") else 0
+        )
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
         self.name = f"clip-{path.stem}-{digest}"
 

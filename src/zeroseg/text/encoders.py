@@ -106,7 +106,9 @@ class AttributeEncoder(TextEncoder):
         missing = [n for n in names if n.lower() not in self._index]
         if missing:
             raise KeyError(f"attribute encoder: {missing} are not classes of this ShapeWorld")
-        return F.normalize(torch.from_numpy(np.stack([self._index[n.lower()] for n in names])), dim=-1)
+        return F.normalize(
+            torch.from_numpy(np.stack([self._index[n.lower()] for n in names])), dim=-1
+        )
 
 
 def build_text_encoder(spec: str, *, world=None, device: str = "cpu") -> TextEncoder:
@@ -115,7 +117,9 @@ def build_text_encoder(spec: str, *, world=None, device: str = "cpu") -> TextEnc
     factories: dict[str, Callable[[], TextEncoder]] = {
         "minilm": lambda: MiniLMEncoder(device=device),
         "attributes": lambda: AttributeEncoder(_need(world, "attributes")),
-        "wordvec": lambda: _wordvec(_need(arg, "wordvec", "a file path: wordvec:/path/vectors.vec")),
+        "wordvec": lambda: _wordvec(
+            _need(arg, "wordvec", "a file path: wordvec:/path/vectors.vec")
+        ),
         "clip": lambda: _clip(_need(arg, "clip", "a checkpoint path: clip:/path/ViT-B-16.pt")),
     }
     if kind not in factories:

@@ -25,7 +25,11 @@ SHAPEWORLD_TEMPLATES = (
     "a rendering of a {}.",
 )
 
-TEMPLATE_SETS = {"none": ("{}",), "imagenet": IMAGENET_TEMPLATES, "shapeworld": SHAPEWORLD_TEMPLATES}
+TEMPLATE_SETS = {
+    "none": ("{}",),
+    "imagenet": IMAGENET_TEMPLATES,
+    "shapeworld": SHAPEWORLD_TEMPLATES,
+}
 
 
 def resolve_templates(templates: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -78,7 +78,13 @@ def skip_bad_samples(ds: FileListDataset) -> int:
     ds.skipped = [str(ds.items[i].image) for i in sorted(bad)]
     ds.items = [it for i, it in enumerate(ds.items) if i not in bad]
     if bad:
-        log.warning("skipped %d of %d %s/%s samples", len(bad), len(bad) + len(ds.items), ds.name, ds.split_name)
+        log.warning(
+            "skipped %d of %d %s/%s samples",
+            len(bad),
+            len(bad) + len(ds.items),
+            ds.name,
+            ds.split_name,
+        )
     if not ds.items:
         raise ValueError(f"{ds.name}/{ds.split_name}: every sample is bad; see the log")
     return len(bad)

@@ -51,8 +51,6 @@ def write_list(path: Path, ids: list[str]) -> None:
     path.write_text("".join(f"{i}\n" for i in ids))
 
 
-
-
 def write_voc(root: Path) -> Path:
     # a: background 0, aeroplane 1, sheep 17 (unseen), boundary 255
     # b: person 15, bottle 5 (SBD label in SegmentationClassAug, gray PNG)
@@ -146,7 +144,6 @@ def write_coco_panoptic(root: Path) -> Path:
     (root / "annotations/panoptic_train2017.json").write_text(json.dumps(train))
     (root / "annotations/panoptic_val2017.json").write_text(json.dumps(val))
     return root
-
 
 
 WRITERS = {

@@ -70,7 +70,9 @@ _POLYGONS = {
 }
 
 
-def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
+def shape_mask(
+    shape: str, size: int, cx: float, cy: float, radius: float, angle: float
+) -> np.ndarray:
     """A boolean (size, size) mask of a shape of circumradius ``radius`` pixels, rotated by ``angle``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     dx, dy = (xx - cx) / radius, (yy - cy) / radius
@@ -85,7 +87,9 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angle
         return np.maximum(np.abs(x), np.abs(y)) <= 0.78
     if shape == "cross":
         arm = 0.34
-        return ((np.abs(x) <= arm) & (np.abs(y) <= 0.95)) | ((np.abs(y) <= arm) & (np.abs(x) <= 0.95))
+        return ((np.abs(x) <= arm) & (np.abs(y) <= 0.95)) | (
+            (np.abs(y) <= arm) & (np.abs(x) <= 0.95)
+        )
     return _inside_polygon(x, y, _POLYGONS[shape])
 
 

@@ -149,7 +149,9 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise SpecError(f"{source}: unknown keys {sorted(unknown)}; valid keys: {sorted(_TOP_KEYS)}")
+        raise SpecError(
+            f"{source}: unknown keys {sorted(unknown)}; valid keys: {sorted(_TOP_KEYS)}"
+        )
     name = str(data.get("name", "world"))
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -235,16 +237,22 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
         known = {f.name for f in fields(Variation)}
         extra = set(v) - known
         if extra:
-            raise SpecError(f"{source}: variation has unknown keys {sorted(extra)}; valid: {sorted(known)}")
+            raise SpecError(
+                f"{source}: variation has unknown keys {sorted(extra)}; valid: {sorted(known)}"
+            )
         kw = {}
         if "size" in v:
             kw["size"] = _pair(v["size"], f"{source}: variation.size", kind=float, minimum=0.02)
         if "stuff_regions" in v:
-            kw["stuff_regions"] = _pair(v["stuff_regions"], f"{source}: variation.stuff_regions", minimum=1)
+            kw["stuff_regions"] = _pair(
+                v["stuff_regions"], f"{source}: variation.stuff_regions", minimum=1
+            )
         for key in ("color_jitter", "pixel_noise", "min_visible"):
             if key in v:
                 if isinstance(v[key], bool) or not isinstance(v[key], (int, float)) or v[key] < 0:
-                    raise SpecError(f"{source}: variation.{key} must be a number >= 0, got {v[key]!r}")
+                    raise SpecError(
+                        f"{source}: variation.{key} must be a number >= 0, got {v[key]!r}"
+                    )
                 kw[key] = type(getattr(variation, key))(v[key])
         variation = Variation(**kw)
 

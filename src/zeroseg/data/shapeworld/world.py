@@ -50,7 +50,9 @@ def split_size(spec: WorldSpec, split: str) -> int:
     ]
 
 
-def generate_split(spec: WorldSpec, split: str, *, n: int | None = None, progress: bool = True) -> WorldSplit:
+def generate_split(
+    spec: WorldSpec, split: str, *, n: int | None = None, progress: bool = True
+) -> WorldSplit:
     """Renders a split (or its first ``n`` images) in memory."""
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown ShapeWorld split {split!r}; valid: {sorted(SPLIT_IDS)}")
@@ -60,7 +62,9 @@ def generate_split(spec: WorldSpec, split: str, *, n: int | None = None, progres
     semantic = np.empty((n, s, s), np.uint8)
     panoptic = np.empty((n, s, s), np.int32)
     segments, captions = [], []
-    for i in tqdm(range(n), desc=f"ShapeWorld {spec.name}/{split}", disable=not progress, leave=False):
+    for i in tqdm(
+        range(n), desc=f"ShapeWorld {spec.name}/{split}", disable=not progress, leave=False
+    ):
         r = render(spec, split, i)
         images[i], semantic[i], panoptic[i] = r.image, r.semantic, r.panoptic
         segments.append(np.concatenate([np.full((len(r.segments), 1), i, np.int32), r.segments], 1))
@@ -84,14 +88,20 @@ def _atomic_savez(path: Path, **arrays) -> None:
         raise
 
 
-def load_split(spec: WorldSpec, split: str, *, root: Path | None = None, progress: bool = True) -> WorldSplit:
+def load_split(
+    spec: WorldSpec, split: str, *, root: Path | None = None, progress: bool = True
+) -> WorldSplit:
     """Returns a split from the cache, generating and caching it first when missing."""
     path = world_dir(spec, root) / f"{split}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 return WorldSplit(
-                    z["images"], z["semantic"], z["panoptic"], z["segments"], [str(c) for c in z["captions"]]
+                    z["images"],
+                    z["semantic"],
+                    z["panoptic"],
+                    z["segments"],
+                    [str(c) for c in z["captions"]],
                 )
         except (OSError, ValueError, KeyError) as e:
             raise RuntimeError(
@@ -118,8 +128,15 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
     :class:`zeroseg.data.protocol.SeenOnly`, which removes every unseen label.
     """
 
-    def __init__(self, spec: WorldSpec | str | Path | None, split: str, *, root: Path | None = None,
-                 limit: int | None = None, progress: bool = True):
+    def __init__(
+        self,
+        spec: WorldSpec | str | Path | None,
+        split: str,
+        *,
+        root: Path | None = None,
+        limit: int | None = None,
+        progress: bool = True,
+    ):
         self.spec = spec if isinstance(spec, WorldSpec) else load_spec(spec)
         self.split_name = split
         self.data = load_split(self.spec, split, root=root, progress=progress)

@@ -40,8 +40,12 @@ class SmallUNet(nn.Module):
         super().__init__()
         cfg = cfg or SmallUNetConfig()
         w1, w2, w3, w4 = cfg.widths
-        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
-        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+        self.register_buffer(
+            "pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+        )
         self.enc1 = _block(3, w1)
         self.enc2 = _block(w1, w2, stride=2)
         self.enc3 = _block(w2, w3, stride=2)
@@ -61,5 +65,13 @@ class SmallUNet(nn.Module):
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
         e4 = self.context(self.enc4(e3))
-        d3 = self.dec3(torch.cat([F.interpolate(e4, size=e3.shape[-2:], mode="bilinear", align_corners=False), e3], 1))
-        return self.dec2(torch.cat([F.interpolate(d3, size=e2.shape[-2:], mode="bilinear", align_corners=False), e2], 1))
+        d3 = self.dec3(
+            torch.cat(
+                [F.interpolate(e4, size=e3.shape[-2:], mode="bilinear", align_corners=False), e3], 1
+            )
+        )
+        return self.dec2(
+            torch.cat(
+                [F.interpolate(d3, size=e2.shape[-2:], mode="bilinear", align_corners=False), e2], 1
+            )
+        )

@@ -24,7 +24,9 @@ class ProjectionHead(nn.Module):
         init_scale: initial logit scale (a learnable log-parameter, clamped to [1, 100]).
     """
 
-    def __init__(self, in_dim: int, embed_dim: int, init_scale: float = 20.0, text_proj: bool = True):
+    def __init__(
+        self, in_dim: int, embed_dim: int, init_scale: float = 20.0, text_proj: bool = True
+    ):
         super().__init__()
         # A shared linear map of the class embeddings (identity at init), learned on the seen
         # classes: it spreads apart names the text encoder puts close together ("red square",
