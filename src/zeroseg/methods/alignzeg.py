@@ -65,7 +65,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zeroseg.data.loader import StepLoader, StepSampler
 from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.methods.base import Method, RunContext, seen_position_lookup
 from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
@@ -332,11 +331,7 @@ class AlignZeg(MaskProjection):
         seen_emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         tc = ctx.cfg.train
-        loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), tc.batch_size, tc.seed),
-            transform=ctx.train_transform,
-        )
+        loader = ctx.loader(tc)
 
         def step(m, batch):
             gen = _batch_generator(batch, tc.seed)

@@ -87,6 +87,32 @@ class RunContext:
             **kwargs,
         )
 
+    def loader(
+        self,
+        cfg,
+        dataset=None,
+        *,
+        batch_size: int | None = None,
+        seed_offset: int = 0,
+        transform=...,
+    ):
+        """Resumable step batches of ``dataset`` (default: the protocol's labelled training set).
+
+        Args:
+            cfg: the stage's ``TrainConfig`` (batch size and seed).
+            batch_size: overrides ``cfg.batch_size`` (e.g. half batches of two sources).
+            seed_offset: added to ``cfg.seed``, so two loaders of one stage draw different orders.
+            transform: the augmentation (default: this run's ``train_transform``).
+        """
+        from zeroseg.data.loader import StepLoader, StepSampler
+
+        dataset = self.train_set if dataset is None else dataset
+        return StepLoader(
+            dataset,
+            StepSampler(len(dataset), batch_size or cfg.batch_size, cfg.seed + seed_offset),
+            transform=self.train_transform if transform is ... else transform,
+        )
+
     def seen_embeddings(self) -> torch.Tensor:
         """(S, D) embeddings of the seen classes only (what inductive stages may know)."""
         return self.embed(self.split.seen_names)

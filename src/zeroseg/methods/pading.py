@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from zeroseg.data.loader import StepLoader, StepSampler, iterate_eval
+from zeroseg.data.loader import iterate_eval
 from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
@@ -143,11 +143,7 @@ class MaskProjection(Method):
         emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
-        loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=ctx.train_transform,
-        )
+        loader = ctx.loader(cfg)
         model, weights = self.model, self.cfg.match
 
         def step(m, batch):

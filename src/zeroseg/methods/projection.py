@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from zeroseg.data.loader import StepLoader, StepSampler
 from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.methods.base import (
     Method,
@@ -73,11 +72,7 @@ class Projection(Method):
         emb = emb.to(ctx.device)
         lookup = lookup.to(ctx.device)
         cfg = ctx.cfg.train
-        loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=ctx.train_transform,
-        )
+        loader = ctx.loader(cfg)
 
         def step(model, batch):
             # The loss runs at the stride-2 feature resolution (labels subsampled, nearest): the

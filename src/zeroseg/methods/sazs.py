@@ -53,7 +53,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zeroseg.data.loader import StepLoader, StepSampler
 from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.methods.base import RunContext, calibrate, downsample_labels, seen_position_lookup
 from zeroseg.methods.projection import Projection
@@ -275,11 +274,7 @@ class Sazs(Projection):
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg, mcfg = ctx.cfg.train, self.cfg
         ignore = self.split.ignore_index
-        loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=ctx.train_transform,
-        )
+        loader = ctx.loader(cfg)
 
         def step(model, batch):
             logits, edge = model.forward_train(batch["image"].to(ctx.device), emb)

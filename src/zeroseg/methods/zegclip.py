@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeroseg.data.loader import StepLoader, StepSampler, hflip
+from zeroseg.data.loader import hflip
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
-from zeroseg.methods.base import Method, RunContext, downsample_labels
+from zeroseg.methods.base import Method, RunContext, downsample_labels, seen_position_lookup
 from zeroseg.methods.zs3net import select_top_percent
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
 from zeroseg.models.heads.zegclip_decoder import ZegCLIPDecoder, ZegCLIPDecoderConfig
@@ -367,15 +367,9 @@ class ZegCLIP(Method):
             load_stage(self, stage)
             return
         seen_emb = ctx.seen_embeddings().to(ctx.device)
-        lookup = torch.full((256,), self.split.ignore_index, dtype=torch.int64)
-        lookup[list(self.split.seen)] = torch.arange(len(self.split.seen))
-        lookup = lookup.to(ctx.device)
+        lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
-        loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=ctx.train_transform,
-        )
+        loader = ctx.loader(cfg)
 
         def step(model, batch):
             labels = lookup[batch["label"].to(ctx.device).clamp(0, 255)]
@@ -442,16 +436,8 @@ class ZegCLIPST(ZegCLIP):
         ).to(ctx.device)
         seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
         seen_mask[list(self.split.seen)] = True
-        labelled = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=ctx.train_transform,
-        )
-        unlabelled = StepLoader(
-            ctx.train_images,
-            StepSampler(len(ctx.train_images), cfg.batch_size, cfg.seed + 1),
-            transform=hflip,
-        )
+        labelled = ctx.loader(cfg)
+        unlabelled = ctx.loader(cfg, ctx.train_images, seed_offset=1, transform=hflip)
 
         def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
             for (step, lab), (_, unl) in zip(labelled(start, stop), unlabelled(start, stop)):

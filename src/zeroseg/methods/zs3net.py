@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeroseg.data.loader import StepLoader, StepSampler, hflip, iterate_eval
+from zeroseg.data.loader import hflip, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine.trainer import TrainConfig, autocast, load_stage, stage_done
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
@@ -352,11 +352,7 @@ class ZS3Net(Method):
             load_torchvision_resnet(self.segmenter.backbone, self.cfg.pretrained_backbone)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
-        loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), cfg.batch_size, cfg.seed),
-            transform=ctx.train_transform or hflip,
-        )
+        loader = ctx.loader(cfg, transform=ctx.train_transform or hflip)
         mean, std = self.pixel_mean.to(ctx.device), self.pixel_std.to(ctx.device)
 
         def step(seg, batch):
@@ -711,16 +707,10 @@ class ZS5Net(ZS3Net):
             f"(top {c.pseudo_percent:g}% per class) in {len(indices)} unlabelled training images"
         )
         half = max(1, cfg.batch_size // 2)
-        seen_loader = StepLoader(
-            ctx.train_set,
-            StepSampler(len(ctx.train_set), half, cfg.seed),
-            transform=ctx.train_transform or hflip,
-        )
+        seen_loader = ctx.loader(cfg, batch_size=half, transform=ctx.train_transform or hflip)
         pseudo_set = _PseudoLabelled(ctx.train_images, indices, pseudo)
-        pseudo_loader = StepLoader(
-            pseudo_set,
-            StepSampler(len(pseudo_set), half, cfg.seed + 1),
-            transform=ctx.train_transform or hflip,
+        pseudo_loader = ctx.loader(
+            cfg, pseudo_set, batch_size=half, seed_offset=1, transform=ctx.train_transform or hflip
         )
 
         def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
