@@ -32,6 +32,12 @@ _MASK = [
     "model.mask.heads=2",
     "model.mask.ffn_dim=64",
 ]
+_ZEGCLIP = [
+    "model.encoder=tiny",
+    "model.decoder.width=32",
+    "model.decoder.heads=2",
+    "model.decoder.layers=1",
+]
 TINY: dict[str, list[str]] = {
     "zs3net": _ZS3,
     "zs5net": _ZS3
@@ -48,17 +54,14 @@ TINY: dict[str, list[str]] = {
     ],
     "alignzeg": _MASK + ["model.background_prototypes=2", "model.virtual_per_batch=8"],
     "sazs": ["model.refine.spectral.max_side=16"],
-    "zegclip": [
-        "model.encoder=tiny",
-        "model.decoder.width=32",
-        "model.decoder.heads=2",
-        "model.decoder.layers=1",
-    ],
+    "zegclip": _ZEGCLIP,
+    "zegclip-st": _ZEGCLIP
+    + ["model.self_training.train.iters=2", "model.self_training.train.batch_size=2"],
 }
 
 # Methods whose image and text towers come from one CLIP checkpoint: the test writes a tiny one,
 # so the checkpoint-loading path of a real run is exercised too.
-CLIP_METHODS = {"zegclip"}
+CLIP_METHODS = {"zegclip", "zegclip-st"}
 
 # Dataset a preset's data.dataset is read from (few-shot style settings reuse VOC / COCO layouts).
 FIXTURE_OF = {
@@ -66,6 +69,8 @@ FIXTURE_OF = {
     "coco_stuff": "coco_stuff",
     "context": "context",
     "coco_panoptic": "coco_panoptic",
+    "pascal_5i": "voc",
+    "coco_20i": "coco_stuff",
 }
 
 

@@ -158,6 +158,7 @@ def cmd_data_check(args) -> int:
         splits=tuple(args.split or ("train", "val")),
         limit=args.limit,
         progress=True,
+        fold=args.fold,
     )
     print(report.format(examples=args.examples))
     return 0 if report.ok else 1
@@ -275,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="check or prepare a real dataset in its standard layout")
     dsub = data.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="report every missing or malformed file at once")
-    dc.add_argument("dataset", help="voc | coco_stuff | context | coco_panoptic")
+    dc.add_argument(
+        "dataset", help="voc | coco_stuff | context | coco_panoptic | pascal_5i | coco_20i"
+    )
+    dc.add_argument("--fold", type=int, help="pascal_5i / coco_20i fold (default 0)")
     dc.add_argument("root")
     dc.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
     dc.add_argument("--limit", type=int, help="check only the first N items of each split")

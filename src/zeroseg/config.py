@@ -30,6 +30,8 @@ class DataConfig:
     """Which dataset, which split of classes, which training protocol."""
 
     dataset: str = "shapeworld"  # shapeworld | voc | coco_stuff | context | coco_panoptic
+    #                               | pascal_5i | coco_20i (with fold)
+    fold: int | None = None  # PASCAL-5i / COCO-20i fold 0-3 (which quarter of classes is unseen)
     world: str | None = None  # ShapeWorld spec file (None: the default world)
     root: str | None = None  # dataset root directory for real datasets
     protocol: str = "ignore"  # ignore (unseen pixels -> 255) | strict (drop images with unseen)

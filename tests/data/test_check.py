@@ -67,6 +67,13 @@ def test_check_names_every_problem_at_once(broken_voc):
     assert not report.ok
 
 
+@pytest.mark.parametrize("fold", [None, 2])
+def test_check_pascal_5i_reads_the_voc_files(broken_voc, fold):
+    # every fold reads the same files: the same problems, whichever fold is named
+    report = check_dataset("pascal_5i", broken_voc, fold=fold)
+    assert report.samples == {"train": 5, "val": 1} and report.counts()["label out of range"] == 1
+
+
 def test_check_clean_dataset_is_ok(broken_voc):
     report = check_dataset("voc", broken_voc, splits=("val",))
     assert report.ok and "no problem found" in report.format()

@@ -24,6 +24,7 @@ from zeroseg.data.real import (
     coco_panoptic,
     coco_stuff,
     context,
+    folds,
     voc,
 )
 from zeroseg.data.real.base import LabelRangeError, LayoutError
@@ -66,7 +67,11 @@ ROOTS = {
     "coco_stuff": "coco_stuff_root",
     "context": "context_root",
     "coco_panoptic": "panoptic_root",
+    "pascal_5i": "voc_root",
+    "coco_20i": "coco_stuff_root",
 }
+# Fold 3 puts an unseen class in one training image of each fixture and none in the other.
+FOLD_OF = {"pascal_5i": 3, "coco_20i": 3}
 
 
 # ----------------------------------------------------------------------------- class splits
@@ -78,6 +83,8 @@ def test_class_splits_match_design():
         "coco_stuff": (171, 15),
         "context": (59, 10),
         "coco_panoptic": (133, 14),
+        "pascal_5i": (20, 5),
+        "coco_20i": (80, 20),
     }
     assert set(DATASETS) == set(CLASS_SPLITS) == set(sizes)
     for name, (k, u) in sizes.items():
@@ -156,6 +163,53 @@ def test_coco_stuff_reads_raw_182_ids(tmp_path):
         ds[0]
 
 
+def test_pascal_5i_folds(voc_root):
+    # fold i: VOC classes 5i+1 .. 5i+5 unseen; files and labels exactly as VOC's
+    assert folds.pascal_5i_unseen(0) == ("aeroplane", "bicycle", "bird", "boat", "bottle")
+    assert folds.pascal_5i_unseen(3) == voc.UNSEEN  # fold 3 is the 15/5 split
+    every = [n for f in range(4) for n in folds.pascal_5i_unseen(f)]
+    assert sorted(every) == sorted(voc.NAMES)  # the folds partition the classes
+    train = folds.build_pascal_5i(voc_root, "train", fold=0)
+    assert train.class_split.unseen_names == folds.pascal_5i_unseen(0)
+    assert train[0]["label"][0, ::2].tolist() == [255, 0, 16, 255]  # aeroplane 0, sheep 16
+    assert train.class_split.is_unseen(0) and not train.class_split.is_unseen(16)
+    assert folds.build_pascal_5i(voc_root, "train", fold=3).class_split.is_unseen(16)
+
+
+def test_coco_20i_folds(coco_stuff_root):
+    # fold i: COCO things i, i+4, ..., i+76 (0-based) unseen; stuff train ids -> ignore
+    assert folds.coco_20i_unseen(0)[:3] == ("person", "airplane", "boat")  # 0, 4, 8
+    assert folds.coco_20i_unseen(3)[4] == "cow"  # 3 + 4 * 4 = 19
+    every = [n for f in range(4) for n in folds.coco_20i_unseen(f)]
+    assert sorted(every) == sorted(coco_stuff.NAMES[:80])
+    train = folds.build_coco_20i(coco_stuff_root, "train", fold=3)
+    val = folds.build_coco_20i(coco_stuff_root, "val", fold=3)
+    assert train.class_split.num_classes == 80
+    assert train[0]["label"][0, ::2].tolist() == [0, 19, 255, 255]  # wood 170 (stuff) -> 255
+    assert val[0]["label"][0, ::2].tolist() == [255, 5, 5, 5]  # grass (stuff, 112) -> 255
+    assert train.class_split.is_unseen(19) and not train.class_split.is_unseen(0)
+
+
+def test_coco_20i_reads_raw_ids(tmp_path):
+    root = tmp_path / "raw"
+    # raw: person 0 -> 0, cow (COCO id 20) -> 19, tree (COCO id 169, stuff) -> 255
+    write_png(root / "annotations/train2017/000000000001.png", blocks(0, 20, 168, 255))
+    write_jpg(root / "images/train2017/000000000001.jpg", 0)
+    ds = folds.build_coco_20i(root, "train", fold=0)
+    assert ds[0]["label"][0, ::2].tolist() == [0, 19, 255, 255]
+
+
+@pytest.mark.parametrize("name", ["pascal_5i", "coco_20i"])
+def test_folded_datasets_need_a_valid_fold(name, voc_root, coco_stuff_root):
+    root = voc_root if name == "pascal_5i" else coco_stuff_root
+    with pytest.raises(ValueError, match="data.fold"):
+        build_real_dataset(DataConfig(dataset=name, root=str(root)))
+    with pytest.raises(ValueError, match="data.fold must be 0-3, got 4"):
+        build_real_dataset(DataConfig(dataset=name, root=str(root), fold=4))
+    with pytest.raises(ValueError, match="voc has one fixed split"):
+        build_real_dataset(DataConfig(dataset="voc", root=str(voc_root), fold=1))
+
+
 def test_context_labels(context_root):
     train, val = context.build(context_root, "train"), context.build(context_root, "val")
     # background 0 -> 255, aeroplane 1 -> 0, person 37 -> 36, wood 59 -> 58
@@ -199,7 +253,9 @@ def test_missing_layout_names_the_directory(tmp_path):
 @pytest.mark.parametrize("protocol", ["ignore", "strict"])
 def test_no_unseen_pixel_reaches_training(name, protocol, request):
     root = request.getfixturevalue(ROOTS[name])
-    cfg = DataConfig(dataset=name, root=str(root), protocol=protocol, crop_size=4)
+    cfg = DataConfig(
+        dataset=name, root=str(root), protocol=protocol, crop_size=4, fold=FOLD_OF.get(name)
+    )
     train, val, split = build_real_dataset(cfg)
     assert val.train_transform is None and train.train_transform is not None
     full_has_unseen = [split.contains_unseen(train[i]["label"]) for i in range(len(train))]

@@ -110,6 +110,7 @@ def check_dataset(
     splits: tuple[str, ...] = ("train", "val"),
     limit: int | None = None,
     progress: bool = False,
+    fold: int | None = None,
 ) -> Report:
     """Checks a dataset's layout and every sample's files; never stops at the first problem.
 
@@ -119,8 +120,11 @@ def check_dataset(
         splits: which splits to check.
         limit: check only the first ``limit`` samples of each split.
         progress: show a progress bar.
+        fold: the fold of PASCAL-5i / COCO-20i (default 0: every fold reads the same files).
     """
-    build = get_builder(name)
+    from zeroseg.data.real import FOLDED
+
+    build = get_builder(name, fold=(fold or 0) if name in FOLDED else fold)
     report = Report(name, str(root))
     if not Path(root).is_dir():
         report.problems.append(

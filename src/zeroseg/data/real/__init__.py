@@ -1,16 +1,19 @@
 """Real benchmarks in their standard layouts: PASCAL VOC 2012 (+SBD), COCO-Stuff 164k, PASCAL
-Context-59 and COCO panoptic 2017, each with the zero-shot class split of DESIGN.md.
+Context-59 and COCO panoptic 2017, each with the zero-shot class split of DESIGN.md, and the
+four-fold PASCAL-5i / COCO-20i splits (SAZS) over the VOC and COCO-Stuff files.
 
 ``DATASETS`` maps a dataset name (``DataConfig.dataset``) to its builder
-``build(root, split, *, limit, train_transform) -> FileListDataset``.
+``build(root, split, *, limit, train_transform) -> FileListDataset``; the builders of ``FOLDED``
+datasets also take ``fold`` (``DataConfig.fold``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from zeroseg.data.classes import ClassSplit
-from zeroseg.data.real import coco_panoptic, coco_stuff, context, voc
+from zeroseg.data.real import coco_panoptic, coco_stuff, context, folds, voc
 from zeroseg.data.real.base import FileListDataset, LayoutError
 
 DATASETS: dict[str, Callable[..., FileListDataset]] = {
@@ -18,20 +21,34 @@ DATASETS: dict[str, Callable[..., FileListDataset]] = {
     "coco_stuff": coco_stuff.build,
     "context": context.build,
     "coco_panoptic": coco_panoptic.build,
+    "pascal_5i": folds.build_pascal_5i,
+    "coco_20i": folds.build_coco_20i,
 }
+FOLDED = frozenset({"pascal_5i", "coco_20i"})
 
 CLASS_SPLITS: dict[str, Callable[[], ClassSplit]] = {
     "voc": voc.class_split,
     "coco_stuff": coco_stuff.class_split,
     "context": context.class_split,
     "coco_panoptic": coco_panoptic.class_split,
+    "pascal_5i": lambda fold=0: folds.pascal_5i_split(fold),
+    "coco_20i": lambda fold=0: folds.coco_20i_split(fold),
 }
 
 
-def get_builder(name: str) -> Callable[..., FileListDataset]:
+def get_builder(name: str, *, fold: int | None = None) -> Callable[..., FileListDataset]:
+    """The builder of dataset ``name``, with ``fold`` bound for the four-fold datasets."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)} (and shapeworld)")
-    return DATASETS[name]
+    build = DATASETS[name]
+    if name in FOLDED:
+        return functools.partial(build, fold=fold)
+    if fold is not None:
+        raise ValueError(
+            f"data.fold is set ({fold}) but {name} has one fixed split; folds exist for "
+            f"{sorted(FOLDED)}"
+        )
+    return build
 
 
 def build_real_dataset(data_cfg) -> tuple[FileListDataset, FileListDataset, ClassSplit]:
@@ -43,7 +60,7 @@ def build_real_dataset(data_cfg) -> tuple[FileListDataset, FileListDataset, Clas
     """
     from zeroseg.data.transforms import train_transform
 
-    build = get_builder(data_cfg.dataset)
+    build = get_builder(data_cfg.dataset, fold=getattr(data_cfg, "fold", None))
     if not data_cfg.root:
         raise ValueError(
             f"data.root is not set: point it at the {data_cfg.dataset} dataset directory"
@@ -93,6 +110,7 @@ def skip_bad_samples(ds: FileListDataset) -> int:
 __all__ = [
     "CLASS_SPLITS",
     "DATASETS",
+    "FOLDED",
     "FileListDataset",
     "LayoutError",
     "build_real_dataset",

@@ -151,4 +151,6 @@ WRITERS = {
     "coco_stuff": write_coco_stuff,
     "context": write_context,
     "coco_panoptic": write_coco_panoptic,
+    "pascal_5i": write_voc,  # PASCAL-5i and COCO-20i read the VOC and COCO-Stuff files
+    "coco_20i": write_coco_stuff,
 }
