@@ -601,7 +601,9 @@ def read_clip_checkpoint(path: str | Path) -> ClipCheckpoint:
             )
         return _read_hf_directory(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint {path} does not exist")
+        from zeroseg.sources import missing_file
+
+        raise missing_file("clip", path)
     declared = None
     if path.suffix == ".safetensors":
         raw, metadata = _read_safetensors(path)

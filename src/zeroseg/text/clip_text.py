@@ -24,11 +24,9 @@ class CLIPTextEncoder(TextEncoder):
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(
-                f"CLIP checkpoint {path} does not exist: give an OpenAI checkpoint (ViT-B-16.pt, "
-                "published by OpenAI with the CLIP repository) or a Hugging Face CLIP directory "
-                "(openai/clip-vit-base-patch16) downloaded beforehand"
-            )
+            from zeroseg.sources import missing_file
+
+            raise missing_file("clip", path, key="text.encoder")
         self.model = load_clip(path, device=device)
         vocab = path if path.is_dir() and (path / "vocab.json").is_file() else None
         self.tokenizer = CLIPTokenizer(vocab)

@@ -97,7 +97,9 @@ class WordVectors:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"word-vector file not found: {path}")
+            from zeroseg.sources import missing_file
+
+            raise missing_file("wordvec", path, key="text.encoder")
         keep = {w for item in words for w in split_words(item)} if words is not None else None
         vocab: dict[str, int] = {}
         exact_lower: set[str] = set()

@@ -325,7 +325,6 @@ TORCHVISION_WEIGHTS: dict[str, tuple[str, ...]] = {
     "resnet50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
     "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
 }
-_TORCHVISION_URL = "https://download.pytorch.org/models/"
 
 
 def build_resnet(name: str, **kwargs) -> ResNet:
@@ -358,12 +357,9 @@ def load_torchvision_resnet(model: ResNet, path: str | Path) -> ResNet:
     """
     path = Path(path)
     if not path.is_file():
-        files = ", ".join(f for files in TORCHVISION_WEIGHTS.values() for f in files)
-        raise FileNotFoundError(
-            f"ResNet checkpoint not found: {path}. torchvision publishes ImageNet ResNet "
-            f"weights at {_TORCHVISION_URL}<file> ({files}); download one on a machine with "
-            "network access and point the config at the local file."
-        )
+        from zeroseg.sources import missing_file
+
+        raise missing_file("resnet", path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
