@@ -252,11 +252,12 @@ def test_paper_presets_parse_and_build(preset, classes):
 
     cfg = load_config(preset)
     assert cfg.eval.mode == "slide" and (cfg.eval.crop, cfg.eval.stride) == (512, 426)
-    assert cfg.model["encoder"] == "ViT-B/16" and cfg.model["pretrained"] is None
+    assert cfg.model["encoder"] == "ViT-B/16"
+    assert cfg.model["pretrained"] == "checkpoints/ViT-B-16.pt"
+    assert cfg.text.encoder == "clip:checkpoints/ViT-B-16.pt"
     # Tiny overrides: the same wiring on the "tiny" CLIP (output_dim 32), randomly initialised.
-    cfg = load_config(
-        preset, ["model.encoder=tiny", "model.decoder.width=32", "model.decoder.heads=2"]
-    )
+    tiny = ["model.encoder=tiny", "model.decoder.width=32", "model.decoder.heads=2"]
+    cfg = load_config(preset, [*tiny, "model.pretrained=null"])
     names = [f"class {i}" for i in range(classes)]
     split = ClassSplit(tuple(names), unseen=tuple(range(classes - 3, classes)))
     m = build_method(cfg, split, 32).eval()

@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeroseg.data.loader import hflip
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
 from zeroseg.methods.base import Method, RunContext, downsample_labels, seen_position_lookup
 from zeroseg.methods.zs3net import select_top_percent
@@ -437,7 +436,7 @@ class ZegCLIPST(ZegCLIP):
         seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
         seen_mask[list(self.split.seen)] = True
         labelled = ctx.loader(cfg)
-        unlabelled = ctx.loader(cfg, ctx.train_images, seed_offset=1, transform=hflip)
+        unlabelled = ctx.loader(cfg, ctx.train_images, seed_offset=1)  # same augmentation
 
         def batches(start: int, stop: int) -> Iterator[tuple[int, dict]]:
             for (step, lab), (_, unl) in zip(labelled(start, stop), unlabelled(start, stop)):
