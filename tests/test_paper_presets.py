@@ -4,6 +4,7 @@ real layout, on CPU, through the same code path a GPU run takes (only sizes are 
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from zeroseg import runner
@@ -128,3 +129,13 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
     )
     assert 0.0 <= metrics["miou"] <= 100.0
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    if method in CLIP_METHODS:  # the frozen encoder holds the CLIP file's weights after training
+        from zeroseg.models.pretrained import load_clip
+
+        visual = load_clip(ckpt).visual.state_dict()
+        for key, value in result.method.encoder.state_dict().items():
+            assert torch.equal(value.cpu(), visual[key]), key
+        # the trained model's checkpoint is self-contained: no CLIP file needed to load it
+        ckpt.unlink()
+        loaded, *_ = runner.load_model(tmp_path / "run" / "model.safetensors")
+        assert torch.equal(loaded.encoder.state_dict()[key], visual[key])

@@ -103,6 +103,10 @@ class ZegCLIPConfig:
         2  # the loss runs at (H, W) / loss_stride (masks upsampled, labels subsampled)
     )
     seen_reduction: float = 0.1  # subtracted from seen-class scores at inference (inductive only)
+    # Images are resized by this factor before the encoder (2: a 64 px ShapeWorld image becomes
+    # 128 px, a 16x16 token grid with patch 8), as the paper feeds 512 px crops to ViT-B/16 for a
+    # 32x32 grid. Masks come back at the image's own size either way.
+    input_scale: float = 1.0
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)  # zegclip-st only
 
 
@@ -262,11 +266,9 @@ class ZegCLIP(Method):
             raise ValueError(
                 f"unknown ZegCLIP encoder {cfg.encoder!r}; valid: ['shapeworld', {sorted(CLIP_PRESETS)}]"
             )
-        if cfg.pretrained is None:
-            return VisionTransformer(CLIP_PRESETS[cfg.encoder].vision)
-        from zeroseg.models.pretrained import load_clip
-
-        return load_clip(cfg.pretrained, config=CLIP_PRESETS[cfg.encoder]).visual
+        # The CLIP weights are read when training starts (``_stage0``), not here: a trained
+        # model's checkpoint holds the encoder, so evaluating or predicting needs no CLIP file.
+        return VisionTransformer(CLIP_PRESETS[cfg.encoder].vision)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -277,6 +279,10 @@ class ZegCLIP(Method):
     def mask_logits(self, images: Tensor, class_embeddings: Tensor) -> list[Tensor]:
         """(B, 3, H, W) uint8, (K, D) -> per decoder layer (B, K, h, w) mask logits."""
         x = (images.float() - self.mean) / self.std
+        if self.cfg.input_scale != 1.0:
+            x = F.interpolate(
+                x, scale_factor=self.cfg.input_scale, mode="bilinear", align_corners=False
+            )
         if self.prompts is None:
             with torch.no_grad():  # nothing upstream of the decoder is trained
                 feats = self.encoder.forward_features(x)
@@ -333,6 +339,14 @@ class ZegCLIP(Method):
 
     def _stage0(self, ctx: RunContext) -> None:
         if self.cfg.encoder != "shapeworld":
+            if self.cfg.pretrained is not None:  # the frozen CLIP image encoder
+                from zeroseg.models.pretrained import load_clip
+
+                visual = load_clip(
+                    self.cfg.pretrained, config=CLIP_PRESETS[self.cfg.encoder]
+                ).visual
+                self.encoder.load_state_dict(visual.state_dict())
+                self.encoder.to(ctx.device)
             return
         if ctx.world is None:
             raise ValueError(
