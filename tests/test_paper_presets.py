@@ -129,6 +129,10 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
     )
     assert 0.0 <= metrics["miou"] <= 100.0
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    extra = getattr(result.method, "extra_metrics", None)
+    if extra is not None and "panoptic" in result.data.val[0]:  # PQ / AP50 on panoptic data
+        pan = extra(cfg, result.data, result.embed, progress=False)
+        assert {"seen_pq", "unseen_pq", "hpq", "seen_ap50", "unseen_ap50"} <= set(pan), sorted(pan)
     if method in CLIP_METHODS:  # the frozen encoder holds the CLIP file's weights after training
         from zeroseg.models.pretrained import load_clip
 

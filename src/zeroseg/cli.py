@@ -91,6 +91,10 @@ def cmd_eval(args) -> int:
     )
     out = {k: v for k, v in metrics.items() if k != "per_class_iou"}
     out["infer_ms_per_image"] = spi * 1000
+    # Segment-producing methods (PADing, AlignZeg) add PQ and AP50 on panoptic data.
+    extra = getattr(method, "extra_metrics", None)
+    if extra is not None and len(data.val) and "panoptic" in data.val[0]:
+        out.update(extra(cfg, data, embed, progress=not args.no_progress))
     print(json.dumps(out, indent=2))
     return 0
 

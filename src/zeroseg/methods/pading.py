@@ -56,6 +56,7 @@ from safetensors.torch import load_file, save_file
 
 from zeroseg.data.loader import iterate_eval
 from zeroseg.data.protocol import assert_seen_only
+from zeroseg.engine import distributed as dist
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import mmd_loss
@@ -206,22 +207,33 @@ class MaskProjection(Method):
         )
         self.eval()
         is_thing = self.is_thing.to(device)
-        for batch in iterate_eval(data.val, cfg.eval.batch_size):
-            probs, masks = self.predict(batch["image"].to(device), emb)
-            for b in range(len(probs)):
-                pan, rows = panoptic_inference(
-                    probs[b],
-                    masks[b].sigmoid(),
-                    is_thing,
-                    object_threshold=self.cfg.object_threshold,
-                    overlap_threshold=self.cfg.overlap_threshold,
-                )
-                gt_pan, gt_segs = batch["panoptic"][b], batch["segments"][b]
-                pq.process(pan.cpu(), rows, gt_pan, gt_segs)
-                m, s, lab = instance_inference(probs[b], masks[b], is_thing, topk=self.cfg.topk)
-                thing_rows = gt_segs[gt_segs[:, 2] == 1]
-                gt_masks = gt_pan[None] == thing_rows[:, 0][:, None, None]
-                ap.process(m.cpu(), s.cpu(), lab.cpu(), gt_masks, thing_rows[:, 1])
+        # Each rank takes every world_size-th image; the statistics are merged below.
+        for batch in iterate_eval(
+            data.val, cfg.eval.batch_size, rank=dist.rank(), world_size=dist.world_size()
+        ):
+            for images, gt_pans, gt_segments in _image_groups(batch):
+                probs, masks = self.predict(images.to(device), emb)
+                for b in range(len(probs)):
+                    pan, rows = panoptic_inference(
+                        probs[b],
+                        masks[b].sigmoid(),
+                        is_thing,
+                        object_threshold=self.cfg.object_threshold,
+                        overlap_threshold=self.cfg.overlap_threshold,
+                    )
+                    gt_pan, gt_segs = gt_pans[b], gt_segments[b]
+                    pq.process(pan.cpu(), rows, gt_pan, gt_segs)
+                    m, s, lab = instance_inference(probs[b], masks[b], is_thing, topk=self.cfg.topk)
+                    thing_rows = gt_segs[gt_segs[:, 2] == 1]
+                    gt_masks = gt_pan[None] == thing_rows[:, 0][:, None, None]
+                    ap.process(m.cpu(), s.cpu(), lab.cpu(), gt_masks, thing_rows[:, 1])
+        if dist.is_dist():
+            for evaluator in (pq, ap):
+                states = [None] * dist.world_size()
+                torch.distributed.all_gather_object(states, evaluator.state())
+                for r, state in enumerate(states):
+                    if r != dist.rank():
+                        evaluator.merge(state)
         out = {k: v for k, v in pq.evaluate().items() if not k.startswith("per_class")}
         for k, v in ap.evaluate().items():
             if k.startswith("per_class"):
@@ -229,6 +241,19 @@ class MaskProjection(Method):
             # Both evaluators count classes in "n" keys: the instance counts become "ap_*n".
             out[f"ap_{k}" if k == "n" or k.endswith("_n") else k] = v
         return out
+
+
+def _image_groups(batch: dict):
+    """(images, panoptic maps, segment tables) of an evaluation batch, in groups of one size.
+
+    Images of equal size come stacked (one group); images of different sizes (real datasets)
+    come as lists and are yielded one at a time.
+    """
+    if isinstance(batch["image"], list):
+        for image, pan, segs in zip(batch["image"], batch["panoptic"], batch["segments"]):
+            yield image[None], [pan], [segs]
+    else:
+        yield batch["image"], batch["panoptic"], batch["segments"]
 
 
 # -- stage 2: generators, disentanglement, alignment ------------------------------------------------
