@@ -113,6 +113,9 @@ class ZS3NetConfig:
         default_factory=dict
     )  # DeepLabConfig fields, e.g. feature_dim
     pretrained_backbone: str | None = None  # torchvision-format ResNet .pth for the backbone
+    # Images are resized by this factor before the segmenter (2: a 64 px ShapeWorld image gives a
+    # 32x32 stride-4 feature map, as DeepLab's 513 px VOC crops give 33x33 at stride 16).
+    input_scale: float = 1.0
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     generator_train: TrainConfig = field(  # stage 2 schedule (ZS3: Adam 2e-4)
         default_factory=lambda: _stage(
@@ -287,9 +290,18 @@ class ZS3Net(Method):
         self._vocab_cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ model
+    def segmenter_input(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) uint8 -> the normalised (and ``input_scale``-resized) segmenter input."""
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        if self.cfg.input_scale != 1.0:
+            x = F.interpolate(
+                x, scale_factor=self.cfg.input_scale, mode="bilinear", align_corners=False
+            )
+        return x
+
     def features(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) uint8 -> (B, F, H/4, W/4) pre-classifier features."""
-        return self.segmenter.forward_features((images.float() - self.pixel_mean) / self.pixel_std)
+        """(B, 3, H, W) uint8 -> (B, F, h, w) pre-classifier features (h = H * input_scale / 4)."""
+        return self.segmenter.forward_features(self.segmenter_input(images))
 
     @property
     def seen_t(self) -> Tensor:
@@ -308,6 +320,7 @@ class ZS3Net(Method):
             "overrides": c.segmenter_overrides,
             "pretrained": c.pretrained_backbone,
             "train": dataclasses.asdict(ctx.cfg.train),
+            **({"input_scale": c.input_scale} if c.input_scale != 1.0 else {}),
         }
 
     def _key2(self, ctx: RunContext) -> dict:
@@ -353,12 +366,11 @@ class ZS3Net(Method):
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
         loader = ctx.loader(cfg, transform=ctx.train_transform or hflip)
-        mean, std = self.pixel_mean.to(ctx.device), self.pixel_std.to(ctx.device)
 
         def step(seg, batch):
             # Loss at feature resolution (labels nearest-subsampled): the K-channel upsampling
             # would otherwise dominate a CPU step.
-            images = (batch["image"].to(ctx.device).float() - mean) / std
+            images = self.segmenter_input(batch["image"].to(ctx.device))
             out = seg.classifier(seg.forward_features(images)).float()
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
@@ -728,12 +740,11 @@ class ZS5Net(ZS3Net):
                     },
                 )
 
-        mean, std = self.pixel_mean.to(ctx.device), self.pixel_std.to(ctx.device)
         ignore = self.split.ignore_index
 
         def step(seg, batch):
             images = torch.cat([batch["image"], batch["pseudo_image"]]).to(ctx.device)
-            out = seg.classifier(seg.forward_features((images.float() - mean) / std)).float()
+            out = seg.classifier(seg.forward_features(self.segmenter_input(images))).float()
             size = out.shape[-2:]
             n = len(batch["image"])
             seen_t = downsample_labels(batch["label"].to(ctx.device), size)
