@@ -243,24 +243,3 @@ def test_shapeworld_presets_share_stage_one(name):
     assert cfg.model["mask"] == base.model["mask"] and cfg.model.get("match") == base.model.get(
         "match"
     )
-
-
-def test_panoptic_evaluation_groups_images_of_different_sizes():
-    # real datasets: images of different sizes arrive as lists and are predicted one at a time
-    from zeroseg.data.loader import collate
-    from zeroseg.methods.pading import _image_groups
-
-    def sample(h, w, n):
-        return {
-            "image": torch.zeros(3, h, w, dtype=torch.uint8),
-            "panoptic": torch.zeros(h, w, dtype=torch.int64),
-            "segments": torch.zeros(n, 3, dtype=torch.int64),
-        }
-
-    ragged = collate([sample(6, 8, 2), sample(10, 4, 3)])
-    groups = list(_image_groups(ragged))
-    assert [g[0].shape for g in groups] == [(1, 3, 6, 8), (1, 3, 10, 4)]
-    assert [len(g[2][0]) for g in groups] == [2, 3]
-    same = collate([sample(6, 8, 2), sample(6, 8, 3)])  # one size: one group, segments a list
-    (images, pans, segs), *rest = list(_image_groups(same))
-    assert not rest and images.shape == (2, 3, 6, 8) and [len(s) for s in segs] == [2, 3]

@@ -116,6 +116,31 @@ def iterate_eval(dataset, batch_size: int, *, rank: int = 0, world_size: int = 1
         yield collate([dataset[i] | {"index": i} for i in idx[k : k + batch_size]])
 
 
+_PIXEL_KEYS = ("image", "label", "panoptic")
+
+
+def size_groups(batch: dict) -> Iterator[dict]:
+    """Sub-batches of one image size from an evaluation batch of :func:`collate`.
+
+    Images of equal size come stacked: the batch itself is the one group. Images of different
+    sizes (real datasets) come as lists: each sample becomes its own group, its pixel maps with a
+    batch dimension of 1 and every other per-sample field (ids, segment tables) a one-item list.
+    """
+    if not isinstance(batch["image"], list):
+        yield batch
+        return
+    for i in range(len(batch["image"])):
+        group = {}
+        for key, value in batch.items():
+            if isinstance(value, list):
+                group[key] = value[i][None] if key in _PIXEL_KEYS else [value[i]]
+            elif isinstance(value, torch.Tensor):
+                group[key] = value[i : i + 1]
+            else:
+                group[key] = value
+        yield group
+
+
 def hflip(sample: dict, rng: np.random.Generator) -> dict:
     """Random horizontal flip of image, label and panoptic map."""
     if rng.random() < 0.5:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from zeroseg.data.loader import iterate_eval
+from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B,3,h,w) uint8 -> (B,K,h,w) scores
@@ -107,20 +107,7 @@ def evaluate_semantic(
         dataset, cfg.batch_size, rank=dist.rank(), world_size=dist.world_size()
     ):
         # Images of different sizes (real datasets) arrive as lists: run them one at a time.
-        if isinstance(batch["image"], list):
-            parts = [
-                {
-                    k: (v[i : i + 1] if isinstance(v, list) and k in ("image", "label") else v)
-                    for k, v in batch.items()
-                }
-                for i in range(len(batch["image"]))
-            ]
-            parts = [
-                {**p, "image": p["image"][0][None], "label": p["label"][0][None]} for p in parts
-            ]
-        else:
-            parts = [batch]
-        for part in parts:
+        for part in size_groups(batch):
             t = time.perf_counter()
             scores = infer_scores(fn, part["image"], cfg)
             pred = post(scores, part) if post is not None else scores.argmax(1)

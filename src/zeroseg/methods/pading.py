@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from zeroseg.data.loader import iterate_eval
+from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine import distributed as dist
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
@@ -211,8 +211,9 @@ class MaskProjection(Method):
         for batch in iterate_eval(
             data.val, cfg.eval.batch_size, rank=dist.rank(), world_size=dist.world_size()
         ):
-            for images, gt_pans, gt_segments in _image_groups(batch):
-                probs, masks = self.predict(images.to(device), emb)
+            for group in size_groups(batch):  # real images of different sizes: one at a time
+                probs, masks = self.predict(group["image"].to(device), emb)
+                gt_pans, gt_segments = group["panoptic"], group["segments"]
                 for b in range(len(probs)):
                     pan, rows = panoptic_inference(
                         probs[b],
@@ -241,19 +242,6 @@ class MaskProjection(Method):
             # Both evaluators count classes in "n" keys: the instance counts become "ap_*n".
             out[f"ap_{k}" if k == "n" or k.endswith("_n") else k] = v
         return out
-
-
-def _image_groups(batch: dict):
-    """(images, panoptic maps, segment tables) of an evaluation batch, in groups of one size.
-
-    Images of equal size come stacked (one group); images of different sizes (real datasets)
-    come as lists and are yielded one at a time.
-    """
-    if isinstance(batch["image"], list):
-        for image, pan, segs in zip(batch["image"], batch["panoptic"], batch["segments"]):
-            yield image[None], [pan], [segs]
-    else:
-        yield batch["image"], batch["panoptic"], batch["segments"]
 
 
 # -- stage 2: generators, disentanglement, alignment ------------------------------------------------
