@@ -140,3 +140,22 @@ def test_a_checkpoint_of_another_architecture_fails_naming_keys(demo_run, tmp_pa
     save_checkpoint(tmp_path / "other.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match=r"misshaped keys: backbone\.\S+: checkpoint"):
         load_model(tmp_path / "other.safetensors")
+
+
+def test_cli_eval_applies_model_overrides_and_takes_a_run_directory(demo_run, capsys):
+    run = next((demo_run / "runs").glob("projection-*"))
+
+    def evaluate(*sets: str) -> dict:
+        args = ["eval", str(run), "--no-progress"]
+        for s in sets:
+            args += ["--set", s]
+        assert main(args) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain = evaluate()
+    calibrated = evaluate("model.calibration=5.0")
+    # An inference option set on the command line reaches the rebuilt model: a large calibration
+    # moves pixels to unseen classes (before the fix, the override was silently ignored).
+    assert calibrated["unseen_miou"] != plain["unseen_miou"]
+    assert main(["eval", str(run), "--set", "model.backbone.out_dim=7", "--no-progress"]) == 2
+    assert "misshaped" in capsys.readouterr().err

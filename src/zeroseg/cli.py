@@ -67,13 +67,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from zeroseg import runner
-    from zeroseg.config import from_dict, load_config, to_dict
 
-    method, cfg, split, _ = runner.load_model(args.checkpoint, device=args.device)
-    if args.set or args.world:
-        sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
-        cfg = load_config(to_dict(cfg), sets)
-        cfg = from_dict(type(cfg), to_dict(cfg))
+    sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
+    method, cfg, split, _ = runner.load_model(args.checkpoint, device=args.device, overrides=sets)
     data = runner.build_data(cfg, progress=not args.no_progress)
     if data.split.names != split.names:
         raise SystemExit(
@@ -250,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a model checkpoint on its validation split")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a model.safetensors, or the run directory holding it")
     e.add_argument("--world", help="ShapeWorld spec (default: the one it was trained on)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--refine", choices=["spectral"], help="refine predictions at inference")
@@ -258,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     pr = sub.add_parser("predict", help="segment images with any vocabulary")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help="a model.safetensors, or the run directory holding it")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--classes", required=True, help='comma-separated class names, e.g. "a,b,c"')
     pr.add_argument("--out", default="predictions")

@@ -188,14 +188,33 @@ def save_model(
 
 
 def load_model(
-    path: str | Path, *, device: str = "cpu"
+    path: str | Path, *, device: str = "cpu", overrides: list[str] | None = None
 ) -> tuple[Method, ExperimentConfig, ClassSplit, dict]:
-    """Rebuilds a method from a ``model.safetensors`` written by :func:`save_model` (strict)."""
+    """Rebuilds a method from a ``model.safetensors`` written by :func:`save_model` (strict).
+
+    Args:
+        path: the checkpoint, or a run directory holding ``model.safetensors``.
+        overrides: ``KEY=VALUE`` config changes applied before the method is built, so inference
+            options (``model.calibration``, ``model.seen_reduction``, ``eval.*``, ``data.*``) take
+            effect; a change to the architecture fails the strict load with the keys named.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
     tensors, meta = load_checkpoint(path)
     for key in ("method", "config", "split", "embed_dim"):
         if key not in meta:
             raise CheckpointError(f"{path} lacks {key!r}: it is not a zeroseg model checkpoint")
     cfg = from_dict(ExperimentConfig, meta["config"], where=f"{path}:config")
+    if overrides:
+        from zeroseg.config import load_config, to_dict
+
+        cfg = load_config(to_dict(cfg), list(overrides))
+        if cfg.method != meta["method"]:
+            raise CheckpointError(
+                f"{path} holds a {meta['method']!r} model; an override cannot change the method "
+                f"to {cfg.method!r}"
+            )
     split = ClassSplit.from_dict(meta["split"])
     method = build_method(cfg, split, int(meta["embed_dim"]))
     load_state_dict_strict(method, tensors, what=f"checkpoint {path}")
