@@ -159,3 +159,28 @@ def test_cli_eval_applies_model_overrides_and_takes_a_run_directory(demo_run, ca
     assert calibrated["unseen_miou"] != plain["unseen_miou"]
     assert main(["eval", str(run), "--set", "model.backbone.out_dim=7", "--no-progress"]) == 2
     assert "misshaped" in capsys.readouterr().err
+
+
+def test_demo_seeds_writes_each_run_and_the_spread(tiny_world, tmp_path):
+    out = tmp_path / "seeds"
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--out", str(out)]
+    args += ["--no-progress", "--set", "train.iters=20", "--set", "eval.batch_size=32"]
+    assert main([*args, "--seeds", "0", "1"]) == 0
+    spread = json.loads((out / "seeds.json").read_text())
+    by_seed = [json.loads((out / f"seed-{s}" / "report.json").read_text()) for s in (0, 1)]
+    hiou = [r["methods"]["projection"]["hiou"] for r in by_seed]
+    row = spread["methods"]["projection"]["hiou"]
+    assert row["values"] == {"0": hiou[0], "1": hiou[1]}
+    assert row["mean"] == pytest.approx(np.mean(hiou))
+    assert row["std"] == pytest.approx(np.std(hiou, ddof=1))
+    assert "projection" in (out / "seeds.md").read_text()
+    # Different seeds are different runs (initialisation and batch order both change).
+    assert by_seed[0]["methods"]["projection"]["miou"] != by_seed[1]["methods"]["projection"]["miou"]
+
+
+def test_demo_seeds_rejects_one_seed_and_a_conflicting_override(tiny_world, tmp_path, capsys):
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--out", str(tmp_path)]
+    assert main([*args, "--seeds", "3"]) == 2
+    assert "at least two distinct seeds" in capsys.readouterr().err
+    assert main([*args, "--seeds", "0", "1", "--set", "seed=4"]) == 2
+    assert "conflicts with --seeds" in capsys.readouterr().err

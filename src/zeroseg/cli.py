@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 
@@ -25,10 +26,11 @@ def _setup_env() -> None:
 
 
 def cmd_demo(args) -> int:
-    from zeroseg.demo import ABLATIONS, DEFAULT_METHODS, run_demo
+    from zeroseg.demo import ABLATIONS, DEFAULT_METHODS, run_demo, run_seeds
 
     methods = list(args.methods or DEFAULT_METHODS) + (list(ABLATIONS) if args.ablations else [])
-    run_demo(
+    run = run_demo if not args.seeds else partial(run_seeds, seeds=args.seeds)
+    run(
         out=Path(args.out),
         world=args.world,
         methods=methods,
@@ -226,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the ablation rows of ZegCLIP, PADing, AlignZeg",
     )
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="S",
+        help="run every method once per seed (OUT/seed-<s>) and write the spread (OUT/seeds.md)",
+    )
     d.add_argument("--quick", action="store_true", help="a short schedule for a fast look")
     d.add_argument(
         "--refine",

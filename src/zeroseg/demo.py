@@ -219,3 +219,64 @@ def run_demo(
     md, js = write_report(out, summary)
     print(f"[zeroseg] report: {md} and {js} ({summary['total_seconds']:.0f}s)")
     return summary
+
+
+SEED_METRICS = ("seen_miou", "unseen_miou", "hiou")
+
+
+def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
+    """The demo once per seed (``out/seed-<s>``, each with its full report) plus a spread table.
+
+    Seed ``s`` sets the experiment ``seed`` (weight initialisation, and every stage key) and
+    ``train.seed`` (the stage-1 batch order); the stage-0 encoder is shared, as a fixed CLIP
+    checkpoint would be. Writes ``out/seeds.json`` and ``out/seeds.md``: per method the mean,
+    sample standard deviation, minimum and maximum of mIoU(S), mIoU(U) and hIoU over the seeds.
+
+    Args:
+        out: output directory.
+        seeds: at least two distinct seeds.
+        **kwargs: everything else :func:`run_demo` takes (``methods``, ``quick``, ``overrides``...).
+    """
+    seeds = list(seeds)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs at least two distinct seeds, got {seeds}")
+    overrides = list(kwargs.pop("overrides", ()))
+    for key in ("seed", "train.seed"):
+        if any(o.split("=", 1)[0].strip() == key for o in overrides):
+            raise ValueError(f"--set {key}=... conflicts with --seeds; drop one of them")
+    runs = {}
+    for seed in seeds:
+        print(f"[zeroseg] seed {seed}")
+        runs[seed] = run_demo(
+            out=out / f"seed-{seed}",
+            overrides=[*overrides, f"seed={seed}", f"train.seed={seed}"],
+            **kwargs,
+        )
+    spread = seed_spread({s: r["methods"] for s, r in runs.items()})
+    summary = {"seeds": seeds, "methods": spread, "title": runs[seeds[0]]["title"]}
+    out.mkdir(parents=True, exist_ok=True)
+    from zeroseg.report import write_seed_report
+
+    md, js = write_seed_report(out, summary)
+    print(f"[zeroseg] spread over seeds {seeds}: {md} and {js}")
+    return summary
+
+
+def seed_spread(rows_by_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """Per method and metric: the values by seed, mean, sample std (ddof 1), min and max."""
+    seeds = list(rows_by_seed)
+    names = list(rows_by_seed[seeds[0]])
+    out: dict[str, dict] = {}
+    for name in names:
+        row: dict = {"protocol": rows_by_seed[seeds[0]][name].get("protocol")}
+        for metric in SEED_METRICS:
+            values = np.array([float(rows_by_seed[s][name][metric]) for s in seeds])
+            row[metric] = {
+                "values": dict(zip(map(str, seeds), values.tolist(), strict=True)),
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)),
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
+        out[name] = row
+    return out

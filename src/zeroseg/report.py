@@ -120,3 +120,29 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         )
     _atomic_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md", out / "report.json"
+
+
+def write_seed_report(out: Path, summary: dict) -> tuple[Path, Path]:
+    """Writes ``seeds.json`` and ``seeds.md``: mean ± std (min-max) of each method over seeds."""
+    _atomic_text(out / "seeds.json", json.dumps(summary, indent=2, default=float))
+    seeds = summary["seeds"]
+    lines = [
+        f"# zeroseg seed spread: {summary.get('title', 'ShapeWorld')}",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; each seed's full report is in `seed-<s>/report.md`.",
+        "Percent; mean ± sample standard deviation, (min - max) over the seeds.",
+        "",
+        "| method | protocol | mIoU(S) | mIoU(U) | hIoU |",
+        "|---|---|---:|---:|---:|",
+    ]
+
+    def cell(m: dict) -> str:
+        return f"{m['mean']:.1f} ± {m['std']:.1f} ({m['min']:.1f} - {m['max']:.1f})"
+
+    for name, row in summary["methods"].items():
+        lines.append(
+            f"| {name} | {row.get('protocol') or '-'} | {cell(row['seen_miou'])} | "
+            f"{cell(row['unseen_miou'])} | {cell(row['hiou'])} |"
+        )
+    _atomic_text(out / "seeds.md", "\n".join(lines) + "\n")
+    return out / "seeds.md", out / "seeds.json"
