@@ -175,7 +175,9 @@ def test_demo_seeds_writes_each_run_and_the_spread(tiny_world, tmp_path):
     assert row["std"] == pytest.approx(np.std(hiou, ddof=1))
     assert "projection" in (out / "seeds.md").read_text()
     # Different seeds are different runs (initialisation and batch order both change).
-    assert by_seed[0]["methods"]["projection"]["miou"] != by_seed[1]["methods"]["projection"]["miou"]
+    assert (
+        by_seed[0]["methods"]["projection"]["miou"] != by_seed[1]["methods"]["projection"]["miou"]
+    )
 
 
 def test_demo_seeds_rejects_one_seed_and_a_conflicting_override(tiny_world, tmp_path, capsys):
