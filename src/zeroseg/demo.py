@@ -254,7 +254,6 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
         )
     spread = seed_spread({s: r["methods"] for s, r in runs.items()})
     summary = {"seeds": seeds, "methods": spread, "title": runs[seeds[0]]["title"]}
-    out.mkdir(parents=True, exist_ok=True)
     from zeroseg.report import write_seed_report
 
     md, js = write_seed_report(out, summary)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from zeroseg import __version__
-from zeroseg.config import ExperimentConfig, from_dict, to_dict
+from zeroseg.config import ExperimentConfig, from_dict, load_config, to_dict
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.loader import hflip
 from zeroseg.data.protocol import SeenOnly
@@ -207,8 +207,6 @@ def load_model(
             raise CheckpointError(f"{path} lacks {key!r}: it is not a zeroseg model checkpoint")
     cfg = from_dict(ExperimentConfig, meta["config"], where=f"{path}:config")
     if overrides:
-        from zeroseg.config import load_config, to_dict
-
         cfg = load_config(to_dict(cfg), list(overrides))
         if cfg.method != meta["method"]:
             raise CheckpointError(

@@ -70,20 +70,6 @@ THINGS_TABLE = _things_only(coco_stuff.TABLE)
 THINGS_RAW_TABLE = _things_only(coco_stuff.RAW_TABLE)
 
 
-def _build(files, split_fn, fold, tables, *, name, split, limit, train_transform):
-    table, scheme = tables
-    return FileListDataset(
-        files,
-        class_split=split_fn(fold),
-        table=table,
-        scheme=scheme,
-        name=name,
-        split_name=split,
-        limit=limit,
-        train_transform=train_transform,
-    )
-
-
 def build_pascal_5i(
     root: str | Path,
     split: str,
@@ -92,9 +78,16 @@ def build_pascal_5i(
     limit: int | None = None,
     train_transform=None,
 ) -> FileListDataset:
-    tables = (voc.TABLE, voc.SCHEME)
-    kw = dict(name="pascal_5i", split=split, limit=limit, train_transform=train_transform)
-    return _build(voc.items(root, split), pascal_5i_split, fold, tables, **kw)
+    return FileListDataset(
+        voc.items(root, split),
+        class_split=pascal_5i_split(fold),
+        table=voc.TABLE,
+        scheme=voc.SCHEME,
+        name="pascal_5i",
+        split_name=split,
+        limit=limit,
+        train_transform=train_transform,
+    )
 
 
 def build_coco_20i(
@@ -106,6 +99,13 @@ def build_coco_20i(
     train_transform=None,
 ) -> FileListDataset:
     files, raw = coco_stuff.items(root, split)
-    tables = (THINGS_RAW_TABLE, coco_stuff.RAW_SCHEME) if raw else (THINGS_TABLE, coco_stuff.SCHEME)
-    kw = dict(name="coco_20i", split=split, limit=limit, train_transform=train_transform)
-    return _build(files, coco_20i_split, fold, tables, **kw)
+    return FileListDataset(
+        files,
+        class_split=coco_20i_split(fold),
+        table=THINGS_RAW_TABLE if raw else THINGS_TABLE,
+        scheme=coco_stuff.RAW_SCHEME if raw else coco_stuff.SCHEME,
+        name="coco_20i",
+        split_name=split,
+        limit=limit,
+        train_transform=train_transform,
+    )
