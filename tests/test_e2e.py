@@ -1,6 +1,7 @@
 """End-to-end: the demo on a tiny world with fixed seeds, asserting that models really learn."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -55,6 +56,20 @@ def test_demo_writes_report_with_the_headline_keys(demo_run):
     assert (demo_run / "report.md").read_text().startswith("# zeroseg report")
     for fig in ("bars.png", "predictions.png"):
         assert Image.open(demo_run / fig).size[0] > 100
+
+
+def test_a_rerun_reuses_finished_stages_and_says_so(demo_run, tiny_world, tmp_path, capsys):
+    first = json.loads((demo_run / "report.json").read_text())["methods"]["projection"]
+    assert first["reused"] is False
+    out = tmp_path / "again"
+    shutil.copytree(demo_run / "runs", out / "runs")  # the fixture's report stays untouched
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--out", str(out)]
+    args += ["--no-progress", "--set", "train.iters=300", "--set", "eval.batch_size=32"]
+    assert main(args) == 0
+    assert "every stage reused from an earlier run" in capsys.readouterr().out
+    again = json.loads((out / "report.json").read_text())["methods"]["projection"]
+    assert again["reused"] is True and again["hiou"] == first["hiou"]
+    assert "| reused |" in (out / "report.md").read_text()
 
 
 def test_the_oracle_learns(demo_run):

@@ -100,11 +100,15 @@ def build_refinement(kind: str):
     raise ValueError(f"unknown refinement {kind!r}; valid: {list(REFINEMENTS)}")
 
 
-def row_from(metrics: dict, method, train_seconds: float, sec_per_image: float, notes) -> dict:
+def row_from(
+    metrics: dict, method, train_seconds: float, sec_per_image: float, notes, *, reused=False
+) -> dict:
+    """A report row; ``reused``: every stage was loaded from an earlier run (no training time)."""
     row = {k: v for k, v in metrics.items()}
     row.update(
         protocol=method.protocol,
         train_seconds=train_seconds,
+        reused=reused,
         infer_ms_per_image=sec_per_image * 1000,
         notes=list(notes),
     )
@@ -142,7 +146,7 @@ def run_demo(
             )
             data = runner.build_data(cfg, progress=progress)
         directory = out / "runs" / f"{name}-{fingerprint(cfg, spec.content_key())}"
-        print(f"[zeroseg] {name}: training into {directory}")
+        print(f"[zeroseg] {name}: training (or loading finished stages) into {directory}")
         result = runner.train(cfg, directory, progress=progress, data=data)
         metrics, spi, kept = runner.evaluate(
             result.method,
@@ -156,7 +160,10 @@ def run_demo(
         extra = getattr(result.method, "extra_metrics", None)
         if extra is not None:
             metrics.update(extra(cfg, data, result.embed, progress=progress))
-        rows[name] = row_from(metrics, result.method, result.train_seconds, spi, result.notes)
+        reused = not result.trained_stages
+        rows[name] = row_from(
+            metrics, result.method, result.train_seconds, spi, result.notes, reused=reused
+        )
         grid_preds[name] = [p.cpu().numpy() for p in kept]
         for kind in refine if refine_on is None or name in refine_on else ():
             post = build_refinement(kind)
@@ -172,16 +179,21 @@ def run_demo(
             )
             note = f"{name} refined by {kind} fusion at inference (no ground truth used)"
             rows[f"{name}+{kind}"] = row_from(
-                r_metrics, result.method, result.train_seconds, r_spi, [note]
+                r_metrics, result.method, result.train_seconds, r_spi, [note], reused=reused
             )
             grid_preds[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
             print(
                 f"[zeroseg] {name}+{kind}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "
                 f"{r_metrics['unseen_miou']:.1f}  hIoU {r_metrics['hiou']:.1f}  boundary F {r_metrics['boundary_f']:.1f}"
             )
+        took = (
+            "every stage reused from an earlier run"
+            if reused
+            else f"{result.train_seconds:.0f}s train"
+        )
         print(
             f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) {metrics['unseen_miou']:.1f}"
-            f"  hIoU {metrics['hiou']:.1f}  ({result.train_seconds:.0f}s train)"
+            f"  hIoU {metrics['hiou']:.1f}  ({took})"
         )
     from zeroseg.report import write_report
     from zeroseg.viz import bar_chart, prediction_grid

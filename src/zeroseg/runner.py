@@ -128,6 +128,7 @@ class TrainResult:
     embed: Embedder
     train_seconds: float
     notes: list[str]
+    trained_stages: list[str]  # stages trained in this call; empty: all loaded from earlier runs
 
 
 def train(
@@ -169,7 +170,7 @@ def train(
     if dist.is_main():
         save_model(method, cfg, data.split, directory / "model.safetensors", notes=ctx.notes)
     dist.barrier()
-    return TrainResult(method, data, embed, seconds, ctx.notes)
+    return TrainResult(method, data, embed, seconds, ctx.notes, ctx.trained)
 
 
 def save_model(

@@ -40,6 +40,8 @@ class RunContext:
         notes: methods append human-readable notes for the report (e.g. what they pretrain on).
         train_transform: the dataset's training augmentation ``f(sample, rng) -> sample``
             (random resize/crop/flip/photometric for real data, a flip for ShapeWorld).
+        trained: the stages :meth:`train_stage` ran in this call (empty when every stage was
+            loaded from an earlier run).
     """
 
     cfg: object
@@ -53,6 +55,7 @@ class RunContext:
     world: object | None = None
     notes: list[str] = field(default_factory=list)
     train_transform: Callable | None = None
+    trained: list[str] = field(default_factory=list)
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
@@ -80,6 +83,7 @@ class RunContext:
         """
         from zeroseg.engine.trainer import train_stage
 
+        self.trained.append(kwargs["stage"])
         return train_stage(
             split=self.split if guard else None,
             device=self.device,
