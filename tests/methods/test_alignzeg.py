@@ -190,6 +190,8 @@ def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, mon
     )
     assert "alignzeg-model" not in stages
     assert torch.equal(nobc.method.model.query_feat.weight, result.method.model.query_feat.weight)
+    assert nobc.trained_stages == []
+    assert nobc.notes == result.notes  # a reused stage is described as the trained one
 
 
 def test_rows_registered_and_flags_checked():

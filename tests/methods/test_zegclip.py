@@ -239,6 +239,24 @@ def test_tiny_end_to_end_fit(tiny_world, tmp_path):
     assert (tmp_path / "zegclip" / "model.safetensors").is_file()
 
 
+def test_a_finished_stage_needs_no_stage0_encoder(tiny_world, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_world, extra=["train.iters=3"])
+    first = train(cfg, tmp_path / "run", progress=False)
+    assert first.trained_stages == ["zegclip"]
+    # Another machine's cache: the finished stage holds the frozen encoder, so nothing retrains.
+    monkeypatch.setenv("ZEROSEG_CACHE", str(tmp_path / "empty-cache"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("stage 0 was loaded or trained for a finished ZegCLIP stage")
+
+    monkeypatch.setattr("zeroseg.pretrain.load_or_train", forbidden)
+    again = train(cfg, tmp_path / "run", progress=False)
+    assert again.trained_stages == []
+    assert "starts from the ShapeWorld CLIP-style encoder (stage 0)" in again.notes
+    for key, value in first.method.state_dict().items():
+        assert torch.equal(value, again.method.state_dict()[key]), key
+
+
 @pytest.mark.parametrize(
     "preset,classes",
     [

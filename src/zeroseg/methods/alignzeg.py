@@ -315,13 +315,14 @@ class AlignZeg(MaskProjection):
 
         visual = load_or_train(ctx.world, self.cfg.pretrain, progress=ctx.progress)
         self.model.clip.load_state_dict(visual.state_dict(), strict=True)
-        ctx.notes.append(
-            "fuses the frozen stage-0 caption-contrastive encoder (image-level captions of the separate "
-            "caption split, all class names, no masks) as the paper fuses frozen CLIP"
-        )
 
     def fit(self, ctx: RunContext) -> None:
         stage = ctx.shared_stage_dir("alignzeg-model", self.stage_key(ctx))
+        if self.model.clip is not None:  # said of a reused stage too: it holds the encoder
+            ctx.notes.append(
+                "fuses the frozen stage-0 caption-contrastive encoder (image-level captions of the "
+                "separate caption split, all class names, no masks) as the paper fuses frozen CLIP"
+            )
         if stage_done(stage):
             load_stage(self, stage)
             return

@@ -356,7 +356,6 @@ class ZegCLIP(Method):
 
         visual = load_or_train(ctx.world, self.cfg.pretrain, progress=ctx.progress)
         self.encoder.load_state_dict(visual.state_dict(), strict=True)
-        ctx.notes.append(STAGE0_NOTE)
 
     def _inductive_key(self, ctx: RunContext) -> dict:
         model = dataclasses.asdict(self.cfg)
@@ -371,14 +370,16 @@ class ZegCLIP(Method):
         }
 
     def fit(self, ctx: RunContext) -> None:
-        self._stage0(ctx)
         self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
 
     def fit_inductive(self, ctx: RunContext, stage) -> None:
-        """Stage 1: seen classes, seen names only."""
+        """Stage 1: seen classes, seen names only (the frozen encoder from stage 0 or CLIP first)."""
+        if self.cfg.encoder == "shapeworld":
+            ctx.notes.append(STAGE0_NOTE)
         if stage_done(stage):
-            load_stage(self, stage)
+            load_stage(self, stage)  # holds the frozen encoder too: stage 0 is not needed
             return
+        self._stage0(ctx)
         seen_emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
@@ -436,7 +437,6 @@ class ZegCLIPST(ZegCLIP):
         )
 
     def fit(self, ctx: RunContext) -> None:
-        self._stage0(ctx)
         self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
         stage = ctx.stage_dir("self-training")
         if stage_done(stage):
