@@ -37,3 +37,23 @@ def test_unknown_model_option_fails_at_build():
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError, match="presets:"):
         load_config("nonexistent_preset")
+
+
+def test_a_partial_nested_override_keeps_the_fields_own_defaults():
+    # PretrainConfig.train's default (a batch-128 bf16 cosine schedule) is not TrainConfig()'s;
+    # overriding one key of it must keep the rest (it used to fall back to TrainConfig()).
+    from zeroseg.config import from_dict
+    from zeroseg.methods.zegclip import ZegCLIPConfig
+    from zeroseg.pretrain import PretrainConfig
+
+    cfg = load_config("zegclip_vit-tiny_shapeworld", ["model.pretrain.train.iters=500"])
+    model = from_dict(ZegCLIPConfig, cfg.model, where="model")
+    default = PretrainConfig().train
+    assert model.pretrain.train.iters == 500
+    assert model.pretrain.patch_size == 4  # the preset's value survives the override
+    assert (model.pretrain.train.batch_size, model.pretrain.train.amp) == (
+        default.batch_size,
+        default.amp,
+    )
+    with pytest.raises(ConfigError, match=r"model.pretrain.train: unknown keys \['iterz'\]"):
+        from_dict(ZegCLIPConfig, {"pretrain": {"train": {"iterz": 1}}}, where="model")

@@ -134,12 +134,33 @@ def from_dict(cls, data: dict, *, where: str = "config"):
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for k, v in data.items():
+        base = _field_default(fields[k])
+        if isinstance(v, dict) and dataclasses.is_dataclass(base):
+            # A partial mapping overrides the field's own default (its default_factory may set
+            # values the class defaults do not, e.g. PretrainConfig.train), not the class's.
+            v = _merged(dataclasses.asdict(base), v)
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s keys replaced, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg) -> dict:
