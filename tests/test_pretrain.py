@@ -93,3 +93,49 @@ def test_config_is_data():
     cfg = P.PretrainConfig()
     assert cfg.vision_config().output_dim == 384 and cfg.vision_config().grid_size == 8
     assert dataclasses.replace(cfg).key() == cfg.key()
+
+
+def test_encoder_report_never_reads_unseen_training_labels(tiny_world, tmp_path, monkeypatch):
+    spec = load_spec(tiny_world)
+    visual = P.train_contrastive(spec, small_cfg(iters=20), tmp_path / "s0", progress=False).visual
+    classes = torch.nn.functional.normalize(torch.randn(spec.num_classes, 384), dim=-1)
+
+    def report():
+        return P.encoder_report(
+            visual, spec, classes, train_images=40, val_images=20, probe_steps=30
+        )
+
+    first = report()
+    assert 0 <= first["retrieval_top5"] <= 100 and 0 <= first["linear_probe_seen_mIoU"] <= 100
+    assert set(first["zero_shot"]) == {"seen_miou", "unseen_miou", "hiou"}
+    unseen = torch.tensor(spec.class_split().unseen)
+    real = ShapeWorldDataset.__getitem__
+
+    def voided(self, i):  # the training split's unseen pixels turned into void
+        item = real(self, i)
+        if self.split_name == "train":
+            item["label"] = torch.where(torch.isin(item["label"], unseen), 255, item["label"])
+        return item
+
+    monkeypatch.setattr(ShapeWorldDataset, "__getitem__", voided)
+    assert report() == first
+
+
+def test_cli_pretrain_reports_and_rejects_methods_without_stage0(tiny_world, tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from zeroseg.cli import main
+
+    sets = [f"data.world={tiny_world}", "model.pretrain.image_size=32", "model.pretrain.width=64"]
+    sets += ["model.pretrain.layers=2", "model.pretrain.heads=2", "model.pretrain.train.iters=5"]
+    args = ["pretrain", "--no-progress", "--probe-images", "20", "--out", str(tmp_path / "r.json")]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    out = capsys.readouterr().out
+    assert "caption retrieval top-5" in out and "linear probe" in out
+    assert "linear_probe_seen_mIoU" in json.loads((tmp_path / "r.json").read_text())
+    assert main(["pretrain", "projection_unet-small_2k_shapeworld"]) == 2
+    assert "does not start from stage 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--bogus"])

@@ -6,6 +6,7 @@ zeroseg eval CKPT [--world FILE] [--set ...]
 zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
 zeroseg bench [--methods ...]
 zeroseg world FILE [--preview PNG]
+zeroseg pretrain [CONFIG] [--set ...]   (the ShapeWorld stage-0 encoder and its diagnostics)
 zeroseg data check DATASET ROOT | zeroseg data prepare DATASET ROOT
 """
 
@@ -124,8 +125,9 @@ def cmd_bench(args) -> int:
     else:
         rows = run_bench(methods=args.methods, world=args.world)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        from zeroseg.report import write_text_atomic
+
+        write_text_atomic(Path(args.out), json.dumps(rows, indent=2))
     return 0
 
 
@@ -148,6 +150,47 @@ def cmd_world(args) -> int:
         rows = [np.concatenate(tiles[r * 4 : r * 4 + 4], 1) for r in range(4)]
         Image.fromarray(np.concatenate(rows, 0)).save(args.preview)
         print(f"preview: {args.preview}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from zeroseg import runner
+    from zeroseg.config import ConfigError, from_dict, load_config
+    from zeroseg.data.shapeworld import load_spec
+    from zeroseg.methods import METHODS
+    from zeroseg.pretrain import encoder_report, load_or_train, pretrain_dir
+
+    cfg = load_config(args.config, args.set)
+    if cfg.data.dataset != "shapeworld":
+        raise ConfigError(
+            f"{args.config}: stage 0 exists for ShapeWorld only, not {cfg.data.dataset!r}"
+        )
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
+    model = from_dict(METHODS[cfg.method].Config, cfg.model, where="model")
+    if not hasattr(model, "pretrain") or getattr(model, "encoder", "shapeworld") != "shapeworld":
+        raise ConfigError(f"{args.config}: method {cfg.method!r} does not start from stage 0")
+    spec = load_spec(cfg.data.world)
+    print(f"[zeroseg] stage 0: {pretrain_dir(spec, model.pretrain)}")
+    visual = load_or_train(spec, model.pretrain, progress=not args.no_progress)
+    embed = runner.Embedder(cfg.text, world=spec)
+    report = encoder_report(
+        visual, spec, embed(list(spec.class_names)), train_images=args.probe_images
+    )
+    zs = report["zero_shot"]
+    print(f"caption retrieval top-5 (val images): {report['retrieval_top5']:.1f}%")
+    print(
+        f"zero-shot patch labels (all names, no training): mIoU(S) {zs['seen_miou']:.1f}  "
+        f"mIoU(U) {zs['unseen_miou']:.1f}  hIoU {zs['hiou']:.1f}"
+    )
+    print(
+        f"linear probe on frozen patch tokens (seen classes, {report['train_images']} train "
+        f"images): mIoU(S) {report['linear_probe_seen_mIoU']:.1f}"
+    )
+    if args.out:
+        from zeroseg.report import write_text_atomic
+
+        write_text_atomic(Path(args.out), json.dumps(report, indent=2))
     return 0
 
 
@@ -313,6 +356,24 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--cache", help="cache root (default: $ZEROSEG_CACHE/spectral)")
     ds.add_argument("--set", action="append", metavar="KEY=VALUE")
     ds.set_defaults(fn=cmd_data_spectral)
+
+    pt = sub.add_parser(
+        "pretrain",
+        help="train (or load) a config's ShapeWorld stage-0 encoder and report how well its "
+        "frozen patch tokens segment",
+    )
+    pt.add_argument(
+        "config",
+        nargs="?",
+        default="zegclip_vit-tiny_shapeworld",
+        help="a preset or YAML whose method starts from stage 0 (default: zegclip_vit-tiny_shapeworld)",
+    )
+    pt.add_argument(
+        "--probe-images", type=int, default=2000, help="training images for the linear probe"
+    )
+    pt.add_argument("--out", help="also write the figures to this JSON file")
+    common(pt)
+    pt.set_defaults(fn=cmd_pretrain)
 
     w = sub.add_parser("world", help="validate a ShapeWorld spec and preview it")
     w.add_argument("spec", nargs="?")

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ __all__ = [
     "CaptionContrastive",
     "PretrainConfig",
     "caption_embeddings",
+    "encoder_report",
     "load_or_train",
     "pretrain_dir",
     "retrieval_top_k",
@@ -257,3 +259,102 @@ def retrieval_top_k(
     img = torch.cat([model.encode_image(images[i : i + 256]) for i in range(0, len(images), 256)])
     top = (img @ text.t()).topk(min(k, len(text)), dim=1).indices  # (N, k)
     return float((top == caption_rows[:, None]).any(1).float().mean())
+
+
+@torch.no_grad()
+def patch_features(
+    visual: VisionTransformer, dataset, count: int, *, batch_size: int = 100
+) -> tuple[Tensor, Tensor]:
+    """Frozen projected patch tokens of the first ``count`` images and their labels at the token grid.
+
+    Returns:
+        (N, h, w, D) unit features and (N, h, w) labels (nearest-sampled, never interpolated).
+    """
+    from zeroseg.methods.base import downsample_labels  # zeroseg.methods imports this module
+
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255
+    feats, labels = [], []
+    for start in range(0, count, batch_size):
+        items = [dataset[i] for i in range(start, min(count, start + batch_size))]
+        images = torch.stack([it["image"] for it in items]).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = visual.forward_features((images - mean) / std)
+        feats.append(F.normalize(out["patch_proj"].float(), dim=-1))
+        grid = tuple(out["grid"])
+        labels.append(downsample_labels(torch.stack([it["label"] for it in items]), grid))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def encoder_report(
+    visual: VisionTransformer,
+    spec,
+    class_embeddings: Tensor,
+    *,
+    train_images: int = 2000,
+    val_images: int = 500,
+    probe_steps: int = 300,
+    seed: int = 0,
+    text_encoder: str = "minilm",
+) -> dict:
+    """How well a frozen stage-0 encoder serves dense prediction (a diagnostic; no method uses it).
+
+    - ``retrieval_top5``: image -> caption retrieval on the validation images (the global task
+      stage 0 trains for, on images it never saw);
+    - ``zero_shot``: every patch token labelled by its nearest class embedding, all class names,
+      no training (mIoU S / U / hIoU at the token grid);
+    - ``linear_probe``: a linear classifier over the *seen* classes trained on the frozen patch
+      tokens of ``train_images`` training images (seen-class pixels only: unseen labels are never
+      read), scored on the seen-class pixels of the validation images (mIoU over seen classes).
+
+    Args:
+        class_embeddings: (K, D) embeddings of ``spec.class_names``.
+    """
+    from zeroseg.metrics.semantic import confusion_matrix, iou_per_class, summarize
+
+    split = spec.class_split()
+    seen, unseen, k = list(split.seen), list(split.unseen), spec.num_classes
+    train = ShapeWorldDataset(spec, "train", progress=False)
+    val = ShapeWorldDataset(spec, "val", progress=False)
+    train_images, val_images = min(train_images, len(train)), min(val_images, len(val))
+    vx, vy = patch_features(visual, val, val_images)
+
+    wrapped = CaptionContrastive(visual=visual, logit_scale_init=0.0, logit_scale_max=0.0)
+    captions = [val.data.captions[i] for i in range(val_images)]
+    text, rows = caption_embeddings(captions, text_encoder)
+    images = torch.from_numpy(val.data.images[:val_images]).permute(0, 3, 1, 2).contiguous()
+    retrieval = retrieval_top_k(wrapped, images, torch.tensor(rows), text, k=5)
+
+    classes = F.normalize(class_embeddings.float(), dim=-1)
+    zero_shot = (vx @ classes.t()).argmax(-1)
+    zs = summarize(confusion_matrix(zero_shot, vy, k), seen, unseen)
+
+    tx, ty = patch_features(visual, train, train_images)
+    position = torch.full((256,), -1, dtype=torch.long)
+    position[torch.tensor(seen)] = torch.arange(len(seen))
+    tx, ty = tx.flatten(0, 2), position[ty.flatten().clamp(0, 255)]
+    keep = ty >= 0  # seen-class pixels only
+    tx, ty = tx[keep], ty[keep]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():  # a seeded probe, the caller's random state untouched
+        torch.manual_seed(seed)
+        probe = nn.Linear(tx.shape[1], len(seen))
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    with torch.enable_grad():
+        for _ in range(probe_steps):
+            idx = torch.randint(0, len(tx), (min(8192, len(tx)),), generator=gen)
+            loss = F.cross_entropy(probe(tx[idx]), ty[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    vpos = position[vy.clamp(0, 255)]
+    seen_pixels = vpos >= 0
+    pred = probe(vx[seen_pixels]).argmax(-1)
+    iou = iou_per_class(confusion_matrix(pred, vpos[seen_pixels], len(seen)))
+    return {
+        "retrieval_top5": 100 * retrieval,
+        "zero_shot": {key: zs[key] for key in ("seen_miou", "unseen_miou", "hiou")},
+        "linear_probe_seen_mIoU": 100 * float(np.nanmean(iou)),
+        "train_images": train_images,
+        "val_images": val_images,
+    }

@@ -19,7 +19,7 @@ PROTOCOL_NOTE = {
 }
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -43,7 +43,9 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         **summary,
     }
-    _atomic_text(out / "report.json", json.dumps(summary, indent=2, sort_keys=False, default=float))
+    write_text_atomic(
+        out / "report.json", json.dumps(summary, indent=2, sort_keys=False, default=float)
+    )
     rows = summary["methods"]
     oracle = rows.get("oracle", {}).get("miou")
     lines = [
@@ -121,13 +123,13 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         lines.append(
             f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |"
         )
-    _atomic_text(out / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md", out / "report.json"
 
 
 def write_seed_report(out: Path, summary: dict) -> tuple[Path, Path]:
     """Writes ``seeds.json`` and ``seeds.md``: mean ± std (min-max) of each method over seeds."""
-    _atomic_text(out / "seeds.json", json.dumps(summary, indent=2, default=float))
+    write_text_atomic(out / "seeds.json", json.dumps(summary, indent=2, default=float))
     seeds = summary["seeds"]
     lines = [
         f"# zeroseg seed spread: {summary.get('title', 'ShapeWorld')}",
@@ -147,5 +149,5 @@ def write_seed_report(out: Path, summary: dict) -> tuple[Path, Path]:
             f"| {name} | {row.get('protocol') or '-'} | {cell(row['seen_miou'])} | "
             f"{cell(row['unseen_miou'])} | {cell(row['hiou'])} |"
         )
-    _atomic_text(out / "seeds.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "seeds.md", "\n".join(lines) + "\n")
     return out / "seeds.md", out / "seeds.json"
