@@ -155,9 +155,8 @@ def cmd_world(args) -> int:
 
 def cmd_pretrain(args) -> int:
     from zeroseg import runner
-    from zeroseg.config import ConfigError, from_dict, load_config
+    from zeroseg.config import ConfigError, load_config
     from zeroseg.data.shapeworld import load_spec
-    from zeroseg.methods import METHODS
     from zeroseg.pretrain import encoder_report, load_or_train, pretrain_dir
 
     cfg = load_config(args.config, args.set)
@@ -165,9 +164,7 @@ def cmd_pretrain(args) -> int:
         raise ConfigError(
             f"{args.config}: stage 0 exists for ShapeWorld only, not {cfg.data.dataset!r}"
         )
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
-    model = from_dict(METHODS[cfg.method].Config, cfg.model, where="model")
+    model = runner.model_config(cfg)
     if not hasattr(model, "pretrain") or getattr(model, "encoder", "shapeworld") != "shapeworld":
         raise ConfigError(f"{args.config}: method {cfg.method!r} does not start from stage 0")
     spec = load_spec(cfg.data.world)

@@ -114,10 +114,13 @@ class CaptionContrastive(nn.Module):
         )
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
+    def normalise(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) uint8 -> the encoder's input (CLIP's mean and std)."""
+        return (images.float() - self.mean) / self.std
+
     def encode_image(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) uint8 -> (B, D) unit image embeddings."""
-        x = (images.float() - self.mean) / self.std
-        return F.normalize(self.visual(x).float(), dim=-1)
+        return F.normalize(self.visual(self.normalise(images)).float(), dim=-1)
 
     def loss(self, images: Tensor, text: Tensor) -> dict[str, Tensor]:
         """Symmetric InfoNCE of a batch of (image, caption embedding) pairs.
@@ -263,27 +266,31 @@ def retrieval_top_k(
 
 @torch.no_grad()
 def patch_features(
-    visual: VisionTransformer, dataset, count: int, *, batch_size: int = 100
+    model: CaptionContrastive, images: Tensor, labels: Tensor, *, batch_size: int = 100
 ) -> tuple[Tensor, Tensor]:
-    """Frozen projected patch tokens of the first ``count`` images and their labels at the token grid.
+    """Frozen projected patch tokens of ``images`` and ``labels`` at the token grid.
+
+    Args:
+        images: (N, 3, H, W) uint8; labels: (N, H, W).
 
     Returns:
         (N, h, w, D) unit features and (N, h, w) labels (nearest-sampled, never interpolated).
     """
     from zeroseg.methods.base import downsample_labels  # zeroseg.methods imports this module
 
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255
-    feats, labels = [], []
-    for start in range(0, count, batch_size):
-        items = [dataset[i] for i in range(start, min(count, start + batch_size))]
-        images = torch.stack([it["image"] for it in items]).float()
+    feats, small = [], []
+    for start in range(0, len(images), batch_size):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = visual.forward_features((images - mean) / std)
+            out = model.visual.forward_features(model.normalise(images[start : start + batch_size]))
         feats.append(F.normalize(out["patch_proj"].float(), dim=-1))
-        grid = tuple(out["grid"])
-        labels.append(downsample_labels(torch.stack([it["label"] for it in items]), grid))
-    return torch.cat(feats), torch.cat(labels)
+        small.append(downsample_labels(labels[start : start + batch_size], tuple(out["grid"])))
+    return torch.cat(feats), torch.cat(small)
+
+
+def _split_tensors(dataset: ShapeWorldDataset, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` images (N, 3, H, W) uint8 and semantic labels (N, H, W) of a split."""
+    items = [dataset[i] for i in range(count)]
+    return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
 
 
 def encoder_report(
@@ -317,19 +324,18 @@ def encoder_report(
     train = ShapeWorldDataset(spec, "train", progress=False)
     val = ShapeWorldDataset(spec, "val", progress=False)
     train_images, val_images = min(train_images, len(train)), min(val_images, len(val))
-    vx, vy = patch_features(visual, val, val_images)
+    model = CaptionContrastive(visual=visual, logit_scale_init=0.0, logit_scale_max=0.0)
+    images, labels = _split_tensors(val, val_images)
+    vx, vy = patch_features(model, images, labels)
 
-    wrapped = CaptionContrastive(visual=visual, logit_scale_init=0.0, logit_scale_max=0.0)
-    captions = [val.data.captions[i] for i in range(val_images)]
-    text, rows = caption_embeddings(captions, text_encoder)
-    images = torch.from_numpy(val.data.images[:val_images]).permute(0, 3, 1, 2).contiguous()
-    retrieval = retrieval_top_k(wrapped, images, torch.tensor(rows), text, k=5)
+    text, rows = caption_embeddings([val[i]["caption"] for i in range(val_images)], text_encoder)
+    retrieval = retrieval_top_k(model, images, torch.tensor(rows), text, k=5)
 
     classes = F.normalize(class_embeddings.float(), dim=-1)
     zero_shot = (vx @ classes.t()).argmax(-1)
     zs = summarize(confusion_matrix(zero_shot, vy, k), seen, unseen)
 
-    tx, ty = patch_features(visual, train, train_images)
+    tx, ty = patch_features(model, *_split_tensors(train, train_images))
     position = torch.full((256,), -1, dtype=torch.long)
     position[torch.tensor(seen)] = torch.arange(len(seen))
     tx, ty = tx.flatten(0, 2), position[ty.flatten().clamp(0, 255)]

@@ -113,12 +113,15 @@ class Embedder:
         return self.encoder_spec
 
 
-def build_method(cfg: ExperimentConfig, split: ClassSplit, embed_dim: int) -> Method:
+def model_config(cfg: ExperimentConfig):
+    """The method's own config dataclass, parsed from ``cfg.model`` (every key checked)."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
-    cls = METHODS[cfg.method]
-    model_cfg = from_dict(cls.Config, cfg.model, where="model")
-    return cls(model_cfg, split=split, embed_dim=embed_dim)
+    return from_dict(METHODS[cfg.method].Config, cfg.model, where="model")
+
+
+def build_method(cfg: ExperimentConfig, split: ClassSplit, embed_dim: int) -> Method:
+    return METHODS[cfg.method](model_config(cfg), split=split, embed_dim=embed_dim)
 
 
 @dataclass
