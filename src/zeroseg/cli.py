@@ -7,6 +7,7 @@ zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
 zeroseg bench [--methods ...]
 zeroseg world FILE [--preview PNG]
 zeroseg pretrain [CONFIG] [--set ...]   (the ShapeWorld stage-0 encoder and its diagnostics)
+zeroseg pretrain foundation [--exclude WORLD] [--out DIR] [--ship]   (the shipped foundation)
 zeroseg data check DATASET ROOT | zeroseg data prepare DATASET ROOT
 """
 
@@ -154,6 +155,8 @@ def cmd_world(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    if args.config == "foundation":
+        return cmd_pretrain_foundation(args)
     from zeroseg import runner
     from zeroseg.config import ConfigError, load_config
     from zeroseg.data.shapeworld import load_spec
@@ -188,6 +191,32 @@ def cmd_pretrain(args) -> int:
         from zeroseg.report import write_text_atomic
 
         write_text_atomic(Path(args.out), json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_pretrain_foundation(args) -> int:
+    from zeroseg.foundation.build import pretrain_foundation
+
+    command = (
+        "zeroseg pretrain foundation"
+        + "".join(
+            f" {flag} {value}"
+            for flag, value in (("--exclude", args.exclude), ("--web", args.web))
+            if value
+        )
+        + "".join(f" --set {kv}" for kv in args.set or [])
+    )
+    pretrain_foundation(
+        overrides=args.set or [],
+        exclude=args.exclude,
+        web=args.web,
+        out=Path(args.out) if args.out else None,
+        ship=args.ship,
+        report_worlds=args.report_world,
+        probe_images=args.probe_images,
+        command=command,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -356,19 +385,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser(
         "pretrain",
-        help="train (or load) a config's ShapeWorld stage-0 encoder and report how well its "
-        "frozen patch tokens segment",
+        help="pretrain the ShapeWorld foundation ('zeroseg pretrain foundation'), or train (or "
+        "load) a config's stage-0 encoder; both report how well the frozen features segment",
     )
     pt.add_argument(
         "config",
         nargs="?",
         default="zegclip_vit-tiny_shapeworld",
-        help="a preset or YAML whose method starts from stage 0 (default: zegclip_vit-tiny_shapeworld)",
+        help="'foundation', or a preset or YAML whose method starts from stage 0 (default: "
+        "zegclip_vit-tiny_shapeworld)",
+    )
+    pt.add_argument(
+        "--exclude",
+        metavar="WORLD",
+        help="foundation: a world spec (or 'default') whose unseen class names the captions "
+        "never mention (the images stay in, those objects unnamed)",
+    )
+    pt.add_argument("--web", help="foundation: the web world file (default: the shipped web.yaml)")
+    pt.add_argument(
+        "--ship",
+        action="store_true",
+        help="foundation: also install the result as the package's shipped foundation",
+    )
+    pt.add_argument(
+        "--report-world",
+        action="append",
+        metavar="WORLD",
+        help="foundation: worlds to report quality figures on (default: default and second)",
     )
     pt.add_argument(
         "--probe-images", type=int, default=2000, help="training images for the linear probe"
     )
-    pt.add_argument("--out", help="also write the figures to this JSON file")
+    pt.add_argument(
+        "--out",
+        help="stage 0: also write the figures to this JSON file; foundation: the output "
+        "directory (default: $ZEROSEG_CACHE/foundation/<config hash>)",
+    )
     common(pt)
     pt.set_defaults(fn=cmd_pretrain)
 

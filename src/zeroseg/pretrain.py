@@ -41,6 +41,7 @@ __all__ = [
     "CaptionContrastive",
     "PretrainConfig",
     "caption_embeddings",
+    "dense_encoder_report",
     "encoder_report",
     "load_or_train",
     "pretrain_dir",
@@ -264,29 +265,6 @@ def retrieval_top_k(
     return float((top == caption_rows[:, None]).any(1).float().mean())
 
 
-@torch.no_grad()
-def patch_features(
-    model: CaptionContrastive, images: Tensor, labels: Tensor, *, batch_size: int = 100
-) -> tuple[Tensor, Tensor]:
-    """Frozen projected patch tokens of ``images`` and ``labels`` at the token grid.
-
-    Args:
-        images: (N, 3, H, W) uint8; labels: (N, H, W).
-
-    Returns:
-        (N, h, w, D) unit features and (N, h, w) labels (nearest-sampled, never interpolated).
-    """
-    from zeroseg.methods.base import downsample_labels  # zeroseg.methods imports this module
-
-    feats, small = [], []
-    for start in range(0, len(images), batch_size):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.visual.forward_features(model.normalise(images[start : start + batch_size]))
-        feats.append(F.normalize(out["patch_proj"].float(), dim=-1))
-        small.append(downsample_labels(labels[start : start + batch_size], tuple(out["grid"])))
-    return torch.cat(feats), torch.cat(small)
-
-
 def _split_tensors(dataset: ShapeWorldDataset, count: int) -> tuple[Tensor, Tensor]:
     """The first ``count`` images (N, 3, H, W) uint8 and semantic labels (N, H, W) of a split."""
     items = [dataset[i] for i in range(count)]
@@ -304,18 +282,67 @@ def encoder_report(
     seed: int = 0,
     text_encoder: str = "minilm",
 ) -> dict:
-    """How well a frozen stage-0 encoder serves dense prediction (a diagnostic; no method uses it).
+    """:func:`dense_encoder_report` of a frozen stage-0 ViT (its projected patch tokens)."""
+    model = CaptionContrastive(visual=visual, logit_scale_init=0.0, logit_scale_max=0.0)
 
-    - ``retrieval_top5``: image -> caption retrieval on the validation images (the global task
-      stage 0 trains for, on images it never saw);
-    - ``zero_shot``: every patch token labelled by its nearest class embedding, all class names,
-      no training (mIoU S / U / hIoU at the token grid);
-    - ``linear_probe``: a linear classifier over the *seen* classes trained on the frozen patch
-      tokens of ``train_images`` training images (seen-class pixels only: unseen labels are never
-      read), scored on the seen-class pixels of the validation images (mIoU over seen classes).
+    def features(images: Tensor) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.visual.forward_features(model.normalise(images))
+        return F.normalize(out["patch_proj"].float(), dim=-1)
+
+    return dense_encoder_report(
+        features,
+        model.encode_image,
+        spec,
+        F.normalize(class_embeddings.float(), dim=-1),
+        train_images=train_images,
+        val_images=val_images,
+        probe_steps=probe_steps,
+        seed=seed,
+        text_encoder=text_encoder,
+    )
+
+
+@torch.no_grad()
+def _dense_features(features, images: Tensor, labels: Tensor, batch_size: int = 100):
+    """``features`` over ``images`` in batches, with the labels nearest-sampled to its grid."""
+    from zeroseg.methods.base import downsample_labels  # zeroseg.methods imports this module
+
+    feats, small = [], []
+    for start in range(0, len(images), batch_size):
+        out = features(images[start : start + batch_size])  # (b, h, w, D)
+        feats.append(out)
+        small.append(downsample_labels(labels[start : start + batch_size], tuple(out.shape[1:3])))
+    return torch.cat(feats), torch.cat(small)
+
+
+def dense_encoder_report(
+    features,
+    encode_image,
+    spec,
+    classes: Tensor,
+    *,
+    train_images: int = 2000,
+    val_images: int = 500,
+    probe_steps: int = 300,
+    seed: int = 0,
+    text_encoder: str = "minilm",
+    retrieval_k: tuple[int, ...] = (1, 5),
+) -> dict:
+    """How well a frozen dense encoder serves dense prediction (a diagnostic; no method uses it).
+
+    - ``retrieval_top{k}``: image -> caption retrieval on the validation images (the global task
+      pretraining trains for, on images it never saw);
+    - ``zero_shot``: every feature labelled by its nearest class vector, all class names, no
+      training (mIoU S / U / hIoU at the feature grid);
+    - ``linear_probe``: a linear classifier over the *seen* classes trained on the frozen
+      features of ``train_images`` training images (seen-class pixels only: unseen labels are
+      never read), scored on the seen-class pixels of the validation images (mIoU over seen).
 
     Args:
-        class_embeddings: (K, D) embeddings of ``spec.class_names``.
+        features: ``f(images (N, 3, H, W) uint8) -> (N, h, w, D)`` unit features.
+        encode_image: ``f(images) -> (N, D)`` unit image embeddings in the caption space.
+        classes: (K, D) unit class vectors of ``spec.class_names`` in the features' space.
     """
     from zeroseg.metrics.semantic import confusion_matrix, iou_per_class, summarize
 
@@ -324,18 +351,25 @@ def encoder_report(
     train = ShapeWorldDataset(spec, "train", progress=False)
     val = ShapeWorldDataset(spec, "val", progress=False)
     train_images, val_images = min(train_images, len(train)), min(val_images, len(val))
-    model = CaptionContrastive(visual=visual, logit_scale_init=0.0, logit_scale_max=0.0)
     images, labels = _split_tensors(val, val_images)
-    vx, vy = patch_features(model, images, labels)
+    vx, vy = _dense_features(features, images, labels)
 
     text, rows = caption_embeddings([val[i]["caption"] for i in range(val_images)], text_encoder)
-    retrieval = retrieval_top_k(model, images, torch.tensor(rows), text, k=5)
+    with torch.no_grad():
+        img = torch.cat(
+            [encode_image(images[i : i + 256]).float() for i in range(0, len(images), 256)]
+        )
+    order = (img @ text.t()).argsort(dim=1, descending=True)
+    hit = order == torch.tensor(rows)[:, None]
+    retrieval = {
+        f"retrieval_top{r}": 100 * float(hit[:, :r].any(1).float().mean()) for r in retrieval_k
+    }
 
-    classes = F.normalize(class_embeddings.float(), dim=-1)
-    zero_shot = (vx @ classes.t()).argmax(-1)
+    with torch.no_grad():
+        zero_shot = (vx @ classes.float().t()).argmax(-1)
     zs = summarize(confusion_matrix(zero_shot, vy, k), seen, unseen)
 
-    tx, ty = patch_features(model, *_split_tensors(train, train_images))
+    tx, ty = _dense_features(features, *_split_tensors(train, train_images))
     position = torch.full((256,), -1, dtype=torch.long)
     position[torch.tensor(seen)] = torch.arange(len(seen))
     tx, ty = tx.flatten(0, 2), position[ty.flatten().clamp(0, 255)]
@@ -355,10 +389,11 @@ def encoder_report(
             opt.step()
     vpos = position[vy.clamp(0, 255)]
     seen_pixels = vpos >= 0
-    pred = probe(vx[seen_pixels]).argmax(-1)
+    with torch.no_grad():
+        pred = probe(vx[seen_pixels]).argmax(-1)
     iou = iou_per_class(confusion_matrix(pred, vpos[seen_pixels], len(seen)))
     return {
-        "retrieval_top5": 100 * retrieval,
+        **retrieval,
         "zero_shot": {key: zs[key] for key in ("seen_miou", "unseen_miou", "hiou")},
         "linear_probe_seen_mIoU": 100 * float(np.nanmean(iou)),
         "train_images": train_images,
