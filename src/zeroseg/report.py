@@ -58,8 +58,19 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         "hIoU = 2·S·U/(S+U); 'hIoU/oracle' is hIoU as a fraction of the oracle's mIoU.",
         "'train (s)': training wall time in this run; 'reused': every stage was loaded from an"
         " earlier run in the same output directory.",
-        "",
     ]
+    found = summary.get("foundation")
+    if found:
+        lines.append(
+            f"Rows marked in their notes start from the ShapeWorld foundation `{found['name']}` "
+            f"(sha256 `{found['sha256'][:16]}`): pretrained on image-level captions only, which "
+            + (
+                f"never name {len(found['excluded'])} of the classes."
+                if found.get("excluded")
+                else "may name this world's unseen classes (as CLIP's captions name VOC's)."
+            )
+        )
+    lines.append("")
     has_pq = any(r.get("hpq") is not None for r in rows.values())
     has_bf = any(r.get("boundary_f") is not None for r in rows.values())
     head = "| method | protocol | mIoU(S) | mIoU(U) | hIoU | mIoU | hIoU/oracle |"

@@ -293,3 +293,35 @@ def test_seen_score_reduction_in_place_matches():
     expected = reduce_seen(logits, seen, 0.1)
     got = reduce_seen(logits.clone(), seen, 0.1, inplace=True)
     assert torch.allclose(got, expected)
+
+
+def test_the_foundation_preset_keeps_the_foundation_frozen(tiny_world, tmp_path):
+    from zeroseg.foundation import load_foundation
+
+    cfg = load_config(
+        "zegclip_foundation_shapeworld",
+        [
+            f"data.world={tiny_world}",
+            "train.iters=20",
+            "model.decoder.width=32",
+            "model.decoder.heads=2",
+            "model.decoder.layers=2",
+        ],
+    )
+    result = train(cfg, tmp_path / "run", progress=False)
+    method = result.method
+    found = load_foundation("shipped")
+    for name, value in found.transfer_state().items():
+        assert torch.equal(method.encoder.state_dict()[name], value), name  # loaded, never trained
+    assert any("ShapeWorld foundation" in n for n in result.notes)
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    seen = torch.tensor([True, False, True])
+    assert method.scores(images, torch.randn(3, 384), seen).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="deep prompt tuning"):
+        build_method(
+            load_config(
+                "zegclip_foundation_shapeworld", [f"data.world={tiny_world}", "model.dpt=true"]
+            ),
+            load_spec_split(tiny_world),
+            384,
+        )

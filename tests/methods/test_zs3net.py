@@ -16,7 +16,13 @@ from zeroseg.data.protocol import ProtocolError, SeenOnly
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.generators.mmd import class_conditional_mmd
 from zeroseg.methods.base import RunContext
-from zeroseg.methods.zs3net import ZS3Net, ZS5Net, balanced_class_mmd, select_top_percent
+from zeroseg.methods.zs3net import (
+    ZS3Net,
+    ZS5Net,
+    _seeded,
+    balanced_class_mmd,
+    select_top_percent,
+)
 
 # Small schedules: the whole file must stay well under a minute on a shared CPU.
 TINY = [
@@ -80,7 +86,7 @@ def runs(tiny_world, tmp_path_factory):
         mp.setattr(runner, "ImagesOnly", SpyImagesOnly)
         for name, extra in (("zs3net", []), ("zs5net", ZS5_TINY)):
             cfg = load_config(
-                f"{name}_deeplabv3plus-small_shapeworld",
+                f"{name}_unet-small_shapeworld",
                 [f"data.world={tiny_world}", *TINY, *extra],
             )
             data = results.get("data") or runner.build_data(cfg, progress=False)
@@ -156,7 +162,7 @@ def test_the_guard_stops_a_leak(runs, tmp_path):
     method = runs["zs3net"][0].method
     with pytest.raises(ProtocolError, match="feature-bank"):
         method.build_feature_bank(data.train, device=torch.device("cpu"))  # full labels
-    cfg = load_config("zs3net_deeplabv3plus-small_shapeworld", [*TINY, "train.iters=3"])
+    cfg = load_config("zs3net_unet-small_shapeworld", [*TINY, "train.iters=3"])
     fresh = runner.build_method(cfg, data.split, method.embed_dim)
     ctx = RunContext(
         cfg=cfg,
@@ -219,8 +225,8 @@ def test_vocabulary_order_subset_and_new_names(runs):
 @pytest.mark.parametrize(
     "preset",
     [
-        "zs3net_deeplabv3plus-small_shapeworld",
-        "zs5net_deeplabv3plus-small_shapeworld",
+        "zs3net_unet-small_shapeworld",
+        "zs5net_unet-small_shapeworld",
         "zs3net_deeplabv3plus-r101_voc-15+5",
         "zs5net_deeplabv3plus-r101_voc-15+5",
     ],
@@ -251,7 +257,7 @@ def test_word_vector_embeddings(tiny_world, tmp_path):
         "model.classifier_train.iters=5",
         "model.generator.bank_images=16",
     ]
-    cfg = load_config("zs3net_deeplabv3plus-small_shapeworld", sets)
+    cfg = load_config("zs3net_unet-small_shapeworld", sets)
     res = runner.train(cfg, tmp_path / "run", progress=False)
     assert res.method.train_embeddings.shape == (res.data.split.num_classes, 8)
     assert res.method.feature_gen.gmmn.config.embed_dim == 8
@@ -260,3 +266,22 @@ def test_word_vector_embeddings(tiny_world, tmp_path):
     )
     assert 0.0 <= metrics["hiou"] <= 100.0
     assert Path(tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_fakes_are_drawn_with_the_generators_dropout_on_and_repeatably(runs):
+    """As the released code: stage-3 fakes come from the GMMN in train mode (dropout on), which
+    widens them; the dropout masks come from the step's generator, so a batch repeats exactly."""
+    method: ZS3Net = runs["zs3net"][0].method
+    modes = []
+    hook = method.feature_gen.gmmn.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    unseen = method.unseen_t
+    emb = method.train_embeddings[unseen]
+    seen = method.seen_t[:2]
+    try:
+        a = method._classifier_batch(seen, torch.arange(2), unseen, emb, 8, 64, _seeded(0, 3))
+        b = method._classifier_batch(seen, torch.arange(2), unseen, emb, 8, 64, _seeded(0, 3))
+    finally:
+        hook.remove()
+    assert modes == [True, True]
+    assert torch.equal(a["fake"], b["fake"])
+    assert not method.feature_gen.training  # the generator's mode is restored

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zeroseg.engine.trainer import load_stage, stage_done
+from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, seen_position_lookup
 from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
@@ -93,7 +94,10 @@ class AlignZegConfig(MaskProjectionConfig):
     refine: bool = True  # part 1: mutual refinement of queries and visual features
     generalise: bool = True  # part 2: L_vir + L_reg on virtual features, M background prototypes
     bias_correction: bool = True  # part 3: indicator-driven correction at inference
-    clip_fusion: bool = True  # fuse the frozen stage-0 encoder's patch tokens (ShapeWorld only)
+    clip_fusion: bool = True  # fuse a frozen CLIP-like encoder's patch tokens (ShapeWorld only)
+    clip_encoder: str = (
+        "stage0"  # the frozen encoder fused: "foundation" (model.foundation) | "stage0"
+    )
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the stage-0 encoder fused
     background_prototypes: int = 4  # M (used when generalise; otherwise one no-object class)
     virtual_per_batch: int = 64  # virtual features mixed per training batch
@@ -222,7 +226,13 @@ class AlignZeg(MaskProjection):
                 f"bias_correction={self.row[2]}; its config has {have}"
             )
         clip = None
-        if cfg.clip_fusion:
+        if cfg.clip_fusion and cfg.clip_encoder == "foundation":
+            clip = FoundationEncoder()
+        elif cfg.clip_fusion:
+            if cfg.clip_encoder != "stage0":
+                raise ValueError(
+                    f"AlignZegConfig.clip_encoder must be 'foundation' or 'stage0', got {cfg.clip_encoder!r}"
+                )
             from zeroseg.models.backbones.clip import VisionTransformer
 
             clip = VisionTransformer(cfg.pretrain.vision_config())
@@ -239,6 +249,12 @@ class AlignZeg(MaskProjection):
         seen = torch.zeros(split.num_classes, dtype=torch.bool)
         seen[list(split.seen)] = True
         self.register_buffer("split_seen", seen, persistent=False)
+
+    @classmethod
+    def foundation_of(cls, cfg) -> str | None:
+        if cfg.foundation:
+            return cfg.foundation
+        return "shipped" if cfg.clip_fusion and cfg.clip_encoder == "foundation" else None
 
     # training ---------------------------------------------------------------------------------------
     def stage_key(self, ctx: RunContext) -> dict:
@@ -304,6 +320,11 @@ class AlignZeg(MaskProjection):
         return {"loss": total, **logs}
 
     def _load_frozen_encoder(self, ctx: RunContext) -> None:
+        if isinstance(self.model.clip, FoundationEncoder):
+            found = self.cfg.foundation or "shipped"
+            ctx.start_from_foundation(found, self.model.clip.backbone, self.model.clip.head)
+            self.model.clip.requires_grad_(False)
+            return
         if self.model.clip is None:
             return
         if ctx.world is None:
@@ -318,17 +339,25 @@ class AlignZeg(MaskProjection):
 
     def fit(self, ctx: RunContext) -> None:
         stage = ctx.shared_stage_dir("alignzeg-model", self.stage_key(ctx))
-        if self.model.clip is not None:  # said of a reused stage too: it holds the encoder
+        if isinstance(self.model.clip, FoundationEncoder):
+            ctx.notes.append(
+                "fuses the frozen ShapeWorld foundation as the paper fuses frozen CLIP"
+            )
+        elif self.model.clip is not None:  # said of a reused stage too: it holds the encoder
             ctx.notes.append(
                 "fuses the frozen stage-0 caption-contrastive encoder (image-level captions of the "
                 "separate caption split, all class names, no masks) as the paper fuses frozen CLIP"
             )
+        if isinstance(self.model.clip, FoundationEncoder) or self.cfg.foundation:
+            ctx.uses_foundation(self.cfg.foundation or "shipped")
         if stage_done(stage):
             load_stage(self, stage)
             return
         if ctx.cfg.data.protocol != "strict":
             ctx.notes.append(f"AlignZeg trained under the {ctx.cfg.data.protocol!r} protocol")
         self._load_frozen_encoder(ctx)
+        if self.cfg.foundation:  # the learnable branch's U-Net starts from the foundation too
+            ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
         seen_emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         tc = ctx.cfg.train

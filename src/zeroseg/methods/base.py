@@ -42,6 +42,8 @@ class RunContext:
             (random resize/crop/flip/photometric for real data, a flip for ShapeWorld).
         trained: the stages :meth:`train_stage` ran in this call (empty when every stage was
             loaded from an earlier run).
+        foundation: the identity (name, sha256) of the pretrained foundation the method
+            started from, set by :meth:`start_from_foundation`.
     """
 
     cfg: object
@@ -56,6 +58,7 @@ class RunContext:
     notes: list[str] = field(default_factory=list)
     train_transform: Callable | None = None
     trained: list[str] = field(default_factory=list)
+    foundation: dict | None = None
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
@@ -117,6 +120,41 @@ class RunContext:
             transform=self.train_transform if transform is ... else transform,
         )
 
+    def uses_foundation(self, name: str) -> None:
+        """Records that the method starts from foundation ``name`` (said of a reused stage too).
+
+        The foundation was pretrained on captions only, but those captions may name this
+        world's unseen classes (as CLIP's web captions name VOC's): the report says so.
+        """
+        from zeroseg.foundation import foundation_identity
+
+        identity = foundation_identity(name)
+        if self.foundation == identity:
+            return
+        self.foundation = identity
+        excluded = identity["excluded"]
+        self.notes.append(
+            f"starts from the ShapeWorld foundation {identity['name']} "
+            f"(sha256 {identity['sha256'][:12]}): image-level captions only, "
+            + (
+                f"with {len(excluded)} names left out of its captions"
+                if excluded
+                else "captions that may name this world's unseen classes (CLIP-like)"
+            )
+        )
+
+    def start_from_foundation(
+        self, name: str, backbone: nn.Module, head: nn.Module | None = None
+    ) -> None:
+        """Initialises ``backbone`` (and ``head``) from a pretrained ShapeWorld foundation."""
+        from zeroseg.foundation import load_into
+        from zeroseg.foundation.web import check_world_in_range
+
+        if self.world is not None:
+            check_world_in_range(self.world)
+        load_into(backbone, head, name)
+        self.uses_foundation(name)
+
     def seen_embeddings(self) -> torch.Tensor:
         """(S, D) embeddings of the seen classes only (what inductive stages may know)."""
         return self.embed(self.split.seen_names)
@@ -142,6 +180,11 @@ class Method(nn.Module):
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
         super().__init__()
         self.cfg, self.split, self.embed_dim = cfg, split, embed_dim
+
+    @classmethod
+    def foundation_of(cls, cfg) -> str | None:
+        """The pretrained foundation a model config starts from ("shipped", a path, or None)."""
+        return getattr(cfg, "foundation", None)
 
     def fit(self, ctx: RunContext) -> None:
         raise NotImplementedError

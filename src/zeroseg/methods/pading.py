@@ -86,6 +86,7 @@ class MaskProjectionConfig:
     object_threshold: float = 0.8  # panoptic: min class prob. of a kept query (Mask2Former 0.8)
     overlap_threshold: float = 0.8  # panoptic: min kept share of a query's mask (Mask2Former 0.8)
     topk: int = 100  # instance: (query, class) pairs kept per image
+    foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
 
 
 # -- stage 1: the shared mask model ----------------------------------------------------------------
@@ -129,11 +130,14 @@ class MaskProjection(Method):
             "match": dataclasses.asdict(self.cfg.match),
             "train": dataclasses.asdict(ctx.cfg.train),
             "text": dataclasses.asdict(ctx.cfg.text),
+            "foundation": self.cfg.foundation,
         }
 
     def fit_mask_model(self, ctx: RunContext):
         """Stage 1 (shared): trains ``self.model`` on the protocol's training set, or loads it."""
         stage = ctx.shared_stage_dir("mask-model", self.mask_stage_key(ctx))
+        if self.cfg.foundation:
+            ctx.uses_foundation(self.cfg.foundation)
         if stage_done(stage):
             load_stage(self.model, stage)
             return stage
@@ -146,6 +150,13 @@ class MaskProjection(Method):
         cfg = ctx.cfg.train
         loader = ctx.loader(cfg)
         model, weights = self.model, self.cfg.match
+        if self.cfg.foundation:
+            if self.cfg.mask.backbone != "unet-small":
+                raise ValueError(
+                    f"model.foundation needs mask.backbone 'unet-small' (the foundation's), "
+                    f"got {self.cfg.mask.backbone!r}"
+                )
+            ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
 
         def step(m, batch):
             return _flat_losses(model, batch["image"].to(ctx.device), batch, emb, lookup, weights)

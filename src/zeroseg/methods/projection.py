@@ -36,6 +36,10 @@ class ProjectionConfig:
 
     backbone: SmallUNetConfig = field(default_factory=SmallUNetConfig)  # the dense CNN
     calibration: float = 0.0  # gamma of calibrated stacking (0 = off)
+    foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
+    freeze_backbone: bool = (
+        False  # train the head only (ZegCLIP's baseline on the frozen foundation)
+    )
 
 
 class Projection(Method):
@@ -49,6 +53,14 @@ class Projection(Method):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
         self.backbone = SmallUNet(cfg.backbone)
         self.head = ProjectionHead(self.backbone.out_dim, embed_dim)
+        if cfg.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cfg.freeze_backbone:
+            self.backbone.eval()  # frozen: its batch-norm statistics stay the pretrained ones
+        return self
 
     def logits(
         self, images: torch.Tensor, class_embeddings: torch.Tensor, *, upsample: bool = True
@@ -65,6 +77,8 @@ class Projection(Method):
 
     def fit(self, ctx: RunContext) -> None:
         stage = ctx.stage_dir("segmenter")
+        if self.cfg.foundation:
+            ctx.uses_foundation(self.cfg.foundation)
         if stage_done(stage):
             load_stage(self, stage)
             return
@@ -73,6 +87,9 @@ class Projection(Method):
         lookup = lookup.to(ctx.device)
         cfg = ctx.cfg.train
         loader = ctx.loader(cfg)
+
+        if self.cfg.foundation:
+            ctx.start_from_foundation(self.cfg.foundation, self.backbone, self.head)
 
         def step(model, batch):
             # The loss runs at the stride-2 feature resolution (labels subsampled, nearest): the

@@ -82,6 +82,7 @@ class SazsConfig:
     attention_logit: float = 0.8  # edge-attention pixels: edge logit above this (sigmoid > 0.69)
     affinity_features: str = "backbone"  # graph features at fusion: backbone | colour (none)
     refine: RefineConfig = field(default_factory=_default_refine)  # eigen-segment fusion
+    foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
 
     def __post_init__(self) -> None:
         if self.affinity_features not in AFFINITY_FEATURES:
@@ -267,6 +268,8 @@ class Sazs(Projection):
     def fit(self, ctx: RunContext) -> None:
         stage = ctx.shared_stage_dir("sazs-segmenter", self.stage_key(ctx))
         ctx.notes.append(f"segmenter stage shared by sazs and sazs-nofusion: {stage.name}")
+        if self.cfg.foundation:
+            ctx.uses_foundation(self.cfg.foundation)
         if stage_done(stage):
             load_stage(self, stage)
             return
@@ -275,6 +278,8 @@ class Sazs(Projection):
         cfg, mcfg = ctx.cfg.train, self.cfg
         ignore = self.split.ignore_index
         loader = ctx.loader(cfg)
+        if mcfg.foundation:
+            ctx.start_from_foundation(mcfg.foundation, self.backbone, self.head)
 
         def step(model, batch):
             logits, edge = model.forward_train(batch["image"].to(ctx.device), emb)

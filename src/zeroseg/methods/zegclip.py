@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
+from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, downsample_labels, seen_position_lookup
 from zeroseg.methods.zs3net import select_top_percent
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
@@ -84,7 +85,11 @@ class SelfTrainingConfig:
 class ZegCLIPConfig:
     """Model options of ZegCLIP."""
 
-    encoder: str = "shapeworld"  # "shapeworld" (stage-0 encoder) or a CLIP preset name ("ViT-B/16")
+    # "foundation" (the frozen ShapeWorld foundation), "shapeworld" (a stage-0 ViT trained on the
+    # world's captions) or a CLIP preset name ("ViT-B/16")
+    encoder: str = "shapeworld"
+    foundation: str = "shipped"  # encoder "foundation": which file ("shipped" or a path)
+    token_pool: int = 1  # encoder "foundation": pool its stride-2 pixel embeddings into tokens
     pretrained: str | None = None  # local CLIP checkpoint for a CLIP preset (None: random init)
     pretrain: PretrainConfig = field(
         default_factory=PretrainConfig
@@ -223,6 +228,20 @@ class ZegCLIP(Method):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
         self.encoder = self._build_encoder(cfg)
         self.encoder.requires_grad_(False)
+        if cfg.encoder == "foundation":
+            if cfg.dpt:
+                raise ValueError(
+                    "ZegCLIP: deep prompt tuning inserts tokens into a ViT's layers; the "
+                    "ShapeWorld foundation is a CNN: set model.dpt: false"
+                )
+            self.prompts = None
+            self.decoder = ZegCLIPDecoder(
+                cfg.decoder,
+                visual_dim=self.encoder.output_dim,
+                text_dim=embed_dim,
+                relationship=cfg.rd,
+            )
+            return
         vis = self.encoder.config
         depth = vis.layers if cfg.prompt_depth < 0 else cfg.prompt_depth
         if not 0 < depth <= vis.layers:
@@ -254,8 +273,14 @@ class ZegCLIP(Method):
         )
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
+    @classmethod
+    def foundation_of(cls, cfg) -> str | None:
+        return cfg.foundation if cfg.encoder == "foundation" else None
+
     @staticmethod
-    def _build_encoder(cfg: ZegCLIPConfig) -> VisionTransformer:
+    def _build_encoder(cfg: ZegCLIPConfig) -> VisionTransformer | FoundationEncoder:
+        if cfg.encoder == "foundation":
+            return FoundationEncoder(token_pool=cfg.token_pool)
         if cfg.encoder == "shapeworld":
             if cfg.pretrained is not None:
                 raise ValueError(
@@ -264,7 +289,8 @@ class ZegCLIP(Method):
             return VisionTransformer(cfg.pretrain.vision_config())
         if cfg.encoder not in CLIP_PRESETS:
             raise ValueError(
-                f"unknown ZegCLIP encoder {cfg.encoder!r}; valid: ['shapeworld', {sorted(CLIP_PRESETS)}]"
+                f"unknown ZegCLIP encoder {cfg.encoder!r}; valid: ['foundation', 'shapeworld', "
+                f"{sorted(CLIP_PRESETS)}]"
             )
         # The CLIP weights are read when training starts (``_stage0``), not here: a trained
         # model's checkpoint holds the encoder, so evaluating or predicting needs no CLIP file.
@@ -278,6 +304,12 @@ class ZegCLIP(Method):
     # ------------------------------------------------------------------ forward
     def mask_logits(self, images: Tensor, class_embeddings: Tensor) -> list[Tensor]:
         """(B, 3, H, W) uint8, (K, D) -> per decoder layer (B, K, h, w) mask logits."""
+        if isinstance(self.encoder, FoundationEncoder):
+            with torch.no_grad():  # frozen, as CLIP: tokens, global embedding and text side
+                feats = self.encoder.forward_features(images.float())
+                text = self.encoder.text_side(class_embeddings)
+            patches = F.normalize(feats["patch_proj"].float(), dim=-1)
+            return self.decoder(patches, feats["cls_proj"].float(), text)
         x = (images.float() - self.mean) / self.std
         if self.cfg.input_scale != 1.0:
             x = F.interpolate(
@@ -338,6 +370,10 @@ class ZegCLIP(Method):
         return out
 
     def _stage0(self, ctx: RunContext) -> None:
+        if self.cfg.encoder == "foundation":
+            ctx.start_from_foundation(self.cfg.foundation, self.encoder.backbone, self.encoder.head)
+            self.encoder.requires_grad_(False)
+            return
         if self.cfg.encoder != "shapeworld":
             if self.cfg.pretrained is not None:  # the frozen CLIP image encoder
                 from zeroseg.models.pretrained import load_clip
@@ -376,6 +412,8 @@ class ZegCLIP(Method):
         """Stage 1: seen classes, seen names only (the frozen encoder from stage 0 or CLIP first)."""
         if self.cfg.encoder == "shapeworld":
             ctx.notes.append(STAGE0_NOTE)
+        if self.cfg.encoder == "foundation":
+            ctx.uses_foundation(self.cfg.foundation)
         if stage_done(stage):
             load_stage(self, stage)  # holds the frozen encoder too: stage 0 is not needed
             return

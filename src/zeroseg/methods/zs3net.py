@@ -68,6 +68,7 @@ from zeroseg.methods.base import (
     seen_position_lookup,
 )
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
+from zeroseg.models.backbones.small import SmallUNetConfig, UNetSegmenter
 
 __all__ = [
     "FeatureGenerator",
@@ -108,11 +109,12 @@ def _stage(iters: int, lr: float, **kw) -> TrainConfig:
 class ZS3NetConfig:
     """Model options of ZS3Net (the outer ``train:`` section is the segmenter's schedule)."""
 
-    segmenter: str = "deeplabv3plus-small"  # a DEEPLAB_PRESETS name
+    segmenter: str = "deeplabv3plus-small"  # a DEEPLAB_PRESETS name, or "unet-small"
     segmenter_overrides: dict = field(
         default_factory=dict
     )  # DeepLabConfig fields, e.g. feature_dim
     pretrained_backbone: str | None = None  # torchvision-format ResNet .pth for the backbone
+    foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
     # Images are resized by this factor before the segmenter (2: a 64 px ShapeWorld image gives a
     # 32x32 stride-4 feature map, as DeepLab's 513 px VOC crops give 33x33 at stride 16).
     input_scale: float = 1.0
@@ -249,10 +251,13 @@ class ZS3Net(Method):
 
     def __init__(self, cfg: ZS3NetConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
-        if cfg.segmenter not in DEEPLAB_PRESETS:
+        if cfg.segmenter not in DEEPLAB_PRESETS and cfg.segmenter != "unet-small":
             raise KeyError(
-                f"unknown segmenter preset {cfg.segmenter!r}; valid: {sorted(DEEPLAB_PRESETS)}"
+                f"unknown segmenter preset {cfg.segmenter!r}; valid: "
+                f"{sorted(DEEPLAB_PRESETS) + ['unet-small']}"
             )
+        if cfg.foundation and cfg.segmenter != "unet-small":
+            raise ValueError("model.foundation needs segmenter 'unet-small' (the foundation's)")
         overrides = dict(cfg.segmenter_overrides)
         if "num_classes" in overrides:
             raise ValueError(
@@ -260,9 +265,14 @@ class ZS3Net(Method):
             )
         # The tuple fields of DeepLabConfig arrive from YAML as lists.
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        self.segmenter: DeepLabV3Plus = build_deeplab(
-            cfg.segmenter, num_classes=split.num_classes, **overrides
-        )
+        if cfg.segmenter == "unet-small":
+            self.segmenter: DeepLabV3Plus | UNetSegmenter = UNetSegmenter(
+                SmallUNetConfig(**overrides), num_classes=split.num_classes
+            )
+        else:
+            self.segmenter = build_deeplab(
+                cfg.segmenter, num_classes=split.num_classes, **overrides
+            )
         g = cfg.generator
         gmmn = GMMN(
             GMMNConfig(
@@ -292,7 +302,9 @@ class ZS3Net(Method):
     # ------------------------------------------------------------------ model
     def segmenter_input(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) uint8 -> the normalised (and ``input_scale``-resized) segmenter input."""
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = images.float()
+        if not isinstance(self.segmenter, UNetSegmenter):  # the U-Net normalises itself
+            x = (x - self.pixel_mean) / self.pixel_std
         if self.cfg.input_scale != 1.0:
             x = F.interpolate(
                 x, scale_factor=self.cfg.input_scale, mode="bilinear", align_corners=False
@@ -320,6 +332,7 @@ class ZS3Net(Method):
             "overrides": c.segmenter_overrides,
             "pretrained": c.pretrained_backbone,
             "train": dataclasses.asdict(ctx.cfg.train),
+            **({"foundation": c.foundation} if c.foundation else {}),
             **({"input_scale": c.input_scale} if c.input_scale != 1.0 else {}),
         }
 
@@ -356,6 +369,8 @@ class ZS3Net(Method):
         """Stage 1: DeepLabv3+ with cross-entropy over the seen classes."""
         directory = ctx.shared_stage_dir("zs3-segmenter", self._key1(ctx))
         self.segmenter.reset_classifier(len(self.split.seen))
+        if self.cfg.foundation:
+            ctx.uses_foundation(self.cfg.foundation)
         if stage_done(directory):
             load_stage(self.segmenter, directory)
             return
@@ -363,6 +378,8 @@ class ZS3Net(Method):
             from zeroseg.models.backbones.resnet import load_torchvision_resnet
 
             load_torchvision_resnet(self.segmenter.backbone, self.cfg.pretrained_backbone)
+        if self.cfg.foundation:
+            ctx.start_from_foundation(self.cfg.foundation, self.segmenter.backbone)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
         loader = ctx.loader(cfg, transform=ctx.train_transform or hflip)
@@ -488,12 +505,18 @@ class ZS3Net(Method):
         real = self.feature_gen.sample_real(positions, per, gen)
         out = {"features": real, "label": classes_real.repeat_interleave(per)}
         if len(classes_fake):
+            # Drawn as the released code draws them: the GMMN in train mode, its dropout on. In
+            # eval mode the fakes came out about 3.5x narrower than real features (within-class
+            # spread 2.0 vs 7.2). The dropout masks come from ``gen`` (forked global RNG), so a
+            # batch stays a pure function of the step, for exact resume.
             was = self.feature_gen.training
-            self.feature_gen.eval()
-            with torch.no_grad():
-                gmmn = self.feature_gen.gmmn
-                noise = gmmn.sample_noise(len(classes_fake) * n_fake, generator=gen, device="cpu")
-                e = emb_fake.cpu().repeat_interleave(n_fake, 0)
+            self.feature_gen.train()
+            gmmn = self.feature_gen.gmmn
+            noise = gmmn.sample_noise(len(classes_fake) * n_fake, generator=gen, device="cpu")
+            e = emb_fake.cpu().repeat_interleave(n_fake, 0)
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
                 fake = gmmn(e.to(gmmn.net[0].weight.device), noise.to(gmmn.net[0].weight.device))
             self.feature_gen.train(was)
             out["fake"] = fake.float()

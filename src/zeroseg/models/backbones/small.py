@@ -75,3 +75,34 @@ class SmallUNet(nn.Module):
                 [F.interpolate(d3, size=e2.shape[-2:], mode="bilinear", align_corners=False), e2], 1
             )
         )
+
+
+class UNetSegmenter(nn.Module):
+    """A SmallUNet with a separate 1x1 classifier: the DeepLabV3Plus segmenter interface
+    (``forward_features``, ``classifier``, ``reset_classifier``, ``feature_dim``) on the ShapeWorld
+    foundation's backbone, so ZS3Net can share the projection baseline's backbone.
+
+    Inputs are raw images as float 0-255 (the U-Net normalises them itself).
+    """
+
+    def __init__(self, cfg: SmallUNetConfig | None = None, *, num_classes: int):
+        super().__init__()
+        self.backbone = SmallUNet(cfg)
+        self.classifier = nn.Conv2d(self.backbone.out_dim, num_classes, 1)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.out_dim
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) 0-255 -> (B, out_dim, H/2, W/2) post-ReLU features."""
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(images))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier with ``num_classes`` outputs, on the old one's device and dtype."""
+        old = self.classifier
+        new = nn.Conv2d(old.in_channels, num_classes, 1)
+        self.classifier = new.to(device=old.weight.device, dtype=old.weight.dtype)

@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.models.heads.mask_decoder import (
     MaskClassifier,
     MaskModelConfig,
@@ -172,7 +173,11 @@ class AlignZegModel(MaskClassifier):
         self.clip = clip_encoder
         if clip_encoder is not None:
             clip_encoder.requires_grad_(False)
-            width = clip_encoder.config.width
+            # The foundation's embedding size, or a ViT's token width.
+            if isinstance(clip_encoder, FoundationEncoder):
+                width = clip_encoder.output_dim
+            else:
+                width = clip_encoder.config.width
             self.clip_proj = nn.ModuleList(nn.Conv2d(width, c, 1) for _ in range(3))
             for proj in self.clip_proj:  # start as the plain mask model; the fusion is learned
                 nn.init.zeros_(proj.weight)
@@ -196,9 +201,12 @@ class AlignZegModel(MaskClassifier):
 
     def _clip_tokens(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) uint8 -> (B, width, h, w) frozen patch tokens."""
-        x = (images.float() - self.clip_mean) / self.clip_std
         with torch.no_grad():
-            tokens = self.clip.forward_features(x)["patch_tokens"]  # (B, h, w, width)
+            if isinstance(self.clip, FoundationEncoder):  # takes raw images, normalises itself
+                tokens = self.clip.forward_features(images.float())["patch_proj"]
+            else:
+                x = (images.float() - self.clip_mean) / self.clip_std
+                tokens = self.clip.forward_features(x)["patch_tokens"]  # (B, h, w, width)
         return tokens.permute(0, 3, 1, 2).contiguous()
 
     def _predict_masks(self, q: Tensor, mask_feats: Tensor, attn_size: tuple[int, int] | None):
