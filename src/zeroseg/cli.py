@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--max-pixels",
         type=int,
-        default=1024 * 1024,
+        default=1024 * 1024,  # zeroseg.serve.DEFAULT_MAX_PIXELS (not imported: --help stays fast)
         help="larger uploads are refused (default: 1048576, 1024x1024)",
     )
     sv.set_defaults(fn=cmd_serve)

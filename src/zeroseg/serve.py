@@ -250,6 +250,9 @@ class Segmentation:
         )
 
 
+SCROLL = "max-height:28em;overflow-y:auto"  # a long vocabulary scrolls instead of growing the page
+
+
 def _swatch(rgb: np.ndarray) -> str:
     r, g, b = (int(v) for v in rgb)
     return (
@@ -259,17 +262,22 @@ def _swatch(rgb: np.ndarray) -> str:
 
 
 def legend_html(seg: Segmentation) -> str:
-    """A table: colour, class name, seen/unseen for the model, share of the pixels."""
+    """A table: colour, class name, seen/unseen for the model, share of the pixels.
+
+    Rows run from the largest share down (names the model gave no pixel last, in typed order),
+    so that the classes in the picture come first however long the vocabulary.
+    """
     pal = palette(len(seg.names))
+    order = sorted(range(len(seg.names)), key=lambda k: -seg.shares[k])  # stable: ties as typed
     rows = "".join(
-        f'<tr data-class="{escape(n)}"><td>{_swatch(pal[k])}</td><td class="zs-name">{escape(n)}'
-        f'</td><td>{escape(seg.roles[k])}</td><td style="text-align:right">{seg.shares[k]:.1f} %'
-        "</td></tr>"
-        for k, n in enumerate(seg.names)
+        f'<tr data-class="{escape(seg.names[k])}"><td>{_swatch(pal[k])}</td><td class="zs-name">'
+        f'{escape(seg.names[k])}</td><td>{escape(seg.roles[k])}</td><td style="text-align:right">'
+        f"{seg.shares[k]:.1f} %</td></tr>"
+        for k in order
     )
     return (
-        '<table class="zs-legend"><thead><tr><th></th><th>class</th><th>in training</th>'
-        f"<th>pixels</th></tr></thead><tbody>{rows}</tbody></table>"
+        f'<div style="{SCROLL}"><table class="zs-legend"><thead><tr><th></th><th>class</th>'
+        f"<th>in training</th><th>pixels</th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -285,8 +293,9 @@ def compare_html(segs: Sequence[Segmentation]) -> str:
     )
     times = "".join(f'<td style="text-align:right">{s.seconds:.2f} s</td>' for s in segs)
     return (
-        f'<table class="zs-compare"><thead><tr><th></th><th>class</th>{head}</tr></thead>'
-        f"<tbody>{rows}<tr><td></td><td>time</td>{times}</tr></tbody></table>"
+        f'<div style="{SCROLL}"><table class="zs-compare"><thead><tr><th></th><th>class</th>'
+        f"{head}</tr></thead><tbody>{rows}<tr><td></td><td>time</td>{times}</tr></tbody></table>"
+        "</div>"
     )
 
 
@@ -305,10 +314,13 @@ def marks_html(text: str | None, entry: ModelEntry | None) -> str:
         colour = "#1a7f37" if role == "seen" else "#8250df"
         chips.append(
             f'<span class="zs-mark" data-role="{escape(role)}" style="border:1px solid {colour};'
-            f"color:{colour};border-radius:0.6em;padding:0 0.5em;margin:0 0.3em 0.3em 0;"
-            f'display:inline-block">{escape(name)}: {escape(role)}</span>'
+            f"color:{colour};border-radius:0.6em;padding:0 0.4em;margin:0 0.25em 0.25em 0;"
+            f'display:inline-block;font-size:0.85em">{escape(name)}: {escape(role)}</span>'
         )
-    return f"<div>{''.join(chips)}</div><small>for {escape(entry.label)}</small>"
+    return (
+        f'<div style="max-height:9.5em;overflow-y:auto">{"".join(chips)}</div>'
+        f"<small>seen / unseen for {escape(entry.label)}</small>"
+    )
 
 
 @dataclass(frozen=True)
@@ -377,6 +389,8 @@ class ServeApp:
         device: str = "cpu",
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
+        if max_pixels < 1:
+            raise ServeError(f"--max-pixels must be a positive pixel count, got {max_pixels}")
         self.entries = {e.label: e for e in entries}
         self.workdir, self.device, self.max_pixels = Path(workdir), device, max_pixels
         self._predictors: dict = {}

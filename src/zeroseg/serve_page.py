@@ -44,6 +44,9 @@ from zeroseg.serve import (  # noqa: E402
     marks_html,
 )
 
+MAX_UPLOAD = "100mb"  # Gradio refuses larger uploads itself, before they fill the disk
+CSS = ".zs-legend td, .zs-compare td, .zs-legend th, .zs-compare th {padding: 2px 8px}"
+IMAGE_HEIGHT = 280  # px on the page; images keep their aspect ratio
 LOCAL_BUTTONS = ["download", "fullscreen"]  # no "share": it posts to Hugging Face
 INTRO = (
     "# zeroseg: segment an image into any class names\n"
@@ -72,45 +75,49 @@ def theme() -> gr.themes.Base:
 def build_page(app: ServeApp, examples: Sequence[Example], notice: str | None = None) -> gr.Blocks:
     """The Blocks page over ``app``; ``notice`` (e.g. no models found) is shown at the top."""
     labels = list(app.entries)
-    with gr.Blocks(title="zeroseg", analytics_enabled=False) as page:
+    # Uploads and outputs Gradio copies to its cache are deleted after an hour (checked hourly).
+    with gr.Blocks(title="zeroseg", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(INTRO)
         if notice:
             gr.Markdown(f"**{notice}**", elem_id="zs-notice")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Image", type="filepath", elem_id="zs-upload")
-                with gr.Row():
-                    preview = gr.Image(
-                        label="Input",
-                        format="png",
-                        interactive=False,
-                        buttons=LOCAL_BUTTONS,
-                        elem_id="zs-preview",
-                    )
-                    truth = gr.Image(
-                        label="Ground truth (examples)",
-                        format="png",
-                        buttons=LOCAL_BUTTONS,
-                        interactive=False,
-                        elem_id="zs-truth",
-                    )
-            with gr.Column():
-                names = gr.Textbox(
-                    label="Class names (comma-separated)",
-                    lines=2,
-                    placeholder="red circle, blue square, striped gray ground",
-                    elem_id="zs-names",
-                )
-                marks = gr.HTML(marks_html("", None), elem_id="zs-marks")
+                upload = gr.File(label="Image", type="filepath", height=120, elem_id="zs-upload")
                 gallery = gr.Gallery(
                     value=[(str(e.image), e.caption) for e in examples],
                     label="Examples: ShapeWorld validation images (click one)",
                     columns=6,
-                    height=150,
+                    height=130,
                     allow_preview=False,
                     format="png",
                     elem_id="zs-examples",
                 )
+            with gr.Column():
+                names = gr.Textbox(
+                    label="Class names (comma-separated)",
+                    lines=2,
+                    max_lines=4,
+                    placeholder="red circle, blue square, striped gray ground",
+                    elem_id="zs-names",
+                )
+                marks = gr.HTML(marks_html("", None), elem_id="zs-marks")
+        with gr.Row():
+            preview = gr.Image(
+                label="Input",
+                format="png",
+                height=IMAGE_HEIGHT,
+                interactive=False,
+                buttons=LOCAL_BUTTONS,
+                elem_id="zs-preview",
+            )
+            truth = gr.Image(
+                label="Ground truth (examples, in the example's names)",
+                format="png",
+                height=IMAGE_HEIGHT,
+                buttons=LOCAL_BUTTONS,
+                interactive=False,
+                elem_id="zs-truth",
+            )
         with gr.Tabs():
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():
@@ -127,6 +134,7 @@ def build_page(app: ServeApp, examples: Sequence[Example], notice: str | None = 
                     result = gr.Image(
                         label="Labels over the image",
                         format="png",
+                        height=IMAGE_HEIGHT,
                         buttons=LOCAL_BUTTONS,
                         interactive=False,
                         elem_id="zs-overlay",
@@ -190,14 +198,27 @@ def build_page(app: ServeApp, examples: Sequence[Example], notice: str | None = 
             done = "; ".join(s.summary() for s in segs)
             return shown, compare_html(segs), done
 
-        upload.upload(on_upload, [upload], [preview, truth, status])
-        upload.clear(lambda: (None, None, ""), None, [preview, truth, status])
-        gallery.select(on_example, None, [upload, preview, truth, names])
-        names.change(on_marks, [names, model], [marks])
-        model.change(on_marks, [names, model], [marks])
-        run.click(on_segment, [upload, names, model], [result, legend, download, status])
-        names.submit(on_segment, [upload, names, model], [result, legend, download, status])
-        run_all.click(on_compare, [upload, names, chosen], [side, table, compare_status])
+        # Two public endpoints (also for gradio_client: benchmarks/bench_serve.py); the rest
+        # only drive the page.
+        private = {"api_visibility": "private"}
+        upload.upload(on_upload, [upload], [preview, truth, status], **private)
+        upload.clear(lambda: (None, None, ""), None, [preview, truth, status], **private)
+        gallery.select(on_example, None, [upload, preview, truth, names], **private)
+        names.change(on_marks, [names, model], [marks], **private)
+        model.change(on_marks, [names, model], [marks], **private)
+        # Predictions queue one at a time across both tabs: the models and the text encoder are
+        # shared, and on a CPU two at once would only each take twice as long.
+        one = {"concurrency_id": "models", "concurrency_limit": 1}
+        outputs = [result, legend, download, status]
+        run.click(on_segment, [upload, names, model], outputs, api_name="segment", **one)
+        names.submit(on_segment, [upload, names, model], outputs, **private, **one)
+        run_all.click(
+            on_compare,
+            [upload, names, chosen],
+            [side, table, compare_status],
+            api_name="compare",
+            **one,
+        )
     return page
 
 
@@ -236,7 +257,9 @@ def serve(
             quiet=True,
             ssr_mode=False,
             allowed_paths=[str(workdir)],
+            max_file_size=MAX_UPLOAD,
             theme=theme(),
+            css=CSS,
         )
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
