@@ -15,7 +15,7 @@ $(VENV): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,web]'
 	# open_clip ships CLIP's BPE vocabulary; taken for that data file only, never imported.
 	$(BIN)/python -m pip install --quiet --no-deps open_clip_torch
 	@touch $(VENV)

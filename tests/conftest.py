@@ -57,3 +57,16 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tiny_world, tmp_path_factory) -> Path:
+    """``zeroseg demo`` on the tiny world (projection and oracle, 300 steps), shared by the
+    end-to-end tests and ``zeroseg serve``'s (its ``runs/`` is laid out as ``make demo``'s)."""
+    from zeroseg.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "oracle"]
+    args += ["--out", str(out), "--no-progress"]
+    assert main([*args, "--set", "train.iters=300", "--set", "eval.batch_size=32"]) == 0
+    return out

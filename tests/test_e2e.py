@@ -14,30 +14,6 @@ from zeroseg.predict import Predictor
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_run(tiny_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    rc = main(
-        [
-            "demo",
-            "--world",
-            str(tiny_world),
-            "--methods",
-            "projection",
-            "oracle",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--set",
-            "train.iters=300",
-            "--set",
-            "eval.batch_size=32",
-        ]
-    )
-    assert rc == 0
-    return out
-
-
 def test_demo_writes_report_with_the_headline_keys(demo_run):
     report = json.loads((demo_run / "report.json").read_text())
     for name in ("projection", "oracle"):

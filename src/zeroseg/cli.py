@@ -5,6 +5,7 @@ zeroseg train CONFIG [--set key=value ...] [--out DIR]
 zeroseg eval CKPT [--world FILE] [--set ...]
 zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
 zeroseg bench [--methods ...]
+zeroseg serve [RUN_DIR_OR_CHECKPOINT ...] [--host 127.0.0.1] [--port 7860]   (a web page)
 zeroseg world FILE [--preview PNG]
 zeroseg pretrain [CONFIG] [--set ...]   (the ShapeWorld stage-0 encoder and its diagnostics)
 zeroseg pretrain foundation [--exclude WORLD] [--out DIR] [--ship]   (the shipped foundation)
@@ -115,6 +116,25 @@ def cmd_predict(args) -> int:
         save_overlay(image, label, names, out / f"{stem}_overlay.png")
         present = ", ".join(names[c] for c in sorted(set(label.ravel().tolist())))
         print(f"{path}: {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')} ({present})")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from zeroseg.serve import find_models
+
+    entries = find_models(args.paths)  # a bad path fails here, before Gradio's import
+    try:
+        from zeroseg.serve_page import serve
+    except ModuleNotFoundError as e:
+        if e.name != "gradio":
+            raise
+        print(
+            "zeroseg: error: zeroseg serve needs Gradio: pip install 'zeroseg[web]' "
+            "(make .venv installs it)",
+            file=sys.stderr,
+        )
+        return 2
+    serve(entries, host=args.host, port=args.port, device=args.device, max_pixels=args.max_pixels)
     return 0
 
 
@@ -338,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(fn=cmd_predict)
+
+    sv = sub.add_parser(
+        "serve", help="a local web page: segment any image with any class names (Gradio)"
+    )
+    sv.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="models: checkpoints, run directories or directories holding them (default: runs/demo)",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    sv.add_argument("--device", default="cpu")
+    sv.add_argument(
+        "--max-pixels",
+        type=int,
+        default=1024 * 1024,  # zeroseg.serve.DEFAULT_MAX_PIXELS (not imported: --help stays fast)
+        help="larger uploads are refused (default: 1048576, 1024x1024)",
+    )
+    sv.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("bench", help="inference speed and peak memory per method")
     b.add_argument("--methods", nargs="+")

@@ -24,15 +24,18 @@ from zeroseg.runner import Embedder, load_model
 class Predictor:
     """A trained method plus its text encoder, ready for new images and vocabularies."""
 
-    def __init__(self, method, cfg, split, *, device: str = "cpu"):
+    def __init__(self, method, cfg, split, *, device: str = "cpu", embed: Embedder | None = None):
         self.method, self.cfg, self.split = method, cfg, split
         self.device = torch.device(device)
-        self.embed = Embedder(cfg.text)
+        # Several predictors (``zeroseg serve``) can share one embedder, hence one text encoder.
+        self.embed = embed if embed is not None else Embedder(cfg.text)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str = "cpu", embed: Embedder | None = None
+    ) -> Predictor:
         method, cfg, split, _ = load_model(path, device=device)
-        return cls(method, cfg, split, device=device)
+        return cls(method, cfg, split, device=device, embed=embed)
 
     def seen_mask(self, names: Sequence[str]) -> torch.Tensor:
         trained = {n.lower() for n in self.split.seen_names}
