@@ -53,12 +53,14 @@ class Projection(Method):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
         self.backbone = SmallUNet(cfg.backbone)
         self.head = ProjectionHead(self.backbone.out_dim, embed_dim)
-        if cfg.freeze_backbone:
+        # SAZS builds on this class with its own config, which always fine-tunes.
+        self.frozen_backbone = isinstance(cfg, ProjectionConfig) and cfg.freeze_backbone
+        if self.frozen_backbone:
             self.backbone.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.cfg.freeze_backbone:
+        if self.frozen_backbone:
             self.backbone.eval()  # frozen: its batch-norm statistics stay the pretrained ones
         return self
 
