@@ -215,6 +215,9 @@ class ZegCLIP(Method):
 
     name = "zegclip"
     Config = ZegCLIPConfig
+    score_kind = (
+        "probabilities"  # sigmoid (or softmax) mask scores, for the shared calibration rule
+    )
     protocol = "inductive"
     forced: dict = {}  # config fields an ablation fixes
 
@@ -376,6 +379,9 @@ class ZegCLIP(Method):
         """Stage 1: seen classes, seen names only (the frozen encoder from stage 0 or CLIP first)."""
         if self.cfg.encoder == "shapeworld":
             ctx.notes.append(STAGE0_NOTE)
+            ctx.pretrained_encoder("ShapeWorld stage-0 caption-contrastive encoder")
+        else:
+            ctx.pretrained_encoder(f"CLIP {self.cfg.encoder}")
         if stage_done(stage):
             load_stage(self, stage)  # holds the frozen encoder too: stage 0 is not needed
             return
@@ -439,14 +445,14 @@ class ZegCLIPST(ZegCLIP):
     def fit(self, ctx: RunContext) -> None:
         self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
         stage = ctx.stage_dir("self-training")
+        reason = "transductive self-training pseudo-labels over all class names"
+        ctx.uses_unseen_names(reason=reason, stage="5")  # also when the stage is reused
         if stage_done(stage):
             load_stage(self, stage)
             return
         st = self.cfg.self_training
         cfg = st.train
-        all_emb = ctx.all_embeddings(
-            reason="transductive self-training pseudo-labels over all class names"
-        ).to(ctx.device)
+        all_emb = ctx.all_embeddings(reason=reason, stage="5").to(ctx.device)
         seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
         seen_mask[list(self.split.seen)] = True
         labelled = ctx.loader(cfg)

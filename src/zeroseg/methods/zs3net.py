@@ -345,7 +345,8 @@ class ZS3Net(Method):
     def fit(self, ctx: RunContext) -> None:
         emb = ctx.all_embeddings(
             reason="ZS3Net's generator makes unseen-class features from their names (stages 2-3); "
-            "no unseen pixel label is used"
+            "no unseen pixel label is used",
+            stage="2-3",
         )
         self.train_embeddings.copy_(emb.to(self.train_embeddings))
         self.fit_segmenter(ctx)
@@ -708,6 +709,7 @@ class ZS5Net(ZS3Net):
     def fit_self_training(self, ctx: RunContext) -> None:
         """Stage 5: fine-tune the segmenter on seen ground truth + unseen pseudo-labels."""
         directory = ctx.stage_dir("self_training")
+        ctx.uses_unseen_names(reason="pseudo-labels are predicted over all class names", stage="5")
         if stage_done(directory):
             load_stage(self.segmenter, directory)
             return
