@@ -224,13 +224,16 @@ def test_context_labels(context_root):
 def test_coco_panoptic_labels_and_segments(panoptic_root):
     train = coco_panoptic.build(panoptic_root, "train")
     s = train[0]
-    # person -> 0, cow -> 19, sky-other-merged -> 119, crowd -> 255 / void, void -> 255
+    # person -> 0, cow -> 19, sky-other-merged -> 119, crowd of persons -> 255 in the label,
+    # void -> 255
     assert s["label"][0, ::2].tolist() == [0, 19, 119, 255]
     assert s["label"][5, 6].item() == 255 and s["panoptic"][5, 6].item() == 0
-    assert s["segments"].tolist() == [[1, 0, 1], [2, 19, 1], [3, 119, 0]]
-    assert s["panoptic"][0, ::2].tolist() == [1, 2, 3, 0]
+    # rows (id, class, is_thing, is_crowd): the crowd keeps its segment, flagged
+    assert s["segments"].tolist() == [[1, 0, 1, 0], [2, 19, 1, 0], [3, 119, 0, 0], [4, 0, 1, 1]]
+    assert s["panoptic"][0, ::2].tolist() == [1, 2, 3, 4]
+    assert (s["panoptic"][:3, 6:8] == 4).all()
     s2 = train[1]
-    assert s2["segments"].tolist() == [[1, 0, 1], [2, 0, 1], [3, 80, 0]]  # banner is class 80
+    assert s2["segments"].tolist() == [[1, 0, 1, 0], [2, 0, 1, 0], [3, 80, 0, 0]]  # banner: 80
     assert s2["label"][0].tolist() == [0, 0, 0, 0, 0, 80, 80, 80]
     assert coco_panoptic.build(panoptic_root, "val")[0]["label"].unique().tolist() == [125]
 
@@ -278,9 +281,12 @@ def test_no_unseen_pixel_reaches_training(name, protocol, request):
         assert batch["image"].shape == (1, 3, 4, 4) and batch["label"].shape == (1, 4, 4)
         assert_seen_only({"label": batch["label"]}, split, stage="test")
         assert not split.contains_unseen(batch["label"])
-        # collate stacks equal-length segment lists to (B, n, 3): check the class column per image
+        # collate stacks equal-length segment lists to (B, n, c): check the class column per image
         for segs in batch.get("segments", []):
-            assert not split.contains_unseen(segs.reshape(-1, 3)[:, 1])
+            segs = segs.reshape(-1, segs.shape[-1])
+            assert not split.contains_unseen(segs[:, 1])
+            if segs.shape[1] > 3:  # crowd regions are no training target
+                assert not segs[:, 3].any()
 
 
 # ----------------------------------------------------------------------------- splits

@@ -62,7 +62,7 @@ from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import mmd_loss
 from zeroseg.methods.base import Method, RunContext, seen_position_lookup
 from zeroseg.metrics.instance import InstanceEvaluator
-from zeroseg.metrics.panoptic import PanopticEvaluator
+from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags
 from zeroseg.models.heads.mask_decoder import (
     MaskClassifier,
     MaskModelConfig,
@@ -229,7 +229,8 @@ class MaskProjection(Method):
                     m, s, lab = instance_inference(probs[b], masks[b], is_thing, topk=self.cfg.topk)
                     thing_rows = gt_segs[gt_segs[:, 2] == 1]
                     gt_masks = gt_pan[None] == thing_rows[:, 0][:, None, None]
-                    ap.process(m.cpu(), s.cpu(), lab.cpu(), gt_masks, thing_rows[:, 1])
+                    crowd = crowd_flags(thing_rows)  # COCO: crowd regions absorb detections
+                    ap.process(m.cpu(), s.cpu(), lab.cpu(), gt_masks, thing_rows[:, 1], crowd)
         if dist.is_dist():
             for evaluator in (pq, ap):
                 states = [None] * dist.world_size()
