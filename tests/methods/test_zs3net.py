@@ -195,6 +195,12 @@ def test_tiny_end_to_end(runs):
         assert m["unseen_miou"] > 2.0, m
     assert runs["zs3net"][0].method.protocol == "inductive"
     assert runs["zs5net"][0].method.protocol == "transductive"
+    # what each row used, as report.json states it: unseen names in the generator/classifier
+    # stages, and in self-training (pseudo-labels over all names) with the unlabelled images
+    d3, d5 = runs["zs3net"][0].protocol_detail, runs["zs5net"][0].protocol_detail
+    assert d3["unseen_names"] == ["2-3"] and not d3["unlabelled_images"]
+    assert d5["unseen_names"] == ["2-3", "5"] and d5["unlabelled_images"]
+    assert d3["captioned_encoder"] == d5["captioned_encoder"] == []
 
 
 def test_vocabulary_order_subset_and_new_names(runs):
@@ -260,3 +266,66 @@ def test_word_vector_embeddings(tiny_world, tmp_path):
     )
     assert 0.0 <= metrics["hiou"] <= 100.0
     assert Path(tmp_path / "run" / "model.safetensors").is_file()
+
+
+class _MovedIgnore(torch.utils.data.Dataset):
+    """Protocol samples whose ignored region is moved: the ignored pixels get seen class
+    ``fill`` and the pixels ``shift`` columns to their right are ignored instead."""
+
+    def __init__(self, dataset, shift: int, fill: int):
+        self.dataset, self.shift, self.fill = dataset, shift, fill
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        s = dict(self.dataset[i])
+        ignored = s["label"] == 255
+        label = s["label"].clone()
+        label[ignored] = self.fill
+        label[torch.roll(ignored, self.shift, dims=-1)] = 255
+        s["label"] = label
+        return s
+
+
+def test_self_training_never_learns_where_the_ignored_pixels_are(runs, tmp_path):
+    """Two self-training runs from the same weights whose labels differ only in where the
+    ignored (under `ignore`: unseen) pixels are, without the pseudo-label term: the unseen
+    classes' classifier rows end identical, since the seen term never reaches them."""
+    import copy
+    import dataclasses
+
+    data = runs["data"]
+    split = data.split
+    base = runs["zs5net"][0].method
+    cfg = base.cfg
+    cfg = dataclasses.replace(
+        cfg,
+        pseudo_loss_weight=0.0,
+        pseudo_images=8,
+        self_train=dataclasses.replace(cfg.self_train, iters=3, batch_size=4, ckpt_every=0),
+    )
+    rows = {}
+    for name, shift in (("a", 0), ("b", 5)):
+        method = copy.deepcopy(base)
+        method.cfg = cfg
+        labelled = SeenOnly(data.train, split, "ignore")
+        if shift:
+            labelled = _MovedIgnore(labelled, shift, fill=int(split.seen[0]))
+        ctx = RunContext(
+            cfg=None,  # stage 5 reads the method's own config only
+            directory=tmp_path / name,
+            split=split,
+            train_set=labelled,
+            train_images=runner.ImagesOnly(data.train),
+            embed=runs["zs5net"][0].embed,
+            device=torch.device("cpu"),
+            progress=False,
+            world=data.world,
+        )
+        before = method.segmenter.classifier.weight.detach().clone()
+        method.fit_self_training(ctx)
+        after = method.segmenter.classifier.weight.detach()
+        assert not torch.equal(before[list(split.seen)], after[list(split.seen)])  # it did train
+        rows[name] = after[list(split.unseen)].clone()
+    assert torch.equal(rows["a"], rows["b"])

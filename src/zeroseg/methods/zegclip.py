@@ -444,7 +444,8 @@ class ZegCLIPST(ZegCLIP):
 
     def fit(self, ctx: RunContext) -> None:
         self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
-        stage = ctx.stage_dir("self-training")
+        # a new directory name: stages trained with the all-class supervised term are not reused
+        stage = ctx.stage_dir("self-training-seen-term")
         reason = "transductive self-training pseudo-labels over all class names"
         ctx.uses_unseen_names(reason=reason, stage="5")  # also when the stage is reused
         if stage_done(stage):
@@ -453,6 +454,8 @@ class ZegCLIPST(ZegCLIP):
         st = self.cfg.self_training
         cfg = st.train
         all_emb = ctx.all_embeddings(reason=reason, stage="5").to(ctx.device)
+        seen_emb = ctx.seen_embeddings().to(ctx.device)
+        lookup = seen_position_lookup(self.split).to(ctx.device)
         seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
         seen_mask[list(self.split.seen)] = True
         labelled = ctx.loader(cfg)
@@ -473,7 +476,11 @@ class ZegCLIPST(ZegCLIP):
                 images.shape[-1] // self.cfg.loss_stride,
             )
             pseudo = self.pseudo_labels(u_images, all_emb, seen_mask, size)
-            sup = model.loss(images, batch["label"].to(ctx.device).clamp(0, 255), all_emb)
+            # The supervised term covers the seen classes only (as the inductive stage): over every
+            # class its focal term would push the unseen masks down at each labelled pixel and
+            # nowhere else, teaching where the ignored (= unseen) pixels are.
+            labels = lookup[batch["label"].to(ctx.device).long().clamp(0, 255)]
+            sup = model.loss(images, labels, seen_emb)
             uns = model.loss(
                 u_images,
                 F.interpolate(pseudo[:, None].float(), size=u_images.shape[-2:], mode="nearest")[
