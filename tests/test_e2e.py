@@ -70,7 +70,17 @@ def test_figures_are_on_test_at_the_gamma_chosen_on_val(demo_run, tiny_world):
     i = curve["gamma"].index(cal["gamma"])
     assert row["hiou"] == pytest.approx(curve["hiou"][i], abs=1e-9)
     assert row["seen_miou"] == pytest.approx(curve["seen_miou"][i], abs=1e-9)
-    # (`zeroseg eval --split val` checks that val_hiou is the val figure at that gamma)
+    # ... and that gamma is the one val's own sweep picks (val, not test, decided it)
+    from zeroseg import runner
+    from zeroseg.metrics.calibration import choose_gamma
+
+    run = next((demo_run / "runs").glob("projection-*"))
+    method, cfg, split, _ = runner.load_model(run)
+    data = runner.build_data(cfg, progress=False)
+    embed = runner.Embedder(cfg.text, world=data.world)
+    val_curve = runner.calibration_curve(method, cfg, data.val, split, embed, progress=False)
+    assert choose_gamma(val_curve) == cal["gamma"]
+    assert cal["val_hiou"] == pytest.approx(max(val_curve["hiou"]), abs=1e-9)
     # AUSUC: calibration-free, between the curve's best corner and zero
     assert 0 < row["ausuc"] < max(curve["seen_miou"])
     detail = row["protocol_detail"]

@@ -419,14 +419,10 @@ def evaluate_protocol(
     """
     split = data.split
     dataset = data.eval_split(eval_split)
-    if not split.unseen or not split.seen:
-        metrics, spi, kept = evaluate(
-            method, cfg, dataset, split, embed, progress=progress, keep=keep, post=post,
-            boundary=boundary, gamma=0.0,
-        )  # fmt: skip
-        metrics["calibration"] = {"gamma": 0.0, "how": "none: no seen/unseen split"}
-        return metrics, spi, kept
-    if calibration is None:
+    sweep = bool(split.unseen) and bool(split.seen)  # nothing to calibrate without both
+    if not sweep:
+        calibration = {"gamma": 0.0, "how": "none: the vocabulary is not split seen/unseen"}
+    elif calibration is None:
         val_curve = calibration_curve(method, cfg, data.val, split, embed, progress=progress)
         gamma = choose_gamma(val_curve)
         calibration = {
@@ -436,11 +432,19 @@ def evaluate_protocol(
             "replaces": own_calibration(method),
         }
     metrics, spi, kept = evaluate(
-        method, cfg, dataset, split, embed, progress=progress, keep=keep, post=post,
-        boundary=boundary, gamma=calibration["gamma"],
-    )  # fmt: skip
+        method,
+        cfg,
+        dataset,
+        split,
+        embed,
+        progress=progress,
+        keep=keep,
+        post=post,
+        boundary=boundary,
+        gamma=calibration["gamma"],
+    )
     metrics["calibration"] = calibration
-    if curve:
+    if curve and sweep:
         test_curve = calibration_curve(method, cfg, dataset, split, embed, progress=progress)
         metrics["ausuc"] = ausuc(test_curve)
         metrics["calibration_curve"] = test_curve

@@ -334,3 +334,43 @@ def test_seen_score_reduction_in_place_matches():
     expected = reduce_seen(logits, seen, 0.1)
     got = reduce_seen(logits.clone(), seen, 0.1, inplace=True)
     assert torch.allclose(got, expected)
+
+
+def test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token(
+    tiny_world, monkeypatch
+):
+    import torch.nn.functional as F
+
+    import zeroseg.models.heads.zegclip_decoder as decoder_mod
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tiny_world)
+    spec_split = build_data(cfg, progress=False).split
+    method = build_method(cfg, spec_split, 384).eval()
+    assert method.cfg.seen_reduction == pytest.approx(0.1)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    emb = torch.randn(spec_split.num_classes, 384)
+    seen = torch.zeros(spec_split.num_classes, dtype=torch.bool)
+    seen[list(spec_split.seen)] = True
+    # inductive inference: sigmoid scores minus 0.1 on the seen classes (ZegCLIP's own constant,
+    # what `zeroseg predict` applies); the shared rule starts from the unreduced scores
+    with torch.no_grad():
+        own = method.scores(images, emb, seen)
+        plain = method.calibration_scores(images, emb, seen)
+    assert torch.allclose(own, plain - 0.1 * seen.view(1, -1, 1, 1).float(), atol=1e-6)
+    # the relationship descriptor receives the image's own CLS embedding
+    got = []
+    real = decoder_mod.relationship_descriptor
+
+    def spy(text, cls):
+        got.append(cls.detach().clone())
+        return real(text, cls)
+
+    monkeypatch.setattr(decoder_mod, "relationship_descriptor", spy)
+    with torch.no_grad():
+        method.mask_logits(images, emb)
+        x = (images.float() - method.mean) / method.std
+        feats = method.encoder.forward_features(x, prompts=method.prompts)
+    assert len(got) == 1
+    assert torch.allclose(got[0], F.normalize(feats["cls_proj"].float(), dim=-1), atol=1e-6)
+    assert not torch.allclose(got[0][0], got[0][1])  # two images, two CLS tokens

@@ -288,44 +288,87 @@ class _MovedIgnore(torch.utils.data.Dataset):
         return s
 
 
-def test_self_training_never_learns_where_the_ignored_pixels_are(runs, tmp_path):
-    """Two self-training runs from the same weights whose labels differ only in where the
-    ignored (under `ignore`: unseen) pixels are, without the pseudo-label term: the unseen
-    classes' classifier rows end identical, since the seen term never reaches them."""
+def _self_train(runs, directory, *, train_set, train_images, pseudo_loss_weight):
+    """Stage 5 alone, 3 steps, from a copy of the trained zs5net; returns the copy."""
     import copy
     import dataclasses
 
     data = runs["data"]
-    split = data.split
-    base = runs["zs5net"][0].method
-    cfg = base.cfg
-    cfg = dataclasses.replace(
-        cfg,
-        pseudo_loss_weight=0.0,
+    method = copy.deepcopy(runs["zs5net"][0].method)
+    c = method.cfg
+    method.cfg = dataclasses.replace(
+        c,
+        pseudo_loss_weight=pseudo_loss_weight,
         pseudo_images=8,
-        self_train=dataclasses.replace(cfg.self_train, iters=3, batch_size=4, ckpt_every=0),
+        self_train=dataclasses.replace(c.self_train, iters=3, batch_size=4, ckpt_every=0),
     )
+    ctx = RunContext(
+        cfg=None,  # stage 5 reads the method's own config only
+        directory=directory,
+        split=data.split,
+        train_set=train_set,
+        train_images=train_images,
+        embed=runs["zs5net"][0].embed,
+        device=torch.device("cpu"),
+        progress=False,
+        world=data.world,
+    )
+    method.fit_self_training(ctx)
+    return method
+
+
+def test_self_training_never_learns_where_the_ignored_pixels_are(runs, tmp_path):
+    """Two self-training runs from the same weights whose labels differ only in where the
+    ignored (under `ignore`: unseen) pixels are, without the pseudo-label term: the unseen
+    classes' classifier rows end identical, since the seen term never reaches them."""
+    data, split = runs["data"], runs["data"].split
+    before = runs["zs5net"][0].method.segmenter.classifier.weight.detach().clone()
     rows = {}
     for name, shift in (("a", 0), ("b", 5)):
-        method = copy.deepcopy(base)
-        method.cfg = cfg
         labelled = SeenOnly(data.train, split, "ignore")
         if shift:
             labelled = _MovedIgnore(labelled, shift, fill=int(split.seen[0]))
-        ctx = RunContext(
-            cfg=None,  # stage 5 reads the method's own config only
-            directory=tmp_path / name,
-            split=split,
+        method = _self_train(
+            runs,
+            tmp_path / name,
             train_set=labelled,
             train_images=runner.ImagesOnly(data.train),
-            embed=runs["zs5net"][0].embed,
-            device=torch.device("cpu"),
-            progress=False,
-            world=data.world,
+            pseudo_loss_weight=0.0,
         )
-        before = method.segmenter.classifier.weight.detach().clone()
-        method.fit_self_training(ctx)
         after = method.segmenter.classifier.weight.detach()
-        assert not torch.equal(before[list(split.seen)], after[list(split.seen)])  # it did train
+        assert not torch.equal(before[list(split.seen)], after[list(split.seen)])  # it trained
         rows[name] = after[list(split.unseen)].clone()
     assert torch.equal(rows["a"], rows["b"])
+
+
+class _GarbageLabels(torch.utils.data.Dataset):
+    """The same images with every label replaced by the unseen class (what a leak would read)."""
+
+    def __init__(self, dataset, value: int):
+        self.dataset, self.value = dataset, value
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        s = dict(self.dataset[i])
+        s["label"] = torch.full_like(s["label"], self.value)
+        return s
+
+
+def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path):
+    """Stage 5 with the unlabelled images' hidden ground truth replaced by garbage gives the
+    same weights: the pseudo-labels read images only (the released code keeps pseudo-labels
+    only on unseen ground-truth pixels; a leak like that changes the result here)."""
+    data, split = runs["data"], runs["data"].split
+    weights = []
+    for name, hidden in (("real", data.train), ("garbage", _GarbageLabels(data.train, 0))):
+        method = _self_train(
+            runs,
+            tmp_path / name,
+            train_set=SeenOnly(data.train, split, "ignore"),
+            train_images=runner.ImagesOnly(hidden),
+            pseudo_loss_weight=1.0,
+        )
+        weights.append({k: v.clone() for k, v in method.segmenter.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
