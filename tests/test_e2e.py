@@ -29,9 +29,40 @@ def test_demo_writes_report_with_the_headline_keys(demo_run):
             assert key in row
     assert report["methods"]["projection"]["protocol"] == "inductive"
     assert report["methods"]["oracle"]["protocol"] == "supervised"
+    assert report["eval_split"] == "test" and report["tuned_on"] == "val"
+    assert report["test_images"] == report["val_images"] == 96  # the tiny world's splits
     assert (demo_run / "report.md").read_text().startswith("# zeroseg report")
-    for fig in ("bars.png", "predictions.png"):
+    for fig in ("bars.png", "predictions.png", "seen_unseen.png"):
         assert Image.open(demo_run / fig).size[0] > 100
+
+
+def test_figures_are_on_test_at_the_gamma_chosen_on_val(demo_run, tiny_world):
+    from zeroseg.metrics.calibration import RULE
+
+    row = json.loads((demo_run / "report.json").read_text())["methods"]["projection"]
+    cal, curve = row["calibration"], row["calibration_curve"]
+    assert cal["how"] == RULE and cal["replaces"] == {"calibration": 0.0}
+    # the reported hIoU is the test sweep's value at the val-chosen gamma ...
+    i = curve["gamma"].index(cal["gamma"])
+    assert row["hiou"] == pytest.approx(curve["hiou"][i], abs=1e-9)
+    assert row["seen_miou"] == pytest.approx(curve["seen_miou"][i], abs=1e-9)
+    # ... and that gamma is the one val's own sweep picks (val, not test, decided it)
+    from zeroseg import runner
+    from zeroseg.metrics.calibration import choose_gamma
+
+    run = next((demo_run / "runs").glob("projection-*"))
+    method, cfg, split, _ = runner.load_model(run)
+    data = runner.build_data(cfg, progress=False)
+    embed = runner.Embedder(cfg.text, world=data.world)
+    val_curve = runner.calibration_curve(method, cfg, data.val, split, embed, progress=False)
+    assert choose_gamma(val_curve) == cal["gamma"]
+    assert cal["val_hiou"] == pytest.approx(max(val_curve["hiou"]), abs=1e-9)
+    # AUSUC: calibration-free, between the curve's best corner and zero
+    assert 0 < row["ausuc"] < max(curve["seen_miou"])
+    detail = row["protocol_detail"]
+    assert detail["unseen_names"] == [] and detail["captioned_encoder"] == []
+    assert detail["unlabelled_images"] is False and detail["clip_like"] is False
+    assert "seen classes only" in detail["training_labels"]
 
 
 def test_a_rerun_reuses_finished_stages_and_says_so(demo_run, tiny_world, tmp_path, capsys):
@@ -56,10 +87,18 @@ def test_the_oracle_learns(demo_run):
     assert oracle["pixel_acc"] > 80.0, oracle
 
 
-def test_the_baseline_is_biased_toward_seen_classes(demo_run):
+def test_the_baseline_is_biased_toward_seen_classes_until_calibrated(demo_run):
     r = json.loads((demo_run / "report.json").read_text())["methods"]
-    assert r["projection"]["seen_miou"] > 50.0
-    assert r["projection"]["unseen_miou"] < r["oracle"]["unseen_miou"]
+    curve = r["projection"]["calibration_curve"]
+    at0 = curve["gamma"].index(0.0)
+    # uncalibrated (gamma 0 on test): seen classes well segmented, unseen ones below the oracle's
+    # (measured 63.5 and 0.0)
+    assert curve["seen_miou"][at0] > 50.0
+    assert curve["unseen_miou"][at0] < r["oracle"]["unseen_miou"]
+    # the shared rule moves pixels towards unseen classes (gamma > 0, chosen on val; measured
+    # 0.9), and the test hIoU gains from it (measured 0.0 -> 29.8)
+    assert r["projection"]["calibration"]["gamma"] > 0
+    assert r["projection"]["hiou"] > curve["hiou"][at0] + 10
 
 
 def test_predictor_takes_any_vocabulary(demo_run, tiny_world):
@@ -145,9 +184,17 @@ def test_cli_eval_applies_model_overrides_and_takes_a_run_directory(demo_run, ca
 
     plain = evaluate()
     calibrated = evaluate("model.calibration=5.0")
-    # An inference option set on the command line reaches the rebuilt model: a large calibration
-    # moves pixels to unseen classes (before the fix, the override was silently ignored).
-    assert calibrated["unseen_miou"] != plain["unseen_miou"]
+    # An inference option set on the command line reaches the rebuilt model (before the fix it
+    # was silently ignored), and the shared calibration rule replaces it: same figures.
+    assert calibrated["calibration"]["replaces"] == {"calibration": 5.0}
+    assert plain["calibration"]["replaces"] == {"calibration": 0.0}
+    assert calibrated["unseen_miou"] == plain["unseen_miou"]
+    assert plain["eval_split"] == "test" and plain["tuned_on"] == "val"
+    assert main(["eval", str(run), "--split", "val", "--no-progress"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    # on val, the chosen gamma's figure is the best of val's sweep: what the rule picked
+    assert val["eval_split"] == "val"
+    assert val["hiou"] == pytest.approx(val["calibration"]["val_hiou"], abs=1e-9)
     assert main(["eval", str(run), "--set", "model.backbone.out_dim=7", "--no-progress"]) == 2
     assert "misshaped" in capsys.readouterr().err
 
@@ -169,6 +216,15 @@ def test_demo_seeds_writes_each_run_and_the_spread(tiny_world, tmp_path):
     assert (
         by_seed[0]["methods"]["projection"]["miou"] != by_seed[1]["methods"]["projection"]["miou"]
     )
+    # report.json: the mean as <metric>, the spread as <metric>_std
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval_split"] == "test" and report["seeds"] == [0, 1]
+    proj = report["methods"]["projection"]
+    assert proj["hiou"] == pytest.approx(np.mean(hiou))
+    assert proj["hiou_std"] == pytest.approx(np.std(hiou, ddof=1))
+    ausuc = [r["methods"]["projection"]["ausuc"] for r in by_seed]
+    assert proj["ausuc_std"] == pytest.approx(np.std(ausuc, ddof=1))
+    assert set(proj["calibration"]["gamma_by_seed"]) == {"0", "1"}
 
 
 def test_demo_seeds_rejects_one_seed_and_a_conflicting_override(tiny_world, tmp_path, capsys):

@@ -99,7 +99,8 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
         pytest.skip(
             f"{preset}: dataset {dataset!r} has no loader yet (COCO-20i needs COCO instance annotations)"
         )
-    root = WRITERS[FIXTURE_OF[dataset]](tmp_path / dataset)
+    # two more training images: one of the fixture's is held out as val, batches need two
+    root = WRITERS[FIXTURE_OF[dataset]](tmp_path / dataset, extra_train=2)
     method = raw["method"]
     overrides = [
         f"data.root={root}",

@@ -169,7 +169,8 @@ def bench_presets(
             if int(sched.get("batch_size", 1)) > batch:
                 stages.append(f"model.{path}.batch_size={batch}")
         with tempfile.TemporaryDirectory() as tmp:
-            root = WRITERS[base.data.dataset](Path(tmp) / base.data.dataset)
+            # two more training images: one is held out as val, batches need two
+            root = WRITERS[base.data.dataset](Path(tmp) / base.data.dataset, extra_train=2)
             text = ["text.encoder=minilm"]
             if base.method.startswith("zegclip"):
                 # CLIP's text width must match its image encoder: a random CLIP of the preset's

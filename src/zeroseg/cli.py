@@ -54,15 +54,12 @@ def cmd_train(args) -> int:
     name = cfg.name or cfg.method
     out = Path(args.out) / name
     result = runner.train(cfg, out, progress=not args.no_progress)
-    metrics, spi, _ = runner.evaluate(
-        result.method,
-        cfg,
-        result.data.val,
-        result.data.split,
-        result.embed,
-        progress=not args.no_progress,
+    # gamma chosen on val, figures on test (docs/methods.md, "Evaluation")
+    metrics, spi, _ = runner.evaluate_protocol(
+        result.method, cfg, result.data, result.embed, progress=not args.no_progress
     )
-    summary = {k: v for k, v in metrics.items() if k != "per_class_iou"}
+    metrics.update(eval_split="test", tuned_on="val", protocol_detail=result.protocol_detail)
+    summary = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     summary.update(train_seconds=result.train_seconds, infer_ms_per_image=spi * 1000)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(summary, indent=2))
@@ -87,14 +84,21 @@ def cmd_eval(args) -> int:
         from zeroseg.demo import build_refinement
 
         post = build_refinement(args.refine)
-    metrics, spi, _ = runner.evaluate(
-        method, cfg, data.val, split, embed, progress=not args.no_progress, post=post
+    # gamma of the shared calibration rule chosen on val; the figures on --split (test)
+    metrics, spi, _ = runner.evaluate_protocol(
+        method,
+        cfg,
+        data,
+        embed,
+        eval_split=args.split,
+        progress=not args.no_progress,
+        post=post,
     )
-    out = {k: v for k, v in metrics.items() if k != "per_class_iou"}
-    out["infer_ms_per_image"] = spi * 1000
-    # Segment-producing methods (PADing, AlignZeg) add PQ and AP50 on panoptic data.
+    out = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
+    out.update(eval_split=args.split, tuned_on="val", infer_ms_per_image=spi * 1000)
+    # Segment-producing methods (PADing, AlignZeg) add PQ and AP50 on panoptic data (test).
     extra = getattr(method, "extra_metrics", None)
-    if extra is not None and len(data.val) and "panoptic" in data.val[0]:
+    if extra is not None and args.split == "test" and len(data.test) and "panoptic" in data.test[0]:
         out.update(extra(cfg, data, embed, progress=not args.no_progress))
     print(json.dumps(out, indent=2))
     return 0
@@ -272,7 +276,7 @@ def cmd_data_spectral(args) -> int:
     sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
     cfg = load_config(args.config, sets)
     data = runner.build_data(cfg)
-    dataset = data.val if args.split == "val" else data.train
+    dataset = data.train if args.split == "train" else data.eval_split(args.split)
     root = Path(args.cache) if args.cache else cache_dir() / "spectral"
     result = precompute_command(dataset, root, _refine_config(cfg), progress=True)
     print(json.dumps(result, indent=2))
@@ -343,11 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(t)
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a model checkpoint on its validation split")
+    e = sub.add_parser(
+        "eval", help="evaluate a model checkpoint on its test split (calibrated on val)"
+    )
     e.add_argument("checkpoint", help="a model.safetensors, or the run directory holding it")
     e.add_argument("--world", help="ShapeWorld spec (default: the one it was trained on)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--refine", choices=["spectral"], help="refine predictions at inference")
+    e.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="split to report (default test; the calibration gamma is always chosen on val)",
+    )
     common(e)
     e.set_defaults(fn=cmd_eval)
 
@@ -417,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="sazs_unet-small_2k_shapeworld",
         help="a preset or YAML (data + spectral settings)",
     )
-    ds.add_argument("--split", choices=["train", "val"], default="val")
+    ds.add_argument("--split", choices=["train", "val", "test"], default="val")
     ds.add_argument("--world", help="ShapeWorld spec (for ShapeWorld configs)")
     ds.add_argument("--cache", help="cache root (default: $ZEROSEG_CACHE/spectral)")
     ds.add_argument("--set", action="append", metavar="KEY=VALUE")

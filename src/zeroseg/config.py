@@ -36,7 +36,7 @@ class DataConfig:
     root: str | None = None  # dataset root directory for real datasets
     protocol: str = "ignore"  # ignore (unseen pixels -> 255) | strict (drop images with unseen)
     train_limit: int | None = None  # use only the first N training images (quick runs)
-    val_limit: int | None = None  # evaluate on the first N validation images
+    val_limit: int | None = None  # evaluate on the first N images of val and of test
     crop_size: int = 512  # training crop for real datasets
     scale_range: tuple[float, float] = (0.5, 2.0)  # random resize range for real datasets
     skip_bad: bool = False  # scan real datasets first and leave out bad samples (counted, logged)

@@ -70,7 +70,7 @@ ABLATIONS = (
     "alignzeg-nogen",
     "alignzeg-nobc",
 )
-QUICK = {"iters_scale": 0.25, "val_images": 200}
+QUICK = {"iters_scale": 0.25, "val_images": 200}  # val_images: the val and test limit
 
 
 def fingerprint(cfg, world_key: str) -> str:
@@ -102,12 +102,20 @@ def build_refinement(kind: str):
 
 
 def row_from(
-    metrics: dict, method, train_seconds: float, sec_per_image: float, notes, *, reused=False
+    metrics: dict,
+    method,
+    train_seconds: float,
+    sec_per_image: float,
+    notes,
+    *,
+    reused=False,
+    protocol_detail: dict | None = None,
 ) -> dict:
     """A report row; ``reused``: every stage was loaded from an earlier run (no training time)."""
     row = {k: v for k, v in metrics.items()}
     row.update(
         protocol=method.protocol,
+        protocol_detail=protocol_detail,
         train_seconds=train_seconds,
         reused=reused,
         infer_ms_per_image=sec_per_image * 1000,
@@ -157,39 +165,51 @@ def run_demo(
         directory = out / "runs" / f"{name}-{fingerprint(cfg, spec.content_key())}"
         print(f"[zeroseg] {name}: training (or loading finished stages) into {directory}")
         result = runner.train(cfg, directory, progress=progress, data=data)
-        metrics, spi, kept = runner.evaluate(
-            result.method,
-            cfg,
-            data.val,
-            data.split,
-            result.embed,
-            progress=progress,
-            keep=grid_images,
+        # gamma of the shared calibration rule chosen on val; figures on test (never tuned on)
+        metrics, spi, kept = runner.evaluate_protocol(
+            result.method, cfg, data, result.embed, progress=progress, keep=grid_images
         )
         extra = getattr(result.method, "extra_metrics", None)
         if extra is not None:
             metrics.update(extra(cfg, data, result.embed, progress=progress))
         reused = not result.trained_stages
+        detail = result.protocol_detail
         rows[name] = row_from(
-            metrics, result.method, result.train_seconds, spi, result.notes, reused=reused
+            metrics,
+            result.method,
+            result.train_seconds,
+            spi,
+            result.notes,
+            reused=reused,
+            protocol_detail=detail,
         )
         rows[name]["foundation"] = foundations[started_from] if started_from else None
         grid_preds[name] = [p.cpu().numpy() for p in kept]
         for kind in refine if refine_on is None or name in refine_on else ():
             post = build_refinement(kind)
-            r_metrics, r_spi, r_kept = runner.evaluate(
+            r_metrics, r_spi, r_kept = runner.evaluate_protocol(
                 result.method,
                 cfg,
-                data.val,
-                data.split,
+                data,
                 result.embed,
                 progress=progress,
                 keep=grid_images,
                 post=post,
+                calibration=metrics["calibration"],
+                curve=False,
             )
-            note = f"{name} refined by {kind} fusion at inference (no ground truth used)"
+            note = (
+                f"{name} refined by {kind} fusion at inference (no ground truth used), at "
+                f"{name}'s gamma"
+            )
             rows[f"{name}+{kind}"] = row_from(
-                r_metrics, result.method, result.train_seconds, r_spi, [note], reused=reused
+                r_metrics,
+                result.method,
+                result.train_seconds,
+                r_spi,
+                [note],
+                reused=reused,
+                protocol_detail=detail,
             )
             grid_preds[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
             print(
@@ -203,15 +223,17 @@ def run_demo(
         )
         print(
             f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) {metrics['unseen_miou']:.1f}"
-            f"  hIoU {metrics['hiou']:.1f}  ({took})"
+            f"  hIoU {metrics['hiou']:.1f}  AUSUC {metrics.get('ausuc', float('nan')):.1f}"
+            f"  gamma {metrics['calibration']['gamma']:+.2f} (on val)  ({took})"
         )
     from zeroseg.report import write_report
-    from zeroseg.viz import bar_chart, prediction_grid
+    from zeroseg.viz import bar_chart, prediction_grid, seen_unseen_curves
 
     figures = {
         "bars": bar_chart(rows, out / "bars.png").name,
+        "seen_unseen": seen_unseen_curves(rows, out / "seen_unseen.png").name,
     }
-    samples = [data.val[i] for i in range(min(grid_images, len(data.val)))]
+    samples = [data.test[i] for i in range(min(grid_images, len(data.test)))]
     figures["predictions"] = prediction_grid(
         [s["image"].permute(1, 2, 0).numpy() for s in samples],
         [s["label"].numpy() for s in samples],
@@ -224,8 +246,11 @@ def run_demo(
         "title": f"ShapeWorld '{spec.name}'" + (" (quick)" if quick else ""),
         "world": spec.name,
         "world_key": spec.content_key(),
+        "eval_split": "test",  # every figure below; read by nothing else
+        "tuned_on": "val",  # every choice: the calibration gamma, and the presets' settings
         "train_images": len(data.train),
         "val_images": len(data.val),
+        "test_images": len(data.test),
         "quick": quick,
         "threads": torch.get_num_threads(),
         "split": {
@@ -244,7 +269,28 @@ def run_demo(
     return summary
 
 
-SEED_METRICS = ("seen_miou", "unseen_miou", "hiou")
+SEED_METRICS = ("seen_miou", "unseen_miou", "hiou", "ausuc")
+# The row each method's gap is measured against in a seed report: the baseline that shares its
+# backbone family (pixel classifiers: the projection baseline; mask classifiers: mask-projection).
+BASELINES: dict[str, str] = {
+    "zs3net": "projection",
+    "zs5net": "projection",
+    "zegclip": "projection",
+    "zegclip-st": "projection",
+    "zegclip-nodpt": "projection",
+    "zegclip-nord": "projection",
+    "zegclip-nonel": "projection",
+    "sazs": "projection",
+    "sazs-nofusion": "projection",
+    "pading": "mask-projection",
+    "pading-g": "mask-projection",
+    "pading-p": "mask-projection",
+    "pading-pa": "mask-projection",
+    "alignzeg": "mask-projection",
+    "alignzeg-norefine": "mask-projection",
+    "alignzeg-nogen": "mask-projection",
+    "alignzeg-nobc": "mask-projection",
+}
 
 
 def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
@@ -253,7 +299,10 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
     Seed ``s`` sets the experiment ``seed`` (weight initialisation, and every stage key) and
     ``train.seed`` (the stage-1 batch order); the stage-0 encoder is shared, as a fixed CLIP
     checkpoint would be. Writes ``out/seeds.json`` and ``out/seeds.md``: per method the mean,
-    sample standard deviation, minimum and maximum of mIoU(S), mIoU(U) and hIoU over the seeds.
+    sample standard deviation, minimum and maximum of mIoU(S), mIoU(U), hIoU and AUSUC over the
+    seeds; and ``out/report.json`` / ``out/report.md``: per method each metric's mean as
+    ``<metric>`` and its standard deviation as ``<metric>_std``, the gap to the method's baseline
+    (:data:`BASELINES`) and whether it exceeds the spread (:func:`seed_gaps`).
 
     Args:
         out: output directory.
@@ -277,11 +326,77 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
         )
     spread = seed_spread({s: r["methods"] for s, r in runs.items()})
     summary = {"seeds": seeds, "methods": spread, "title": runs[seeds[0]]["title"]}
-    from zeroseg.report import write_seed_report
+    from zeroseg.report import write_seed_report, write_seed_summary
 
     md, js = write_seed_report(out, summary)
     print(f"[zeroseg] spread over seeds {seeds}: {md} and {js}")
+    first = runs[seeds[0]]
+    rows = seed_rows({s: r["methods"] for s, r in runs.items()}, spread)
+    report = {
+        "title": first["title"] + f" ({len(seeds)} seeds)",
+        "world": first["world"],
+        "world_key": first["world_key"],
+        "eval_split": first["eval_split"],
+        "tuned_on": first["tuned_on"],
+        "seeds": seeds,
+        "train_images": first["train_images"],
+        "val_images": first["val_images"],
+        "test_images": first["test_images"],
+        "quick": first["quick"],
+        "gap_rule": GAP_RULE,
+        "methods": rows,
+    }
+    md, js = write_seed_summary(out, report)
+    print(f"[zeroseg] seed report: {md} and {js}")
     return summary
+
+
+GAP_RULE = (
+    "a method's gap to its baseline counts where |mean difference| > the sum of the two "
+    "sample standard deviations over seeds"
+)
+
+
+def seed_gaps(row: dict, base: dict, metrics: Sequence[str] = SEED_METRICS) -> dict[str, dict]:
+    """Per metric: the difference of means to the baseline row and whether it exceeds the
+    spread (:data:`GAP_RULE`); metrics missing from either row are left out."""
+    out = {}
+    for m in metrics:
+        if m not in row or m not in base:
+            continue
+        gap = row[m] - base[m]
+        spread = row[f"{m}_std"] + base[f"{m}_std"]
+        out[m] = {"value": gap, "spread": spread, "exceeds_spread": abs(gap) > spread}
+    return out
+
+
+def seed_rows(rows_by_seed: dict[int, dict[str, dict]], spread: dict[str, dict]) -> dict:
+    """report.json rows of a seed run: ``<metric>`` the mean over seeds, ``<metric>_std`` its
+    sample standard deviation, the calibration ``gamma`` of each seed, the protocol, and the
+    gap to the baseline (:func:`seed_gaps`) when the baseline was run too."""
+    seeds = list(rows_by_seed)
+    first = rows_by_seed[seeds[0]]
+    rows: dict[str, dict] = {}
+    for name, sp in spread.items():
+        row: dict = {
+            "protocol": first[name].get("protocol"),
+            "protocol_detail": first[name].get("protocol_detail"),
+        }
+        for m in SEED_METRICS:
+            if m in sp:
+                row[m], row[f"{m}_std"] = sp[m]["mean"], sp[m]["std"]
+        cal = {str(s): rows_by_seed[s][name].get("calibration") or {} for s in seeds}
+        row["calibration"] = {
+            "gamma_by_seed": {s: c.get("gamma") for s, c in cal.items()},
+            "how": next((c["how"] for c in cal.values() if "how" in c), None),
+        }
+        rows[name] = row
+    for name, row in rows.items():
+        base = BASELINES.get(name.split("+")[0])
+        if base in rows:
+            row["baseline"] = base
+            row["gap"] = seed_gaps(row, rows[base])
+    return rows
 
 
 def seed_spread(rows_by_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
@@ -292,6 +407,8 @@ def seed_spread(rows_by_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
     for name in names:
         row: dict = {"protocol": rows_by_seed[seeds[0]][name].get("protocol")}
         for metric in SEED_METRICS:
+            if any(rows_by_seed[s][name].get(metric) is None for s in seeds):
+                continue  # e.g. AUSUC of a refinement row (no sweep of its own)
             values = np.array([float(rows_by_seed[s][name][metric]) for s in seeds])
             row[metric] = {
                 "values": dict(zip(map(str, seeds), values.tolist(), strict=True)),

@@ -17,6 +17,14 @@ PROTOCOL_NOTE = {
     "transductive": "transductive: also uses the unlabelled training images (never unseen labels)",
     "supervised": "supervised upper bound: trained with every class labelled (not zero-shot)",
 }
+WORD_NOTE = {
+    "unseen names": "unseen names (stage k): unseen class names (text embeddings, never pixels)"
+    " used in training stage k; without it, unseen names are used at test time only",
+    "CLIP-like encoder": "CLIP-like encoder: starts from a pretrained image-text encoder whose"
+    " captions name unseen classes",
+    "unlabelled images": "unlabelled images: also trains on the unlabelled training images"
+    " (transductive; never their labels, nor where unseen pixels are)",
+}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -29,6 +37,21 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def _fmt(v, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
+
+
+def protocol_label(row: dict) -> str:
+    """The table's short form of a row's ``protocol_detail`` (words of docs/methods.md)."""
+    detail = row.get("protocol_detail")
+    if not detail:
+        return row.get("protocol", "?")
+    parts = [detail["category"]]
+    if detail.get("unseen_names"):
+        parts.append("unseen names (stage " + ", ".join(detail["unseen_names"]) + ")")
+    if detail.get("clip_like"):
+        parts.append("CLIP-like encoder")
+    if detail.get("unlabelled_images"):
+        parts.append("unlabelled images")
+    return "; ".join(parts)
 
 
 def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
@@ -53,9 +76,15 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         "",
         f"World `{summary.get('world', '?')}`: {summary['split']['num_classes']} classes, "
         f"{len(summary['split']['unseen'])} unseen ({', '.join(summary['split']['unseen'])}). "
-        f"{summary.get('train_images', '?')} training and {summary.get('val_images', '?')} validation images.",
-        "Metrics in percent on the validation split, over all classes (generalized zero-shot).",
+        f"{summary.get('train_images', '?')} training, {summary.get('val_images', '?')} validation "
+        f"and {summary.get('test_images', '?')} test images.",
+        f"Metrics in percent on the `{summary.get('eval_split', 'val')}` split, over all classes"
+        " (generalized zero-shot); every choice, the calibration gamma included, was made on "
+        f"`{summary.get('tuned_on', 'val')}`.",
         "hIoU = 2·S·U/(S+U); 'hIoU/oracle' is hIoU as a fraction of the oracle's mIoU.",
+        "gamma: the shared calibration rule's value (calibrated stacking, chosen on val by the"
+        " highest hIoU); AUSUC: area under mIoU(S) against mIoU(U) over gamma, calibration-free"
+        " (docs/methods.md, 'Calibration').",
         "'train (s)': training wall time in this run; 'reused': every stage was loaded from an"
         " earlier run in the same output directory.",
     ]
@@ -73,8 +102,8 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     lines.append("")
     has_pq = any(r.get("hpq") is not None for r in rows.values())
     has_bf = any(r.get("boundary_f") is not None for r in rows.values())
-    head = "| method | protocol | mIoU(S) | mIoU(U) | hIoU | mIoU | hIoU/oracle |"
-    sep = "|---|---|---:|---:|---:|---:|---:|"
+    head = "| method | protocol | mIoU(S) | mIoU(U) | hIoU | mIoU | hIoU/oracle | AUSUC | gamma |"
+    sep = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     if has_pq:
         head += " PQ(S) | PQ(U) | hPQ | AP50(S) | AP50(U) |"
         sep += "---:|---:|---:|---:|---:|"
@@ -86,9 +115,11 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     lines += [head, sep]
     for name, r in rows.items():
         frac = r["hiou"] / oracle if oracle else None
+        gamma = (r.get("calibration") or {}).get("gamma")
         line = (
-            f"| {name} | {r['protocol']} | {_fmt(r['seen_miou'])} | {_fmt(r['unseen_miou'])} | "
-            f"**{_fmt(r['hiou'])}** | {_fmt(r['miou'])} | {_fmt(frac, 2)} |"
+            f"| {name} | {protocol_label(r)} | {_fmt(r['seen_miou'])} | {_fmt(r['unseen_miou'])} | "
+            f"**{_fmt(r['hiou'])}** | {_fmt(r['miou'])} | {_fmt(frac, 2)} | "
+            f"{_fmt(r.get('ausuc'))} | {_fmt(gamma, 2)} |"
         )
         if has_pq:
             line += "".join(
@@ -105,6 +136,8 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         PROTOCOL_NOTE.get(r["protocol"], r["protocol"]) for r in rows.values()
     ):
         lines.append(f"- {note}")
+    labels = " ".join(protocol_label(r) for r in rows.values())
+    lines += [f"- {note}" for word, note in WORD_NOTE.items() if word in labels]
     notes = [(n, note) for n, r in rows.items() for note in r.get("notes", [])]
     if notes:
         lines += ["", "Notes:"] + [f"- {n}: {note}" for n, note in notes]
@@ -162,3 +195,57 @@ def write_seed_report(out: Path, summary: dict) -> tuple[Path, Path]:
         )
     write_text_atomic(out / "seeds.md", "\n".join(lines) + "\n")
     return out / "seeds.md", out / "seeds.json"
+
+
+def write_seed_summary(out: Path, summary: dict) -> tuple[Path, Path]:
+    """``report.json`` and ``report.md`` of a seed run (``zeroseg demo --seeds``).
+
+    Rows hold each metric's mean over seeds as ``<metric>`` and its sample standard deviation as
+    ``<metric>_std``; a method's gap to its baseline is marked in the table only where it
+    exceeds the spread (``summary["gap_rule"]``), and shown as "within spread" otherwise.
+    """
+    summary = {
+        "zeroseg_version": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        **summary,
+    }
+    write_text_atomic(out / "report.json", json.dumps(summary, indent=2, default=float))
+    seeds = summary["seeds"]
+    lines = [
+        f"# zeroseg report: {summary.get('title', 'ShapeWorld')}",
+        "",
+        f"Seeds {', '.join(map(str, seeds))} (each seed's report: `seed-<s>/report.md`). "
+        f"Percent on `{summary['eval_split']}`, every choice made on `{summary['tuned_on']}`; "
+        "mean ± sample standard deviation over the seeds.",
+        f"Gap to the baseline (in brackets): marked **bold** only where it exceeds the spread "
+        f"({summary['gap_rule']}); 'within spread' otherwise.",
+        "",
+        "| method | protocol | baseline | mIoU(S) | mIoU(U) | hIoU | AUSUC | gamma by seed |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+
+    def cell(row: dict, m: str) -> str:
+        if m not in row:
+            return "–"
+        text = f"{row[m]:.1f} ± {row[f'{m}_std']:.1f}"
+        gap = row.get("gap", {}).get(m)
+        if gap is not None:
+            text += (
+                f" (**{gap['value']:+.1f}**)"
+                if gap["exceeds_spread"]
+                else f" ({gap['value']:+.1f}, within spread)"
+            )
+        return text
+
+    for name, row in summary["methods"].items():
+        gammas = row.get("calibration", {}).get("gamma_by_seed", {})
+        lines.append(
+            f"| {name} | {protocol_label(row)} | {row.get('baseline', '–')} | "
+            + " | ".join(cell(row, m) for m in ("seen_miou", "unseen_miou", "hiou", "ausuc"))
+            + " | "
+            + ", ".join("–" if g is None else f"{g:+.2f}" for g in gammas.values())
+            + " |"
+        )
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    return out / "report.md", out / "report.json"

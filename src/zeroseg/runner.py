@@ -29,8 +29,10 @@ from zeroseg.engine.checkpoint import (
 )
 from zeroseg.engine.inference import evaluate_semantic
 from zeroseg.methods import METHODS
-from zeroseg.methods.base import Method, RunContext
+from zeroseg.methods.base import OWN_CALIBRATION_FIELDS, Method, RunContext
 from zeroseg.metrics.boundary import BoundaryFScore
+from zeroseg.metrics.calibration import GAMMAS, CalibrationSweep, ausuc, choose_gamma
+from zeroseg.metrics.calibration import RULE as CALIBRATION_RULE
 from zeroseg.metrics.semantic import SemanticEvaluator
 from zeroseg.text.cache import cached_encode
 from zeroseg.text.encoders import build_text_encoder
@@ -62,13 +64,31 @@ class ImagesOnly(torch.utils.data.Dataset):
 
 @dataclass
 class Data:
-    train: torch.utils.data.Dataset  # full labels: never handed to a zero-shot method as is
+    """The splits of one dataset (docs/methods.md, "Splits").
+
+    Attributes:
+        train: full labels: never handed to a zero-shot method as is.
+        val: where every choice is made (calibration, hyperparameters, schedule length).
+        test: the reported split, read by nothing else.
+        split: the class split.
+        world: the ShapeWorld spec (None for real data).
+    """
+
+    train: torch.utils.data.Dataset
     val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
     split: ClassSplit
     world: object | None = None
 
+    def eval_split(self, name: str) -> torch.utils.data.Dataset:
+        """The labelled evaluation split ``name`` ("val" or "test")."""
+        if name not in ("val", "test"):
+            raise ValueError(f"unknown evaluation split {name!r}; valid: val, test")
+        return self.val if name == "val" else self.test
+
 
 def build_data(cfg: ExperimentConfig, *, progress: bool = True) -> Data:
+    """The train/val/test splits of ``cfg.data``; ``data.val_limit`` caps both val and test."""
     d = cfg.data
     if d.dataset == "shapeworld":
         from zeroseg.data.shapeworld import ShapeWorldDataset, load_spec
@@ -76,11 +96,12 @@ def build_data(cfg: ExperimentConfig, *, progress: bool = True) -> Data:
         spec = load_spec(d.world)
         train = ShapeWorldDataset(spec, "train", limit=d.train_limit, progress=progress)
         val = ShapeWorldDataset(spec, "val", limit=d.val_limit, progress=progress)
-        return Data(train, val, spec.class_split(), spec)
+        test = ShapeWorldDataset(spec, "test", limit=d.val_limit, progress=progress)
+        return Data(train, val, test, spec.class_split(), spec)
     from zeroseg.data.real import build_real_dataset
 
-    train, val, split = build_real_dataset(d)
-    return Data(train, val, split)
+    train, val, test, split = build_real_dataset(d)
+    return Data(train, val, test, split)
 
 
 class Embedder:
@@ -132,6 +153,7 @@ class TrainResult:
     train_seconds: float
     notes: list[str]
     trained_stages: list[str]  # stages trained in this call; empty: all loaded from earlier runs
+    protocol_detail: dict  # what the row used (protocol_detail); docs/methods.md, "Protocols"
 
 
 def train(
@@ -170,19 +192,59 @@ def train(
     method.fit(ctx)
     seconds = time.perf_counter() - t0
     method.eval()
+    detail = protocol_detail(method, ctx)
     if dist.is_main():
-        save_model(method, cfg, data.split, directory / "model.safetensors", notes=ctx.notes)
+        save_model(
+            method,
+            cfg,
+            data.split,
+            directory / "model.safetensors",
+            notes=ctx.notes,
+            protocol_detail=detail,
+        )
     dist.barrier()
-    return TrainResult(method, data, embed, seconds, ctx.notes, ctx.trained)
+    return TrainResult(method, data, embed, seconds, ctx.notes, ctx.trained, detail)
+
+
+def protocol_detail(method: Method, ctx: RunContext) -> dict:
+    """What a trained row used, in the words of docs/methods.md ("Protocols").
+
+    ``training_labels``: which pixel labels training read; ``unseen_names``: the training stages
+    that used unseen class names (empty: test time only); ``captioned_encoder``: the pretrained
+    image-text encoders it starts from and whether their captions name unseen classes
+    (CLIP-like); ``unlabelled_images``: whether it used the unlabelled training images
+    (transductive). Recorded by the method while it ran, also for stages loaded from disk.
+    """
+    if method.protocol == "supervised":
+        labels = "every class (supervised upper bound, not zero-shot)"
+    elif ctx.cfg.data.protocol == "strict":
+        labels = "seen classes only; images with any unseen pixel dropped (strict)"
+    else:
+        labels = "seen classes only; unseen pixels ignored (ignore)"
+    return {
+        "category": method.protocol,
+        "training_labels": labels,
+        "unseen_names": list(ctx.unseen_name_stages),
+        "captioned_encoder": list(ctx.encoders),
+        "clip_like": any(e.get("captions_name_unseen") for e in ctx.encoders),
+        "unlabelled_images": method.protocol == "transductive",
+    }
 
 
 def save_model(
-    method: Method, cfg: ExperimentConfig, split: ClassSplit, path: Path, *, notes=()
+    method: Method,
+    cfg: ExperimentConfig,
+    split: ClassSplit,
+    path: Path,
+    *,
+    notes=(),
+    protocol_detail: dict | None = None,
 ) -> Path:
     meta = {
         "zeroseg_version": __version__,
         "method": method.name,
         "protocol": method.protocol,
+        "protocol_detail": protocol_detail,
         "config": to_dict(cfg),
         "split": split.to_dict(),
         "embed_dim": method.embed_dim,
@@ -235,12 +297,17 @@ def evaluate(
     keep: int = 0,
     post=None,
     boundary: bool = True,
+    gamma: float | None = None,
 ) -> tuple[dict, float, list[torch.Tensor]]:
-    """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary)."""
+    """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary).
+
+    Args:
+        gamma: ``None``: the method's own scores (its config's test-time constants); a number:
+            the shared calibration rule at that ``gamma`` (:meth:`Method.calibrated_scores`).
+    """
     device = next(method.parameters()).device
     emb = embed(split.names).to(device)
-    seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
-    seen_mask[list(split.seen)] = True
+    seen_mask = _seen_mask(split, device)
     evaluator = SemanticEvaluator(
         split.num_classes, split.seen, split.unseen, split.names, split.ignore_index
     )
@@ -248,7 +315,9 @@ def evaluate(
     method.eval()
 
     def fn(images):
-        return method.scores(images.to(device), emb, seen_mask)
+        if gamma is None:
+            return method.scores(images.to(device), emb, seen_mask)
+        return method.calibrated_scores(images.to(device), emb, seen_mask, gamma)
 
     return evaluate_semantic(
         fn,
@@ -261,6 +330,125 @@ def evaluate(
         post=post,
         extras=extras,
     )
+
+
+def _seen_mask(split: ClassSplit, device) -> torch.Tensor:
+    seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
+    seen_mask[list(split.seen)] = True
+    return seen_mask
+
+
+@torch.no_grad()
+def calibration_curve(
+    method: Method,
+    cfg: ExperimentConfig,
+    dataset,
+    split: ClassSplit,
+    embed: Embedder,
+    *,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """mIoU(S), mIoU(U) and hIoU of the shared calibration rule at every grid ``gamma`` (one pass
+    over ``dataset``; :class:`zeroseg.metrics.calibration.CalibrationSweep`)."""
+    from tqdm import tqdm
+
+    from zeroseg.data.loader import iterate_eval, size_groups
+    from zeroseg.engine.inference import infer_scores
+
+    device = next(method.parameters()).device
+    emb = embed(split.names).to(device)
+    seen_mask = _seen_mask(split, device)
+    sweep = CalibrationSweep(
+        split.num_classes, split.seen, split.unseen, GAMMAS, split.ignore_index
+    )
+    method.eval()
+
+    def fn(images):
+        return method.calibration_scores(images.to(device), emb, seen_mask)
+
+    bar = tqdm(total=len(dataset), desc=f"sweep {method.name}", disable=not progress, leave=False)
+    for batch in iterate_eval(
+        dataset, cfg.eval.batch_size, rank=dist.rank(), world_size=dist.world_size()
+    ):
+        for part in size_groups(batch):
+            sweep.process(infer_scores(fn, part["image"], cfg.eval), part["label"])
+            bar.update(len(part["label"]))
+    bar.close()
+    if dist.is_dist():
+        dist.all_reduce_sum(sweep.hist_seen)
+        dist.all_reduce_sum(sweep.hist_unseen)
+    return sweep.curve()
+
+
+def own_calibration(method: Method) -> dict[str, float]:
+    """The method config's own test-time constants, which the shared rule replaces."""
+    return {
+        f: float(getattr(method.cfg, f)) for f in OWN_CALIBRATION_FIELDS if hasattr(method.cfg, f)
+    }
+
+
+def evaluate_protocol(
+    method: Method,
+    cfg: ExperimentConfig,
+    data: Data,
+    embed: Embedder,
+    *,
+    eval_split: str = "test",
+    progress: bool = True,
+    keep: int = 0,
+    post=None,
+    boundary: bool = True,
+    calibration: dict | None = None,
+    curve: bool = True,
+) -> tuple[dict, float, list[torch.Tensor]]:
+    """The evaluation every report uses (docs/methods.md, "Evaluation").
+
+    ``gamma`` of the shared calibration rule is chosen on ``val`` (:func:`choose_gamma`), then
+    ``eval_split`` is evaluated at it; the calibration-free AUSUC comes from a sweep on
+    ``eval_split``. With no unseen class in the vocabulary nothing is calibrated.
+
+    Args:
+        calibration: a ``calibration`` entry from an earlier call on the same model, to reuse its
+            ``gamma`` (refinement rows) instead of sweeping ``val`` again.
+        curve: sweep ``eval_split`` for AUSUC (off for refinement rows: the sweep is of the
+            method's scores, which a refinement does not change).
+
+    Returns:
+        (metrics with ``ausuc``, ``calibration`` {gamma, how, val_hiou, replaces} and
+        ``calibration_curve`` on ``eval_split``; seconds per image; kept predictions).
+    """
+    split = data.split
+    dataset = data.eval_split(eval_split)
+    sweep = bool(split.unseen) and bool(split.seen)  # nothing to calibrate without both
+    if not sweep:
+        calibration = {"gamma": 0.0, "how": "none: the vocabulary is not split seen/unseen"}
+    elif calibration is None:
+        val_curve = calibration_curve(method, cfg, data.val, split, embed, progress=progress)
+        gamma = choose_gamma(val_curve)
+        calibration = {
+            "gamma": gamma,
+            "how": CALIBRATION_RULE,
+            "val_hiou": val_curve["hiou"][val_curve["gamma"].index(gamma)],
+            "replaces": own_calibration(method),
+        }
+    metrics, spi, kept = evaluate(
+        method,
+        cfg,
+        dataset,
+        split,
+        embed,
+        progress=progress,
+        keep=keep,
+        post=post,
+        boundary=boundary,
+        gamma=calibration["gamma"],
+    )
+    metrics["calibration"] = calibration
+    if curve and sweep:
+        test_curve = calibration_curve(method, cfg, dataset, split, embed, progress=progress)
+        metrics["ausuc"] = ausuc(test_curve)
+        metrics["calibration_curve"] = test_curve
+    return metrics, spi, kept
 
 
 def replace(cfg: ExperimentConfig, **changes) -> ExperimentConfig:

@@ -119,3 +119,34 @@ def bar_chart(rows: dict[str, dict], path: Path, keys=("seen_miou", "unseen_miou
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def seen_unseen_curves(rows: dict[str, dict], path: Path) -> Path:
+    """mIoU(S) against mIoU(U) over the calibration sweep of each row (``calibration_curve``),
+    the chosen ``gamma`` marked, AUSUC in the legend. Rows without a curve are left out."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    for name, row in rows.items():
+        curve = row.get("calibration_curve")
+        if not curve:
+            continue
+        (line,) = ax.plot(
+            curve["unseen_miou"],
+            curve["seen_miou"],
+            lw=1.2,
+            label=f"{name} (AUSUC {row.get('ausuc', 0.0):.1f})",
+        )
+        gamma = row.get("calibration", {}).get("gamma")
+        if gamma in curve["gamma"]:
+            i = curve["gamma"].index(gamma)
+            ax.plot(curve["unseen_miou"][i], curve["seen_miou"][i], "o", color=line.get_color())
+    ax.set_xlabel("mIoU(U) %")
+    ax.set_ylabel("mIoU(S) %")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("seen-unseen trade-off over gamma (dot: gamma chosen on val)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

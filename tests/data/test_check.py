@@ -28,9 +28,9 @@ def write_png(path: Path, values: np.ndarray) -> None:
 @pytest.fixture
 def broken_voc(tmp_path):
     """VOC layout where: `bad_img` is corrupt, `bad_val` holds label 30, `no_label` has no label,
-    `small` has a 4x4 label for a 6x8 image, and `good` is fine."""
+    `small` has a 4x4 label for a 6x8 image, and `good` and `good2` are fine."""
     root = tmp_path / "VOC2012"
-    ids = ["good", "bad_img", "bad_val", "no_label", "small"]
+    ids = ["good", "bad_img", "bad_val", "no_label", "small", "good2"]
     for i in ids:
         write_jpg(root / "JPEGImages" / f"{i}.jpg")
         if i != "no_label":
@@ -49,7 +49,7 @@ def broken_voc(tmp_path):
 
 def test_check_names_every_problem_at_once(broken_voc):
     report = check_dataset("voc", broken_voc)
-    assert report.samples == {"train": 5, "val": 1}
+    assert report.samples == {"train": 6, "val": 1}
     assert report.counts() == {
         "unreadable image": 1,
         "missing label": 1,
@@ -71,7 +71,7 @@ def test_check_names_every_problem_at_once(broken_voc):
 def test_check_pascal_5i_reads_the_voc_files(broken_voc, fold):
     # every fold reads the same files: the same problems, whichever fold is named
     report = check_dataset("pascal_5i", broken_voc, fold=fold)
-    assert report.samples == {"train": 5, "val": 1} and report.counts()["label out of range"] == 1
+    assert report.samples == {"train": 6, "val": 1} and report.counts()["label out of range"] == 1
 
 
 def test_check_clean_dataset_is_ok(broken_voc):
@@ -83,7 +83,7 @@ def test_check_reports_missing_layout_per_split(broken_voc):
     (broken_voc / "ImageSets/Segmentation/val.txt").unlink()
     report = check_dataset("voc", broken_voc)
     assert report.counts()["missing layout"] == 1 and "val.txt" in report.format()
-    assert report.samples == {"train": 5}
+    assert report.samples == {"train": 6}
     assert check_dataset("voc", broken_voc / "nowhere").counts() == {"missing layout": 1}
 
 
@@ -152,13 +152,18 @@ def test_bad_samples_stop_a_run_unless_skipped_and_then_are_counted(broken_voc, 
     from zeroseg.data.real import build_real_dataset
 
     cfg = DataConfig(dataset="voc", root=str(broken_voc), crop_size=8)
-    train, _, _ = build_real_dataset(cfg)
+    train, val, _, _ = build_real_dataset(cfg)
+    items = train.items + val.items  # one of the six official training images is held out
+    bad = next(i for i, it in enumerate(items) if it.id == "bad_img")
+    dataset = train if bad < len(train) else val
     with pytest.raises(Exception, match="bad_img.jpg"):
-        train[1]
+        dataset[bad if bad < len(train) else bad - len(train)]
     cfg.skip_bad = True
     with caplog.at_level("WARNING", logger="zeroseg.data"):
-        train, val, _ = build_real_dataset(cfg)
-    assert len(train) == 1 and len(train.skipped) == 4 and len(val) == 1
-    assert "skipped 4 of 5 voc/train samples" in caplog.text
+        train, val, test, _ = build_real_dataset(cfg)
+    # the two good training images: one trains, one is held out as val; test is the official val
+    assert len(train) == 1 and len(train.skipped) == 4 and len(val) == 1 and len(test) == 1
+    assert {train.items[0].id, val.items[0].id} == {"good", "good2"}
+    assert "skipped 4 of 6 voc/train samples" in caplog.text
     for name in ("bad_img", "bad_val", "no_label", "small"):
         assert name in caplog.text

@@ -73,3 +73,37 @@ def test_a_training_stage_refuses_a_leaking_batch(world, tmp_path):
             split=split,
             progress=False,
         )
+
+
+@pytest.mark.parametrize("where", ["second image", "later step", "segments only"])
+def test_the_guard_checks_every_image_every_step_and_the_segments(world, tmp_path, where):
+    spec, ds = world
+    split = spec.class_split()
+    seen_only = SeenOnly(ds, split, "ignore")
+    clean = [seen_only[i] for i in range(2)]
+
+    def batch(leak: bool) -> dict:
+        labels = torch.stack([c["label"] for c in clean])
+        segs = [c["segments"].clone() for c in clean]
+        if leak and where in ("second image", "later step"):
+            labels[1, 0, 0] = split.unseen[0]  # one pixel of the second image
+        if leak and where == "segments only":
+            segs[1][0, 1] = split.unseen[0]  # a segment row of an unseen class
+        return {"label": labels, "segments": segs}
+
+    def batches(start, stop):
+        for step in range(start, stop):
+            # the leak: at step 0 in the second image / segments, or only at step 3
+            yield step, batch(leak=(step == 3) if where == "later step" else (step == 0))
+
+    with pytest.raises(ProtocolError):
+        train_stage(
+            stage="segmenter",
+            model=torch.nn.Linear(1, 1),
+            step_fn=lambda m, b: {"loss": m.weight.sum()},
+            batches=batches,
+            cfg=TrainConfig(iters=5),
+            directory=tmp_path / "s",
+            split=split,
+            progress=False,
+        )

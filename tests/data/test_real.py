@@ -20,11 +20,14 @@ from zeroseg.data.protocol import SeenOnly, assert_seen_only
 from zeroseg.data.real import (
     CLASS_SPLITS,
     DATASETS,
+    VAL_MAX,
     build_real_dataset,
     coco_panoptic,
     coco_stuff,
     context,
     folds,
+    get_builder,
+    val_holdout_ids,
     voc,
 )
 from zeroseg.data.real.base import LabelRangeError, LayoutError
@@ -221,13 +224,16 @@ def test_context_labels(context_root):
 def test_coco_panoptic_labels_and_segments(panoptic_root):
     train = coco_panoptic.build(panoptic_root, "train")
     s = train[0]
-    # person -> 0, cow -> 19, sky-other-merged -> 119, crowd -> 255 / void, void -> 255
+    # person -> 0, cow -> 19, sky-other-merged -> 119, crowd of persons -> 255 in the label,
+    # void -> 255
     assert s["label"][0, ::2].tolist() == [0, 19, 119, 255]
     assert s["label"][5, 6].item() == 255 and s["panoptic"][5, 6].item() == 0
-    assert s["segments"].tolist() == [[1, 0, 1], [2, 19, 1], [3, 119, 0]]
-    assert s["panoptic"][0, ::2].tolist() == [1, 2, 3, 0]
+    # rows (id, class, is_thing, is_crowd): the crowd keeps its segment, flagged
+    assert s["segments"].tolist() == [[1, 0, 1, 0], [2, 19, 1, 0], [3, 119, 0, 0], [4, 0, 1, 1]]
+    assert s["panoptic"][0, ::2].tolist() == [1, 2, 3, 4]
+    assert (s["panoptic"][:3, 6:8] == 4).all()
     s2 = train[1]
-    assert s2["segments"].tolist() == [[1, 0, 1], [2, 0, 1], [3, 80, 0]]  # banner is class 80
+    assert s2["segments"].tolist() == [[1, 0, 1, 0], [2, 0, 1, 0], [3, 80, 0, 0]]  # banner: 80
     assert s2["label"][0].tolist() == [0, 0, 0, 0, 0, 80, 80, 80]
     assert coco_panoptic.build(panoptic_root, "val")[0]["label"].unique().tolist() == [125]
 
@@ -256,8 +262,13 @@ def test_no_unseen_pixel_reaches_training(name, protocol, request):
     cfg = DataConfig(
         dataset=name, root=str(root), protocol=protocol, crop_size=4, fold=FOLD_OF.get(name)
     )
-    train, val, split = build_real_dataset(cfg)
-    assert val.train_transform is None and train.train_transform is not None
+    train, val, test, split = build_real_dataset(cfg)
+    assert val.train_transform is None and test.train_transform is None
+    # the whole official training list (build_real_dataset holds one fixture image out as val)
+    train = get_builder(name, fold=FOLD_OF.get(name))(
+        str(root), "train", train_transform=train.train_transform
+    )
+    assert train.train_transform is not None
     full_has_unseen = [split.contains_unseen(train[i]["label"]) for i in range(len(train))]
     assert any(full_has_unseen)  # every fixture puts an unseen class in training images
     seen_only = SeenOnly(train, split, protocol)
@@ -270,9 +281,54 @@ def test_no_unseen_pixel_reaches_training(name, protocol, request):
         assert batch["image"].shape == (1, 3, 4, 4) and batch["label"].shape == (1, 4, 4)
         assert_seen_only({"label": batch["label"]}, split, stage="test")
         assert not split.contains_unseen(batch["label"])
-        # collate stacks equal-length segment lists to (B, n, 3): check the class column per image
+        # collate stacks equal-length segment lists to (B, n, c): check the class column per image
         for segs in batch.get("segments", []):
-            assert not split.contains_unseen(segs.reshape(-1, 3)[:, 1])
+            segs = segs.reshape(-1, segs.shape[-1])
+            assert not split.contains_unseen(segs[:, 1])
+            if segs.shape[1] > 3:  # crowd regions are no training target
+                assert not segs[:, 3].any()
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("name", list(ROOTS))
+def test_val_is_held_out_of_training_and_test_is_the_official_val(name, request):
+    root = request.getfixturevalue(ROOTS[name])
+    cfg = DataConfig(dataset=name, root=str(root), crop_size=4, fold=FOLD_OF.get(name))
+    train, val, test, _ = build_real_dataset(cfg)
+    official = get_builder(name, fold=FOLD_OF.get(name))
+    official_train = [it.id for it in official(str(root), "train").items]
+    official_val = [it.id for it in official(str(root), "val").items]
+    train_ids, val_ids = [it.id for it in train.items], [it.id for it in val.items]
+    # every fixture has two official training images: ceil(5 %) of 2 = 1 is held out
+    assert len(val_ids) == 1 and len(train_ids) == 1
+    assert sorted(train_ids + val_ids) == sorted(official_train)
+    assert [it.id for it in test.items] == official_val
+    assert val.train_transform is None and train.train_transform is not None
+    # val samples are read like training samples, without augmentation
+    assert val[0]["image"].shape[0] == 3
+
+
+def test_val_holdout_rule():
+    ids = [f"img{i:05d}" for i in range(20_000)]
+    held = val_holdout_ids(ids)
+    assert len(held) == VAL_MAX  # 5 % of 20000 = 1000, capped at 500
+    assert len(val_holdout_ids(ids[:100])) == 5  # ceil(5 % of 100)
+    assert len(val_holdout_ids(ids[:101])) == 6  # ceil(5.05)
+    # the rule reads ids only: order does not matter, and a held-out id stays held out when
+    # other images join (it ranks by a hash of the id)
+    assert val_holdout_ids(ids[::-1]) == held
+    small = val_holdout_ids(ids[:1000])
+    assert len(small) == 50 and small == set(sorted(ids[:1000], key=_rank)[:50])
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        val_holdout_ids(["only"])
+
+
+def _rank(i: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"zeroseg-val-0:{i}".encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- transforms

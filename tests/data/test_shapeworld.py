@@ -1,8 +1,18 @@
+import dataclasses
+import shutil
+
 import numpy as np
 import pytest
 import yaml
 
-from zeroseg.data.shapeworld import ShapeWorldDataset, SpecError, load_spec, parse_spec
+from zeroseg.data.shapeworld import (
+    ShapeWorldDataset,
+    SpecError,
+    load_spec,
+    load_split,
+    parse_spec,
+    world_dir,
+)
 from zeroseg.data.shapeworld.render import render, shape_mask
 from zeroseg.data.shapeworld.spec import SHAPES, TEXTURES
 
@@ -138,3 +148,72 @@ def test_cache_key_follows_content(tmp_path, tiny_world):
     s = ds[0]
     assert s["image"].shape == (3, 32, 32) and s["label"].shape == (32, 32)
     assert len(ds) == spec.val_images
+
+
+# Hashes of images 0, 1 and 499 of each split of the default world, recorded with the code before
+# the test split existed (commit 6cf5b13): adding a split must not change any existing image.
+BEFORE_TEST_SPLIT = {
+    "train": "16e8cddedf6280b8",
+    "val": "24df7985cda46c34",
+    "caption": "a6915b1d5fb632b6",
+}
+
+
+def _split_digest(spec, split: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in (0, 1, 499):
+        r = render(spec, split, i)
+        for part in (r.image, r.semantic, r.panoptic):
+            h.update(part.tobytes())
+        h.update(r.caption.encode())
+    return h.hexdigest()[:16]
+
+
+def test_train_val_caption_images_are_unchanged_by_the_test_split():
+    spec = load_spec()
+    assert spec.test_images == 500
+    assert {s: _split_digest(spec, s) for s in BEFORE_TEST_SPLIT} == BEFORE_TEST_SPLIT
+    # the default world's cache key is the one it had before (cached worlds stay valid)
+    assert spec.content_key() == "fc7492da81ed677f"
+
+
+def test_test_split_is_its_own_seed_stream(tmp_path):
+    spec = parse_spec(base_spec(test_images=4))
+    for i in range(4):
+        t = render(spec, "test", i).image
+        assert not any(np.array_equal(t, render(spec, s, i).image) for s in ("train", "val"))
+    ds = ShapeWorldDataset(spec, "test", root=tmp_path, progress=False)
+    assert len(ds) == 4 and ds[2]["id"] == "t/test/000002"
+    assert np.array_equal(ds[2]["image"].permute(1, 2, 0).numpy(), render(spec, "test", 2).image)
+
+
+def test_test_split_size_is_in_the_file_name_not_the_world_key(tmp_path):
+    small, large = parse_spec(base_spec(test_images=3)), parse_spec(base_spec(test_images=6))
+    assert small.content_key() == large.content_key()
+    a = ShapeWorldDataset(small, "test", root=tmp_path, progress=False)
+    b = ShapeWorldDataset(large, "test", root=tmp_path, progress=False)
+    # both files live side by side; the first 3 images agree (an image depends on its index only)
+    names = sorted(p.name for p in world_dir(small, tmp_path).iterdir())
+    assert names == ["test-3.npz", "test-6.npz"]
+    assert len(a) == 3 and len(b) == 6
+    assert np.array_equal(a.data.images, b.data.images[:3])
+
+
+def test_spec_without_test_images_gets_as_many_as_val():
+    assert parse_spec(base_spec()).test_images == 5
+    with pytest.raises(SpecError, match="'test_images' must be an integer >= 1"):
+        parse_spec(base_spec(test_images=0))
+
+
+def test_a_cached_split_of_the_wrong_size_is_refused(tmp_path):
+    spec = parse_spec(base_spec())
+    load_split(spec, "val", root=tmp_path, progress=False)
+    # a foreign file where a 7-image val split is expected (e.g. copied from another world)
+    bigger = dataclasses.replace(spec, val_images=7)
+    target = world_dir(bigger, tmp_path) / "val.npz"
+    target.parent.mkdir(parents=True)
+    shutil.copy(world_dir(spec, tmp_path) / "val.npz", target)
+    with pytest.raises(RuntimeError, match="holds 5 images, the spec asks for 7"):
+        load_split(bigger, "val", root=tmp_path, progress=False)

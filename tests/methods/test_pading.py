@@ -173,6 +173,9 @@ def test_tiny_fit_strict_protocol_no_unseen_reaches_training(tiny_world, tmp_pat
     assert set(seen_by_stage) == {"mask-model", "pading-queries", "generator", "classifier"}
     assert any("strict protocol dropped" in n for n in result.notes)
     assert any("unseen class names" in n for n in result.notes)
+    detail = result.protocol_detail
+    assert detail["unseen_names"] == ["2-3"] and "strict" in detail["training_labels"]
+    assert not detail["clip_like"] and not detail["unlabelled_images"]
     # The real query embeddings carry seen classes or no-object only.
     from safetensors.torch import load_file
 

@@ -163,12 +163,13 @@ def test_inductive_training_never_sees_unseen_names(tiny_world, tmp_path, monkey
     spy = SpyEmbedder(Embedder(cfg.text, world=data.world))
     method = build_method(cfg, data.split, 384)
 
-    def forbidden(self, *, reason):
-        raise AssertionError(f"inductive ZegCLIP called all_embeddings ({reason})")
+    def forbidden(self, *, reason, stage):
+        raise AssertionError(f"inductive ZegCLIP called all_embeddings ({reason}, stage {stage})")
 
     monkeypatch.setattr(RunContext, "all_embeddings", forbidden)
     ctx = _ctx(cfg, data, method, tmp_path, spy)
     method.fit(ctx)
+    assert ctx.unseen_name_stages == []
     asked = {n for call in spy.calls for n in call}
     assert asked and asked <= set(data.split.seen_names)
     assert not asked & set(data.split.unseen_names)
@@ -206,6 +207,15 @@ def test_self_training_pseudo_labels_come_only_from_unlabelled_images(
         return real(self, images, *args, **kw)
 
     monkeypatch.setattr(ZegCLIPST, "pseudo_labels", spy)
+    losses = []  # (unlabelled stream?, classes, label values) of every loss call
+    real_loss = ZegCLIPST.loss
+
+    def loss_spy(self, images, labels, class_embeddings):
+        values = set(torch.unique(labels).tolist())
+        losses.append((bool((images == 77).all()), len(class_embeddings), values))
+        return real_loss(self, images, labels, class_embeddings)
+
+    monkeypatch.setattr(ZegCLIPST, "loss", loss_spy)
     size = data.world.image_size
     ctx = _ctx(
         cfg,
@@ -219,6 +229,22 @@ def test_self_training_pseudo_labels_come_only_from_unlabelled_images(
     assert len(seen_images) == 3
     assert all(bool((x == 77).all()) for x in seen_images)  # only the unlabelled stream
     assert any("transductive" in n for n in ctx.notes)
+    assert ctx.unseen_name_stages == ["5"]  # self-training's pseudo-labels use every name
+    # The supervised term (labelled images) is over the seen classes only, in every stage: it
+    # never pushes the unseen masks down at labelled pixels (that would teach where the ignored,
+    # i.e. unseen, pixels are); only the pseudo-label term (unlabelled images) has every class.
+    n_seen, k = len(data.split.seen), data.split.num_classes
+    sup = [c for c in losses if not c[0]]
+    pseudo = [c for c in losses if c[0]]
+    assert len(sup) == 6 and len(pseudo) == 3  # 3 inductive + 3 self-training steps
+    assert all(n == n_seen and v <= set(range(n_seen)) | {255} for _, n, v in sup)
+    assert all(n == k for _, n, _ in pseudo)
+    # a second fit loads every finished stage, and still says so
+    again = build_method(cfg, data.split, 384)
+    embed = Embedder(cfg.text, world=data.world)
+    ctx2 = _ctx(cfg, data, again, tmp_path, embed, train_images=_Constant(len(data.train), size))
+    again.fit(ctx2)
+    assert ctx2.unseen_name_stages == ["5"] and not ctx2.trained
 
 
 def test_tiny_end_to_end_fit(tiny_world, tmp_path):
@@ -236,6 +262,21 @@ def test_tiny_end_to_end_fit(tiny_world, tmp_path):
     )
     # An untrained model scores ~3% seen mIoU here (measured); 100 steps give ~20%.
     assert metrics["seen_miou"] > 15.0, metrics
+    # inductive, but its stage-0 encoder read captions that name the unseen class
+    from zeroseg.data.shapeworld.world import caption_images_with_unseen
+
+    detail = result.protocol_detail
+    naming, total = caption_images_with_unseen(result.data.world)
+    assert detail["unseen_names"] == [] and not detail["unlabelled_images"]
+    assert detail["captioned_encoder"] == [
+        {
+            "encoder": "ShapeWorld stage-0 caption-contrastive encoder",
+            "captions_name_unseen": True,
+            "caption_images": total,
+            "caption_images_naming_unseen": naming,
+        }
+    ]
+    assert detail["clip_like"] and 0 < naming < total == 64
     assert (tmp_path / "zegclip" / "model.safetensors").is_file()
 
 
@@ -325,3 +366,43 @@ def test_the_foundation_preset_keeps_the_foundation_frozen(tiny_world, tmp_path)
             load_spec_split(tiny_world),
             384,
         )
+
+
+def test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token(
+    tiny_world, monkeypatch
+):
+    import torch.nn.functional as F
+
+    import zeroseg.models.heads.zegclip_decoder as decoder_mod
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tiny_world)
+    spec_split = build_data(cfg, progress=False).split
+    method = build_method(cfg, spec_split, 384).eval()
+    assert method.cfg.seen_reduction == pytest.approx(0.1)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    emb = torch.randn(spec_split.num_classes, 384)
+    seen = torch.zeros(spec_split.num_classes, dtype=torch.bool)
+    seen[list(spec_split.seen)] = True
+    # inductive inference: sigmoid scores minus 0.1 on the seen classes (ZegCLIP's own constant,
+    # what `zeroseg predict` applies); the shared rule starts from the unreduced scores
+    with torch.no_grad():
+        own = method.scores(images, emb, seen)
+        plain = method.calibration_scores(images, emb, seen)
+    assert torch.allclose(own, plain - 0.1 * seen.view(1, -1, 1, 1).float(), atol=1e-6)
+    # the relationship descriptor receives the image's own CLS embedding
+    got = []
+    real = decoder_mod.relationship_descriptor
+
+    def spy(text, cls):
+        got.append(cls.detach().clone())
+        return real(text, cls)
+
+    monkeypatch.setattr(decoder_mod, "relationship_descriptor", spy)
+    with torch.no_grad():
+        method.mask_logits(images, emb)
+        x = (images.float() - method.mean) / method.std
+        feats = method.encoder.forward_features(x, prompts=method.prompts)
+    assert len(got) == 1
+    assert torch.allclose(got[0], F.normalize(feats["cls_proj"].float(), dim=-1), atol=1e-6)
+    assert not torch.allclose(got[0][0], got[0][1])  # two images, two CLS tokens

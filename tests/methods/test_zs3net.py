@@ -201,6 +201,12 @@ def test_tiny_end_to_end(runs):
         assert m["unseen_miou"] > 2.0, m
     assert runs["zs3net"][0].method.protocol == "inductive"
     assert runs["zs5net"][0].method.protocol == "transductive"
+    # what each row used, as report.json states it: unseen names in the generator/classifier
+    # stages, and in self-training (pseudo-labels over all names) with the unlabelled images
+    d3, d5 = runs["zs3net"][0].protocol_detail, runs["zs5net"][0].protocol_detail
+    assert d3["unseen_names"] == ["2-3"] and not d3["unlabelled_images"]
+    assert d5["unseen_names"] == ["2-3", "5"] and d5["unlabelled_images"]
+    assert d3["captioned_encoder"] == d5["captioned_encoder"] == []
 
 
 def test_vocabulary_order_subset_and_new_names(runs):
@@ -285,3 +291,114 @@ def test_fakes_are_drawn_with_the_generators_dropout_on_and_repeatably(runs):
     assert modes == [True, True]
     assert torch.equal(a["fake"], b["fake"])
     assert not method.feature_gen.training  # the generator's mode is restored
+
+
+class _MovedIgnore(torch.utils.data.Dataset):
+    """Protocol samples whose ignored region is moved: the ignored pixels get seen class
+    ``fill`` and the pixels ``shift`` columns to their right are ignored instead."""
+
+    def __init__(self, dataset, shift: int, fill: int):
+        self.dataset, self.shift, self.fill = dataset, shift, fill
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        s = dict(self.dataset[i])
+        ignored = s["label"] == 255
+        label = s["label"].clone()
+        label[ignored] = self.fill
+        label[torch.roll(ignored, self.shift, dims=-1)] = 255
+        s["label"] = label
+        return s
+
+
+def _self_train(runs, directory, *, train_set, train_images, pseudo_loss_weight, pseudo_images=8):
+    """Stage 5 alone, 3 steps, from a copy of the trained zs5net; returns the copy and context."""
+    import copy
+    import dataclasses
+
+    data = runs["data"]
+    method = copy.deepcopy(runs["zs5net"][0].method)
+    c = method.cfg
+    method.cfg = dataclasses.replace(
+        c,
+        pseudo_loss_weight=pseudo_loss_weight,
+        pseudo_images=pseudo_images,
+        self_train=dataclasses.replace(c.self_train, iters=3, batch_size=4, ckpt_every=0),
+    )
+    ctx = RunContext(
+        cfg=None,  # stage 5 reads the method's own config only
+        directory=directory,
+        split=data.split,
+        train_set=train_set,
+        train_images=train_images,
+        embed=runs["zs5net"][0].embed,
+        device=torch.device("cpu"),
+        progress=False,
+        world=data.world,
+    )
+    method.fit_self_training(ctx)
+    return method, ctx
+
+
+def test_self_training_never_learns_where_the_ignored_pixels_are(runs, tmp_path):
+    """Two self-training runs from the same weights whose labels differ only in where the
+    ignored (under `ignore`: unseen) pixels are, without the pseudo-label term: the unseen
+    classes' classifier rows end identical, since the seen term never reaches them."""
+    data, split = runs["data"], runs["data"].split
+    before = runs["zs5net"][0].method.segmenter.classifier.weight.detach().clone()
+    rows = {}
+    for name, shift in (("a", 0), ("b", 5)):
+        labelled = SeenOnly(data.train, split, "ignore")
+        if shift:
+            labelled = _MovedIgnore(labelled, shift, fill=int(split.seen[0]))
+        method, _ = _self_train(
+            runs,
+            tmp_path / name,
+            train_set=labelled,
+            train_images=runner.ImagesOnly(data.train),
+            pseudo_loss_weight=0.0,
+        )
+        after = method.segmenter.classifier.weight.detach()
+        assert not torch.equal(before[list(split.seen)], after[list(split.seen)])  # it trained
+        rows[name] = after[list(split.unseen)].clone()
+    assert torch.equal(rows["a"], rows["b"])
+
+
+class _GarbageLabels(torch.utils.data.Dataset):
+    """The same images with every label replaced by the unseen class (what a leak would read)."""
+
+    def __init__(self, dataset, value: int):
+        self.dataset, self.value = dataset, value
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        s = dict(self.dataset[i])
+        s["label"] = torch.full_like(s["label"], self.value)
+        return s
+
+
+def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path):
+    """Stage 5 with the unlabelled images' hidden ground truth replaced by garbage gives the
+    same weights: the pseudo-labels read images only (the released code keeps pseudo-labels
+    only on unseen ground-truth pixels; a leak like that changes the result here)."""
+    data, split = runs["data"], runs["data"].split
+    weights = []
+    garbage = _GarbageLabels(data.train, int(split.unseen[0]))
+    for name, hidden in (("real", data.train), ("garbage", garbage)):
+        method, ctx = _self_train(
+            runs,
+            tmp_path / name,
+            train_set=SeenOnly(data.train, split, "ignore"),
+            train_images=runner.ImagesOnly(hidden),
+            pseudo_loss_weight=1.0,
+            pseudo_images=64,
+        )
+        # not vacuous: the model pseudo-labels some pixels (a leak would keep fewer or more)
+        [note] = [n for n in ctx.notes if "pseudo-labelled" in n]
+        assert int(note.split()[2]) > 0, note
+        weights.append({k: v.clone() for k, v in method.segmenter.state_dict().items()})
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

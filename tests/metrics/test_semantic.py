@@ -33,6 +33,17 @@ def test_absent_classes_are_left_out_of_the_means():
     assert m["seen_miou"] == 100.0 and m["unseen_miou"] == 0.0 and m["per_class_iou"]["2"] is None
 
 
+def test_a_class_predicted_but_absent_from_the_ground_truth_scores_zero():
+    # class 2 (unseen) never occurs in the ground truth but is predicted once: IoU 0/1 = 0, and
+    # it enters the unseen mean (a model that hallucinates a class pays for it)
+    gt = torch.tensor([0, 0, 1, 1])
+    pr = torch.tensor([0, 0, 1, 2])
+    m = summarize(confusion_matrix(pr, gt, 3), seen=[0, 1], unseen=[2])
+    assert m["per_class_iou"]["2"] == 0.0
+    assert m["per_class_iou"]["1"] == pytest.approx(50.0)
+    assert m["unseen_miou"] == 0.0 and m["miou"] == pytest.approx(50.0)
+
+
 def test_out_of_range_labels_are_an_error():
     with pytest.raises(ValueError, match=r"\[7\] are outside \[0, 3\)"):
         confusion_matrix(torch.tensor([0]), torch.tensor([7]), 3)

@@ -57,12 +57,15 @@ class SeenOnly(torch.utils.data.Dataset):
         sample.pop("caption", None)
         if "segments" in sample:
             segs = sample["segments"]
-            unseen = torch.isin(segs[:, 1], torch.tensor(self.split.unseen, dtype=segs.dtype))
-            if unseen.any():
+            drop = torch.isin(segs[:, 1], torch.tensor(self.split.unseen, dtype=segs.dtype))
+            # crowd regions (COCO's is_crowd column) are no training target: void, as detectron2
+            if segs.shape[1] > 3:
+                drop |= segs[:, 3] != 0
+            if drop.any():
                 pan = sample["panoptic"].clone()
-                pan[torch.isin(pan, segs[unseen, 0])] = 0
+                pan[torch.isin(pan, segs[drop, 0])] = 0
                 sample["panoptic"] = pan
-                sample["segments"] = segs[~unseen]
+                sample["segments"] = segs[~drop]
         return sample
 
 
@@ -71,7 +74,18 @@ def _images_with_unseen(dataset, split: ClassSplit) -> np.ndarray:
     if hasattr(dataset, "labels"):  # fast path: label maps without decoding images
         labels = dataset.labels()
         return np.isin(labels, split.unseen).reshape(len(labels), -1).any(axis=1)
-    if hasattr(dataset, "label"):  # real datasets: read label files only
+    if hasattr(dataset, "read_annotation"):  # real datasets: read annotation files only
+        out = []
+        for i in range(len(dataset)):
+            ann = dataset.read_annotation(i)
+            # segments count too: a crowd region of an unseen class is ignore in the label
+            segs = ann.get("segments")
+            classes = segs[:, 1] if segs is not None and len(segs) else np.zeros(0, np.int64)
+            out.append(
+                split.contains_unseen(ann["label"]) or bool(np.isin(classes, split.unseen).any())
+            )
+        return np.array(out, dtype=bool)
+    if hasattr(dataset, "label"):
         return np.array(
             [split.contains_unseen(np.asarray(dataset.label(i))) for i in range(len(dataset))]
         )

@@ -348,6 +348,7 @@ class AlignZeg(MaskProjection):
                 "fuses the frozen stage-0 caption-contrastive encoder (image-level captions of the "
                 "separate caption split, all class names, no masks) as the paper fuses frozen CLIP"
             )
+            ctx.pretrained_encoder("ShapeWorld stage-0 caption-contrastive encoder (fused)")
         if isinstance(self.model.clip, FoundationEncoder) or self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation or "shipped")
         if stage_done(stage):

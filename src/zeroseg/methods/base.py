@@ -9,10 +9,11 @@ class embeddings only for the names a stage is allowed to know.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from zeroseg.data.classes import ClassSplit
+from zeroseg.metrics.calibration import class_probabilities
 
 
 @dataclass
@@ -44,6 +46,10 @@ class RunContext:
             loaded from an earlier run).
         foundation: the identity (name, sha256) of the pretrained foundation the method
             started from, set by :meth:`start_from_foundation`.
+        unseen_name_stages: the training stages that used unseen class names
+            (:meth:`uses_unseen_names`); empty: unseen names only at test time.
+        encoders: the pretrained image-text encoders the model starts from
+            (:meth:`pretrained_encoder`), and whether their captions name unseen classes.
     """
 
     cfg: object
@@ -59,6 +65,8 @@ class RunContext:
     train_transform: Callable | None = None
     trained: list[str] = field(default_factory=list)
     foundation: dict | None = None
+    unseen_name_stages: list[str] = field(default_factory=list)
+    encoders: list[dict] = field(default_factory=list)
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
@@ -77,7 +85,13 @@ class RunContext:
     def data_key(self) -> dict:
         """What decides the training data: dataset config, protocol, world content."""
         world = self.world.content_key() if self.world is not None else None
-        return {"data": dataclasses.asdict(self.cfg.data), "world": world, "seed": self.cfg.seed}
+        key = {"data": dataclasses.asdict(self.cfg.data), "world": world, "seed": self.cfg.seed}
+        if self.world is None:
+            from zeroseg.data.real import VAL_FRACTION, VAL_MAX, VAL_SALT
+
+            # real data: the held-out val images are not trained on, so they decide the weights
+            key["val_holdout"] = [VAL_SALT, VAL_FRACTION, VAL_MAX]
+        return key
 
     def train_stage(self, *, guard: bool = True, **kwargs) -> dict:
         """:func:`zeroseg.engine.trainer.train_stage` with this run's device and progress setting,
@@ -133,6 +147,16 @@ class RunContext:
             return
         self.foundation = identity
         excluded = identity["excluded"]
+        # The web's captions say every colour x shape / texture name except the excluded ones.
+        unseen = set(self.world.unseen) if self.world is not None else None
+        entry: dict = {
+            "encoder": f"ShapeWorld foundation {identity['name']} (sha256 {identity['sha256'][:12]})",
+            "captions_name_unseen": bool(unseen - set(excluded)) if unseen is not None else True,
+            "basis": "the foundation's web captions (every colour x shape / texture name"
+            + (f" but {len(excluded)} excluded)" if excluded else ")"),
+        }
+        if entry not in self.encoders:
+            self.encoders.append(entry)
         self.notes.append(
             f"starts from the ShapeWorld foundation {identity['name']} "
             f"(sha256 {identity['sha256'][:12]}): image-level captions only, "
@@ -159,14 +183,45 @@ class RunContext:
         """(S, D) embeddings of the seen classes only (what inductive stages may know)."""
         return self.embed(self.split.seen_names)
 
-    def all_embeddings(self, *, reason: str) -> torch.Tensor:
+    def all_embeddings(self, *, reason: str, stage: str) -> torch.Tensor:
         """(K, D) embeddings of every class, unseen names included.
 
-        Only generative methods may call this during training (their published setting uses
-        unseen *names*, never unseen pixels); the reason is recorded in the report.
+        Only generative and transductive methods may call this during training (their published
+        settings use unseen *names*, never unseen pixels); stage and reason go to the report.
         """
-        self.notes.append(f"uses unseen class names during training: {reason}")
+        self.uses_unseen_names(reason=reason, stage=stage)
         return self.embed(self.split.names)
+
+    def uses_unseen_names(self, *, reason: str, stage: str) -> None:
+        """Records that training ``stage`` (e.g. "2-3", "5") uses unseen class names.
+
+        Call it before a finished stage is loaded, so a reused stage is reported the same way.
+        """
+        if stage not in self.unseen_name_stages:
+            self.unseen_name_stages.append(stage)
+            self.notes.append(f"uses unseen class names in stage {stage}: {reason}")
+
+    def pretrained_encoder(self, what: str) -> None:
+        """Records that the model starts from pretrained image-text encoder ``what``.
+
+        On ShapeWorld it is the stage-0 encoder of the caption split, and the record counts the
+        caption images that show (so whose captions name) an unseen class; a CLIP checkpoint's
+        web captions are taken to name them (CLIP-like).
+        """
+        entry: dict = {"encoder": what}
+        if self.world is not None:
+            from zeroseg.data.shapeworld.world import caption_images_with_unseen
+
+            naming, total = caption_images_with_unseen(self.world)
+            entry.update(
+                captions_name_unseen=naming > 0,
+                caption_images=total,
+                caption_images_naming_unseen=naming,
+            )
+        else:
+            entry.update(captions_name_unseen=True, basis="web image-text pairs (CLIP)")
+        if entry not in self.encoders:
+            self.encoders.append(entry)
 
 
 class Method(nn.Module):
@@ -176,6 +231,9 @@ class Method(nn.Module):
     Config: ClassVar[type]
     protocol: ClassVar[str] = "inductive"  # inductive | transductive | supervised (oracle)
     produces_segments: ClassVar[bool] = False  # panoptic/instance outputs (mask methods)
+    # How ``scores`` become class probabilities for the shared calibration rule
+    # (zeroseg.metrics.calibration): "logits" (softmax), "probabilities" or "evidence".
+    score_kind: ClassVar[str] = "logits"
 
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
         super().__init__()
@@ -203,6 +261,50 @@ class Method(nn.Module):
             (B, K, H, W) scores; the prediction is their argmax.
         """
         raise NotImplementedError
+
+    def calibration_scores(
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, seen_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, K, H, W) class probabilities in [0, 1] before any calibration: what the shared
+        rule (:mod:`zeroseg.metrics.calibration`) subtracts its ``gamma`` from.
+
+        The method's own test-time constant (a config ``calibration`` or ``seen_reduction``) is
+        zero for the call: the shared rule's ``gamma`` takes its place.
+        """
+        with own_calibration_off(self):
+            return class_probabilities(
+                self.scores(images, class_embeddings, seen_mask), self.score_kind
+            )
+
+    def calibrated_scores(
+        self,
+        images: torch.Tensor,
+        class_embeddings: torch.Tensor,
+        seen_mask: torch.Tensor,
+        gamma: float,
+    ) -> torch.Tensor:
+        """(B, K, H, W) scores under the shared rule: class probabilities minus ``gamma`` on the
+        seen classes (their argmax is the calibrated prediction). Methods that decode after
+        calibrating (SAZS's shape-aware fusion) override this."""
+        probs = self.calibration_scores(images, class_embeddings, seen_mask)
+        return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
+
+
+# Test-time calibration constants of method configs that the shared rule replaces.
+OWN_CALIBRATION_FIELDS = ("calibration", "seen_reduction")
+
+
+@contextlib.contextmanager
+def own_calibration_off(method: Method) -> Iterator[None]:
+    """Within the block, ``method.cfg`` has every :data:`OWN_CALIBRATION_FIELDS` entry at 0."""
+    cfg = method.cfg
+    changes = {f: 0.0 for f in OWN_CALIBRATION_FIELDS if getattr(cfg, f, 0)}
+    if changes:
+        method.cfg = dataclasses.replace(cfg, **changes)
+    try:
+        yield
+    finally:
+        method.cfg = cfg
 
 
 def seen_position_lookup(split: ClassSplit) -> torch.Tensor:

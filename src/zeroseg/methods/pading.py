@@ -62,7 +62,7 @@ from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import mmd_loss
 from zeroseg.methods.base import Method, RunContext, seen_position_lookup
 from zeroseg.metrics.instance import InstanceEvaluator
-from zeroseg.metrics.panoptic import PanopticEvaluator
+from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags
 from zeroseg.models.heads.mask_decoder import (
     MaskClassifier,
     MaskModelConfig,
@@ -111,6 +111,8 @@ class MaskProjection(Method):
 
     name = "mask-projection"
     Config = MaskProjectionConfig
+    # sum over queries of class probability x mask, for the shared calibration rule
+    score_kind = "evidence"
     protocol = "inductive"
     produces_segments = True
 
@@ -200,7 +202,7 @@ class MaskProjection(Method):
 
     @torch.no_grad()
     def extra_metrics(self, cfg, data, embed, *, progress: bool = True) -> dict:
-        """Panoptic PQ/SQ/RQ and instance AP50/recall over ``data.val`` (percent)."""
+        """Panoptic PQ/SQ/RQ and instance AP50/recall over ``data.test`` (percent)."""
         split = data.split
         device = next(self.parameters()).device
         emb = embed(split.names).to(device)
@@ -220,7 +222,7 @@ class MaskProjection(Method):
         is_thing = self.is_thing.to(device)
         # Each rank takes every world_size-th image; the statistics are merged below.
         for batch in iterate_eval(
-            data.val, cfg.eval.batch_size, rank=dist.rank(), world_size=dist.world_size()
+            data.test, cfg.eval.batch_size, rank=dist.rank(), world_size=dist.world_size()
         ):
             for group in size_groups(batch):  # real images of different sizes: one at a time
                 probs, masks = self.predict(group["image"].to(device), emb)
@@ -238,7 +240,8 @@ class MaskProjection(Method):
                     m, s, lab = instance_inference(probs[b], masks[b], is_thing, topk=self.cfg.topk)
                     thing_rows = gt_segs[gt_segs[:, 2] == 1]
                     gt_masks = gt_pan[None] == thing_rows[:, 0][:, None, None]
-                    ap.process(m.cpu(), s.cpu(), lab.cpu(), gt_masks, thing_rows[:, 1])
+                    crowd = crowd_flags(thing_rows)  # COCO: crowd regions absorb detections
+                    ap.process(m.cpu(), s.cpu(), lab.cpu(), gt_masks, thing_rows[:, 1], crowd)
         if dist.is_dist():
             for evaluator in (pq, ap):
                 states = [None] * dist.world_size()
@@ -527,7 +530,8 @@ class PADing(MaskProjection):
         mask_stage = self.fit_mask_model(ctx)
         feats, labels = self.real_queries(ctx, mask_stage)
         all_emb = ctx.all_embeddings(
-            reason="PADing generates unseen query embeddings from unseen class names (stages 2-3)"
+            reason="PADing generates unseen query embeddings from unseen class names",
+            stage="2-3",
         )
         all_emb = all_emb.to(ctx.device)
         gen_dir, cls_dir = ctx.stage_dir("generator"), ctx.stage_dir("classifier")

@@ -311,15 +311,28 @@ class Sazs(Projection):
             meta={"method": "sazs"},
         )
 
-    def scores(self, images, class_embeddings, seen_mask):
+    def _logits(self, images, class_embeddings):
         feats = self.backbone(images)
         logits = self.head(feats, class_embeddings).float()
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return feats, logits
+
+    def scores(self, images, class_embeddings, seen_mask):
         if not self.fuse_at_inference:
+            logits = self._logits(images, class_embeddings)[1]
             return calibrate(logits, seen_mask, self.cfg.calibration)
-        probs = logits.softmax(1)
-        if self.cfg.calibration:
-            probs = probs - self.cfg.calibration * seen_mask.to(probs).view(1, -1, 1, 1)
+        return self.calibrated_scores(images, class_embeddings, seen_mask, self.cfg.calibration)
+
+    def calibration_scores(self, images, class_embeddings, seen_mask):
+        """The classifier's probabilities before fusion: fusion decodes calibrated probabilities,
+        so the shared rule's ``gamma`` (and the AUSUC sweep) acts before it."""
+        return self._logits(images, class_embeddings)[1].softmax(1)
+
+    def calibrated_scores(self, images, class_embeddings, seen_mask, gamma):
+        feats, logits = self._logits(images, class_embeddings)
+        probs = logits.softmax(1) - gamma * seen_mask.to(logits).view(1, -1, 1, 1)
+        if not self.fuse_at_inference:
+            return probs
         fused = self.fuse(images, probs, feats)
         # Scores whose argmax is the fused label and that keep the probabilities as tie-breakers:
         # probs lie in [-1, 1] (after calibration), so +3 on the fused class always wins.

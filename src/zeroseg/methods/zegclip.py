@@ -220,6 +220,9 @@ class ZegCLIP(Method):
 
     name = "zegclip"
     Config = ZegCLIPConfig
+    score_kind = (
+        "probabilities"  # sigmoid (or softmax) mask scores, for the shared calibration rule
+    )
     protocol = "inductive"
     forced: dict = {}  # config fields an ablation fixes
 
@@ -412,8 +415,11 @@ class ZegCLIP(Method):
         """Stage 1: seen classes, seen names only (the frozen encoder from stage 0 or CLIP first)."""
         if self.cfg.encoder == "shapeworld":
             ctx.notes.append(STAGE0_NOTE)
-        if self.cfg.encoder == "foundation":
+            ctx.pretrained_encoder("ShapeWorld stage-0 caption-contrastive encoder")
+        elif self.cfg.encoder == "foundation":
             ctx.uses_foundation(self.cfg.foundation)
+        else:
+            ctx.pretrained_encoder(f"CLIP {self.cfg.encoder}")
         if stage_done(stage):
             load_stage(self, stage)  # holds the frozen encoder too: stage 0 is not needed
             return
@@ -476,15 +482,18 @@ class ZegCLIPST(ZegCLIP):
 
     def fit(self, ctx: RunContext) -> None:
         self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
-        stage = ctx.stage_dir("self-training")
+        # a new directory name: stages trained with the all-class supervised term are not reused
+        stage = ctx.stage_dir("self-training-seen-term")
+        reason = "transductive self-training pseudo-labels over all class names"
+        ctx.uses_unseen_names(reason=reason, stage="5")  # also when the stage is reused
         if stage_done(stage):
             load_stage(self, stage)
             return
         st = self.cfg.self_training
         cfg = st.train
-        all_emb = ctx.all_embeddings(
-            reason="transductive self-training pseudo-labels over all class names"
-        ).to(ctx.device)
+        all_emb = ctx.all_embeddings(reason=reason, stage="5").to(ctx.device)
+        seen_emb = ctx.seen_embeddings().to(ctx.device)
+        lookup = seen_position_lookup(self.split).to(ctx.device)
         seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
         seen_mask[list(self.split.seen)] = True
         labelled = ctx.loader(cfg)
@@ -505,7 +514,11 @@ class ZegCLIPST(ZegCLIP):
                 images.shape[-1] // self.cfg.loss_stride,
             )
             pseudo = self.pseudo_labels(u_images, all_emb, seen_mask, size)
-            sup = model.loss(images, batch["label"].to(ctx.device).clamp(0, 255), all_emb)
+            # The supervised term covers the seen classes only (as the inductive stage): over every
+            # class its focal term would push the unseen masks down at each labelled pixel and
+            # nowhere else, teaching where the ignored (= unseen) pixels are.
+            labels = lookup[batch["label"].to(ctx.device).long().clamp(0, 255)]
+            sup = model.loss(images, labels, seen_emb)
             uns = model.loss(
                 u_images,
                 F.interpolate(pseudo[:, None].float(), size=u_images.shape[-2:], mode="nearest")[

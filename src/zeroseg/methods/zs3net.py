@@ -358,7 +358,8 @@ class ZS3Net(Method):
     def fit(self, ctx: RunContext) -> None:
         emb = ctx.all_embeddings(
             reason="ZS3Net's generator makes unseen-class features from their names (stages 2-3); "
-            "no unseen pixel label is used"
+            "no unseen pixel label is used",
+            stage="2-3",
         )
         self.train_embeddings.copy_(emb.to(self.train_embeddings))
         self.fit_segmenter(ctx)
@@ -730,7 +731,9 @@ class ZS5Net(ZS3Net):
 
     def fit_self_training(self, ctx: RunContext) -> None:
         """Stage 5: fine-tune the segmenter on seen ground truth + unseen pseudo-labels."""
-        directory = ctx.stage_dir("self_training")
+        # a new directory name: stages trained with the all-class seen term are not reused
+        directory = ctx.stage_dir("self_training-seen-term")
+        ctx.uses_unseen_names(reason="pseudo-labels are predicted over all class names", stage="5")
         if stage_done(directory):
             load_stage(self.segmenter, directory)
             return
@@ -764,6 +767,8 @@ class ZS5Net(ZS3Net):
                 )
 
         ignore = self.split.ignore_index
+        seen_idx = self.seen_t.to(ctx.device)
+        lookup = seen_position_lookup(self.split).to(ctx.device)
 
         def step(seg, batch):
             images = torch.cat([batch["image"], batch["pseudo_image"]]).to(ctx.device)
@@ -772,7 +777,12 @@ class ZS5Net(ZS3Net):
             n = len(batch["image"])
             seen_t = downsample_labels(batch["label"].to(ctx.device), size)
             pseudo_t = downsample_labels(batch["pseudo_label"].to(ctx.device), size)
-            loss_seen = F.cross_entropy(out[:n], seen_t, ignore_index=ignore)
+            # The seen term is a softmax over the seen classes only: over every class it would
+            # push the unseen scores down at each labelled pixel and nowhere else, teaching where
+            # the ignored (= unseen) pixels are. The unseen classes learn from pseudo-labels only.
+            loss_seen = F.cross_entropy(
+                out[:n].index_select(1, seen_idx), lookup[seen_t], ignore_index=ignore
+            )
             if bool((pseudo_t != ignore).any()):
                 loss_pseudo = F.cross_entropy(out[n:], pseudo_t, ignore_index=ignore)
             else:

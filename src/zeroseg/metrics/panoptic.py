@@ -51,7 +51,8 @@ def _parse_segments(
     Args:
         segments: either dicts ``{"id", "category_id", "iscrowd" (optional)}`` as in COCO
             panoptic JSON, or an (n, >=2) integer array/tensor of rows ``(segment_id,
-            class_index, ...)`` as zeroseg.data gives (no crowd flag: every row is non-crowd).
+            class_index[, is_thing[, is_crowd]])`` as zeroseg.data gives (COCO panoptic has the
+            crowd column; rows without it are non-crowd).
         what: "prediction" or "ground truth", for error messages.
     """
     if isinstance(segments, (np.ndarray, torch.Tensor)):
@@ -63,7 +64,7 @@ def _parse_segments(
             )
         ids = rows[:, 0].astype(np.int64) if len(rows) else np.zeros(0, np.int64)
         cats = rows[:, 1].astype(np.int64) if len(rows) else np.zeros(0, np.int64)
-        crowd = np.zeros(len(ids), dtype=bool)
+        crowd = crowd_flags(rows)
     else:
         ids_l, cats_l, crowd_l = [], [], []
         for j, seg in enumerate(segments):
@@ -93,6 +94,14 @@ def _parse_segments(
             f"expected [0, {num_classes})"
         )
     return ids, cats, crowd
+
+
+def crowd_flags(rows: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(n,) bool crowd flags of zeroseg segment rows ``(id, class, is_thing[, is_crowd])``."""
+    rows = _as_numpy(rows)
+    if rows.ndim != 2 or rows.shape[1] < 4:
+        return np.zeros(len(rows), dtype=bool)
+    return rows[:, 3] != 0
 
 
 def _segment_index(seg_map: np.ndarray, ids: np.ndarray, *, what: str, void_id: int) -> np.ndarray:

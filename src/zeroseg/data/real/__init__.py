@@ -5,12 +5,22 @@ four-fold PASCAL-5i / COCO-20i splits (SAZS) over the VOC and COCO-Stuff files.
 ``DATASETS`` maps a dataset name (``DataConfig.dataset``) to its builder
 ``build(root, split, *, limit, train_transform) -> FileListDataset``; the builders of ``FOLDED``
 datasets also take ``fold`` (``DataConfig.fold``).
+
+Evaluation splits (docs/methods.md, "Splits"): the benchmark's official validation set is our
+``test`` split (reported, read by nothing else), and our ``val`` split (every choice: calibration,
+hyperparameters, schedule) is a fixed part of the official training set, held out from training:
+the ``ceil(5 %)`` of its images, at most 500, whose ids have the smallest
+``sha256("zeroseg-val-0:" + id)``. The choice depends on the ids only (not on file order,
+``train_limit`` or the machine), so every run and every method holds out the same images.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Callable
+import hashlib
+import math
+from collections.abc import Callable, Sequence
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.real import coco_panoptic, coco_stuff, context, folds, voc
@@ -51,12 +61,37 @@ def get_builder(name: str, *, fold: int | None = None) -> Callable[..., FileList
     return build
 
 
-def build_real_dataset(data_cfg) -> tuple[FileListDataset, FileListDataset, ClassSplit]:
-    """The training and validation sets and class split of a ``zeroseg.config.DataConfig``.
+VAL_SALT = "zeroseg-val-0"  # the seed of the held-out validation images (changing it changes val)
+VAL_FRACTION = 0.05  # share of the official training images held out as ``val``
+VAL_MAX = 500  # at most this many
 
-    The training set carries ``train_transform`` (resize ``data_cfg.scale_range``, crop
-    ``data_cfg.crop_size``, flip, photometric distortion) for the step loader to apply; the
-    validation set is not augmented.
+
+def val_holdout_ids(ids: Sequence[str]) -> set[str]:
+    """The training ids held out as the ``val`` split (see the module docstring for the rule).
+
+    Raises:
+        ValueError: fewer than two training images (nothing would be left to train on).
+    """
+    ids = list(dict.fromkeys(ids))
+    if len(ids) < 2:
+        raise ValueError(
+            f"holding out a validation split needs at least 2 training images, got {len(ids)}"
+        )
+    n = min(VAL_MAX, math.ceil(VAL_FRACTION * len(ids)), len(ids) - 1)
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{VAL_SALT}:{i}".encode()).hexdigest())
+    return set(ranked[:n])
+
+
+def build_real_dataset(
+    data_cfg,
+) -> tuple[FileListDataset, FileListDataset, FileListDataset, ClassSplit]:
+    """The ``train``, ``val`` and ``test`` sets and class split of a ``zeroseg.config.DataConfig``.
+
+    ``test`` is the official validation set; ``val`` the images of the official training set
+    chosen by :func:`val_holdout_ids`, which ``train`` then leaves out (``train_limit`` applies
+    to what remains; ``val_limit`` to both evaluation splits). The training set carries
+    ``train_transform`` (resize ``data_cfg.scale_range``, crop ``data_cfg.crop_size``, flip,
+    photometric distortion) for the step loader to apply; ``val`` and ``test`` are not augmented.
     """
     from zeroseg.data.transforms import train_transform
 
@@ -66,12 +101,18 @@ def build_real_dataset(data_cfg) -> tuple[FileListDataset, FileListDataset, Clas
             f"data.root is not set: point it at the {data_cfg.dataset} dataset directory"
         )
     aug = train_transform(data_cfg.crop_size, tuple(data_cfg.scale_range))
-    train = build(data_cfg.root, "train", limit=data_cfg.train_limit, train_transform=aug)
-    val = build(data_cfg.root, "val", limit=data_cfg.val_limit)
+    train = build(data_cfg.root, "train", train_transform=aug)
+    test = build(data_cfg.root, "val", limit=data_cfg.val_limit)
     if getattr(data_cfg, "skip_bad", False):
-        for ds in (train, val):
+        for ds in (train, test):
             skip_bad_samples(ds)
-    return train, val, train.class_split
+    held = val_holdout_ids([it.id for it in train.items])
+    # val: the held-out official training images, not augmented; ids keep their official split
+    val = copy.copy(train)
+    val.train_transform = None
+    val.items = [it for it in train.items if it.id in held][: data_cfg.val_limit]
+    train.items = [it for it in train.items if it.id not in held][: data_cfg.train_limit]
+    return train, val, test, train.class_split
 
 
 def skip_bad_samples(ds: FileListDataset) -> int:
@@ -113,6 +154,10 @@ __all__ = [
     "FOLDED",
     "FileListDataset",
     "LayoutError",
+    "VAL_FRACTION",
+    "VAL_MAX",
+    "VAL_SALT",
     "build_real_dataset",
+    "val_holdout_ids",
     "get_builder",
 ]

@@ -11,9 +11,13 @@ void); the json lists each image's segments with ``category_id`` and ``iscrowd``
 (panopticapi's format). The 133 categories (80 things, 53 stuff, non-contiguous ids 1-200) are
 numbered 0-132 in id order, as detectron2's ``COCO_CATEGORIES``; the json must list exactly these.
 
-Samples: segment ids are renumbered 1..n per image (0 = void) so they are small integers; the
-semantic label is derived from the segments. Crowd segments become void in ``panoptic`` and ignore
-(255) in ``label`` (their pixels are neither trained nor scored as any one instance).
+Samples: segment ids are renumbered 1..n per image (0 = void) so they are small integers, and
+``segments`` rows are ``(segment_id, class_index, is_thing, is_crowd)``; the semantic label is
+derived from the segments. Crowd segments keep their pixels in ``panoptic`` with their flag, so
+PQ leaves them out of the IoU union and exempts predictions lying mostly on them, and mask AP lets
+them absorb detections, as panopticapi and COCOeval do. They are ignore (255) in ``label``, and
+:class:`zeroseg.data.protocol.SeenOnly` turns them void for training (no training target, as
+detectron2's COCO panoptic mapper).
 """
 
 from __future__ import annotations
@@ -119,19 +123,19 @@ class CocoPanopticDataset(FileListDataset):
             listed.add(sid)
             if cid not in self.category_map:
                 raise LabelRangeError(f"{item.label}: segment {sid} has unknown category id {cid}")
-            if seg.get("iscrowd", 0):
-                continue  # crowd: void in panoptic, ignore in label
             k, thing = self.category_map[cid]
+            crowd = bool(seg.get("iscrowd", 0))
             mask = ids == sid
-            label[mask] = k
-            rows.append((len(rows) + 1, k, int(thing)))
+            if not crowd:  # a crowd is not one instance: ignore in the semantic label
+                label[mask] = k
+            rows.append((len(rows) + 1, k, int(thing), int(crowd)))
             panoptic[mask] = len(rows)
         unlisted = np.setdiff1d(np.unique(ids), np.fromiter(listed, np.int64))
         if len(unlisted):
             raise LabelRangeError(
                 f"{item.label}: segment ids {unlisted.tolist()[:10]} are not listed for this image in the json"
             )
-        segments = np.asarray(rows, np.int64).reshape(-1, 3)
+        segments = np.asarray(rows, np.int64).reshape(-1, 4)
         return {"label": label, "panoptic": panoptic, "segments": segments}
 
 

@@ -51,45 +51,57 @@ def write_list(path: Path, ids: list[str]) -> None:
     path.write_text("".join(f"{i}\n" for i in ids))
 
 
-def write_voc(root: Path) -> Path:
+# ``extra_train`` (every writer): that many more training images, each a copy of the fixture's
+# second training image under a new name, so a run that holds out part of the training set as
+# ``val`` still has batches of two to train on (paper-preset tests, ``zeroseg bench --presets``).
+
+
+def write_voc(root: Path, *, extra_train: int = 0) -> Path:
     # a: background 0, aeroplane 1, sheep 17 (unseen), boundary 255
     # b: person 15, bottle 5 (SBD label in SegmentationClassAug, gray PNG)
     # c (val): tvmonitor 20 (unseen), cat 8
     write_png(root / "SegmentationClass" / "a.png", blocks(0, 1, 17, 255), palette=True)
     write_png(root / "SegmentationClassAug" / "b.png", blocks(15, 15, 5, 0))
     write_png(root / "SegmentationClass" / "c.png", blocks(20, 8, 0, 0), palette=True)
-    for k, i in enumerate("abc"):
+    extra = [f"x{j}" for j in range(extra_train)]
+    for i in extra:
+        write_png(root / "SegmentationClassAug" / f"{i}.png", blocks(15, 15, 5, 0))
+    for k, i in enumerate(["a", "b", "c", *extra]):
         write_jpg(root / "JPEGImages" / f"{i}.jpg", k)
     sets = root / "ImageSets" / "Segmentation"
-    write_list(sets / "trainaug.txt", ["a", "b"])
+    write_list(sets / "trainaug.txt", ["a", "b", *extra])
     write_list(sets / "train.txt", ["a"])
     write_list(sets / "val.txt", ["c"])
     return root
 
 
-def write_coco_stuff(root: Path) -> Path:
+def write_coco_stuff(root: Path, *, extra_train: int = 0) -> Path:
     # train ids: person 0, cow 19 (unseen), wood 170, ignore 255
     write_png(
         root / "annotations/train2017/000000000001_labelTrainIds.png", blocks(0, 19, 170, 255)
     )
-    write_png(root / "annotations/train2017/000000000002_labelTrainIds.png", blocks(0, 0, 1, 1))
+    extra = [f"{100 + j:012d}" for j in range(extra_train)]
+    for i in ["000000000002", *extra]:
+        write_png(root / f"annotations/train2017/{i}_labelTrainIds.png", blocks(0, 0, 1, 1))
     write_png(root / "annotations/val2017/000000000003_labelTrainIds.png", blocks(112, 5, 5, 5))
-    for k, i in enumerate(["000000000001", "000000000002"]):
+    for k, i in enumerate(["000000000001", "000000000002", *extra]):
         write_jpg(root / "images/train2017" / f"{i}.jpg", k)
     write_jpg(root / "images/val2017/000000000003.jpg", 3)
     return root
 
 
-def write_context(root: Path) -> Path:
+def write_context(root: Path, *, extra_train: int = 0) -> Path:
     # file values are 0 background and 1-59 the classes: 1 aeroplane (unseen), 37 person,
     # 59 wood, 51 track; the val image is all 15 cat (unseen)
     write_png(root / "SegmentationClassContext/2008_000001.png", blocks(0, 1, 37, 59))
-    write_png(root / "SegmentationClassContext/2008_000002.png", blocks(37, 37, 51, 0))
+    extra = [f"2008_{100 + j:06d}" for j in range(extra_train)]
+    for i in ["2008_000002", *extra]:
+        write_png(root / f"SegmentationClassContext/{i}.png", blocks(37, 37, 51, 0))
     write_png(root / "SegmentationClassContext/2008_000003.png", blocks(15, 15, 15, 15))
-    for k, i in enumerate(["2008_000001", "2008_000002", "2008_000003"]):
+    for k, i in enumerate(["2008_000001", "2008_000002", "2008_000003", *extra]):
         write_jpg(root / "JPEGImages" / f"{i}.jpg", k)
     lists = root / "ImageSets/SegmentationContext"
-    write_list(lists / "train.txt", ["2008_000001", "2008_000002"])
+    write_list(lists / "train.txt", ["2008_000001", "2008_000002", *extra])
     write_list(lists / "val.txt", ["2008_000003"])
     return root
 
@@ -119,7 +131,7 @@ def write_panoptic_image(
     )
 
 
-def write_coco_panoptic(root: Path) -> Path:
+def write_coco_panoptic(root: Path, *, extra_train: int = 0) -> Path:
     train = {"images": [], "annotations": [], "categories": panoptic_categories()}
     val = {"images": [], "annotations": [], "categories": panoptic_categories()}
     # image 1: person (id 1000, cat 1), cow (id 70000, cat 21, unseen thing), sky-other-merged
@@ -138,7 +150,8 @@ def write_coco_panoptic(root: Path) -> Path:
     ids[:, :3], ids[:, 3:5] = 11, 12
     segs = [{"id": 11, "category_id": 1, "iscrowd": 0}, {"id": 12, "category_id": 1, "iscrowd": 0},
             {"id": 9, "category_id": 92, "iscrowd": 0}]  # fmt: skip
-    write_panoptic_image(root, "train", 2, ids, segs, train)
+    for image_id in (2, *range(100, 100 + extra_train)):
+        write_panoptic_image(root, "train", image_id, ids, segs, train)
     ids = np.full((H, W), 7, np.int64)
     write_panoptic_image(root, "val", 3, ids, [{"id": 7, "category_id": 193, "iscrowd": 0}], val)
     (root / "annotations/panoptic_train2017.json").write_text(json.dumps(train))

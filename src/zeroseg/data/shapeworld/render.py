@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from zeroseg.data.shapeworld.spec import WorldSpec
 
-SPLIT_IDS = {"train": 1, "val": 2, "caption": 3}
+# Each split's seed stream; a new split takes a new id so the existing splits' images never change.
+SPLIT_IDS = {"train": 1, "val": 2, "caption": 3, "test": 4}
 
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
 
@@ -164,7 +165,7 @@ def make_caption(spec: WorldSpec, thing_counts: dict[int, int], stuff_present: l
 
 
 def render(spec: WorldSpec, split: str, index: int) -> Rendered:
-    """Renders image ``index`` of ``split`` ("train", "val" or "caption")."""
+    """Renders image ``index`` of ``split`` ("train", "val", "test" or "caption")."""
     rng = np.random.default_rng([spec.seed, SPLIT_IDS[split], index])
     size, var = spec.image_size, spec.variation
     n_things = len(spec.things)

@@ -3,6 +3,10 @@
 A spec names thing classes (a colour x a shape, drawn as instances) and stuff classes (a colour x a
 texture, drawn as background regions), which of them are unseen, the image size, split sizes and a
 seed. Validation names the offending entry; any spec that validates can be generated.
+
+Splits: ``train`` (labelled through the protocol), ``val`` (every choice: hyperparameters,
+calibration, schedule length), ``test`` (reported, read by nothing else) and ``caption``
+(image-text pairs for stage-0 pretraining). Each split draws from its own seed stream.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class WorldSpec:
     unseen: tuple[str, ...]
     caption_images: int = 4000  # the separate image-caption split for CLIP-style pretraining
     variation: Variation = field(default_factory=Variation)
+    test_images: int = 500  # the reported split (default in a spec file: as many as val_images)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -89,10 +94,16 @@ class WorldSpec:
         return d
 
     def content_key(self) -> str:
-        """A hash of everything that decides the generated images (the cache key)."""
-        blob = json.dumps(
-            {"spec": self.to_dict(), "generator": GENERATOR_VERSION}, sort_keys=True, default=list
-        )
+        """A hash of everything that decides the generated images (the cache key).
+
+        ``test_images`` is left out: each image is a function of ``(spec, split, index)`` only,
+        so the test split's size decides nothing about the other splits, and worlds cached before
+        the test split existed keep their key (their train/val/caption files stay valid). The test
+        file's name carries its size instead (:func:`zeroseg.data.shapeworld.world.split_file`).
+        """
+        d = self.to_dict()
+        d.pop("test_images")
+        blob = json.dumps({"spec": d, "generator": GENERATOR_VERSION}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -134,6 +145,7 @@ _TOP_KEYS = {
     "image_size",
     "train_images",
     "val_images",
+    "test_images",
     "caption_images",
     "objects_per_image",
     "things",
@@ -159,6 +171,8 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
     image_size = _positive_int(data, "image_size", minimum=16)
     train_images = _positive_int(data, "train_images")
     val_images = _positive_int(data, "val_images")
+    # A spec without test_images gets a test split as large as its validation split.
+    test_images = _positive_int(data, "test_images", default=val_images)
     caption_images = _positive_int(data, "caption_images", default=4000)
     objects = _pair(data.get("objects_per_image", [1, 4]), f"{source}: objects_per_image")
 
@@ -262,6 +276,7 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
         image_size=image_size,
         train_images=train_images,
         val_images=val_images,
+        test_images=test_images,
         caption_images=caption_images,
         objects_per_image=objects,
         things=tuple(things),

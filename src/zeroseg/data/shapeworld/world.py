@@ -1,8 +1,9 @@
 """Generating, caching and loading ShapeWorld splits.
 
-A split is generated once and cached under ``<cache>/shapeworld/<name>-<content key>/<split>.npz``;
-the key hashes the whole spec and the generator version, so editing a spec makes a new world and
-never reuses stale images. Writes are atomic (temporary file + rename).
+A split is generated once and cached under ``<cache>/shapeworld/<name>-<content key>/<split>.npz``
+(the test split as ``test-<n>.npz``); the key hashes the whole spec but the test split's size, and
+the generator version, so editing a spec makes a new world and never reuses stale images. Writes
+are atomic (temporary file + rename).
 """
 
 from __future__ import annotations
@@ -45,9 +46,20 @@ class WorldSplit:
 
 
 def split_size(spec: WorldSpec, split: str) -> int:
-    return {"train": spec.train_images, "val": spec.val_images, "caption": spec.caption_images}[
-        split
-    ]
+    sizes = {
+        "train": spec.train_images,
+        "val": spec.val_images,
+        "test": spec.test_images,
+        "caption": spec.caption_images,
+    }
+    if split not in sizes:
+        raise ValueError(f"unknown ShapeWorld split {split!r}; valid: {sorted(sizes)}")
+    return sizes[split]
+
+
+def split_file(spec: WorldSpec, split: str) -> str:
+    """The cache file name of a split: the test split's size is in its name, not in the world key."""
+    return f"test-{spec.test_images}.npz" if split == "test" else f"{split}.npz"
 
 
 def generate_split(
@@ -92,11 +104,11 @@ def load_split(
     spec: WorldSpec, split: str, *, root: Path | None = None, progress: bool = True
 ) -> WorldSplit:
     """Returns a split from the cache, generating and caching it first when missing."""
-    path = world_dir(spec, root) / f"{split}.npz"
+    path = world_dir(spec, root) / split_file(spec, split)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return WorldSplit(
+                data = WorldSplit(
                     z["images"],
                     z["semantic"],
                     z["panoptic"],
@@ -107,6 +119,12 @@ def load_split(
             raise RuntimeError(
                 f"cached ShapeWorld split {path} is unreadable ({e}); delete it to regenerate"
             ) from None
+        if len(data) != split_size(spec, split):
+            raise RuntimeError(
+                f"cached ShapeWorld split {path} holds {len(data)} images, the spec asks for "
+                f"{split_size(spec, split)}; delete it to regenerate"
+            )
+        return data
     data = generate_split(spec, split, progress=progress)
     _atomic_savez(
         path,
@@ -117,6 +135,19 @@ def load_split(
         captions=np.asarray(data.captions),
     )
     return data
+
+
+def caption_images_with_unseen(spec: WorldSpec, *, root: Path | None = None) -> tuple[int, int]:
+    """(images of the caption split showing an unseen class, caption images).
+
+    A caption names every class visible in its image, so the first number is also how many
+    captions name an unseen class: what a stage-0 encoder trained on them has read.
+    """
+    data = load_split(spec, "caption", root=root, progress=False)
+    unseen = np.zeros(256, bool)
+    unseen[list(spec.class_split().unseen)] = True
+    shows = unseen[data.semantic.reshape(len(data), -1)].any(1)
+    return int(shows.sum()), len(data)
 
 
 class ShapeWorldDataset(torch.utils.data.Dataset):

@@ -1,0 +1,89 @@
+"""Seed reports (mean, spread, gaps beyond the spread) and the protocol words of the tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zeroseg.demo import GAP_RULE, seed_gaps, seed_rows, seed_spread
+from zeroseg.report import protocol_label, write_seed_summary
+
+
+def _row(s: float, u: float, h: float, a: float, gamma: float) -> dict:
+    return {
+        "protocol": "inductive",
+        "seen_miou": s,
+        "unseen_miou": u,
+        "hiou": h,
+        "ausuc": a,
+        "calibration": {"gamma": gamma, "how": "rule"},
+    }
+
+
+# three seeds: zs3net's hIoU lead over the projection baseline (20 vs 10, spreads 1 and 1) is
+# real; its mIoU(S) lead (50 vs 48, spreads 3 and 3) is not
+BY_SEED = {
+    0: {"projection": _row(45, 5, 10, 8, 0.5), "zs3net": _row(47, 12, 19, 9, 0.4)},
+    1: {"projection": _row(48, 6, 9, 9, 0.6), "zs3net": _row(50, 13, 20, 10, 0.4)},
+    2: {"projection": _row(51, 7, 11, 10, 0.5), "zs3net": _row(53, 14, 21, 11, 0.3)},
+}
+
+
+def test_seed_rows_hold_mean_and_std_and_gaps_beyond_the_spread():
+    rows = seed_rows(BY_SEED, seed_spread(BY_SEED))
+    z, p = rows["zs3net"], rows["projection"]
+    assert z["hiou"] == pytest.approx(20.0) and z["hiou_std"] == pytest.approx(1.0)
+    assert z["seen_miou"] == pytest.approx(50.0) and z["seen_miou_std"] == pytest.approx(3.0)
+    assert z["ausuc_std"] == pytest.approx(np.std([9, 10, 11], ddof=1))
+    assert z["calibration"]["gamma_by_seed"] == {"0": 0.4, "1": 0.4, "2": 0.3}
+    assert z["baseline"] == "projection" and "gap" not in p
+    # hIoU: 20 - 10 = 10 > 1 + 1; mIoU(S): 50 - 48 = 2 < 3 + 3
+    assert z["gap"]["hiou"] == {"value": 10.0, "spread": 2.0, "exceeds_spread": True}
+    assert z["gap"]["seen_miou"]["exceeds_spread"] is False
+    assert z["gap"]["seen_miou"]["value"] == pytest.approx(2.0)
+
+
+def test_a_gap_equal_to_the_spread_does_not_count():
+    row = {"hiou": 12.0, "hiou_std": 1.0}
+    base = {"hiou": 10.0, "hiou_std": 1.0}
+    assert seed_gaps(row, base, ["hiou"])["hiou"]["exceeds_spread"] is False
+
+
+def test_seed_report_marks_only_gaps_beyond_the_spread(tmp_path):
+    rows = seed_rows(BY_SEED, seed_spread(BY_SEED))
+    summary = {
+        "title": "t",
+        "seeds": [0, 1, 2],
+        "eval_split": "test",
+        "tuned_on": "val",
+        "gap_rule": GAP_RULE,
+        "methods": rows,
+    }
+    md, js = write_seed_summary(tmp_path, summary)
+    data = json.loads(js.read_text())
+    assert data["methods"]["zs3net"]["hiou_std"] == pytest.approx(1.0)
+    assert data["eval_split"] == "test" and data["tuned_on"] == "val"
+    line = next(x for x in md.read_text().splitlines() if x.startswith("| zs3net"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2] == "projection"
+    assert cells[3] == "50.0 ± 3.0 (+2.0, within spread)"  # mIoU(S)
+    assert cells[5] == "20.0 ± 1.0 (**+10.0**)"  # hIoU
+    assert cells[7] == "+0.40, +0.40, +0.30"
+
+
+def test_protocol_labels_use_the_documented_words():
+    row = {
+        "protocol": "transductive",
+        "protocol_detail": {
+            "category": "transductive",
+            "unseen_names": ["2-3", "5"],
+            "clip_like": False,
+            "unlabelled_images": True,
+        },
+    }
+    assert protocol_label(row) == "transductive; unseen names (stage 2-3, 5); unlabelled images"
+    clip = {"protocol_detail": {"category": "inductive", "unseen_names": [], "clip_like": True}}
+    assert protocol_label(clip) == "inductive; CLIP-like encoder"
+    assert protocol_label({"protocol": "supervised"}) == "supervised"
