@@ -60,8 +60,13 @@ def test_figures_are_on_test_at_the_gamma_chosen_on_val(demo_run, tiny_world):
     # AUSUC: calibration-free, between the curve's best corner and zero
     assert 0 < row["ausuc"] < max(curve["seen_miou"])
     detail = row["protocol_detail"]
-    assert detail["unseen_names"] == [] and detail["captioned_encoder"] == []
-    assert detail["unlabelled_images"] is False and detail["clip_like"] is False
+    # the projection preset starts from the ShapeWorld foundation, whose captions name unseen
+    # classes (CLIP-like); its own training uses no unseen name and no unlabelled image
+    assert detail["unseen_names"] == []
+    assert [e["encoder"].split(" (")[0] for e in detail["captioned_encoder"]] == [
+        "ShapeWorld foundation shapeworld-foundation"
+    ]
+    assert detail["unlabelled_images"] is False and detail["clip_like"] is True
     assert "seen classes only" in detail["training_labels"]
 
 
