@@ -97,13 +97,13 @@ def test_the_baseline_is_biased_toward_seen_classes_until_calibrated(demo_run):
     curve = r["projection"]["calibration_curve"]
     at0 = curve["gamma"].index(0.0)
     # uncalibrated (gamma 0 on test): seen classes well segmented, unseen ones below the oracle's
-    # (measured 63.5 and 0.0)
+    # (from scratch it measured 63.5 and 0.0; from the foundation the bias is smaller)
     assert curve["seen_miou"][at0] > 50.0
     assert curve["unseen_miou"][at0] < r["oracle"]["unseen_miou"]
-    # the shared rule moves pixels towards unseen classes (gamma > 0, chosen on val; measured
-    # 0.9), and the test hIoU gains from it (measured 0.0 -> 29.8)
+    # the shared rule moves pixels towards unseen classes (gamma > 0, chosen on val), and the test
+    # hIoU gains from it (measured 58.0 -> 66.3 from the foundation; 0.0 -> 29.8 from scratch)
     assert r["projection"]["calibration"]["gamma"] > 0
-    assert r["projection"]["hiou"] > curve["hiou"][at0] + 10
+    assert r["projection"]["hiou"] > curve["hiou"][at0] + 5
 
 
 def test_predictor_takes_any_vocabulary(demo_run, tiny_world):
