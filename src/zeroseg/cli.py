@@ -46,12 +46,13 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from zeroseg import runner
-    from zeroseg.config import load_config
+    from zeroseg.config import describe_source, load_config
 
     cfg = load_config(args.config, args.set)
+    runner.check_config(cfg, where=describe_source(args.config, args.set))  # model.* too
     name = cfg.name or cfg.method
     out = Path(args.out) / name
-    result = runner.train(cfg, out, progress=not args.no_progress)
+    result = runner.train(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
     metrics, spi, _ = runner.evaluate(
         result.method,
         cfg,
@@ -62,7 +63,9 @@ def cmd_train(args) -> int:
     )
     summary = {k: v for k, v in metrics.items() if k != "per_class_iou"}
     summary.update(train_seconds=result.train_seconds, infer_ms_per_image=spi * 1000)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from zeroseg.report import write_text_atomic
+
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"model: {out / 'model.safetensors'}")
     return 0
@@ -288,9 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
     common(d)
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train", help="train one config (a preset name or a YAML file)")
-    t.add_argument("config")
-    t.add_argument("--out", default="runs")
+    t = sub.add_parser(
+        "train",
+        help="train one config (a preset name or a YAML file)",
+        description="Train one config and evaluate it on its validation split. The model lands "
+        "in OUT/<name>/model.safetensors (<name>: the config's name, else its method) with "
+        "metrics.json, run.json (the resolved config and its hash) and one directory per "
+        "training stage. Re-running the same config into the same OUT resumes: finished stages "
+        "are loaded, an interrupted stage continues from its newest checkpoint (written every "
+        "train.ckpt_minutes minutes and every train.ckpt_every steps). Another config into the "
+        "same directory is refused unless --overwrite is given.",
+    )
+    t.add_argument(
+        "config",
+        help="a preset name (see src/zeroseg/configs, e.g. projection_unet-small_2k_shapeworld) or a YAML file",
+    )
+    t.add_argument(
+        "--out",
+        default="runs",
+        help="parent directory of the run; the run itself is OUT/<name> (default: runs)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard what OUT/<name> holds from a run with another config, instead of refusing",
+    )
     common(t)
     t.set_defaults(fn=cmd_train)
 

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 from zeroseg import __version__
-from zeroseg.config import ExperimentConfig, from_dict, load_config, to_dict
+from zeroseg.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_nested,
+    from_dict,
+    load_config,
+    to_dict,
+    validate_config,
+)
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.loader import hflip
 from zeroseg.data.protocol import SeenOnly
@@ -28,6 +36,7 @@ from zeroseg.engine.checkpoint import (
     save_checkpoint,
 )
 from zeroseg.engine.inference import evaluate_semantic
+from zeroseg.engine.rundir import check_run_dir, clear_run_dir, run_lock, write_record
 from zeroseg.methods import METHODS
 from zeroseg.methods.base import Method, RunContext
 from zeroseg.metrics.boundary import BoundaryFScore
@@ -37,13 +46,22 @@ from zeroseg.text.encoders import build_text_encoder
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, checked against the devices this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA device is available")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name[5:]) if ":" in name else 0
+        if index >= count:
+            raise ConfigError(
+                f"device {name!r} was requested but this machine has "
+                f"{count or 'no'} CUDA device{'s' if count != 1 else ''}; use --device cpu "
+                "(or device: auto)"
+            )
+        return torch.device(name)
+    raise ConfigError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
 
 
 class ImagesOnly(torch.utils.data.Dataset):
@@ -124,6 +142,34 @@ def build_method(cfg: ExperimentConfig, split: ClassSplit, embed_dim: int) -> Me
     return METHODS[cfg.method](model_config(cfg), split=split, embed_dim=embed_dim)
 
 
+def check_config(cfg: ExperimentConfig, *, where: str = "config") -> dict:
+    """Checks every value of ``cfg`` (the method's ``model`` section too) before work starts.
+
+    Returns:
+        The resolved config: ``to_dict(cfg)`` with ``model`` holding every method default, which
+        is what decides the weights (its hash keys the run directory).
+    """
+    validate_config(cfg, where=where)
+    if cfg.method not in METHODS:
+        raise ConfigError(f"{where}: unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
+    model = from_dict(METHODS[cfg.method].Config, cfg.model, where=f"{where}: model")
+    check_nested(model, where=where, key="model")
+    return {**to_dict(cfg), "model": dataclasses.asdict(model)}
+
+
+def _legacy_config(directory: Path) -> dict | None:
+    """The resolved config recorded in a finished run's model, for directories from before
+    ``run.json`` (None when there is none or it no longer parses)."""
+    path = directory / "model.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        _, meta = load_checkpoint(path)
+        return check_config(from_dict(ExperimentConfig, meta["config"]))
+    except (CheckpointError, ConfigError, KeyError, TypeError):
+        return None
+
+
 @dataclass
 class TrainResult:
     method: Method
@@ -135,11 +181,45 @@ class TrainResult:
 
 
 def train(
-    cfg: ExperimentConfig, directory: Path, *, progress: bool = True, data: Data | None = None
+    cfg: ExperimentConfig,
+    directory: Path,
+    *,
+    progress: bool = True,
+    data: Data | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Trains ``cfg.method`` into ``directory`` (resuming finished stages) and saves ``model.safetensors``."""
+    """Trains ``cfg.method`` into ``directory`` and saves ``model.safetensors``.
+
+    A directory started with the same resolved config resumes (finished stages are loaded, an
+    interrupted stage continues from its newest step checkpoint); one started with another config
+    is refused (:class:`zeroseg.engine.rundir.RunDirError`) unless ``overwrite`` discards it.
+    A lock stops a second concurrent run into the same directory.
+    """
+    resolved = check_config(cfg)
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
+    directory = Path(directory)
+    if not dist.is_main():
+        dist.barrier()  # rank 0 checks and records the directory first
+        return _train(cfg, directory, device, progress=progress, data=data)
+    with run_lock(directory):
+        if overwrite:
+            clear_run_dir(directory)
+        else:
+            check_run_dir(directory, resolved, legacy_config=lambda: _legacy_config(directory))
+        write_record(directory, resolved)
+        dist.barrier()
+        return _train(cfg, directory, device, progress=progress, data=data)
+
+
+def _train(
+    cfg: ExperimentConfig,
+    directory: Path,
+    device: torch.device,
+    *,
+    progress: bool,
+    data: Data | None,
+) -> TrainResult:
     torch.manual_seed(cfg.seed)
     data = data or build_data(cfg, progress=progress)
     embed = Embedder(cfg.text, world=data.world)

@@ -49,7 +49,10 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     log_every: int = 25  # CSV/TensorBoard interval (steps)
-    ckpt_every: int = 0  # step-checkpoint interval; 0 = only at the end
+    ckpt_every: int = 0  # step-checkpoint interval; 0 = by wall time only
+    # Also checkpoint when this many minutes passed since the last one (0 = by steps only), so a
+    # kill loses at most a few minutes of any stage; the write is atomic and off the hot path.
+    ckpt_minutes: float = 5.0
     keep_ckpts: int = 2  # step checkpoints kept per stage
     seed: int = 0
 
