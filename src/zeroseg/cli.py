@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +25,16 @@ def _setup_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    default_format = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        # zeroseg's own warnings (e.g. a spec's unseen class no seen class explains) are for the
+        # user: one line, without the source location.
+        if category.__module__.startswith("zeroseg"):
+            return f"zeroseg: warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
 
 
 def cmd_demo(args) -> int:

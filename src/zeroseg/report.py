@@ -74,7 +74,7 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     sep += "---:|---:|"
     lines += [head, sep]
     for name, r in rows.items():
-        frac = r["hiou"] / oracle if oracle else None
+        frac = r["hiou"] / oracle if oracle and r["hiou"] is not None else None
         line = (
             f"| {name} | {r['protocol']} | {_fmt(r['seen_miou'])} | {_fmt(r['unseen_miou'])} | "
             f"**{_fmt(r['hiou'])}** | {_fmt(r['miou'])} | {_fmt(frac, 2)} |"
