@@ -19,6 +19,7 @@ from zeroseg.data.classes import validate_class_names
 from zeroseg.data.io import read_image
 from zeroseg.engine.inference import infer_scores
 from zeroseg.runner import Embedder, load_model
+from zeroseg.viz import label_dtype
 
 
 class Predictor:
@@ -49,11 +50,17 @@ class Predictor:
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].to(self.device)
+        # A copy: arrays from PIL are read-only, which torch.from_numpy warns about.
+        x = torch.from_numpy(arr.transpose(2, 0, 1).copy())[None].to(self.device)
         emb = self.embed(list(names)).to(self.device)
         mask = self.seen_mask(names)
         return infer_scores(lambda im: self.method.scores(im, emb, mask), x, self.cfg.eval)[0]
 
     def predict(self, image, class_names: Sequence[str]) -> np.ndarray:
-        """(H, W) uint8 label map: index ``k`` means ``class_names[k]``."""
-        return self.scores(image, class_names).argmax(0).to(torch.uint8).cpu().numpy()
+        """(H, W) label map: index ``k`` means ``class_names[k]``.
+
+        uint8 for up to 256 names, uint16 for more (ADE20K-847-size vocabularies), so no label
+        ever wraps around.
+        """
+        dtype = label_dtype(len(class_names))
+        return self.scores(image, class_names).argmax(0).cpu().numpy().astype(dtype)

@@ -271,20 +271,39 @@ def save_model(
     return save_checkpoint(path, method.state_dict(), meta)
 
 
+def find_model(path: str | Path) -> Path:
+    """The ``model.safetensors`` that ``path`` names: the file itself, the run directory holding
+    it, or the ``--out`` directory given to ``zeroseg train`` (holding one run, ``OUT/<name>/``).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    runs = sorted(path.glob("*/model.safetensors"))
+    if len(runs) == 1:
+        return runs[0]
+    if runs:
+        listed = ", ".join(str(r.parent) for r in runs[:10])
+        raise CheckpointError(f"{path} holds {len(runs)} trained runs ({listed}): name one")
+    raise CheckpointError(
+        f"{path} holds no model.safetensors (nor does any run directory inside it); "
+        "has training finished?"
+    )
+
+
 def load_model(
     path: str | Path, *, device: str = "cpu", overrides: list[str] | None = None
 ) -> tuple[Method, ExperimentConfig, ClassSplit, dict]:
     """Rebuilds a method from a ``model.safetensors`` written by :func:`save_model` (strict).
 
     Args:
-        path: the checkpoint, or a run directory holding ``model.safetensors``.
+        path: the checkpoint, its run directory, or the ``--out`` of ``zeroseg train``.
         overrides: ``KEY=VALUE`` config changes applied before the method is built, so inference
             options (``model.calibration``, ``model.seen_reduction``, ``eval.*``, ``data.*``) take
             effect; a change to the architecture fails the strict load with the keys named.
     """
-    path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        path = path / "model.safetensors"
+    path = find_model(path)
     tensors, meta = load_checkpoint(path)
     for key in ("method", "config", "split", "embed_dim"):
         if key not in meta:
