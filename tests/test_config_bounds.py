@@ -63,3 +63,22 @@ def test_a_garbage_encoder_file_is_a_one_line_error(tmp_path):
         read_clip_checkpoint(path)
     assert "\n" not in str(e.value)
     assert str(e.value).startswith(f"{path}: not a CLIP checkpoint zeroseg can read")
+
+
+def test_model_sizes_are_checked_on_the_meta_device_before_any_allocation():
+    from zeroseg.data.classes import ClassSplit
+    from zeroseg.runner import build_method, check_model
+
+    split = ClassSplit(("a", "b", "c"), unseen=(2,))
+    huge = load_config(PRESET, ["model.backbone.out_dim=15296318"])
+    with pytest.raises(ConfigError) as e:
+        check_model(huge, split, 8, where="c.yaml")
+    assert str(e.value).startswith("c.yaml: the model settings give ")
+    assert str(e.value).endswith("beyond the 8 GiB bound; check model.* sizes")
+    negative = load_config(PRESET, ["model.backbone.out_dim=-3"])
+    with pytest.raises(ConfigError, match=r"^c\.yaml: the model settings cannot be built: "):
+        check_model(negative, split, 8, where="c.yaml")
+    real = build_method(load_config(PRESET), split, 8)
+    assert check_model(load_config(PRESET), split, 8) == sum(
+        t.numel() for t in [*real.parameters(), *real.buffers()]
+    )

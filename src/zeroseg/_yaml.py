@@ -27,3 +27,8 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123
 def safe_load(text: str) -> Any:
     """``yaml.safe_load`` with YAML 1.2 exponent floats (``1e-4``, ``3E+2``)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def one_line(error: yaml.YAMLError) -> str:
+    """A YAML error's message on one line (PyYAML spreads it over several, with marks)."""
+    return " ".join(str(error).split())

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from zeroseg._yaml import safe_load
+from zeroseg._yaml import one_line, safe_load
 from zeroseg.engine.inference import InferenceConfig
 from zeroseg.engine.trainer import TrainConfig
 
@@ -188,7 +188,9 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
         try:
             value = safe_load(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({one_line(e)})"
+            ) from None
         out.append((key.strip(), value))
     return out
 
@@ -226,7 +228,7 @@ def load_config(
         try:
             data = safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+            raise ConfigError(f"{path} is not valid YAML: {one_line(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
     for key, value in parse_overrides(overrides):

@@ -142,6 +142,44 @@ def build_method(cfg: ExperimentConfig, split: ClassSplit, embed_dim: int) -> Me
     return METHODS[cfg.method](model_config(cfg), split=split, embed_dim=embed_dim)
 
 
+MAX_MODEL_BYTES = 8 * 2**30  # 2G float32 values: 30x the largest preset (ResNet-101 DeepLab)
+
+
+def check_model(
+    cfg: ExperimentConfig, split: ClassSplit, embed_dim: int, *, where: str = "config"
+) -> int:
+    """Builds the method on the ``meta`` device (no memory, no time) to show that its ``model``
+    settings can be built and fit in memory; a size typo (``model.backbone.out_dim=15296318``)
+    fails here in one line instead of in the allocator.
+
+    Returns:
+        The number of weights (parameters and buffers).
+    """
+    try:
+        with torch.device("meta"):
+            probe = build_method(cfg, split, embed_dim)
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{where}: the model settings cannot be built: {first}") from None
+    values = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
+    if values * 4 > MAX_MODEL_BYTES:
+        raise ConfigError(
+            f"{where}: the model settings give {values:,} weights ({values * 4 / 2**30:.0f} GiB "
+            f"in float32), beyond the {MAX_MODEL_BYTES // 2**30} GiB bound; check model.* sizes"
+        )
+    return values
+
+
+def build_method_checked(
+    cfg: ExperimentConfig, split: ClassSplit, embed_dim: int, *, where: str = "config"
+) -> Method:
+    """:func:`build_method` after :func:`check_model`."""
+    check_model(cfg, split, embed_dim, where=where)
+    return build_method(cfg, split, embed_dim)
+
+
 def check_config(cfg: ExperimentConfig, *, where: str = "config") -> dict:
     """Checks every value of ``cfg`` (the method's ``model`` section too) before work starts.
 
@@ -223,7 +261,7 @@ def _train(
     torch.manual_seed(cfg.seed)
     data = data or build_data(cfg, progress=progress)
     embed = Embedder(cfg.text, world=data.world)
-    method = build_method(cfg, data.split, int(embed(data.split.names).shape[1]))
+    method = build_method_checked(cfg, data.split, int(embed(data.split.names).shape[1]))
     if method.protocol == "supervised":
         train_set = data.train
     else:
@@ -317,7 +355,7 @@ def load_model(
                 f"to {cfg.method!r}"
             )
     split = ClassSplit.from_dict(meta["split"])
-    method = build_method(cfg, split, int(meta["embed_dim"]))
+    method = build_method_checked(cfg, split, int(meta["embed_dim"]), where=f"{path}: config")
     load_state_dict_strict(method, tensors, what=f"checkpoint {path}")
     method.to(resolve_device(device)).eval()
     return method, cfg, split, meta

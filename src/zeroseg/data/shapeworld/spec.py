@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from zeroseg._yaml import safe_load
+from zeroseg._yaml import one_line, safe_load
 from zeroseg.data.classes import ClassSplit
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond")
@@ -288,7 +288,7 @@ def load_spec(path: str | Path | None = None) -> WorldSpec:
     try:
         data = safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise SpecError(f"world spec {path} is not valid YAML: {e}") from None
+        raise SpecError(f"world spec {path} is not valid YAML: {one_line(e)}") from None
     spec = parse_spec(data, source=str(path))
     for message in spec_warnings(spec):
         warnings.warn(f"{path}: {message}", SpecWarning, stacklevel=2)
