@@ -138,6 +138,8 @@ def output_stems(images: list[str]) -> list[str]:
 
 
 def cmd_predict(args) -> int:
+    import numpy as np
+
     from zeroseg.data.classes import validate_class_names
     from zeroseg.data.io import ImageError, read_image
     from zeroseg.predict import Predictor
@@ -160,7 +162,7 @@ def cmd_predict(args) -> int:
         label = predictor.predict(image, names)
         save_label_png(label, label_path, num_classes=len(names))
         save_overlay(image, label, names, overlay_path)
-        present = ", ".join(names[c] for c in sorted(set(label.ravel().tolist())))
+        present = ", ".join(names[int(c)] for c in np.unique(label))
         print(f"{path}: {label_path}, {overlay_path} ({present})")
     return 0
 

@@ -15,6 +15,7 @@ from PIL import Image  # noqa: E402
 from zeroseg.engine.checkpoint import _atomic_write  # noqa: E402
 
 LEGEND_MAX = 30  # overlay legend entries (the most frequent classes)
+OVERLAY_MAX = 1200  # overlay figures subsample larger images to this many pixels a side
 
 
 def palette(n: int) -> np.ndarray:
@@ -55,7 +56,13 @@ def save_overlay(
     *,
     alpha: float = 0.55,
 ) -> Path:
-    """Writes the image blended with its coloured labels and a legend of the classes present."""
+    """Writes the image blended with its coloured labels and a legend of the classes present.
+
+    The figure is about 600 px wide, so large images are subsampled (nearest) to at most
+    ``OVERLAY_MAX`` pixels a side first: a 4000 x 4000 overlay then costs megabytes, not GiB.
+    """
+    step = max(1, -(-max(np.shape(label)[:2]) // OVERLAY_MAX))
+    image, label = np.asarray(image)[::step, ::step], np.asarray(label)[::step, ::step]
     colors = colorize(label, len(class_names), ignore_index=None)
     blend = (image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).astype(
         np.uint8
