@@ -44,6 +44,10 @@ def test_exponent_numbers_load_as_numbers_from_yaml_and_overrides(tmp_path):
     cfg = load_config(path, ["train.momentum=5e-1"])
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum) == (1e-4, 0.03, 0.5)
     assert load_config(PRESET, ["train.lr=3e-4"]).train.lr == 3e-4
+    iters = load_config(PRESET, ["train.iters=2e4"]).train.iters
+    assert iters == 20000 and isinstance(iters, int)
+    with pytest.raises(ConfigError, match="expected an integer, got 2.5"):
+        load_config(PRESET, ["train.iters=2.5"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

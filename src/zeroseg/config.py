@@ -115,6 +115,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)  # iters: 2e4 is an integer written in exponent form
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value

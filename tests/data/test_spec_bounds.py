@@ -91,6 +91,8 @@ def test_yaml_exponent_numbers_are_numbers(tmp_path):
         yaml.safe_dump({**BASE, "variation": {"min_visible": "X"}}).replace("X", "5e-1")
     )
     assert load_spec(path).variation.min_visible == 0.5
+    path.write_text(yaml.safe_dump({**BASE, "train_images": "X"}).replace("X", "4e3"))
+    assert load_spec(path).train_images == 4000
 
 
 def test_warnings_for_unexplained_unseen_attributes_identical_classes_and_no_unseen(tmp_path):

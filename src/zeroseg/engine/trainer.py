@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -264,6 +265,11 @@ def _train_stage(
             optimizer_from_flat(opt, tensors, m["optimizer"])
             _set_rng_state(tensors)
             start = int(m["step"])
+            if main:
+                print(
+                    f"[zeroseg] {stage}: resuming at step {start}/{cfg.iters} from {last_good}",
+                    file=sys.stderr,
+                )
     ddp_model = dist.wrap(model)
     logger = _Logger(directory, stage, enabled=main)
     if main and start == 0:

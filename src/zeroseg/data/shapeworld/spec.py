@@ -118,6 +118,8 @@ def _positive_int(d: dict, key: str, *, minimum: int = 1, default=None) -> int:
     value = d.get(key, default)
     if value is None:
         raise SpecError(f"spec is missing {key!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4e3 is a count written in exponent form
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(f"spec {key!r} must be an integer >= {minimum}, got {value!r}")
     return value
