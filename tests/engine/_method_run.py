@@ -1,7 +1,7 @@
 """A tiny multi-stage method run in its own process, for the kill-and-resume test.
 
-Usage: python _method_run.py CONFIG.json RUN_DIR SLEEP_PER_STEP
-Every training step sleeps SLEEP seconds (0: full speed), so the test can kill mid-stage.
+Usage: python _method_run.py CONFIG.json RUN_DIR SLEEP_PER_STEP STAGE
+Every training step of STAGE sleeps SLEEP seconds, so the test can kill it mid-stage.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from zeroseg.config import load_config
 from zeroseg.engine import trainer
 
 
-def run(cfg: dict, directory: Path, sleep: float = 0.0) -> list[tuple[str, int]]:
+def run(cfg: dict, directory: Path, sleep: float = 0.0, stage: str = "") -> list[tuple[str, int]]:
     """Trains ``cfg`` into ``directory``; returns ``(stage, first step)`` of each stage trained."""
     torch.set_num_threads(1)
     real = trainer._train_stage
@@ -30,7 +30,8 @@ def run(cfg: dict, directory: Path, sleep: float = 0.0) -> list[tuple[str, int]]
         def paced(start, stop):
             starts.append((kw["stage"], start))
             for step, batch in batches(start, stop):
-                time.sleep(sleep)
+                if kw["stage"] == stage:
+                    time.sleep(sleep)
                 yield step, batch
 
         return real(**{**kw, "batches": paced})
@@ -44,4 +45,9 @@ def run(cfg: dict, directory: Path, sleep: float = 0.0) -> list[tuple[str, int]]
 
 
 if __name__ == "__main__":
-    run(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), float(sys.argv[3]))
+    run(
+        json.loads(Path(sys.argv[1]).read_text()),
+        Path(sys.argv[2]),
+        float(sys.argv[3]),
+        sys.argv[4],
+    )
