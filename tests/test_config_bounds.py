@@ -82,6 +82,9 @@ def test_model_sizes_are_checked_on_the_meta_device_before_any_allocation():
     negative = load_config(PRESET, ["model.backbone.out_dim=-3"])
     with pytest.raises(ConfigError, match=r"^c\.yaml: the model settings cannot be built: "):
         check_model(negative, split, 8, where="c.yaml")
+    empty = load_config(PRESET, ["model.backbone.out_dim=0"])
+    with pytest.raises(ConfigError, match=r"^c\.yaml: the model settings give empty layers \("):
+        check_model(empty, split, 8, where="c.yaml")
     real = build_method(load_config(PRESET), split, 8)
     assert check_model(load_config(PRESET), split, 8) == sum(
         t.numel() for t in [*real.parameters(), *real.buffers()]

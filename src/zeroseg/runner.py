@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,13 +157,21 @@ def check_model(
         The number of weights (parameters and buffers).
     """
     try:
-        with torch.device("meta"):
+        # torch warns about zero-sized layers while building them; they are refused below.
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             probe = build_method(cfg, split, embed_dim)
     except ConfigError:
         raise
     except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"{where}: the model settings cannot be built: {first}") from None
+    empty = [name for name, t in probe.named_parameters() if t.numel() == 0]
+    if empty:
+        raise ConfigError(
+            f"{where}: the model settings give empty layers ({', '.join(empty[:3])}); "
+            "check model.* sizes (0 is not a width)"
+        )
     values = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
     if values * 4 > MAX_MODEL_BYTES:
         raise ConfigError(
