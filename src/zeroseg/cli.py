@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def _setup_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    default_format = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        # zeroseg's own warnings (e.g. a spec's unseen class no seen class explains) are for the
+        # user: one line, without the source location.
+        if category.__module__.startswith("zeroseg"):
+            return f"zeroseg: warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
 
 
 def cmd_demo(args) -> int:
@@ -48,12 +59,13 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from zeroseg import runner
-    from zeroseg.config import load_config
+    from zeroseg.config import describe_source, load_config
 
     cfg = load_config(args.config, args.set)
+    runner.check_config(cfg, where=describe_source(args.config, args.set))  # model.* too
     name = cfg.name or cfg.method
     out = Path(args.out) / name
-    result = runner.train(cfg, out, progress=not args.no_progress)
+    result = runner.train(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
     # gamma chosen on val, figures on test (docs/methods.md, "Evaluation")
     metrics, spi, _ = runner.evaluate_protocol(
         result.method, cfg, result.data, result.embed, progress=not args.no_progress
@@ -61,7 +73,9 @@ def cmd_train(args) -> int:
     metrics.update(eval_split="test", tuned_on="val", protocol_detail=result.protocol_detail)
     summary = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     summary.update(train_seconds=result.train_seconds, infer_ms_per_image=spi * 1000)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from zeroseg.report import write_text_atomic
+
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"model: {out / 'model.safetensors'}")
     return 0
@@ -104,22 +118,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def output_stems(images: list[str]) -> list[str]:
+    """One distinct output stem per input: the file stem, or stem + extension where two inputs
+    share a stem (``a.png a.jpg`` -> ``a_png``, ``a_jpg``).
+
+    Raises:
+        ImageError: two inputs that still collide (the same file name in two directories).
+    """
+    from zeroseg.data.io import ImageError
+
+    paths = [Path(p) for p in images]
+    stems = [p.stem for p in paths]
+    out = [
+        f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 and p.suffix else p.stem
+        for p in paths
+    ]
+    for i, name in enumerate(out):
+        j = out.index(name)
+        if j != i:
+            raise ImageError(
+                f"{images[j]} and {images[i]} would both write {name}_label.png; rename one or "
+                "predict them into different --out directories"
+            )
+    return out
+
+
 def cmd_predict(args) -> int:
-    from zeroseg.data.io import read_image
+    import numpy as np
+
+    from zeroseg.data.classes import validate_class_names
+    from zeroseg.data.io import ImageError, read_image
     from zeroseg.predict import Predictor
     from zeroseg.viz import save_label_png, save_overlay
 
-    names = [n.strip() for n in args.classes.split(",")]
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    names = list(validate_class_names(args.classes.split(","), what="--classes"))
     out = Path(args.out)
-    for path in args.images:
-        image = read_image(Path(path))
+    stems = output_stems(args.images)
+    targets = [(out / f"{s}_label.png", out / f"{s}_overlay.png") for s in stems]
+    if not args.overwrite:
+        existing = [str(t) for pair in targets for t in pair if t.exists()]
+        if existing:
+            raise ImageError(
+                f"{existing[0]} already exists ({len(existing)} output file(s) in all); pass "
+                "--overwrite to replace them or choose another --out"
+            )
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    for path, (label_path, overlay_path) in zip(args.images, targets):
+        image = read_image(Path(path), alpha=args.alpha)  # one at a time: memory stays bounded
         label = predictor.predict(image, names)
-        stem = Path(path).stem
-        save_label_png(label, out / f"{stem}_label.png")
-        save_overlay(image, label, names, out / f"{stem}_overlay.png")
-        present = ", ".join(names[c] for c in sorted(set(label.ravel().tolist())))
-        print(f"{path}: {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')} ({present})")
+        save_label_png(label, label_path, num_classes=len(names))
+        save_overlay(image, label, names, overlay_path)
+        present = ", ".join(names[int(c)] for c in np.unique(label))
+        print(f"{path}: {label_path}, {overlay_path} ({present})")
     return 0
 
 
@@ -341,18 +391,48 @@ def build_parser() -> argparse.ArgumentParser:
     common(d)
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train", help="train one config (a preset name or a YAML file)")
-    t.add_argument("config")
-    t.add_argument("--out", default="runs")
+    t = sub.add_parser(
+        "train",
+        help="train one config (a preset name or a YAML file)",
+        description="Train one config and evaluate it on its validation split. The model lands "
+        "in OUT/<name>/model.safetensors (<name>: the config's name, else its method) with "
+        "metrics.json, run.json (the resolved config and its hash) and one directory per "
+        "training stage. Re-running the same config into the same OUT resumes: finished stages "
+        "are loaded, an interrupted stage continues from its newest checkpoint (written every "
+        "train.ckpt_minutes minutes and every train.ckpt_every steps). Another config into the "
+        "same directory is refused unless --overwrite is given.",
+    )
+    t.add_argument(
+        "config",
+        help="a preset name (see src/zeroseg/configs, e.g. projection_unet-small_2k_shapeworld) or a YAML file",
+    )
+    t.add_argument(
+        "--out",
+        default="runs",
+        help="parent directory of the run; the run itself is OUT/<name> (default: runs)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard what OUT/<name> holds from a run with another config, instead of refusing",
+    )
     common(t)
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser(
-        "eval", help="evaluate a model checkpoint on its test split (calibrated on val)"
+        "eval",
+        help="evaluate a model checkpoint on its test split (calibrated on val)",
+        description="Evaluate a trained model on the test split of the data it was trained on "
+        "(or --world), with the calibration gamma chosen on its val split, and print seen / "
+        "unseen / harmonic mIoU as JSON (PQ and AP50 too for segment-producing methods on "
+        "panoptic data). Writes nothing.",
     )
-    e.add_argument("checkpoint", help="a model.safetensors, or the run directory holding it")
+    e.add_argument(
+        "checkpoint",
+        help="a model.safetensors, the run directory holding it, or the --out given to train",
+    )
     e.add_argument("--world", help="ShapeWorld spec (default: the one it was trained on)")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     e.add_argument("--refine", choices=["spectral"], help="refine predictions at inference")
     e.add_argument(
         "--split",
@@ -363,12 +443,38 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.set_defaults(fn=cmd_eval)
 
-    pr = sub.add_parser("predict", help="segment images with any vocabulary")
-    pr.add_argument("checkpoint", help="a model.safetensors, or the run directory holding it")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--classes", required=True, help='comma-separated class names, e.g. "a,b,c"')
-    pr.add_argument("--out", default="predictions")
-    pr.add_argument("--device", default="cpu")
+    pr = sub.add_parser(
+        "predict",
+        help="segment images with any vocabulary",
+        description="Segment images with any list of class names. For each IMAGE, writes "
+        "OUT/<stem>_label.png (the index of the class of each pixel in --classes order; 8-bit, "
+        "or 16-bit beyond 256 names) and OUT/<stem>_overlay.png (the image with coloured labels "
+        "and a legend). Inputs that share a stem get their extension added (a_png, a_jpg); "
+        "existing outputs are never replaced without --overwrite.",
+    )
+    pr.add_argument(
+        "checkpoint",
+        help="a model.safetensors, the run directory holding it, or the --out given to train",
+    )
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, ...)")
+    pr.add_argument(
+        "--classes",
+        required=True,
+        help='comma-separated class names, e.g. "red circle,blue square,gray ground"; names the '
+        "model was trained on count as seen",
+    )
+    pr.add_argument("--out", default="predictions", help="output directory (default: predictions)")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    pr.add_argument(
+        "--overwrite", action="store_true", help="replace output files that already exist"
+    )
+    pr.add_argument(
+        "--alpha",
+        choices=["error", "drop"],
+        default="error",
+        help="images with an alpha channel: refuse them (error, the default) or ignore the "
+        "alpha (drop)",
+    )
     pr.set_defaults(fn=cmd_predict)
 
     sv = sub.add_parser(

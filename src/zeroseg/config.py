@@ -7,6 +7,7 @@ is parsed into the chosen method's own config dataclass, so a misspelt model opt
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from zeroseg._yaml import one_line, safe_load
 from zeroseg.engine.inference import InferenceConfig
 from zeroseg.engine.trainer import TrainConfig
 
@@ -113,6 +115,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)  # iters: 2e4 is an integer written in exponent form
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
@@ -183,7 +187,13 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({one_line(e)})"
+            ) from None
+        out.append((key.strip(), value))
     return out
 
 
@@ -200,6 +210,13 @@ def resolve_preset(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {name_or_path} is neither a file nor a preset; presets: {valid}")
 
 
+def describe_source(source: str | Path | dict | None, overrides: list[str] | None = None) -> str:
+    """How errors name a config: its file (and whether ``--set`` changed it), or "config"."""
+    if source is None or isinstance(source, dict):
+        return "config"
+    return f"{resolve_preset(source)}" + (" with --set overrides" if overrides else "")
+
+
 def load_config(
     source: str | Path | dict | None = None, overrides: list[str] | None = None
 ) -> ExperimentConfig:
@@ -211,9 +228,183 @@ def load_config(
     else:
         path = resolve_preset(source)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+            raise ConfigError(f"{path} is not valid YAML: {one_line(e)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
     for key, value in parse_overrides(overrides):
         _set_path(data, key, value)
-    return from_dict(ExperimentConfig, data)
+    origin = describe_source(source, overrides)
+    try:
+        cfg = from_dict(ExperimentConfig, data)
+    except ConfigError as e:
+        raise ConfigError(str(e) if origin == "config" else f"{origin}: {e}") from None
+    validate_config(cfg, where=origin)
+    return cfg
+
+
+# --- value checks: every bound is checked before any work starts ----------------------------------
+
+MAX_ITERS = 100_000_000  # far beyond any schedule here; beyond it is a typo (1e12)
+MAX_BATCH = 65_536
+MAX_CROP = 8192  # pixels per side of a training crop or an inference window
+DATASETS = ("shapeworld", "voc", "coco_stuff", "context", "coco_panoptic", "pascal_5i", "coco_20i")
+
+
+def _check(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _finite(value: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and lo <= value <= hi
+    )
+
+
+def check_train(t: TrainConfig, *, where: str, key: str) -> None:
+    """Bounds of one stage's schedule (``key`` is its path, e.g. ``model.generator_train``)."""
+    k = f"{key}." if key else ""
+    _check(_int_in(t.iters, 1, MAX_ITERS), where, f"{k}iters", f"an integer 1-{MAX_ITERS}", t.iters)
+    _check(
+        _int_in(t.batch_size, 1, MAX_BATCH),
+        where,
+        f"{k}batch_size",
+        f"an integer 1-{MAX_BATCH}",
+        t.batch_size,
+    )
+    _check(_finite(t.lr) and t.lr > 0, where, f"{k}lr", "a finite number > 0", t.lr)
+    _check(_finite(t.weight_decay, 0), where, f"{k}weight_decay", "a number >= 0", t.weight_decay)
+    _check(_finite(t.momentum, 0, 1), where, f"{k}momentum", "a number in [0, 1]", t.momentum)
+    _check(t.optimizer in ("adamw", "sgd"), where, f"{k}optimizer", "adamw or sgd", t.optimizer)
+    _check(
+        t.scheduler in ("poly", "cosine", "constant"),
+        where,
+        f"{k}scheduler",
+        "poly, cosine or constant",
+        t.scheduler,
+    )
+    _check(t.amp in ("none", "bf16", "fp16"), where, f"{k}amp", "none, bf16 or fp16", t.amp)
+    _check(
+        _int_in(t.warmup_iters, 0, MAX_ITERS),
+        where,
+        f"{k}warmup_iters",
+        "an integer >= 0",
+        t.warmup_iters,
+    )
+    _check(_finite(t.grad_clip, 0), where, f"{k}grad_clip", "a number >= 0 (0: off)", t.grad_clip)
+    _check(
+        _int_in(t.log_every, 1, MAX_ITERS), where, f"{k}log_every", "an integer >= 1", t.log_every
+    )
+    _check(
+        _int_in(t.ckpt_every, 0, MAX_ITERS),
+        where,
+        f"{k}ckpt_every",
+        "an integer >= 0 (0: by time only)",
+        t.ckpt_every,
+    )
+    _check(
+        _finite(t.ckpt_minutes, 0),
+        where,
+        f"{k}ckpt_minutes",
+        "a number >= 0 (0: by steps only)",
+        t.ckpt_minutes,
+    )
+    _check(
+        _int_in(t.keep_ckpts, 1, 1000), where, f"{k}keep_ckpts", "an integer 1-1000", t.keep_ckpts
+    )
+    _check(_int_in(t.seed, 0, 2**63 - 1), where, f"{k}seed", "an integer >= 0", t.seed)
+
+
+def check_inference(e: InferenceConfig, *, where: str, key: str = "eval") -> None:
+    _check(e.mode in ("whole", "slide"), where, f"{key}.mode", "whole or slide", e.mode)
+    _check(_int_in(e.crop, 1, MAX_CROP), where, f"{key}.crop", f"an integer 1-{MAX_CROP}", e.crop)
+    _check(
+        _int_in(e.stride, 1, max(1, e.crop)) if _int_in(e.crop, 1, MAX_CROP) else False,
+        where,
+        f"{key}.stride",
+        f"an integer 1-{e.crop} (at most the crop)",
+        e.stride,
+    )
+    _check(
+        _int_in(e.batch_size, 1, MAX_BATCH),
+        where,
+        f"{key}.batch_size",
+        f"an integer 1-{MAX_BATCH}",
+        e.batch_size,
+    )
+
+
+def check_nested(obj: Any, *, where: str, key: str) -> None:
+    """Checks every schedule and inference setting inside a (method) config dataclass, and that
+    no float anywhere in it is NaN or infinite."""
+    if isinstance(obj, TrainConfig):
+        check_train(obj, where=where, key=key)
+        return
+    if isinstance(obj, InferenceConfig):
+        check_inference(obj, where=where, key=key)
+        return
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            check_nested(
+                getattr(obj, f.name), where=where, key=f"{key}.{f.name}" if key else f.name
+            )
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_nested(v, where=where, key=f"{key}[{i}]")
+    elif isinstance(obj, float):
+        _check(math.isfinite(obj), where, key, "a finite number", obj)
+
+
+def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
+    """Raises :class:`ConfigError` naming the key of the first value out of bounds.
+
+    Checks everything but the ``model`` section (parsed and checked by
+    :func:`zeroseg.runner.check_config`, which knows the method) and the device's availability
+    (checked when a run starts: a checkpoint trained on a GPU must still load on a CPU).
+    """
+    _check(_int_in(cfg.seed, 0, 2**63 - 1), where, "seed", "an integer >= 0", cfg.seed)
+    _check(
+        cfg.device in ("auto", "cpu", "cuda")
+        or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
+        where,
+        "device",
+        "auto, cpu, cuda or cuda:N",
+        cfg.device,
+    )
+    d = cfg.data
+    _check(d.dataset in DATASETS, where, "data.dataset", f"one of {list(DATASETS)}", d.dataset)
+    _check(
+        d.protocol in ("ignore", "strict"), where, "data.protocol", "ignore or strict", d.protocol
+    )
+    _check(d.fold is None or _int_in(d.fold, 0, 3), where, "data.fold", "0-3 or null", d.fold)
+    for key in ("train_limit", "val_limit"):
+        v = getattr(d, key)
+        _check(
+            v is None or _int_in(v, 1, 10**9), where, f"data.{key}", "an integer >= 1 or null", v
+        )
+    _check(
+        _int_in(d.crop_size, 8, MAX_CROP),
+        where,
+        "data.crop_size",
+        f"an integer 8-{MAX_CROP}",
+        d.crop_size,
+    )
+    lo, hi = d.scale_range
+    _check(
+        _finite(lo, 0.01, 100) and _finite(hi, 0.01, 100) and lo <= hi,
+        where,
+        "data.scale_range",
+        "[low, high] with 0.01 <= low <= high <= 100",
+        list(d.scale_range),
+    )
+    check_train(cfg.train, where=where, key="train")
+    check_inference(cfg.eval, where=where)

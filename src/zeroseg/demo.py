@@ -19,6 +19,7 @@ import torch
 from zeroseg import runner
 from zeroseg.config import load_config, to_dict
 from zeroseg.data.shapeworld import load_spec
+from zeroseg.report import _fmt
 
 # method name -> its ShapeWorld preset. Later methods add themselves here.
 DEMO_PRESETS: dict[str, str] = {
@@ -214,7 +215,7 @@ def run_demo(
             grid_preds[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
             print(
                 f"[zeroseg] {name}+{kind}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "
-                f"{r_metrics['unseen_miou']:.1f}  hIoU {r_metrics['hiou']:.1f}  boundary F {r_metrics['boundary_f']:.1f}"
+                f"{_fmt(r_metrics['unseen_miou'])}  hIoU {_fmt(r_metrics['hiou'])}  boundary F {r_metrics['boundary_f']:.1f}"
             )
         took = (
             "every stage reused from an earlier run"
@@ -222,8 +223,8 @@ def run_demo(
             else f"{result.train_seconds:.0f}s train"
         )
         print(
-            f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) {metrics['unseen_miou']:.1f}"
-            f"  hIoU {metrics['hiou']:.1f}  AUSUC {metrics.get('ausuc', float('nan')):.1f}"
+            f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) {_fmt(metrics['unseen_miou'])}"
+            f"  hIoU {_fmt(metrics['hiou'])}  AUSUC {_fmt(metrics.get('ausuc'))}"
             f"  gamma {metrics['calibration']['gamma']:+.2f} (on val)  ({took})"
         )
     from zeroseg.report import write_report

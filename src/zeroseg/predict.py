@@ -17,8 +17,9 @@ import torch
 
 from zeroseg.data.classes import validate_class_names
 from zeroseg.data.io import read_image
-from zeroseg.engine.inference import infer_scores
+from zeroseg.engine.inference import TILE, TILE_MARGIN, WHOLE_MAX, infer_scores, tiled_labels
 from zeroseg.runner import Embedder, load_model
+from zeroseg.viz import label_dtype
 
 
 class Predictor:
@@ -43,20 +44,44 @@ class Predictor:
             [n.lower() in trained for n in names], dtype=torch.bool, device=self.device
         )
 
-    @torch.no_grad()
-    def scores(self, image, class_names: Sequence[str]) -> torch.Tensor:
-        """(K, H, W) scores of one image (a path, a PIL image or an (H, W, 3) uint8 array)."""
+    def _prepare(self, image, class_names: Sequence[str]):
         names = validate_class_names(class_names, what="--classes")
         if isinstance(image, (str, Path)):
             image = read_image(Path(image))
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].to(self.device)
+        # A copy: arrays from PIL are read-only, which torch.from_numpy warns about.
+        x = torch.from_numpy(arr.transpose(2, 0, 1).copy())[None].to(self.device)
         emb = self.embed(list(names)).to(self.device)
         mask = self.seen_mask(names)
-        return infer_scores(lambda im: self.method.scores(im, emb, mask), x, self.cfg.eval)[0]
 
+        def fn(im: torch.Tensor) -> torch.Tensor:
+            return infer_scores(lambda w: self.method.scores(w, emb, mask), im, self.cfg.eval)
+
+        return x, names, fn
+
+    @torch.no_grad()
+    def scores(self, image, class_names: Sequence[str]) -> torch.Tensor:
+        """(K, H, W) scores of one image (a path, a PIL image or an (H, W, 3) uint8 array).
+
+        The whole image at once: memory grows with K x H x W (see :meth:`predict` for large
+        images).
+        """
+        x, _, fn = self._prepare(image, class_names)
+        return fn(x)[0]
+
+    @torch.no_grad()
     def predict(self, image, class_names: Sequence[str]) -> np.ndarray:
-        """(H, W) uint8 label map: index ``k`` means ``class_names[k]``."""
-        return self.scores(image, class_names).argmax(0).to(torch.uint8).cpu().numpy()
+        """(H, W) label map: index ``k`` means ``class_names[k]``.
+
+        uint8 for up to 256 names, uint16 for more (ADE20K-847-size vocabularies), so no label
+        ever wraps around. Images with a side above ``WHOLE_MAX`` pixels are labelled tile by tile
+        (:func:`zeroseg.engine.inference.tiled_labels`), so memory stays bounded: a 4000 x 4000
+        image needs well under 2 GiB.
+        """
+        dtype = label_dtype(len(class_names))
+        x, _, fn = self._prepare(image, class_names)
+        if max(x.shape[-2:]) <= WHOLE_MAX:
+            return fn(x)[0].argmax(0).cpu().numpy().astype(dtype)
+        return tiled_labels(fn, x, tile=TILE, margin=TILE_MARGIN, dtype=dtype)

@@ -114,7 +114,7 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     sep += "---:|---:|"
     lines += [head, sep]
     for name, r in rows.items():
-        frac = r["hiou"] / oracle if oracle else None
+        frac = r["hiou"] / oracle if oracle and r["hiou"] is not None else None
         gamma = (r.get("calibration") or {}).get("gamma")
         line = (
             f"| {name} | {protocol_label(r)} | {_fmt(r['seen_miou'])} | {_fmt(r['unseen_miou'])} | "

@@ -69,7 +69,8 @@ def read_image(
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         if alpha != "drop":
             raise ImageError(
-                f"{path}: has an alpha channel ({mode}); pass alpha='drop' to ignore it"
+                f"{path}: has an alpha channel ({mode}); pass alpha='drop' (zeroseg predict "
+                "--alpha drop) to ignore it"
             )
     if mode != "RGB":
         img = img.convert("RGB")

@@ -4,10 +4,16 @@ A checkpoint is one ``.safetensors`` file whose header carries the metadata as J
 ``zeroseg``), plus a readable ``.json`` sidecar. Writes go to a temporary file in the same
 directory, are fsync'ed and renamed into place, so a kill during a save never leaves a corrupt
 file under the final name. Nothing is ever unpickled.
+
+The header also carries a sha256 of every tensor (name, dtype, shape and bytes), checked on load,
+so a flipped byte inside a tensor fails loudly instead of loading as a silently different model;
+and floating-point tensors holding NaN or Inf are refused (a diverged run's weights score 0 without
+a word otherwise).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 META_KEY = "zeroseg"
+SHA_KEY = "zeroseg_sha256"  # header key of the tensors' digest (absent in files before it)
 
 
 class CheckpointError(RuntimeError):
@@ -39,6 +46,25 @@ def _atomic_write(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    return [
+        k
+        for k, v in tensors.items()
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())
+    ]
+
+
 def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> Path:
     """Writes tensors and metadata atomically; returns the path."""
     path = Path(path)
@@ -50,7 +76,8 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], meta:
             flat[k] = v.clone()
         seen_ptrs.add(flat[k].data_ptr())
     meta_json = json.dumps(meta, sort_keys=True, default=str)
-    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={META_KEY: meta_json}))
+    header = {META_KEY: meta_json, SHA_KEY: tensors_sha256(flat)}
+    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=header))
     _atomic_write(
         path.with_suffix(".json"),
         lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)),
@@ -73,7 +100,23 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         ) from None
     if META_KEY not in header:
         raise CheckpointError(f"{path} has no zeroseg metadata: it was not written by zeroseg")
-    return tensors, json.loads(header[META_KEY])
+    try:
+        meta = json.loads(header[META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its metadata is corrupt ({e})") from None
+    if SHA_KEY in header and tensors_sha256(tensors) != header[SHA_KEY]:
+        raise CheckpointError(
+            f"{path} is corrupt: its tensors do not match the sha256 recorded when it was "
+            "written (a damaged copy or disk?); restore it or retrain"
+        )
+    bad = _non_finite(tensors)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"{path} holds NaN or Inf values (in {shown}): the run that wrote it diverged; "
+            "retrain, e.g. with a lower train.lr or train.grad_clip"
+        )
+    return tensors, meta
 
 
 def load_state_dict_strict(

@@ -1,4 +1,4 @@
-"""Whole-image and sliding-window inference, and the evaluation loop.
+"""Whole-image and sliding-window inference, bounded-memory tiling, and the evaluation loop.
 
 Sliding windows (as mmsegmentation's ``slide`` mode, used by ZegCLIP at crop 512 / stride 426):
 windows of ``crop`` pixels every ``stride`` pixels, the last one flush with the border, scores
@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -19,6 +20,13 @@ from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B,3,h,w) uint8 -> (B,K,h,w) scores
+
+# Images with a side above WHOLE_MAX are labelled tile by tile (predict, and evaluation without a
+# score-level refinement), so memory is bounded by a tile, not by the image: cells of TILE pixels,
+# each scored with TILE_MARGIN pixels of context around it.
+WHOLE_MAX = 1024
+TILE = 512
+TILE_MARGIN = 64
 
 
 @dataclass
@@ -62,6 +70,45 @@ def slide_scores(fn: ScoreFn, images: torch.Tensor, crop: int, stride: int) -> t
             total[:, :, y : y + crop, x : x + crop] += s
             count[:, :, y : y + crop, x : x + crop] += 1
     return (total / count)[:, :, :h, :w]
+
+
+def tiled_labels(
+    fn: ScoreFn,
+    image: torch.Tensor,
+    *,
+    tile: int = 512,
+    margin: int = 64,
+    dtype: np.dtype = np.dtype(np.int64),
+) -> np.ndarray:
+    """Label map of one large image with memory bounded by the tile, not the image.
+
+    The image is cut into ``tile``-sized cells; each is scored with ``margin`` pixels of context
+    on every side (clipped at the border) and only its own cell's argmax is kept. Peak memory is
+    one window's scores (K x (tile + 2 margin)^2 floats) plus the label map, whatever the size
+    of the image; the margin keeps predictions at cell seams from lacking context.
+
+    Args:
+        fn: maps (1, 3, h, w) uint8 to (1, K, h, w) scores.
+        image: (1, 3, H, W) uint8.
+        dtype: the label map's type (e.g. uint8 / uint16 from :func:`zeroseg.viz.label_dtype`).
+
+    Returns:
+        (H, W) labels.
+    """
+    if tile <= 0 or margin < 0:
+        raise ValueError(f"tiling needs tile > 0 and margin >= 0, got {tile} and {margin}")
+    _, _, h, w = image.shape
+    out = np.empty((h, w), dtype)
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            ya, yb = max(0, y0 - margin), min(h, y1 + margin)
+            xa, xb = max(0, x0 - margin), min(w, x1 + margin)
+            scores = fn(image[:, :, ya:yb, xa:xb])[0]
+            cell = scores[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa].argmax(0)
+            out[y0:y1, x0:x1] = cell.cpu().numpy()
+            del scores
+    return out
 
 
 def infer_scores(fn: ScoreFn, images: torch.Tensor, cfg: InferenceConfig) -> torch.Tensor:
@@ -109,8 +156,23 @@ def evaluate_semantic(
         # Images of different sizes (real datasets) arrive as lists: run them one at a time.
         for part in size_groups(batch):
             t = time.perf_counter()
-            scores = infer_scores(fn, part["image"], cfg)
-            pred = post(scores, part) if post is not None else scores.argmax(1)
+            if post is None and max(part["image"].shape[-2:]) > WHOLE_MAX:
+                pred = torch.stack(
+                    [
+                        torch.from_numpy(
+                            tiled_labels(
+                                lambda w: infer_scores(fn, w, cfg),
+                                image[None],
+                                tile=TILE,
+                                margin=TILE_MARGIN,
+                            )
+                        )
+                        for image in part["image"]
+                    ]
+                )
+            else:
+                scores = infer_scores(fn, part["image"], cfg)
+                pred = post(scores, part) if post is not None else scores.argmax(1)
             seconds += time.perf_counter() - t
             evaluator.process(pred, part["label"])
             for ex in extras:

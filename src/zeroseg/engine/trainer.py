@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -49,7 +50,10 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     log_every: int = 25  # CSV/TensorBoard interval (steps)
-    ckpt_every: int = 0  # step-checkpoint interval; 0 = only at the end
+    ckpt_every: int = 0  # step-checkpoint interval; 0 = by wall time only
+    # Also checkpoint when this many minutes passed since the last one (0 = by steps only), so a
+    # kill loses at most a few minutes of any stage; the write is atomic and off the hot path.
+    ckpt_minutes: float = 5.0
     keep_ckpts: int = 2  # step checkpoints kept per stage
     seed: int = 0
 
@@ -136,12 +140,28 @@ class _Logger:
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
-    return {"rng/torch": torch.get_rng_state()}
+    state = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["rng/cuda"] = torch.cuda.get_rng_state()  # dropout draws on the GPU
+    return state
 
 
 def _set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
     if "rng/torch" in tensors:
         torch.set_rng_state(tensors["rng/torch"].to(torch.uint8))
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"].to(torch.uint8))
+
+
+def checkpoint_due(cfg: TrainConfig, step: int, since_last_s: float) -> bool:
+    """Whether to write a step checkpoint after ``step`` (0-based): every ``ckpt_every`` steps,
+    or once ``ckpt_minutes`` of wall time passed since the last one; never after the last step
+    (``final.safetensors`` follows)."""
+    if step + 1 >= cfg.iters:
+        return False
+    by_steps = bool(cfg.ckpt_every) and (step + 1) % cfg.ckpt_every == 0
+    by_time = cfg.ckpt_minutes > 0 and since_last_s >= cfg.ckpt_minutes * 60
+    return by_steps or by_time
 
 
 def stage_done(directory: Path) -> bool:
@@ -174,11 +194,52 @@ def train_stage(
         directory: the stage's directory (checkpoints, ``log.csv``, ``tb/``, ``final.safetensors``).
         split: when given, every batch is checked to carry no unseen label (stages 1-3, 5).
         params: the trainable parameters (default: all of ``model`` that require grad).
-        resume: continue from the newest step checkpoint if one exists.
+        resume: continue from the newest step checkpoint if one exists. Step checkpoints are
+            written every ``cfg.ckpt_every`` steps and every ``cfg.ckpt_minutes`` minutes (5 by
+            default), so a kill at any moment loses at most that much of the stage.
 
     Returns:
         The mean of each logged value over the last ``log_every`` steps.
     """
+    from zeroseg.engine.rundir import run_lock  # rundir imports the config, which imports us
+
+    args = dict(
+        stage=stage,
+        model=model,
+        step_fn=step_fn,
+        batches=batches,
+        cfg=cfg,
+        directory=directory,
+        split=split,
+        params=params,
+        device=device,
+        resume=resume,
+        progress=progress,
+        meta=meta,
+    )
+    if not dist.is_main():
+        return _train_stage(**args)
+    # Shared stage directories (``RunContext.shared_stage_dir``) can be reached by two runs at
+    # once; the lock keeps their step checkpoints from interleaving.
+    with run_lock(directory):
+        return _train_stage(**args)
+
+
+def _train_stage(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    step_fn: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]],
+    batches: Callable[[int, int], Iterable[tuple[int, dict]]],
+    cfg: TrainConfig,
+    directory: Path,
+    split: ClassSplit | None,
+    params: Iterable[torch.nn.Parameter] | None,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    meta: dict | None,
+) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     main = dist.is_main()
     torch.manual_seed(cfg.seed)
@@ -204,12 +265,17 @@ def train_stage(
             optimizer_from_flat(opt, tensors, m["optimizer"])
             _set_rng_state(tensors)
             start = int(m["step"])
+            if main:
+                print(
+                    f"[zeroseg] {stage}: resuming at step {start}/{cfg.iters} from {last_good}",
+                    file=sys.stderr,
+                )
     ddp_model = dist.wrap(model)
     logger = _Logger(directory, stage, enabled=main)
     if main and start == 0:
         (directory / "log.csv").unlink(missing_ok=True)
     recent: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
     bar = tqdm(
         total=cfg.iters, initial=start, desc=stage, disable=not (progress and main), leave=False
     )
@@ -270,13 +336,11 @@ def train_stage(
                 values["elapsed_s"] = time.perf_counter() - t0
                 logger.log(step + 1, values)
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
-            if (
-                cfg.ckpt_every
-                and (step + 1) % cfg.ckpt_every == 0
-                and step + 1 < cfg.iters
-                and main
-            ):
+            # Only rank 0 decides and writes; a time-based checkpoint needs no barrier (the next
+            # step's gradient all-reduce keeps the ranks together).
+            if main and checkpoint_due(cfg, step, time.perf_counter() - last_save):
                 last_good = save(step + 1)
+                last_save = time.perf_counter()
             dist.barrier_if_needed(cfg.ckpt_every, step)
     finally:
         bar.close()

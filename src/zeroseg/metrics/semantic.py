@@ -71,11 +71,14 @@ def summarize(
 
     total = conf.sum().item()
     s, u = mean(seen_iou), mean(unseen_iou)
+    # Without unseen classes there is no zero-shot side: unseen mIoU and hIoU are not
+    # applicable (None, shown as "–"), not 0.0, which would read as a failed model.
+    applicable = len(unseen) > 0
     out = {
         "miou": mean(iou),
         "seen_miou": s,
-        "unseen_miou": u,
-        "hiou": harmonic_mean(s, u),
+        "unseen_miou": u if applicable else None,
+        "hiou": harmonic_mean(s, u) if applicable else None,
         "pixel_acc": float(conf.diag().sum().item() / total * 100) if total else 0.0,
         "per_class_iou": {
             (names[i] if names else str(i)): (None if np.isnan(v) else float(v * 100))

@@ -623,10 +623,22 @@ def read_clip_checkpoint(path: str | Path) -> ClipCheckpoint:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
+            # torch's message is a dozen lines advising weights_only=False (never here); keep
+            # only its unpickler's diagnosis.
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            cause = next((ln for ln in lines if "Unpickler error" in ln), None)
+            cause = lines[lines.index(cause) + 1] if cause and cause.endswith(":") else cause
             raise CheckpointError(
-                f"{path}: not loadable with torch.load(weights_only=True) (it would need to "
-                f"unpickle code, which zeroseg refuses): {err}"
-            ) from err
+                f"{path}: not a CLIP checkpoint zeroseg can read (not safetensors, TorchScript, "
+                f"or a state dict loadable with torch.load(weights_only=True), which never "
+                f"unpickles code){': ' + cause if cause else ''}"
+            ) from None
+        except (RuntimeError, EOFError, ValueError, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"{path}: not a CLIP checkpoint zeroseg can read (corrupt or not a torch "
+                f"file): {first}"
+            ) from None
         raw = _unwrap(obj, path)
     layout = _layout(list(raw), path)
     remap = {"openai": openai_to_zeroseg, "hf": hf_to_zeroseg, "zeroseg": dict}[layout]

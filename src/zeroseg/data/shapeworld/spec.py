@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from zeroseg._yaml import one_line, safe_load
 from zeroseg.data.classes import ClassSplit
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond")
@@ -29,6 +32,10 @@ GENERATOR_VERSION = 1  # bump when rendering changes, so cached worlds are rebui
 
 class SpecError(ValueError):
     """A ShapeWorld spec that does not validate."""
+
+
+class SpecWarning(UserWarning):
+    """A spec that validates but is probably not what was meant (shown, never fatal)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def _positive_int(d: dict, key: str, *, minimum: int = 1, default=None) -> int:
     value = d.get(key, default)
     if value is None:
         raise SpecError(f"spec is missing {key!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 4e3 is a count written in exponent form
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(f"spec {key!r} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -270,7 +279,7 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
                 kw[key] = type(getattr(variation, key))(v[key])
         variation = Variation(**kw)
 
-    return WorldSpec(
+    spec = WorldSpec(
         name=name,
         seed=int(seed),
         image_size=image_size,
@@ -284,6 +293,8 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
         unseen=tuple(u.strip() for u in unseen),
         variation=variation,
     )
+    check_bounds(spec, source)
+    return spec
 
 
 def load_spec(path: str | Path | None = None) -> WorldSpec:
@@ -292,7 +303,115 @@ def load_spec(path: str | Path | None = None) -> WorldSpec:
     if not path.is_file():
         raise SpecError(f"world spec {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise SpecError(f"world spec {path} is not valid YAML: {e}") from None
-    return parse_spec(data, source=str(path))
+        raise SpecError(f"world spec {path} is not valid YAML: {one_line(e)}") from None
+    spec = parse_spec(data, source=str(path))
+    for message in spec_warnings(spec):
+        warnings.warn(f"{path}: {message}", SpecWarning, stacklevel=2)
+    return spec
+
+
+# --- bounds and warnings: a spec that validates can be generated, in bounded time and memory ------
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_IMAGE_SIZE = 1024
+MAX_IMAGES = 10_000_000
+MAX_SPLIT_BYTES = 4 * 2**30  # a split lives in memory: 8 bytes a pixel (RGB, label, panoptic id)
+MAX_OBJECTS = 64  # each object costs a few full-image passes to place
+MAX_STUFF_REGIONS = 16
+MEAN_SHAPE_FILL = 0.5  # a shape covers about half of its bounding square
+
+
+def max_objects(spec: WorldSpec) -> int:
+    """How many things an image can hold while each keeps ``min_visible`` of its area."""
+    var, s = spec.variation, spec.image_size
+    smallest = MEAN_SHAPE_FILL * (var.size[0] * s) ** 2
+    fits = int(s * s / (smallest * max(var.min_visible, 0.05)))
+    return max(1, min(MAX_OBJECTS, fits))
+
+
+def check_bounds(spec: WorldSpec, source: str = "spec") -> None:
+    """Raises :class:`SpecError` for a name that could leave the cache or sizes beyond bounds."""
+    if not NAME_PATTERN.fullmatch(spec.name) or ".." in spec.name:
+        raise SpecError(
+            f"{source}: name {spec.name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..' (it names a cache directory)"
+        )
+    if spec.image_size > MAX_IMAGE_SIZE:
+        raise SpecError(f"{source}: image_size must be 16-{MAX_IMAGE_SIZE}, got {spec.image_size}")
+    pixel_bytes = 8 * spec.image_size**2
+    for f in fields(spec):
+        if not f.name.endswith("_images"):
+            continue
+        n = getattr(spec, f.name)
+        limit = min(MAX_IMAGES, MAX_SPLIT_BYTES // pixel_bytes)
+        if n > limit:
+            raise SpecError(
+                f"{source}: {f.name} must be at most {limit} at image_size {spec.image_size} "
+                f"(a split is held in memory, {MAX_SPLIT_BYTES // 2**30} GiB at most), got {n}"
+            )
+    var = spec.variation
+    if var.size[1] > 1.0:
+        raise SpecError(
+            f"{source}: variation.size must lie in [0.02, 1.0] (a fraction of the image side), "
+            f"got {list(var.size)}"
+        )
+    if var.min_visible > 1.0:
+        raise SpecError(f"{source}: variation.min_visible must be 0-1, got {var.min_visible}")
+    if var.color_jitter > 255 or var.pixel_noise > 255:
+        raise SpecError(
+            f"{source}: variation.color_jitter and pixel_noise must be 0-255, got "
+            f"{var.color_jitter} and {var.pixel_noise}"
+        )
+    if var.stuff_regions[1] > MAX_STUFF_REGIONS:
+        raise SpecError(
+            f"{source}: variation.stuff_regions must be at most {MAX_STUFF_REGIONS}, "
+            f"got {list(var.stuff_regions)}"
+        )
+    cap = max_objects(spec)
+    if spec.objects_per_image[1] > cap:
+        raise SpecError(
+            f"{source}: objects_per_image {list(spec.objects_per_image)} exceeds what a "
+            f"{spec.image_size}x{spec.image_size} image holds with objects of at least "
+            f"{var.size[0]:g} of its side each keeping {var.min_visible:g} of its area visible: "
+            f"at most {cap}"
+        )
+
+
+def spec_warnings(spec: WorldSpec) -> list[str]:
+    """Things a valid spec probably did not mean: unseen classes whose colour, shape or texture
+    no seen class shows (a text encoder cannot transfer what it never saw), classes that look
+    the same (their pixels cannot be told apart), and no unseen class at all."""
+    out = []
+    unseen = {u.lower() for u in spec.unseen}
+    seen_things = [t for t in spec.things if t.name.lower() not in unseen]
+    seen_stuff = [s for s in spec.stuff if s.name.lower() not in unseen]
+    seen_colors = {c.color for c in seen_things + seen_stuff}
+    for cls in spec.things + spec.stuff:
+        if cls.name.lower() not in unseen:
+            continue
+        kind = "shape" if isinstance(cls, ThingClass) else "texture"
+        form = getattr(cls, kind)
+        seen_forms = {getattr(c, kind) for c in (seen_things if kind == "shape" else seen_stuff)}
+        missing = [f"colour {list(cls.color)}"] if cls.color not in seen_colors else []
+        if form not in seen_forms:
+            missing.append(f"{kind} {form!r}")
+        if missing:
+            out.append(
+                f"unseen class {cls.name!r} has a {' and a '.join(missing)} that no seen class "
+                "shows"
+            )
+    for group, kind in ((spec.things, "shape"), (spec.stuff, "texture")):
+        for i, a in enumerate(group):
+            for b in group[i + 1 :]:
+                close = max(abs(x - y) for x, y in zip(a.color, b.color))
+                if getattr(a, kind) == getattr(b, kind) and close <= spec.variation.color_jitter:
+                    out.append(
+                        f"classes {a.name!r} and {b.name!r} look the same (same {kind}, colours "
+                        f"{list(a.color)} and {list(b.color)} within the colour jitter "
+                        f"{spec.variation.color_jitter})"
+                    )
+    if not spec.unseen:
+        out.append("no class is unseen: unseen mIoU and hIoU will be reported as not applicable")
+    return out

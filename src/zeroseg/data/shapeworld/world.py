@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.shapeworld.render import SPLIT_IDS, render
-from zeroseg.data.shapeworld.spec import WorldSpec, load_spec
+from zeroseg.data.shapeworld.spec import SpecError, WorldSpec, load_spec
 from zeroseg.paths import cache_dir
 
 
@@ -85,7 +85,12 @@ def generate_split(
 
 
 def world_dir(spec: WorldSpec, root: Path | None = None) -> Path:
-    return (root or cache_dir()) / "shapeworld" / f"{spec.name}-{spec.content_key()}"
+    """``<cache>/shapeworld/<name>-<key>``; a name that would lead elsewhere is refused."""
+    base = (root or cache_dir()) / "shapeworld"
+    path = base / f"{spec.name}-{spec.content_key()}"
+    if path.resolve().parent != base.resolve():
+        raise SpecError(f"world name {spec.name!r} would place its files outside {base}")
+    return path
 
 
 def _atomic_savez(path: Path, **arrays) -> None:

@@ -1,0 +1,166 @@
+"""A run directory's identity and ownership: the config it was started with, and who writes it.
+
+Resuming reuses every finished stage and step checkpoint in a directory, which is only right when
+the directory was started with the same resolved config. ``run.json`` records that config and its
+hash; a run with another config is refused with the differing keys named (before, re-running
+``train.lr=0.01`` into a finished run silently returned the old weights under the new settings).
+A lock file (``fcntl.flock``, released by the kernel when the process dies, even by SIGKILL) stops
+a second concurrent run into the same directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from zeroseg.config import ConfigError
+from zeroseg.engine.checkpoint import _atomic_write
+
+RECORD = "run.json"
+LOCK = ".lock"
+# Keys that change how often progress is saved or logged, never the weights: a resumed run may
+# change them (e.g. to checkpoint more often after a crash).
+CADENCE_KEYS = frozenset({"ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every"})
+
+
+class RunDirError(ConfigError):
+    """A run directory that belongs to another config, or that another run is writing."""
+
+
+def _strip_cadence(obj: Any) -> Any:
+    """JSON-normalised (tuples as lists) ``obj`` without the cadence keys."""
+    obj = json.loads(json.dumps(obj, default=str))
+    return _without_cadence(obj)
+
+
+def _without_cadence(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_cadence(v) for k, v in obj.items() if k not in CADENCE_KEYS}
+    if isinstance(obj, list):
+        return [_without_cadence(v) for v in obj]
+    return obj
+
+
+def config_hash(resolved: dict) -> str:
+    """sha256 of a resolved config (every default filled in), cadence keys left out."""
+    blob = json.dumps(_strip_cadence(resolved), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """``["train.lr: 0.001 -> 0.01", ...]`` for every leaf key that differs."""
+    a, b = _flatten(_strip_cadence(old)), _flatten(_strip_cadence(new))
+    missing = object()
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            show = lambda v: "(absent)" if v is missing else json.dumps(v, default=str)  # noqa: E731
+            lines.append(f"{key}: {show(va)} -> {show(vb)}")
+    return lines
+
+
+def _has_contents(directory: Path) -> bool:
+    return directory.is_dir() and any(p.name != LOCK for p in directory.iterdir())
+
+
+def check_run_dir(
+    directory: Path, resolved: dict, *, legacy_config: Callable[[], dict | None] | None = None
+) -> None:
+    """Raises :class:`RunDirError` unless ``directory`` is new, empty, or started with this config.
+
+    Args:
+        resolved: the resolved config of the run about to start.
+        legacy_config: for a directory written before ``run.json`` existed, returns the config
+            recorded in its ``model.safetensors`` (adopted when it matches), or None.
+    """
+    record = directory / RECORD
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text())
+            old_hash, old_cfg = old["config_hash"], old["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise RunDirError(
+                f"{record} is unreadable ({type(e).__name__}); start a new --out or pass --overwrite"
+            ) from None
+    elif _has_contents(directory):
+        legacy = legacy_config() if legacy_config is not None else None
+        if legacy is None:
+            raise RunDirError(
+                f"{directory} holds files but no {RECORD} saying which config made them; "
+                "choose a new --out, or pass --overwrite to discard them"
+            )
+        old_cfg, old_hash = legacy, config_hash(legacy)
+    else:
+        return
+    if old_hash != config_hash(resolved):
+        diff = config_diff(old_cfg, resolved)
+        shown = "; ".join(diff[:8]) + (f"; ... ({len(diff)} keys in all)" if len(diff) > 8 else "")
+        raise RunDirError(
+            f"{directory} was started with another config ({shown}); resuming would mix the two: "
+            "choose a new --out, or pass --overwrite to discard the old run"
+        )
+
+
+def write_record(directory: Path, resolved: dict) -> None:
+    """Writes ``run.json`` (atomically): the resolved config and its hash."""
+    record = {"config_hash": config_hash(resolved), "config": resolved}
+    _atomic_write(
+        directory / RECORD,
+        lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True, default=str)),
+    )
+
+
+def clear_run_dir(directory: Path) -> None:
+    """Deletes everything in ``directory`` but the lock (``--overwrite``)."""
+    if not directory.is_dir():
+        return
+    for p in directory.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+@contextmanager
+def run_lock(directory: Path) -> Iterator[None]:
+    """Holds ``directory/.lock`` exclusively for the duration; a second holder fails at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(
+                f"{directory} is in use by another zeroseg run (pid {holder}); wait for it to "
+                "finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,89 @@
+"""A run directory resumes only its own config, and only one run writes it at a time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zeroseg import runner
+from zeroseg.cli import main
+from zeroseg.config import PRESET_DIR, load_config
+from zeroseg.engine.checkpoint import load_checkpoint
+from zeroseg.engine.rundir import RunDirError, config_diff, config_hash, run_lock
+
+QUICK = [
+    "text.encoder=attributes",
+    "train.iters=3",
+    "train.batch_size=4",
+    "train.amp=none",
+    "data.train_limit=16",
+    "data.val_limit=8",
+]
+
+
+def _cfg(world, *extra):
+    return load_config(
+        "projection_unet-small_2k_shapeworld", [f"data.world={world}", *QUICK, *extra]
+    )
+
+
+def test_same_config_resumes_and_another_is_refused_with_the_differing_key(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    first = runner.train(_cfg(tiny_world), run, progress=False)
+    assert first.trained_stages == ["segmenter"]
+    record = json.loads((run / "run.json").read_text())
+    assert record["config"]["model"]["calibration"] == 0.0  # method defaults resolved
+    weights = load_checkpoint(run / "model.safetensors")[0]
+
+    again = runner.train(_cfg(tiny_world, "train.ckpt_every=2"), run, progress=False)
+    assert again.trained_stages == []  # cadence keys do not change the weights: resumed
+
+    with pytest.raises(RunDirError, match=r"train\.lr: 0\.003 -> 0\.01\).*--overwrite"):
+        runner.train(_cfg(tiny_world, "train.lr=0.01"), run, progress=False)
+    after = load_checkpoint(run / "model.safetensors")[0]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)  # untouched
+
+    redone = runner.train(_cfg(tiny_world, "train.lr=0.01"), run, progress=False, overwrite=True)
+    assert redone.trained_stages == ["segmenter"]
+    assert json.loads((run / "run.json").read_text())["config"]["train"]["lr"] == 0.01
+
+
+def test_a_second_concurrent_run_is_refused(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    with run_lock(run):
+        with pytest.raises(RunDirError, match=r"in use by another zeroseg run \(pid \d+\)"):
+            runner.train(_cfg(tiny_world), run, progress=False)
+    assert not (run / "run.json").exists()
+    runner.train(_cfg(tiny_world), run, progress=False)  # the lock is released on exit
+    assert (run / "model.safetensors").is_file()
+
+
+def test_a_directory_of_unknown_files_is_refused(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    (run / "segmenter").mkdir(parents=True)
+    (run / "segmenter" / "step-0000002.safetensors").write_bytes(b"x")
+    with pytest.raises(RunDirError, match=r"no run\.json"):
+        runner.train(_cfg(tiny_world), run, progress=False)
+
+
+def test_invalid_settings_fail_before_a_finished_run_is_reused(tiny_world, tmp_path, capsys):
+    sets = [x for s in [f"data.world={tiny_world}", *QUICK] for x in ("--set", s)]
+    args = ["train", "projection_unet-small_2k_shapeworld", "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, *sets]) == 0
+    capsys.readouterr()
+    assert main([*args, *sets, "--set", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "zeroseg: error: "
+        f"{PRESET_DIR / 'projection_unet-small_2k_shapeworld.yaml'} with --set overrides: "
+        "train.batch_size must be an integer 1-65536, got 0\n"
+    )
+
+
+def test_hash_and_diff_ignore_tuples_vs_lists_and_cadence():
+    a = {"train": {"lr": 0.1, "ckpt_every": 0}, "size": (1, 2)}
+    b = {"train": {"lr": 0.1, "ckpt_every": 50}, "size": [1, 2]}
+    assert config_hash(a) == config_hash(b) and config_diff(a, b) == []
+    assert config_diff(a, {**b, "seed": 3}) == ["seed: (absent) -> 3"]
