@@ -33,7 +33,7 @@ def test_out_of_bounds_values_name_the_file_and_key(override, message):
 
 
 def test_method_schedules_are_checked_too():
-    cfg = load_config("zs3net_deeplabv3plus-small_shapeworld", ["model.generator_train.iters=0"])
+    cfg = load_config("zs3net_unet-small_shapeworld", ["model.generator_train.iters=0"])
     with pytest.raises(ConfigError, match=r"^x\.yaml: model\.generator_train\.iters must be"):
         check_config(cfg, where="x.yaml")
 

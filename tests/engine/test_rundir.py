@@ -20,6 +20,7 @@ QUICK = [
     "train.amp=none",
     "data.train_limit=16",
     "data.val_limit=8",
+    "model.foundation=null",  # 10-d attribute vectors: not the foundation's 384-d text space
 ]
 
 

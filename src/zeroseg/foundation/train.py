@@ -75,8 +75,11 @@ class FoundationConfig:
     train: TrainConfig = field(default_factory=_schedule)
 
     def key(self) -> str:
-        """Hash of every field: what decides the weights (the spec content is hashed apart)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        """Hash of every field that decides the weights (logging and checkpoint cadence do not)."""
+        fields = dataclasses.asdict(self)
+        for cadence in ("log_every", "ckpt_every", "ckpt_minutes", "keep_ckpts"):
+            fields["train"].pop(cadence, None)
+        blob = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
