@@ -84,6 +84,23 @@ def test_excluded_names_leave_captions_and_targets(tiny_web, tiny_world):
     assert all(presence[i].sum() > 0 for i in shown)
 
 
+def test_captions_with_every_ground_or_every_name_excluded(tiny_web):
+    # A default-world exclusion can remove all of an image's grounds (its unseen classes include
+    # textures): the caption then names the things alone, or says "a scene." when nothing is left.
+    web = web_spec(tiny_web)
+    data = ShapeWorldDataset(web, "caption", progress=False)
+    grounds = set(range(len(web.things), web.num_classes))
+    presence, captions = caption_tables(web, data.data.segments, len(data), grounds)
+    assert presence[:, sorted(grounds)].sum() == 0
+    for i, caption in enumerate(captions):
+        things = presence[i].nonzero().flatten().tolist()
+        assert " on " not in caption and "scene of" not in caption, caption
+        assert {k for k, n in enumerate(web.class_names) if n in caption} == set(things), caption
+    everything = set(range(web.num_classes))
+    _, captions = caption_tables(web, data.data.segments, len(data), everything)
+    assert set(captions) == {"a scene."}
+
+
 def test_a_world_outside_the_foundations_range_is_named(tmp_path, tiny_web):
     web = web_spec(tiny_web)
     narrow = dataclasses.replace(web, things=tuple(t for t in web.things if t.shape != "ring"))

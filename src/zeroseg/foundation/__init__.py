@@ -48,8 +48,13 @@ def file_sha256(path: Path) -> str:
 
 
 def _resolve(name: str | Path | None) -> Path:
+    """``shipped``/None: the packaged foundation; a bare name: a packaged ``<name>.safetensors``
+    (e.g. ``shapeworld-foundation-exclude-default``); anything else: a file path."""
     if name in (None, "shipped"):
         return SHIPPED
+    packaged = SHIPPED.with_name(f"{name}.safetensors")
+    if isinstance(name, str) and "/" not in name and packaged.is_file():
+        return packaged
     return Path(name)
 
 

@@ -110,10 +110,11 @@ def pretrain_foundation(
     path = out / SHIPPED.name
     sidecar = write_foundation(model, path, sidecar)
     print(f"[zeroseg] wrote {path} (sha256 {sidecar['sha256'][:16]}...)")
-    if ship:
-        for src in (path, path.with_suffix(".json")):
-            tmp = SHIPPED.parent / f".{src.name}.tmp"
+    if ship:  # the default foundation, or a named variant next to it (never over it)
+        target = SHIPPED.with_name(f"{sidecar['name']}.safetensors")
+        for src, dst in ((path, target), (path.with_suffix(".json"), target.with_suffix(".json"))):
+            tmp = dst.parent / f".{dst.name}.tmp"
             shutil.copyfile(src, tmp)
-            tmp.replace(SHIPPED.parent / src.name)
-        print(f"[zeroseg] shipped as {SHIPPED}")
+            tmp.replace(dst)
+        print(f"[zeroseg] shipped as {target}")
     return sidecar

@@ -116,8 +116,6 @@ def caption_tables(
         torch.from_numpy(segments[:, 0].astype(np.int64)),
         torch.from_numpy(segments[:, 2].astype(np.int64)),
     ] = 1.0
-    n_things = len(web.things)
-    captions = []
     counts: list[dict[int, int]] = [{} for _ in range(n_images)]
     stuff: list[set[int]] = [set() for _ in range(n_images)]
     for img, _seg, cls, is_thing in segments.tolist():
@@ -127,16 +125,9 @@ def caption_tables(
             counts[img][cls] = counts[img].get(cls, 0) + 1
         else:
             stuff[img].add(cls)
-    for i in range(n_images):
-        if stuff[i]:
-            captions.append(make_caption(web, counts[i], sorted(stuff[i])))
-        elif counts[i]:  # every ground excluded: name the things alone
-            captions.append(make_caption(web, counts[i], []).split(" on ")[0] + ".")
-        else:
-            captions.append("a scene.")
+    captions = [make_caption(web, counts[i], sorted(stuff[i])) for i in range(n_images)]
     if excluded:
         presence[:, sorted(excluded)] = 0.0
-    del n_things
     return presence, captions
 
 

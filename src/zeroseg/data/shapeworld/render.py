@@ -156,10 +156,16 @@ def _join(parts: list[str]) -> str:
 
 
 def make_caption(spec: WorldSpec, thing_counts: dict[int, int], stuff_present: list[int]) -> str:
-    """A caption naming every class in the image (things with counts, then the grounds)."""
+    """A caption naming every class in the image (things with counts, then the grounds).
+
+    Either list may be empty (a caption with some names left out, as the foundation's
+    ``--exclude`` writes them); with both empty the caption is "a scene.".
+    """
     names = spec.class_names
     things = [_count_phrase(names[c], n) for c, n in sorted(thing_counts.items())]
     stuff = [names[c] for c in stuff_present]
+    if not stuff:
+        return f"{_join(things)}." if things else "a scene."
     ground = _join(stuff)
     return f"{_join(things)} on {ground}." if things else f"an empty scene of {ground}."
 
