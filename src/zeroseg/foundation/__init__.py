@@ -52,9 +52,10 @@ def _resolve(name: str | Path | None) -> Path:
     (e.g. ``shapeworld-foundation-exclude-default``); anything else: a file path."""
     if name in (None, "shipped"):
         return SHIPPED
-    packaged = SHIPPED.with_name(f"{name}.safetensors")
-    if isinstance(name, str) and "/" not in name and packaged.is_file():
-        return packaged
+    if isinstance(name, str) and "/" not in name and not name.endswith(".safetensors"):
+        packaged = SHIPPED.with_name(f"{name}.safetensors")
+        if packaged.is_file():
+            return packaged
     return Path(name)
 
 
