@@ -108,6 +108,7 @@ def test_encoder_report_never_reads_unseen_training_labels(tiny_world, tmp_path,
     first = report()
     assert 0 <= first["retrieval_top5"] <= 100 and 0 <= first["linear_probe_seen_mIoU"] <= 100
     assert set(first["zero_shot"]) == {"seen_miou", "unseen_miou", "hiou"}
+    assert (first["eval_split"], first["probe"]["steps"]) == ("test", 30)
     unseen = torch.tensor(spec.class_split().unseen)
     real = ShapeWorldDataset.__getitem__
 

@@ -252,7 +252,9 @@ def cmd_pretrain(args) -> int:
         visual, spec, embed(list(spec.class_names)), train_images=args.probe_images
     )
     zs = report["zero_shot"]
-    print(f"caption retrieval top-5 (val images): {report['retrieval_top5']:.1f}%")
+    print(
+        f"caption retrieval top-5 ({report['eval_split']} images): {report['retrieval_top5']:.1f}%"
+    )
     print(
         f"zero-shot patch labels (all names, no training): mIoU(S) {zs['seen_miou']:.1f}  "
         f"mIoU(U) {zs['unseen_miou']:.1f}  hIoU {zs['hiou']:.1f}"

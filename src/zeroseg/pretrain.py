@@ -271,6 +271,17 @@ def _split_tensors(dataset: ShapeWorldDataset, count: int) -> tuple[Tensor, Tens
     return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
 
 
+# The linear probe's schedule, chosen on the default world's val images with the shipped
+# foundation (seen-class probe mIoU; training loss on a tenth of the fit pixels):
+#   300 steps, lr 1e-2 constant (the earlier probe): 55.4 (loss 0.56)
+#   1000 steps, lr 1e-2 cosine: 61.8 (0.43);  3000, 1e-2: 68.3 (0.29);  3000, 3e-2: 70.7 (0.24)
+#   L-BFGS, 200k pixels, L2 1e-5: 58.6 (0.40)
+# The figure rises as long as the fit does: the probe measures linear separability, so it is
+# trained as far as the budget allows (about 4 minutes on 2 busy cores).
+PROBE_STEPS = 3000
+PROBE_LR = 3e-2
+
+
 def encoder_report(
     visual: VisionTransformer,
     spec,
@@ -278,7 +289,7 @@ def encoder_report(
     *,
     train_images: int = 2000,
     val_images: int = 500,
-    probe_steps: int = 300,
+    probe_steps: int = PROBE_STEPS,
     seed: int = 0,
     text_encoder: str = "minilm",
 ) -> dict:
@@ -324,10 +335,11 @@ def dense_encoder_report(
     *,
     train_images: int = 2000,
     val_images: int = 500,
-    probe_steps: int = 300,
+    probe_steps: int = PROBE_STEPS,
     seed: int = 0,
     text_encoder: str = "minilm",
     retrieval_k: tuple[int, ...] = (1, 5),
+    eval_split: str = "test",
 ) -> dict:
     """How well a frozen dense encoder serves dense prediction (a diagnostic; no method uses it).
 
@@ -337,7 +349,13 @@ def dense_encoder_report(
       training (mIoU S / U / hIoU at the feature grid);
     - ``linear_probe``: a linear classifier over the *seen* classes trained on the frozen
       features of ``train_images`` training images (seen-class pixels only: unseen labels are
-      never read), scored on the seen-class pixels of the validation images (mIoU over seen).
+      never read), scored on the seen-class pixels of the evaluation images (mIoU over seen).
+      It is trained close to convergence (Adam, cosine from ``PROBE_LR``, ``PROBE_STEPS``
+      batches of 8192 pixels): unit features need large weights, and the earlier 300-step
+      probe was under-fitted (see ``PROBE_STEPS``).
+
+    Every figure is measured on ``val_images`` images of ``eval_split`` (``test``: reported figures;
+    ``val``: for choices, such as the probe's schedule).
 
     Args:
         features: ``f(images (N, 3, H, W) uint8) -> (N, h, w, D)`` unit features.
@@ -349,7 +367,7 @@ def dense_encoder_report(
     split = spec.class_split()
     seen, unseen, k = list(split.seen), list(split.unseen), spec.num_classes
     train = ShapeWorldDataset(spec, "train", progress=False)
-    val = ShapeWorldDataset(spec, "val", progress=False)
+    val = ShapeWorldDataset(spec, eval_split, progress=False)
     train_images, val_images = min(train_images, len(train)), min(val_images, len(val))
     images, labels = _split_tensors(val, val_images)
     vx, vy = _dense_features(features, images, labels)
@@ -379,7 +397,8 @@ def dense_encoder_report(
     with torch.random.fork_rng():  # a seeded probe, the caller's random state untouched
         torch.manual_seed(seed)
         probe = nn.Linear(tx.shape[1], len(seen))
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(probe.parameters(), lr=PROBE_LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, probe_steps))
     with torch.enable_grad():
         for _ in range(probe_steps):
             idx = torch.randint(0, len(tx), (min(8192, len(tx)),), generator=gen)
@@ -387,6 +406,7 @@ def dense_encoder_report(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
     vpos = position[vy.clamp(0, 255)]
     seen_pixels = vpos >= 0
     with torch.no_grad():
@@ -397,5 +417,7 @@ def dense_encoder_report(
         "zero_shot": {key: zs[key] for key in ("seen_miou", "unseen_miou", "hiou")},
         "linear_probe_seen_mIoU": 100 * float(np.nanmean(iou)),
         "train_images": train_images,
-        "val_images": val_images,
+        "eval_images": val_images,
+        "eval_split": eval_split,
+        "probe": {"steps": probe_steps, "lr": PROBE_LR, "final_batch_loss": float(loss)},
     }

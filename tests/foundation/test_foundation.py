@@ -122,7 +122,7 @@ def _tiny_overrides(tiny_web) -> list[str]:
 
 
 def test_pretraining_is_deterministic_and_writes_a_checked_sidecar(tmp_path, tiny_web, tiny_world):
-    kw = dict(report_worlds=[str(tiny_world)], probe_images=32, progress=False)
+    kw = dict(report_worlds=[str(tiny_world)], probe_images=32, probe_steps=30, progress=False)
     a = pretrain_foundation(overrides=_tiny_overrides(tiny_web), out=tmp_path / "a", **kw)
     b = pretrain_foundation(overrides=_tiny_overrides(tiny_web), out=tmp_path / "b", **kw)
     assert a["sha256"] == b["sha256"]
@@ -130,7 +130,8 @@ def test_pretraining_is_deterministic_and_writes_a_checked_sidecar(tmp_path, tin
     assert file_sha256(path) == a["sha256"] == read_sidecar(path)["sha256"]
     for key in ("command", "config", "config_hash", "quality", "architecture", "train_seconds"):
         assert key in a
-    assert a["quality"][str(tiny_world)]["val_images"] == 96
+    quality = a["quality"][str(tiny_world)]
+    assert (quality["eval_split"], quality["eval_images"]) == ("test", 96)
     model = load_foundation(path)
     assert isinstance(model, Foundation)
     # the loaded weights are the trained ones, not a fresh initialisation

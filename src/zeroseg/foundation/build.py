@@ -51,6 +51,7 @@ def pretrain_foundation(
     ship: bool = False,
     report_worlds: list[str] | None = None,
     probe_images: int = 2000,
+    probe_steps: int | None = None,
     command: str = "zeroseg pretrain foundation",
     progress: bool = True,
 ) -> dict:
@@ -76,6 +77,7 @@ def pretrain_foundation(
             text_encoder=cfg.text_encoder,
             templates=cfg.templates,
             train_images=probe_images,
+            **({} if probe_steps is None else {"probe_steps": probe_steps}),
         )
         zs = figures[name]["zero_shot"]
         print(
@@ -98,7 +100,8 @@ def pretrain_foundation(
         "excluded": meta.get("excluded", []),
         "web_key": meta.get("web_key"),
         "quality": figures,
-        "quality_split": "val (zero-shot, retrieval, probe scores); train (probe fit, seen pixels only)",
+        "quality_split": "test (zero-shot, retrieval, probe scores); train (probe fit, seen pixels "
+        "only); the probe's schedule was chosen on val",
     }
     log = stage / "log.csv"
     if log.is_file():  # the training loop's own wall time (a resumed run: its last segment)
