@@ -419,5 +419,5 @@ def dense_encoder_report(
         "train_images": train_images,
         "eval_images": val_images,
         "eval_split": eval_split,
-        "probe": {"steps": probe_steps, "lr": PROBE_LR, "final_batch_loss": float(loss)},
+        "probe": {"steps": probe_steps, "lr": PROBE_LR, "final_batch_loss": float(loss.detach())},
     }
