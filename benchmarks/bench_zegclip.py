@@ -97,6 +97,17 @@ def images() -> torch.Tensor:
     return torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
 
 
+def reference_scores(model, images: torch.Tensor, text: torch.Tensor, seen: torch.Tensor):
+    """The training-time path to scores: every decoder layer, whole-tensor passes."""
+    from zeroseg.methods.zegclip import reduce_seen
+
+    logits = model.mask_logits(images, text)[-1]
+    logits = torch.nn.functional.interpolate(
+        logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+    )
+    return reduce_seen(logits, seen, model.reduction(), sigmoid=model.cfg.nel)
+
+
 def rss_child(mode: str, k: int) -> None:
     """In a fresh process: the peak RSS (MiB) of building the model and one 512x512 inference."""
     torch.set_num_threads(THREADS)
@@ -114,6 +125,12 @@ def main() -> None:
     parser.add_argument("--modes", default="fp32,bf16", help=f"comma-separated, of {MODES}")
     parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-config RSS children")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time the training-time path (every decoder layer, whole-tensor upsampling and "
+        "sigmoid: the inference code before issue 22), interleaved, as ms_ref_full_MODE_K",
+    )
     parser.add_argument("--rss-child", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -159,17 +176,21 @@ def main() -> None:
         }
         for k in CLASS_COUNTS:
             fns[f"full_{k}"] = wrap(lambda k=k: model.scores(x_img, *vocab[k]))
+            if args.reference:
+                fns[f"ref_full_{k}"] = wrap(lambda k=k: reference_scores(model, x_img, *vocab[k]))
         times = time_interleaved(fns, reps=args.reps, warmup=args.warmup)
         for name in fns:
             walls = [w for w, _ in times[name]]
             wall = statistics.median(walls)
-            figures[
-                f"ms_{name}_{mode}" if name.startswith("encoder") else f"ms_full_{mode}_{name[5:]}"
-            ] = wall * 1e3
-            gfs = flops[name] / wall / 1e9
+            if name.startswith("encoder"):
+                figures[f"ms_{name}_{mode}"] = wall * 1e3
+            else:  # full_171 -> ms_full_bf16_171
+                kind, k = name.rsplit("_", 1)
+                figures[f"ms_{kind}_{mode}_{k}"] = wall * 1e3
+            gfs = flops[name.removeprefix("ref_")] / wall / 1e9
             print(
                 f"{mode:5} {name:12} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
-                f" {flops[name] / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
+                f" {flops[name.removeprefix('ref_')] / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
             )
     load_after = _loadavg()
 
