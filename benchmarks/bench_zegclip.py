@@ -108,9 +108,9 @@ def reference_scores(model, images: torch.Tensor, text: torch.Tensor, seen: torc
     return reduce_seen(logits, seen, model.reduction(), sigmoid=model.cfg.nel)
 
 
-def rss_child(mode: str, k: int) -> None:
+def rss_child(mode: str, k: int, threads: int) -> None:
     """In a fresh process: the peak RSS (MiB) of building the model and one 512x512 inference."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     model = build()
     text, seen = vocabulary(k)
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "bf16"):
@@ -118,32 +118,8 @@ def rss_child(mode: str, k: int) -> None:
     print(f"{_status_mib('VmHWM'):.1f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=7, help="timed runs per configuration")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    parser.add_argument("--modes", default="fp32,bf16", help=f"comma-separated, of {MODES}")
-    parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--no-rss", action="store_true", help="skip the per-config RSS children")
-    parser.add_argument(
-        "--reference",
-        action="store_true",
-        help="also time the training-time path (every decoder layer, whole-tensor upsampling and "
-        "sigmoid: the inference code before issue 22), interleaved, as ms_ref_full_MODE_K",
-    )
-    parser.add_argument("--rss-child", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rss_child:
-        rss_child(args.rss_child[0], int(args.rss_child[1]))
-        return
-    modes = args.modes.split(",")
-    if unknown := [m for m in modes if m not in MODES]:
-        parser.error(f"unknown modes {unknown}; valid: {MODES}")
-    if args.reps < 1:
-        parser.error(f"--reps must be >= 1, got {args.reps}")
-    torch.set_num_threads(THREADS)
-    load_before = _loadavg()
-    print(f"torch {torch.__version__}, {THREADS} threads, load average {load_before}")
+def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Interleaved median ms/image of every forward: (figures, matmul peaks, FLOPs)."""
     peaks = {m: matmul_peak(torch.float32 if m == "fp32" else torch.bfloat16) for m in modes}
     print("matmul peak (2048^3): " + ", ".join(f"{m} {p:.1f} GFLOP/s" for m, p in peaks.items()))
     model = build()
@@ -182,16 +158,65 @@ def main() -> None:
         for name in fns:
             walls = [w for w, _ in times[name]]
             wall = statistics.median(walls)
+            cpu = statistics.median(c for _, c in times[name])
             if name.startswith("encoder"):
-                figures[f"ms_{name}_{mode}"] = wall * 1e3
-            else:  # full_171 -> ms_full_bf16_171
+                key = f"{name}_{mode}"
+            else:  # full_171 -> full_bf16_171
                 kind, k = name.rsplit("_", 1)
-                figures[f"ms_{kind}_{mode}_{k}"] = wall * 1e3
+                key = f"{kind}_{mode}_{k}"
+            figures[f"ms_{key}"] = wall * 1e3
+            figures[f"cpu_ms_{key}"] = cpu * 1e3
             gfs = flops[name.removeprefix("ref_")] / wall / 1e9
             print(
                 f"{mode:5} {name:12} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
                 f" {flops[name.removeprefix('ref_')] / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
             )
+    return figures, peaks, flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=7, help="timed runs per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--modes", default="fp32,bf16", help=f"comma-separated, of {MODES}")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-config RSS children")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="torch threads (default 2, the machine's cores; 1 when other jobs load the CPU: "
+        "then process CPU time, cpu_ms_*, is the figure that load distorts least)",
+    )
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="only the RSS children (memory needs no idle machine; timings do)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time the training-time path (every decoder layer, whole-tensor upsampling and "
+        "sigmoid: the inference code before issue 22), interleaved, as ms_ref_full_MODE_K",
+    )
+    parser.add_argument("--rss-child", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child[0], int(args.rss_child[1]), args.threads)
+        return
+    modes = args.modes.split(",")
+    if unknown := [m for m in modes if m not in MODES]:
+        parser.error(f"unknown modes {unknown}; valid: {MODES}")
+    if args.reps < 1:
+        parser.error(f"--reps must be >= 1, got {args.reps}")
+    torch.set_num_threads(args.threads)
+    load_before = _loadavg()
+    print(f"torch {torch.__version__}, {args.threads} threads, load average {load_before}")
+    figures: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    flops: dict[str, float] = {}
+    if not args.no_timing:
+        figures, peaks, flops = time_all(args, modes)
     load_after = _loadavg()
 
     rss = {}
@@ -199,13 +224,14 @@ def main() -> None:
         for mode in modes:
             for k in CLASS_COUNTS:
                 cmd = [sys.executable, __file__, "--rss-child", mode, str(k)]
+                cmd += ["--threads", str(args.threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rss[f"peak_rss_mb_{mode}_{k}"] = float(out.split()[-1])
                 print(
                     f"peak RSS, build + one 512x512 {mode} inference, {k} classes: {rss[f'peak_rss_mb_{mode}_{k}']:.0f} MiB"
                 )
 
-    for mode in modes:
+    for mode in modes if figures else ():
         hf_ms = figures[f"ms_encoder_hf_{mode}"]
         r20 = figures[f"ms_full_{mode}_20"]
         print(
@@ -225,11 +251,13 @@ def main() -> None:
                 f"ratio_full20_over_hf_{m}": figures[f"ms_full_{m}_20"]
                 / figures[f"ms_encoder_hf_{m}"]
                 for m in modes
+                if figures
             },
             "repeats": args.reps,
             "warmup": args.warmup,
-            "statistic": "median wall-clock ms per 512x512 image, batch 1",
-            "threads": THREADS,
+            "statistic": "median per 512x512 image, batch 1: ms_* wall clock, cpu_ms_* process "
+            "CPU time (all threads)",
+            "threads": args.threads,
             "load_average_before": load_before,
             "load_average_after": load_after,
             "matmul_peak_gflops": peaks,
