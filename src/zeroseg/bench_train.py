@@ -10,6 +10,10 @@ ShapeWorld preset with every stage's schedule cut to a few steps, through the sa
 - the last step runs under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
   matmul / convolution / attention FLOPs of forward and backward (multiply-add = 2).
 
+Throughput is given per second of wall time and per second of process CPU time; GFLOP/s is per
+CPU-second against a matmul peak also measured in CPU time, so that other jobs sharing the CPU
+(which stretch wall time, not CPU time) distort the ratio least.
+
 Per stage: samples per step, images/s (samples/s for stages whose batches are not images, such
 as a generator's), GFLOP per step, achieved GFLOP/s and its fraction of a measured matmul peak
 in the stage's precision (bf16 under ``amp: bf16``, else fp32), and the peak RSS of the process
@@ -38,16 +42,21 @@ STEPS = 5  # per stage: 1 warm-up, STEPS - 2 timed, 1 counted
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
-    """Median GFLOP/s of an n x n x n matmul in ``dtype`` at this process's thread count."""
+    """Median GFLOP/s of an n x n x n matmul in ``dtype`` per second of process CPU time.
+
+    CPU time, not wall time: other jobs on the machine lengthen the wall time of the
+    measurement and of the training steps alike, but not (much) their CPU time. With one
+    thread this is the core's peak; with T threads, per CPU-second (T x wall-time peak / T).
+    """
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     for _ in range(2):
         a @ b
     runs = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = time.process_time()
         a @ b
-        runs.append(time.perf_counter() - start)
+        runs.append(time.process_time() - start)
     return 2 * n**3 / statistics.median(runs) / 1e9
 
 
@@ -138,8 +147,9 @@ class StageTimer:
             if not s.step_s:
                 raise ValueError(f"stage {s.name!r} ran no timed step ({s.iters} iters; need >= 3)")
             step = statistics.median(s.step_s)
+            cpu = max(statistics.median(s.cpu_s), 1e-9)  # a clock tick at least
             precision = "bf16" if s.amp == "bf16" else "fp32"
-            gflops = s.flops / step / 1e9
+            gflops = s.flops / cpu / 1e9  # per CPU-second, as the peak
             out.append(
                 {
                     "stage": s.name,
@@ -149,8 +159,8 @@ class StageTimer:
                     "timed_steps": len(s.step_s),
                     "s_per_step": step,
                     # process CPU time (all threads): what other jobs' load distorts least
-                    "cpu_s_per_step": statistics.median(s.cpu_s),
-                    f"{s.unit}_per_cpu_s": s.samples / statistics.median(s.cpu_s),
+                    "cpu_s_per_step": cpu,
+                    f"{s.unit}_per_cpu_s": s.samples / cpu,
                     f"{s.unit}_per_s": s.samples / step,
                     "per_s": s.samples / step,
                     "data_s_per_step": statistics.median(s.wait_s) if s.wait_s else 0.0,
