@@ -90,6 +90,18 @@ def batch_size(batch: object) -> tuple[int, str]:
     raise ValueError(f"cannot tell the batch size of a {type(batch).__name__} batch")
 
 
+class _GlobalOnly:
+    """Stands in for ``FlopCounterMode``'s module tracker: every FLOP counts for "Global"."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 @dataclasses.dataclass
 class _Stage:
     name: str
@@ -130,6 +142,9 @@ class StageTimer:
             from torch.utils.flop_counter import FlopCounterMode
 
             counter = FlopCounterMode(display=False)
+            # Totals only: its per-module tracker hooks every module's inputs for autograd and
+            # fails on inputs that require grad without a graph (PADing's generator).
+            counter.mod_tracker = _GlobalOnly()
             with counter:
                 yield
             s.flops = float(counter.get_total_flops())
