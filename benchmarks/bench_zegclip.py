@@ -2,14 +2,20 @@
 
 The VOC 15+5 preset (ViT-B/16 at 512x512, 10 deep prompt tokens in all 12 layers, decoder
 3 layers / 8 heads / width 512), randomly initialised, batch 1, 2 threads. For fp32 and bf16
-autocast: ms/image of the frozen encoder alone (``forward_features``, no prompts) and of the full
-ZegCLIP forward (``scores``: prompted encoder, relationship descriptor, decoder, upsampling to
-512 and sigmoid) with 20 and 171 classes; analytic FLOPs and achieved GFLOP/s against a measured
-matmul peak; the peak resident memory added by each forward. Prints the ratio full/encoder for
-20 classes (target <= 1.15) and the bf16 speed-up (target >= 2x). The encoder against
-``transformers.CLIPVisionModel`` is ``bench_clip_encoder.py``'s job.
+autocast: ms/image of ``transformers.CLIPVisionModel`` (the reference encoder alone, same
+architecture, random weights), of zeroseg's frozen encoder alone (``forward_features``, no
+prompts) and of the full ZegCLIP forward (``scores``: prompted encoder, relationship descriptor,
+decoder, upsampling to 512 and sigmoid) with 20, 171 and 847 classes. The vocabulary stays the
+same across timed calls, as when serving or evaluating a dataset: text-side work cached per
+vocabulary is done once, in the warm-up. All forwards alternate within each round so drifting
+load falls on all alike; figures are medians. Also: analytic FLOPs, achieved GFLOP/s against a
+measured matmul peak, and the peak RSS of a whole process that builds the model and runs one
+512x512 inference (a fresh child process per configuration).
 
-    .venv/bin/python benchmarks/bench_zegclip.py [--reps 5] [--warmup 1]
+    .venv/bin/python benchmarks/bench_zegclip.py [--reps 7] [--warmup 2] [--out FILE.json]
+
+``--out`` writes every figure as JSON (``ms_encoder_hf_bf16``, ``ms_full_bf16_20``, ...,
+``peak_rss_mb``, with the repeats, threads and load averages they were taken under).
 
 FLOPs (multiply-add = 2): the encoder as ``bench_clip_encoder.encoder_flops`` with the prompt
 tokens added to the sequence; per decoder layer on K queries and N patches of width C:
@@ -20,15 +26,26 @@ q and output projections 4KC^2, k and v projections 4NC^2, scores and weighted s
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from bench_clip_encoder import _loadavg, _status_mib, encoder_flops, matmul_peak, time_interleaved  # noqa: E402
+from bench_clip_encoder import (  # noqa: E402
+    _loadavg,
+    _status_mib,
+    build_models,
+    encoder_flops,
+    matmul_peak,
+    time_interleaved,
+)
 
 from zeroseg.config import load_config  # noqa: E402
 from zeroseg.data.classes import ClassSplit  # noqa: E402
@@ -37,6 +54,8 @@ from zeroseg.runner import build_method  # noqa: E402
 THREADS = 2
 PRESET = "zegclip_vitb16_20k_voc-15+5"
 SIZE = 512
+CLASS_COUNTS = (20, 171, 847)
+MODES = ("fp32", "bf16")
 
 
 def zegclip_flops(method, k: int, size: int) -> float:
@@ -58,52 +77,67 @@ def zegclip_flops(method, k: int, size: int) -> float:
     return enc + d.layers * per_layer + q + proj
 
 
-def build(k: int):
-    cfg = load_config(PRESET, ["model.pretrained=null"])  # random init: same compute
+def build(k: int = 20):
+    """The preset's model, random weights (the same compute), built for a K-class split."""
+    cfg = load_config(PRESET, ["model.pretrained=null"])
     split = ClassSplit(tuple(f"class {i}" for i in range(k)), unseen=tuple(range(k - 5, k)))
     torch.manual_seed(0)
     return build_method(cfg, split, 512).eval()
 
 
-def peak_mib(fn) -> float:
-    """Peak RSS growth (MiB) during one call (VmHWM reset through /proc/self/clear_refs)."""
-    before = _status_mib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    fn()
-    return _status_mib("VmHWM") - before
+def vocabulary(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, 512) unit class embeddings and the (K,) seen mask (the last 5 unseen)."""
+    g = torch.Generator().manual_seed(k)
+    text = torch.nn.functional.normalize(torch.randn(k, 512, generator=g), dim=-1)
+    return text, torch.arange(k) < k - 5
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="timed runs per configuration")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    parser.add_argument("--modes", default="fp32,bf16")
-    args = parser.parse_args()
-    torch.set_num_threads(THREADS)
-    print(f"torch {torch.__version__}, {THREADS} threads, load average {_loadavg()}")
-    peaks = {
-        m: matmul_peak(torch.float32 if m == "fp32" else torch.bfloat16)
-        for m in args.modes.split(",")
-    }
-    print("matmul peak (2048^3): " + ", ".join(f"{m} {p:.1f} GFLOP/s" for m, p in peaks.items()))
-    m20 = build(20)
-    m171 = build(171)
-    m171.load_state_dict(m20.state_dict())  # same weights; only the vocabulary differs
-    images = torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8)
-    x = (images.float() - m20.mean) / m20.std
-    text = {k: torch.nn.functional.normalize(torch.randn(k, 512), dim=-1) for k in (20, 171)}
-    seen = {k: torch.arange(k) < k - 5 for k in (20, 171)}
-    flops = {
-        "encoder": encoder_flops(m20.encoder.config, SIZE, SIZE, projected=(SIZE // 16) ** 2 + 1),
-        "zegclip K=20": zegclip_flops(m20, 20, SIZE),
-        "zegclip K=171": zegclip_flops(m171, 171, SIZE),
-    }
-    results: dict[tuple[str, str], float] = {}
-    print(
-        f"{'mode':5} {'forward':14} {'ms/image':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} {'peak MiB':>9}"
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (1, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+
+
+def reference_scores(model, images: torch.Tensor, text: torch.Tensor, seen: torch.Tensor):
+    """The training-time path to scores: every decoder layer, whole-tensor passes."""
+    from zeroseg.methods.zegclip import reduce_seen
+
+    logits = model.mask_logits(images, text)[-1]
+    logits = torch.nn.functional.interpolate(
+        logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
     )
-    for mode in args.modes.split(","):
+    return reduce_seen(logits, seen, model.reduction(), sigmoid=model.cfg.nel)
+
+
+def rss_child(mode: str, k: int, threads: int) -> None:
+    """In a fresh process: the peak RSS (MiB) of building the model and one 512x512 inference."""
+    torch.set_num_threads(threads)
+    model = build()
+    text, seen = vocabulary(k)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "bf16"):
+        model.scores(images(), text, seen)
+    print(f"{_status_mib('VmHWM'):.1f}")
+
+
+def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Interleaved median ms/image of every forward: (figures, matmul peaks, FLOPs)."""
+    peaks = {m: matmul_peak(torch.float32 if m == "fp32" else torch.bfloat16) for m in modes}
+    print("matmul peak (2048^3): " + ", ".join(f"{m} {p:.1f} GFLOP/s" for m, p in peaks.items()))
+    model = build()
+    _, hf = build_models()  # transformers.CLIPVisionModel, ViT-B/16, random weights
+    x_img = images()
+    x = (x_img.float() - model.mean) / model.std
+    vocab = {k: vocabulary(k) for k in CLASS_COUNTS}
+    flops = {
+        "encoder": encoder_flops(model.encoder.config, SIZE, SIZE, projected=(SIZE // 16) ** 2 + 1)
+    }
+    flops["encoder_hf"] = encoder_flops(model.encoder.config, SIZE, SIZE, projected=0)
+    flops.update({f"full_{k}": zegclip_flops(model, k, SIZE) for k in CLASS_COUNTS})
+
+    figures: dict[str, float] = {}
+    print(
+        f"{'mode':5} {'forward':12} {'ms/image':>9} {'min-max ms':>13} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
+    )
+    for mode in modes:
 
         def wrap(fn, bf16=mode == "bf16"):
             def run():
@@ -113,29 +147,129 @@ def main() -> None:
             return run
 
         fns = {
-            "encoder": wrap(lambda: m20.encoder.forward_features(x)),
-            "zegclip K=20": wrap(lambda: m20.scores(images, text[20], seen[20])),
-            "zegclip K=171": wrap(lambda: m171.scores(images, text[171], seen[171])),
+            "encoder_hf": wrap(lambda: hf(pixel_values=x, interpolate_pos_encoding=True)),
+            "encoder": wrap(lambda: model.encoder.forward_features(x)),
         }
+        for k in CLASS_COUNTS:
+            fns[f"full_{k}"] = wrap(lambda k=k: model.scores(x_img, *vocab[k]))
+            if args.reference:
+                fns[f"ref_full_{k}"] = wrap(lambda k=k: reference_scores(model, x_img, *vocab[k]))
         times = time_interleaved(fns, reps=args.reps, warmup=args.warmup)
-        for name, fn in fns.items():
-            wall = sorted(t[0] for t in times[name])[len(times[name]) // 2]
-            results[(mode, name)] = wall
-            mem = peak_mib(fn)
-            gfs = flops[name] / wall / 1e9
+        for name in fns:
+            walls = [w for w, _ in times[name]]
+            wall = statistics.median(walls)
+            cpu = statistics.median(c for _, c in times[name])
+            if name.startswith("encoder"):
+                key = f"{name}_{mode}"
+            else:  # full_171 -> full_bf16_171
+                kind, k = name.rsplit("_", 1)
+                key = f"{kind}_{mode}_{k}"
+            figures[f"ms_{key}"] = wall * 1e3
+            figures[f"cpu_ms_{key}"] = cpu * 1e3
+            gfs = flops[name.removeprefix("ref_")] / wall / 1e9
             print(
-                f"{mode:5} {name:14} {wall * 1000:9.1f} {flops[name] / 1e9:7.1f} {gfs:8.1f}"
-                f" {100 * gfs / peaks[mode]:6.1f}% {mem:9.1f}"
+                f"{mode:5} {name:12} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
+                f" {flops[name.removeprefix('ref_')] / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
             )
-    for mode in args.modes.split(","):
-        r = results[(mode, "zegclip K=20")] / results[(mode, "encoder")]
-        r171 = results[(mode, "zegclip K=171")] / results[(mode, "encoder")]
-        print(f"{mode}: full/encoder = {r:.3f} for 20 classes (target <= 1.15), {r171:.3f} for 171")
-    if ("fp32", "zegclip K=20") in results and ("bf16", "zegclip K=20") in results:
-        for name in ("encoder", "zegclip K=20", "zegclip K=171"):
-            s = results[("fp32", name)] / results[("bf16", name)]
-            print(f"bf16 speed-up, {name}: {s:.2f}x (target >= 2x)")
-    print(f"load average at the end {_loadavg()}")
+    return figures, peaks, flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=7, help="timed runs per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--modes", default="fp32,bf16", help=f"comma-separated, of {MODES}")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-config RSS children")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="torch threads (default 2, the machine's cores; 1 when other jobs load the CPU: "
+        "then process CPU time, cpu_ms_*, is the figure that load distorts least)",
+    )
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="only the RSS children (memory needs no idle machine; timings do)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also time the training-time path (every decoder layer, whole-tensor upsampling and "
+        "sigmoid: the inference code before issue 22), interleaved, as ms_ref_full_MODE_K",
+    )
+    parser.add_argument("--rss-child", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child[0], int(args.rss_child[1]), args.threads)
+        return
+    modes = args.modes.split(",")
+    if unknown := [m for m in modes if m not in MODES]:
+        parser.error(f"unknown modes {unknown}; valid: {MODES}")
+    if args.reps < 1:
+        parser.error(f"--reps must be >= 1, got {args.reps}")
+    torch.set_num_threads(args.threads)
+    load_before = _loadavg()
+    print(f"torch {torch.__version__}, {args.threads} threads, load average {load_before}")
+    figures: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    flops: dict[str, float] = {}
+    if not args.no_timing:
+        figures, peaks, flops = time_all(args, modes)
+    load_after = _loadavg()
+
+    rss = {}
+    if not args.no_rss:
+        for mode in modes:
+            for k in CLASS_COUNTS:
+                cmd = [sys.executable, __file__, "--rss-child", mode, str(k)]
+                cmd += ["--threads", str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                rss[f"peak_rss_mb_{mode}_{k}"] = float(out.split()[-1])
+                print(
+                    f"peak RSS, build + one 512x512 {mode} inference, {k} classes: {rss[f'peak_rss_mb_{mode}_{k}']:.0f} MiB"
+                )
+
+    for mode in modes if figures else ():
+        hf_ms = figures[f"ms_encoder_hf_{mode}"]
+        r20 = figures[f"ms_full_{mode}_20"]
+        print(
+            f"{mode}: full(20)/CLIPVisionModel = {r20 / hf_ms:.3f}; "
+            + ", ".join(
+                f"full({k})/full(20) = {figures[f'ms_full_{mode}_{k}'] / r20:.3f}"
+                for k in CLASS_COUNTS[1:]
+            )
+        )
+    print(f"load average before {load_before}, after {load_after}")
+    if args.out:
+        result = {
+            **figures,
+            **rss,
+            "peak_rss_mb": max(rss.values()) if rss else None,
+            **{
+                f"ratio_full20_over_hf_{m}": figures[f"ms_full_{m}_20"]
+                / figures[f"ms_encoder_hf_{m}"]
+                for m in modes
+                if figures
+            },
+            "repeats": args.reps,
+            "warmup": args.warmup,
+            "statistic": "median per 512x512 image, batch 1: ms_* wall clock, cpu_ms_* process "
+            "CPU time (all threads)",
+            "threads": args.threads,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "matmul_peak_gflops": peaks,
+            "gflop": {k: v / 1e9 for k, v in flops.items()},
+            "torch": torch.__version__,
+            "preset": PRESET,
+            "weights": "random (same compute)",
+        }
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(args.out)  # atomic: a partial file never replaces a good one
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,11 @@ def cmd_serve(args) -> int:
 def cmd_bench(args) -> int:
     from zeroseg.bench import bench_presets, run_bench
 
-    if args.presets is not None:
+    if args.train:
+        from zeroseg.bench_train import bench_train
+
+        rows = bench_train(args.methods, steps=args.steps, world=args.world)
+    elif args.presets is not None:
         rows = bench_presets(args.presets or None, crop=args.crop)
     else:
         rows = run_bench(methods=args.methods, world=args.world)
@@ -509,6 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: per-iteration training cost of paper presets (all if none named) at a reduced crop",
     )
     b.add_argument("--crop", type=int, default=128, help="crop size for --presets (default 128)")
+    b.add_argument(
+        "--train",
+        action="store_true",
+        help="instead: training images/s, GFLOP/s against the matmul peak and peak RSS of each "
+        "stage of the ShapeWorld demo presets (--methods: which; default: those demo trains)",
+    )
+    b.add_argument(
+        "--steps", type=int, default=5, help="--train: steps per stage (1 warm-up, 1 counted)"
+    )
     b.set_defaults(fn=cmd_bench)
 
     data = sub.add_parser("data", help="check or prepare a real dataset in its standard layout")

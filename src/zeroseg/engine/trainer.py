@@ -13,8 +13,8 @@ import csv
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +58,35 @@ class TrainConfig:
     seed: int = 0
 
 
+# Observers of training steps (benchmarks, profilers): each is called as
+# ``hook(stage, step, batch, cfg)`` and returns a context manager entered around the whole step
+# (forward, backward, optimiser step). Registered through :func:`step_hooks` only.
+StepHook = Callable[[str, int, object, "TrainConfig"], AbstractContextManager]
+_STEP_HOOKS: list[StepHook] = []
+
+
+@contextmanager
+def step_hooks(*hooks: StepHook) -> Iterator[None]:
+    """Every training step run inside the ``with`` block is wrapped in each hook's context.
+
+    ``zeroseg bench --train`` times steps and counts their FLOPs this way; training itself is
+    unchanged (the hooks see the step, they do not alter it).
+    """
+    _STEP_HOOKS.extend(hooks)
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            _STEP_HOOKS.remove(hook)
+
+
+def _enter_step_hooks(stage: str, step: int, batch: object, cfg: TrainConfig) -> ExitStack:
+    stack = ExitStack()
+    for hook in list(_STEP_HOOKS):
+        stack.enter_context(hook(stage, step, batch, cfg))
+    return stack
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or Inf; the message names the step, the batch and the last checkpoint."""
 
@@ -79,11 +108,16 @@ def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters in this stage")
+    # The multi-tensor implementations: fewer per-parameter dispatches than torch's CPU default
+    # (a Python loop over the parameters), with bit-identical updates (tests/engine/
+    # test_optimizer_numerics.py). The fused CPU kernels are faster still but round differently
+    # (AdamW's weights by ~3e-8, SGD's momentum buffers by an ulp), so they are not used: they
+    # would change training results.
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
         )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
 
@@ -303,10 +337,12 @@ def _train_stage(
             old.with_suffix(".json").unlink(missing_ok=True)
         return path
 
+    hooks = ExitStack()
     try:
         for step, batch in batches(start, cfg.iters):
             if split is not None:
                 assert_seen_only(batch, split, stage=stage)
+            hooks = _enter_step_hooks(stage, step, batch, cfg)
             factor = lr_factor(cfg, step)
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * factor
@@ -326,6 +362,7 @@ def _train_stage(
                     [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
                 )
             opt.step()
+            hooks.close()
             for k, v in losses.items():
                 recent.setdefault(k, []).append(float(v.detach()))
                 recent[k] = recent[k][-cfg.log_every :]
@@ -343,6 +380,7 @@ def _train_stage(
                 last_save = time.perf_counter()
             dist.barrier_if_needed(cfg.ckpt_every, step)
     finally:
+        hooks.close()
         bar.close()
         logger.close()
     if main:

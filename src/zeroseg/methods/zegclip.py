@@ -46,7 +46,12 @@ from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, downsample_labels, seen_position_lookup
 from zeroseg.methods.zs3net import select_top_percent
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
-from zeroseg.models.heads.zegclip_decoder import ZegCLIPDecoder, ZegCLIPDecoderConfig
+from zeroseg.models.heads.mask_scores import sigmoid_scores
+from zeroseg.models.heads.zegclip_decoder import (
+    TextSideCache,
+    ZegCLIPDecoder,
+    ZegCLIPDecoderConfig,
+)
 from zeroseg.pretrain import PretrainConfig
 
 __all__ = [
@@ -231,6 +236,7 @@ class ZegCLIP(Method):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
         self.encoder = self._build_encoder(cfg)
         self.encoder.requires_grad_(False)
+        self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
         if cfg.encoder == "foundation":
             if cfg.dpt:
                 raise ValueError(
@@ -305,14 +311,12 @@ class ZegCLIP(Method):
         return self
 
     # ------------------------------------------------------------------ forward
-    def mask_logits(self, images: Tensor, class_embeddings: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) uint8, (K, D) -> per decoder layer (B, K, h, w) mask logits."""
+    def _image_side(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, H, W) uint8 -> unit patch embeddings (B, h, w, D) and image embeddings (B, D)."""
         if isinstance(self.encoder, FoundationEncoder):
-            with torch.no_grad():  # frozen, as CLIP: tokens, global embedding and text side
+            with torch.no_grad():  # frozen, as CLIP: tokens, global embedding
                 feats = self.encoder.forward_features(images.float())
-                text = self.encoder.text_side(class_embeddings)
-            patches = F.normalize(feats["patch_proj"].float(), dim=-1)
-            return self.decoder(patches, feats["cls_proj"].float(), text)
+            return F.normalize(feats["patch_proj"].float(), dim=-1), feats["cls_proj"].float()
         x = (images.float() - self.mean) / self.std
         if self.cfg.input_scale != 1.0:
             x = F.interpolate(
@@ -324,18 +328,52 @@ class ZegCLIP(Method):
         else:
             feats = self.encoder.forward_features(x, prompts=self.prompts)
         patches = F.normalize(feats["patch_proj"].float(), dim=-1)
-        cls = F.normalize(feats["cls_proj"].float(), dim=-1)
-        return self.decoder(patches, cls, F.normalize(class_embeddings.float(), dim=-1))
+        return patches, F.normalize(feats["cls_proj"].float(), dim=-1)
+
+    def _unit_text(self, class_embeddings: Tensor) -> Tensor:
+        """(K, D) class embeddings -> the decoder's (K, D) unit text embeddings."""
+        if isinstance(self.encoder, FoundationEncoder):
+            with torch.no_grad():  # the foundation's text side is frozen with it
+                return self.encoder.text_side(class_embeddings)
+        return F.normalize(class_embeddings.float(), dim=-1)
+
+    def mask_logits(self, images: Tensor, class_embeddings: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) uint8, (K, D) -> per decoder layer (B, K, h, w) mask logits."""
+        patches, cls = self._image_side(images)
+        return self.decoder(patches, cls, self._unit_text(class_embeddings))
+
+    def predict_logits(self, images: Tensor, class_embeddings: Tensor) -> Tensor:
+        """Inference: the last decoder layer's (B, K, h, w) mask logits, as ``mask_logits``'s
+        last, with the vocabulary-only work cached across calls (``TextSideCache``)."""
+        params = list(self.decoder.q_proj.parameters())
+        if isinstance(self.encoder, FoundationEncoder) and self.encoder.head.text_proj is not None:
+            params += list(self.encoder.head.text_proj.parameters())
+        text_side = self._text_cache.get(
+            class_embeddings,
+            lambda t: self.decoder.text_side(self._unit_text(t)),
+            params,
+        )
+        patches, cls = self._image_side(images)
+        return self.decoder.predict(patches, cls, text_side)
 
     def reduction(self) -> float:
         return self.cfg.seen_reduction
 
     def scores(self, images, class_embeddings, seen_mask):
-        logits = self.mask_logits(images, class_embeddings)[-1]
-        logits = F.interpolate(
-            logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=self.cfg.nel)
+        if self.training or torch.is_grad_enabled():
+            logits = self.mask_logits(images, class_embeddings)[-1]
+            logits = F.interpolate(
+                logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
+            return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=self.cfg.nel)
+        logits = self.predict_logits(images, class_embeddings)
+        if not self.cfg.nel:  # softmax couples the classes at each pixel: no per-class blocks
+            logits = F.interpolate(
+                logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
+            return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=False, inplace=True)
+        shift = self.reduction() * seen_mask.float() if self.reduction() else None
+        return sigmoid_scores(logits, images.shape[-2:], shift)
 
     # ------------------------------------------------------------------ training
     def loss(self, images: Tensor, labels: Tensor, class_embeddings: Tensor) -> dict[str, Tensor]:
@@ -470,6 +508,7 @@ class ZegCLIPST(ZegCLIP):
         """
         was = self.training
         self.eval()
+        # the training-time path: pseudo-labels (hence training) stay bit-identical to before
         logits = self.mask_logits(images, class_embeddings)[-1]
         self.train(was)
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
