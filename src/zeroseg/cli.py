@@ -320,15 +320,15 @@ def cmd_data_prepare(args) -> int:
 def cmd_data_spectral(args) -> int:
     from zeroseg import runner
     from zeroseg.config import load_config
-    from zeroseg.methods.sazs import precompute_command
     from zeroseg.paths import cache_dir
+    from zeroseg.shape.refine import precompute_dataset
 
     sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
     cfg = load_config(args.config, sets)
     data = runner.build_data(cfg)
     dataset = data.train if args.split == "train" else data.eval_split(args.split)
     root = Path(args.cache) if args.cache else cache_dir() / "spectral"
-    result = precompute_command(dataset, root, _refine_config(cfg), progress=True)
+    result = precompute_dataset(dataset, root, _refine_config(cfg), progress=True)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -96,7 +96,7 @@ REFINEMENTS = ("spectral",)
 def build_refinement(kind: str):
     """A ``post(scores, batch) -> labels`` refinement applicable to any method's scores."""
     if kind == "spectral":
-        from zeroseg.methods.sazs import spectral_post
+        from zeroseg.shape.refine import spectral_post
 
         return spectral_post()
     raise ValueError(f"unknown refinement {kind!r}; valid: {list(REFINEMENTS)}")

@@ -33,6 +33,7 @@ from zeroseg.engine.checkpoint import (
     optimizer_to_flat,
     save_checkpoint,
 )
+from zeroseg.engine.lock import hold_lock
 
 
 @dataclass
@@ -201,7 +202,6 @@ def train_stage(
     Returns:
         The mean of each logged value over the last ``log_every`` steps.
     """
-    from zeroseg.engine.rundir import run_lock  # rundir imports the config, which imports us
 
     args = dict(
         stage=stage,
@@ -221,7 +221,7 @@ def train_stage(
         return _train_stage(**args)
     # Shared stage directories (``RunContext.shared_stage_dir``) can be reached by two runs at
     # once; the lock keeps their step checkpoints from interleaving.
-    with run_lock(directory):
+    with hold_lock(directory):
         return _train_stage(**args)
 
 

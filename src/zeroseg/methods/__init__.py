@@ -2,7 +2,8 @@
 
 from zeroseg.methods.alignzeg import AlignZeg, AlignZegNoBC, AlignZegNoGen, AlignZegNoRefine
 from zeroseg.methods.base import Method
-from zeroseg.methods.pading import MaskProjection, PADing, PADingG, PADingP, PADingPA
+from zeroseg.methods.mask_projection import MaskProjection
+from zeroseg.methods.pading import PADing, PADingG, PADingP, PADingPA
 from zeroseg.methods.projection import Oracle, Projection
 from zeroseg.methods.sazs import Sazs, SazsNoFusion
 from zeroseg.methods.zegclip import ZegCLIP, ZegCLIPNoDPT, ZegCLIPNoNEL, ZegCLIPNoRD, ZegCLIPST

@@ -65,10 +65,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zeroseg.data.labels import seen_position_lookup
 from zeroseg.engine.trainer import load_stage, stage_done
 from zeroseg.foundation.model import FoundationEncoder
-from zeroseg.methods.base import Method, RunContext, seen_position_lookup
-from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
+from zeroseg.methods.base import Method, RunContext
+from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
 from zeroseg.models.heads.mask_decoder import semantic_inference
 from zeroseg.models.matching import batch_targets, hungarian_match, set_loss
@@ -206,7 +207,7 @@ def _batch_generator(batch: dict, seed: int) -> torch.Generator:
 # -- the method ---------------------------------------------------------------------------------------
 
 
-class AlignZeg(MaskProjection):
+class AlignZeg(MaskModelMethod):
     """AlignZeg (all three parts); subclasses are the ablation rows."""
 
     name = "alignzeg"
@@ -217,7 +218,7 @@ class AlignZeg(MaskProjection):
     row: tuple[bool, bool, bool] = (True, True, True)
 
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
-        # Method.__init__, not MaskProjection.__init__: its plain mask model is replaced.
+        # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.
         Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
         have = (cfg.refine, cfg.generalise, cfg.bias_correction)
         if have != self.row:

@@ -307,14 +307,6 @@ def own_calibration_off(method: Method) -> Iterator[None]:
         method.cfg = cfg
 
 
-def seen_position_lookup(split: ClassSplit) -> torch.Tensor:
-    """(256,) int64: full label -> position among the seen classes; unseen/void -> ignore."""
-    table = torch.full((256,), split.ignore_index, dtype=torch.int64)
-    for pos, c in enumerate(split.seen):
-        table[c] = pos
-    return table
-
-
 def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Calibrated stacking (Chao et al. 2016): subtract ``gamma`` from seen-class probabilities.
 
@@ -326,11 +318,3 @@ def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> to
         return scores
     probs = scores.float().softmax(1)
     return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
-
-
-def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) labels -> (B, h, w) by nearest sampling (no label is ever interpolated)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels.long().clamp(0, 255)
-    out = torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")
-    return out[:, 0].long().clamp(0, 255)

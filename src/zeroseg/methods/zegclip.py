@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
 from zeroseg.foundation.model import FoundationEncoder
-from zeroseg.methods.base import Method, RunContext, downsample_labels, seen_position_lookup
-from zeroseg.methods.zs3net import select_top_percent
+from zeroseg.methods.base import Method, RunContext
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
 from zeroseg.models.heads.zegclip_decoder import ZegCLIPDecoder, ZegCLIPDecoderConfig
 from zeroseg.pretrain import PretrainConfig

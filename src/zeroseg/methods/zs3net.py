@@ -55,18 +55,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
 from zeroseg.data.loader import hflip, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine.trainer import TrainConfig, autocast, load_stage, stage_done
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import ZS3_BANDWIDTHS
-from zeroseg.methods.base import (
-    Method,
-    RunContext,
-    calibrate,
-    downsample_labels,
-    seen_position_lookup,
-)
+from zeroseg.methods.base import Method, RunContext, calibrate
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
 from zeroseg.models.backbones.small import SmallUNetConfig, UNetSegmenter
 
@@ -77,7 +72,6 @@ __all__ = [
     "ZS3NetConfig",
     "ZS5Net",
     "ZS5NetConfig",
-    "select_top_percent",
 ]
 
 # How close two unit class embeddings must be to count as the same class (cosine similarity).
@@ -174,36 +168,6 @@ class FeatureGenerator(nn.Module):
         return self.bank[positions.to(self.bank.device)[:, None], idx.to(self.bank.device)].flatten(
             0, 1
         )
-
-
-def select_top_percent(
-    pred: Tensor, conf: Tensor, classes: list[int], percent: float, ignore: int = 255
-) -> Tensor:
-    """ZS5Net pseudo-labels: per class, the top ``percent`` % most confident pixels predicted as it.
-
-    Args:
-        pred: (N, H, W) predicted class per pixel.
-        conf: (N, H, W) confidence of that prediction.
-        classes: the classes to pseudo-label (the unseen ones).
-        percent: p in (0, 100].
-
-    Returns:
-        (N, H, W) int64: the class where a pixel is selected, ``ignore`` elsewhere.
-    """
-    if not 0 < percent <= 100:
-        raise ValueError(f"pseudo_percent must be in (0, 100], got {percent}")
-    out = torch.full_like(pred, ignore, dtype=torch.int64)
-    for c in classes:
-        mask = pred == c
-        n = int(mask.sum())
-        if n == 0:
-            continue
-        keep = max(1, int(round(n * percent / 100)))
-        scores = conf[mask].float()
-        # The keep-th largest confidence; ties at the threshold are all kept.
-        threshold = torch.topk(scores, keep).values[-1]
-        out[mask & (conf.float() >= threshold)] = c
-    return out
 
 
 def balanced_class_mmd(fake: Tensor, real: Tensor, bandwidths, *, root: bool = False) -> Tensor:

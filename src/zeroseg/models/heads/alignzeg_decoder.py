@@ -209,21 +209,6 @@ class AlignZegModel(MaskClassifier):
                 tokens = self.clip.forward_features(x)["patch_tokens"]  # (B, h, w, width)
         return tokens.permute(0, 3, 1, 2).contiguous()
 
-    def _predict_masks(self, q: Tensor, mask_feats: Tensor, attn_size: tuple[int, int] | None):
-        """Mask logits (B,N,h,w), class embeddings (B,N,D), hidden (B,N,C) and the next attention mask."""
-        h = self.decoder_norm(q)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(h), mask_feats)
-        emb = self.class_embed(h)
-        attn = None
-        if attn_size is not None:
-            m = F.interpolate(
-                masks.detach().float(), size=attn_size, mode="bilinear", align_corners=False
-            )
-            attn = (m.sigmoid() < 0.5).flatten(2)  # (B, N, L), True = blocked
-            attn[attn.all(-1)] = False  # an empty mask attends everywhere (Mask2Former)
-            attn = attn.repeat_interleave(self.cfg.heads, dim=0)
-        return masks, emb, h, attn
-
     def forward(self, images: Tensor) -> AlignZegOutputs:
         """(B, 3, H, W) uint8 images -> :class:`AlignZegOutputs`."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
@@ -247,7 +232,7 @@ class AlignZegModel(MaskClassifier):
         q = self.query_feat.weight[None].expand(b, -1, -1)
         q_pos = self.query_pos.weight[None].expand(b, -1, -1)
         preds = []
-        masks, emb, h, attn = self._predict_masks(q, mask_feats, sizes[0])
+        masks, emb, h, attn = self._predict(q, mask_feats, sizes[0])
         preds.append((masks, emb))
         for i, layer in enumerate(self.layers):
             lvl = i % 3
@@ -258,7 +243,7 @@ class AlignZegModel(MaskClassifier):
                 mems[lvl] = self.level_refiners[i](mems[lvl], poss[lvl], q, q_pos)
                 mask_tokens = self.mask_refiners[i](mask_tokens, mask_pos, q, q_pos)
                 mask_feats = mask_tokens.transpose(1, 2).reshape(b, cm, mh, mw)
-            masks, emb, h, attn = self._predict_masks(q, mask_feats, sizes[(i + 1) % 3])
+            masks, emb, h, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
             preds.append((masks, emb))
         return AlignZegOutputs(
             masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1], hidden=h

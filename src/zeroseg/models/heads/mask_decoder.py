@@ -273,10 +273,15 @@ class MaskClassifier(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def _predict(self, q: Tensor, mask_feats: Tensor, attn_size: tuple[int, int] | None):
-        """Mask logits (B,N,h,w), class embeddings (B,N,D) and the next layer's attention mask."""
-        q = self.decoder_norm(q)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_feats)
-        emb = self.class_embed(q)
+        """The prediction step after each decoder layer (Mask2Former), shared by every mask model.
+
+        Returns:
+            mask logits (B,N,h,w), class embeddings (B,N,D), the normalised query states (B,N,C)
+            and the next layer's attention mask (None when ``attn_size`` is None).
+        """
+        h = self.decoder_norm(q)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(h), mask_feats)
+        emb = self.class_embed(h)
         attn = None
         if attn_size is not None:
             m = F.interpolate(
@@ -286,7 +291,7 @@ class MaskClassifier(nn.Module):
             # A query whose mask is empty attends everywhere, as in Mask2Former.
             attn[attn.all(-1)] = False
             attn = attn.repeat_interleave(self.cfg.heads, dim=0)
-        return masks, emb, attn
+        return masks, emb, h, attn
 
     def forward(self, images: Tensor) -> MaskOutputs:
         """(B, 3, H, W) uint8 images (H, W multiples of 8; 32 for ResNets) -> :class:`MaskOutputs`."""
@@ -303,14 +308,14 @@ class MaskClassifier(nn.Module):
         q = self.query_feat.weight[None].expand(b, -1, -1)
         q_pos = self.query_pos.weight[None].expand(b, -1, -1)
         preds = []
-        masks, emb, attn = self._predict(q, mask_feats, sizes[0])
+        masks, emb, _, attn = self._predict(q, mask_feats, sizes[0])
         preds.append((masks, emb))
         for i, layer in enumerate(self.layers):
             lvl = i % 3
             q = layer(
                 q, q_pos, mems[lvl], poss[lvl], attn.to(q.device) if attn is not None else None
             )
-            masks, emb, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
+            masks, emb, _, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
             preds.append((masks, emb))
         return MaskOutputs(masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1])
 
