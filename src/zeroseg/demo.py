@@ -170,9 +170,7 @@ def run_demo(
         metrics, spi, kept = runner.evaluate_protocol(
             result.method, cfg, data, result.embed, progress=progress, keep=grid_images
         )
-        extra = getattr(result.method, "extra_metrics", None)
-        if extra is not None:
-            metrics.update(extra(cfg, data, result.embed, progress=progress))
+        metrics.update(result.method.extra_metrics(cfg, data, result.embed, progress=progress))
         reused = not result.trained_stages
         detail = result.protocol_detail
         rows[name] = row_from(

@@ -5,7 +5,6 @@ panoptic / instance metrics. The mask-projection baseline, PADing and AlignZeg b
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -14,8 +13,7 @@ import torch.nn.functional as F
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
-from zeroseg.engine.trainer import load_stage, stage_done
-from zeroseg.methods.base import Method, RunContext
+from zeroseg.methods.base import Method, RunContext, StagePlan
 from zeroseg.metrics.instance import InstanceEvaluator
 from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags
 from zeroseg.models.heads.mask_decoder import (
@@ -78,25 +76,30 @@ class MaskModelMethod(Method):
         self.register_buffer("is_thing", is_thing, persistent=False)
 
     # stage 1 ---------------------------------------------------------------------------------------
-    def mask_stage_key(self, ctx: RunContext) -> dict:
-        """Everything that decides the mask model's weights (methods with the same key share it)."""
+    def mask_stage_parts(self, ctx: RunContext) -> dict:
+        """Everything but the data that decides the mask model's weights (methods with the same
+        parts share it)."""
         return {
-            "data": ctx.data_key(),
-            "mask": dataclasses.asdict(self.cfg.mask),
-            "match": dataclasses.asdict(self.cfg.match),
-            "train": dataclasses.asdict(ctx.cfg.train),
-            "text": dataclasses.asdict(ctx.cfg.text),
+            "mask": self.cfg.mask,
+            "match": self.cfg.match,
+            "train": ctx.cfg.train,
+            "text": ctx.cfg.text,
             "foundation": self.cfg.foundation,
         }
 
     def fit_mask_model(self, ctx: RunContext):
         """Stage 1 (shared): trains ``self.model`` on the protocol's training set, or loads it."""
-        stage = ctx.shared_stage_dir("mask-model", self.mask_stage_key(ctx))
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if stage_done(stage):
-            load_stage(self.model, stage)
-            return stage
+        return ctx.run_stage(
+            "mask-model",
+            model=self.model,
+            key=self.mask_stage_parts(ctx),
+            prepare=lambda: self._mask_plan(ctx),
+            meta={"method": "mask-model"},
+        )
+
+    def _mask_plan(self, ctx: RunContext) -> StagePlan:
         if ctx.cfg.data.protocol != "strict":
             ctx.notes.append(
                 f"mask model trained under the {ctx.cfg.data.protocol!r} protocol (PADing uses strict)"
@@ -117,16 +120,7 @@ class MaskModelMethod(Method):
         def step(m, batch):
             return _flat_losses(model, batch["image"].to(ctx.device), batch, emb, lookup, weights)
 
-        ctx.train_stage(
-            stage="mask-model",
-            model=self.model,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=stage,
-            meta={"method": "mask-model"},
-        )
-        return stage
+        return StagePlan(step, loader, cfg)
 
     def fit(self, ctx: RunContext) -> None:
         self.fit_mask_model(ctx)

@@ -56,11 +56,11 @@ from safetensors.torch import load_file, save_file
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval
 from zeroseg.data.protocol import assert_seen_only
-from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
+from zeroseg.engine.trainer import TrainConfig
 from zeroseg.generators.disentangle import Disentangler, alignment_loss, class_means
 from zeroseg.generators.mmd import mmd_loss
 from zeroseg.generators.primitive import GeneratorConfig, GMMNGenerator, PrimitiveGenerator
-from zeroseg.methods.base import RunContext
+from zeroseg.methods.base import RunContext, StagePlan
 from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
 from zeroseg.models.matching import batch_targets, hungarian_match
 
@@ -189,16 +189,22 @@ class PADing(MaskModelMethod):
             stage="2-3",
         )
         all_emb = all_emb.to(ctx.device)
-        gen_dir, cls_dir = ctx.stage_dir("generator"), ctx.stage_dir("classifier")
-        if stage_done(cls_dir):
-            load_stage(self, cls_dir)
-            return
-        self.model.requires_grad_(False)
-        if stage_done(gen_dir):
-            load_stage(self, gen_dir)
-        else:
-            self.train_generator(ctx, feats, labels, all_emb, gen_dir)
-        self.train_classifier(ctx, feats, labels, all_emb, cls_dir)
+        meta = {"method": self.name}
+        # A finished classifier stage holds the generator too: stage 2 is then not needed.
+        if not ctx.stage_finished("classifier"):
+            self.model.requires_grad_(False)
+            ctx.run_stage(
+                "generator",
+                model=self,
+                prepare=lambda: self.generator_plan(ctx, feats, labels, all_emb),
+                meta=meta,
+            )
+        ctx.run_stage(
+            "classifier",
+            model=self,
+            prepare=lambda: self.classifier_plan(ctx, feats, labels, all_emb),
+            meta=meta,
+        )
 
     def _gen_params(self):
         params = list(self.generator.parameters())
@@ -206,7 +212,7 @@ class PADing(MaskModelMethod):
             params += list(self.disentangler.parameters())
         return params
 
-    def train_generator(self, ctx, feats, labels, all_emb, directory) -> None:
+    def generator_plan(self, ctx, feats, labels, all_emb) -> StagePlan:
         cfg = self.cfg
         split = self.split
         seen = [c for c in split.seen if (labels == c).any()]
@@ -262,18 +268,9 @@ class PADing(MaskModelMethod):
                 loss = loss + cfg.lam * extra
             return {"loss": loss, **logs}
 
-        ctx.train_stage(
-            stage="generator",
-            model=self,
-            step_fn=step,
-            batches=batches,
-            cfg=tc,
-            directory=directory,
-            params=self._gen_params(),
-            meta={"method": self.name},
-        )
+        return StagePlan(step, batches, tc, params=self._gen_params())
 
-    def train_classifier(self, ctx, feats, labels, all_emb, directory) -> None:
+    def classifier_plan(self, ctx, feats, labels, all_emb) -> StagePlan:
         cfg, split = self.cfg, self.split
         k = split.num_classes
         with torch.no_grad():  # start from the mask model's own classifier (the baseline row)
@@ -304,16 +301,7 @@ class PADing(MaskModelMethod):
             ce = F.cross_entropy(self.classifier(x), y, weight=weight)
             return {"loss": ce}
 
-        ctx.train_stage(
-            stage="classifier",
-            model=self,
-            step_fn=step,
-            batches=batches,
-            cfg=tc,
-            directory=directory,
-            params=self.classifier.parameters(),
-            meta={"method": self.name},
-        )
+        return StagePlan(step, batches, tc, params=self.classifier.parameters())
 
     # inference ----------------------------------------------------------------------------------------
     def query_logits(self, embeddings, class_embeddings):

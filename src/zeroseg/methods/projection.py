@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
-from zeroseg.engine.trainer import load_stage, stage_done
-from zeroseg.methods.base import RunContext, calibrate
+from zeroseg.methods.base import RunContext, StagePlan, calibrate
 from zeroseg.methods.pixel_projection import PixelProjection, ProjectionConfig
 
 
@@ -34,12 +33,17 @@ class Projection(PixelProjection):
         return ctx.seen_embeddings(), seen_position_lookup(self.split)
 
     def fit(self, ctx: RunContext) -> None:
-        stage = ctx.stage_dir("segmenter")
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if stage_done(stage):
-            load_stage(self, stage)
-            return
+        ctx.run_stage(
+            "segmenter",
+            model=self,
+            prepare=lambda: self._plan(ctx),
+            guard=self.guard_split() is not None,
+            meta={"method": self.name},
+        )
+
+    def _plan(self, ctx: RunContext) -> StagePlan:
         emb, lookup = self.training_classes(ctx)
         emb = emb.to(ctx.device)
         lookup = lookup.to(ctx.device)
@@ -56,16 +60,7 @@ class Projection(PixelProjection):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        ctx.train_stage(
-            stage="segmenter",
-            model=self,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=stage,
-            guard=self.guard_split() is not None,
-            meta={"method": self.name},
-        )
+        return StagePlan(step, loader, cfg)
 
     def guard_split(self):
         return self.split

@@ -52,8 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
-from zeroseg.engine.trainer import load_stage, stage_done
-from zeroseg.methods.base import RunContext, calibrate
+from zeroseg.methods.base import RunContext, StagePlan, calibrate
 from zeroseg.methods.pixel_projection import PixelProjection
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.shape.fusion import RefineConfig, refine
@@ -246,27 +245,27 @@ class Sazs(PixelProjection):
         feats = self.backbone(images)
         return self.head(feats, class_embeddings).float(), self.edge_head(feats).float()
 
-    def stage_key(self, ctx: RunContext) -> dict:
+    def stage_parts(self, ctx: RunContext) -> dict:
         """What decides the segmenter's weights (fusion settings excluded: shared by both rows)."""
         model = dataclasses.asdict(self.cfg)
         for k in ("refine", "affinity_features", "calibration"):
             model.pop(k)
-        return {
-            "stage": "sazs-segmenter",
-            **ctx.data_key(),
-            "text": dataclasses.asdict(ctx.cfg.text),
-            "train": dataclasses.asdict(ctx.cfg.train),
-            "model": model,
-        }
+        return {"text": ctx.cfg.text, "train": ctx.cfg.train, "model": model}
 
     def fit(self, ctx: RunContext) -> None:
-        stage = ctx.shared_stage_dir("sazs-segmenter", self.stage_key(ctx))
-        ctx.notes.append(f"segmenter stage shared by sazs and sazs-nofusion: {stage.name}")
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if stage_done(stage):
-            load_stage(self, stage)
-            return
+        # Both SAZS rows (with and without fusion) start from this stage: trained once.
+        stage = ctx.run_stage(
+            "sazs-segmenter",
+            model=self,
+            key=self.stage_parts(ctx),
+            prepare=lambda: self._plan(ctx),
+            meta={"method": "sazs"},
+        )
+        ctx.notes.append(f"segmenter stage shared by sazs and sazs-nofusion: {stage.name}")
+
+    def _plan(self, ctx: RunContext) -> StagePlan:
         emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg, mcfg = ctx.cfg.train, self.cfg
@@ -294,16 +293,7 @@ class Sazs(PixelProjection):
                 "edge_att": att.detach(),
             }
 
-        # Both SAZS rows (with and without fusion) start from this stage: trained once.
-        ctx.train_stage(
-            stage="sazs-segmenter",
-            model=self,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=stage,
-            meta={"method": "sazs"},
-        )
+        return StagePlan(step, loader, cfg)
 
     def _logits(self, images, class_embeddings):
         feats = self.backbone(images)
@@ -343,6 +333,10 @@ class Sazs(PixelProjection):
                 graph_feats = feats[i].detach().float().permute(1, 2, 0).cpu()  # (h, w, C)
             out.append(refine(probs[i].cpu(), image, graph_feats, self.cfg.refine))
         return torch.stack(out).to(probs.device)
+
+    @classmethod
+    def refinement(cls, cfg: SazsConfig) -> RefineConfig:
+        return cfg.refine
 
     def bench_extra(self, spec) -> dict:
         """Time per image of the decomposition (and of the whole fusion) on rendered images."""
