@@ -47,7 +47,9 @@ def _without_cadence(obj: Any) -> Any:
 
 
 def config_hash(resolved: dict) -> str:
-    """sha256 of a resolved config (every default filled in), cadence keys left out."""
+    """sha256 of a resolved config (every default filled in), cadence keys and the demo row
+    (which never changes a run) left out."""
+    resolved = {k: v for k, v in resolved.items() if k != "demo"}
     blob = json.dumps(_strip_cadence(resolved), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -322,6 +322,15 @@ class Method(nn.Module):
     # How ``scores`` become class probabilities for the shared calibration rule
     # (zeroseg.metrics.calibration): "logits" (softmax), "probabilities" or "evidence".
     score_kind: ClassVar[str] = "logits"
+    # The model-config paths of the TrainConfigs of its stages after the first (whose schedule is
+    # the experiment's ``train``), e.g. ("generator_train", "classifier_train"): what a smoke run
+    # shortens, so every stage runs.
+    stage_schedules: ClassVar[tuple[str, ...]] = ()
+    # ``--set`` overrides that shrink a paper-scale model config to a CPU smoke-test size (the
+    # architecture family stays the preset's), used by the preset tests.
+    tiny: ClassVar[tuple[str, ...]] = ()
+    # The image and text towers come from one CLIP checkpoint (``model.pretrained``) on real data.
+    loads_clip: ClassVar[bool] = False
 
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
         super().__init__()

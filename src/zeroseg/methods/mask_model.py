@@ -63,6 +63,15 @@ class MaskModelMethod(Method):
     """
 
     Config = MaskProjectionConfig
+    tiny = (
+        "model.mask.backbone=unet-small",
+        "model.mask.hidden_dim=32",
+        "model.mask.mask_dim=32",
+        "model.mask.num_queries=8",
+        "model.mask.layers=2",
+        "model.mask.heads=2",
+        "model.mask.ffn_dim=64",
+    )
     # sum over queries of class probability x mask, for the shared calibration rule
     score_kind = "evidence"
     protocol = "inductive"

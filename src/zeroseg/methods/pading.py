@@ -122,6 +122,15 @@ class PADing(MaskModelMethod):
     Config = PADingConfig
     # The ablation row this class stands for: (generator kind, alignment, disentangle).
     row: tuple[str, bool, bool] = ("primitive", True, True)
+    stage_schedules = ("generator_train", "classifier_train")
+    tiny = (
+        *MaskModelMethod.tiny,
+        "model.generator.primitives=16",
+        "model.generator.dim=32",
+        "model.generator.heads=2",
+        "model.generator.ffn_dim=64",
+        "model.classifier_train.batch_size=8",
+    )
 
     def __init__(self, cfg: PADingConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)

@@ -227,6 +227,7 @@ class Sazs(PixelProjection):
     Config = SazsConfig
     protocol = "inductive"
     fuse_at_inference: ClassVar[bool] = True
+    tiny = ("model.refine.spectral.max_side=16",)
 
     def __init__(self, cfg: SazsConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)

@@ -224,6 +224,13 @@ class ZegCLIP(Method):
         "probabilities"  # sigmoid (or softmax) mask scores, for the shared calibration rule
     )
     protocol = "inductive"
+    tiny = (
+        "model.encoder=tiny",
+        "model.decoder.width=32",
+        "model.decoder.heads=2",
+        "model.decoder.layers=1",
+    )
+    loads_clip = True
     forced: dict = {}  # config fields an ablation fixes
 
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
@@ -447,6 +454,8 @@ class ZegCLIPST(ZegCLIP):
 
     name = "zegclip-st"
     protocol = "transductive"
+    stage_schedules = ("self_training.train",)
+    tiny = (*ZegCLIP.tiny, "model.self_training.train.batch_size=2")
 
     def reduction(self) -> float:
         return 0.0  # as the release: no seen-score reduction after self-training

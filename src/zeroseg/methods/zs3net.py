@@ -211,6 +211,15 @@ class ZS3Net(Method):
     name = "zs3net"
     Config = ZS3NetConfig
     protocol = "inductive"
+    stage_schedules = ("generator_train", "classifier_train")
+    tiny = (
+        "model.segmenter=deeplabv3plus-small",
+        "model.pretrained_backbone=null",
+        "model.generator.bank_images=2",
+        "model.generator.bank_per_class=16",
+        "model.real_per_step=32",
+        "model.fake_per_unseen=4",
+    )
 
     def __init__(self, cfg: ZS3NetConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
@@ -649,6 +658,8 @@ class ZS5Net(ZS3Net):
     name = "zs5net"
     Config = ZS5NetConfig
     protocol = "transductive"
+    stage_schedules = (*ZS3Net.stage_schedules, "self_train")
+    tiny = (*ZS3Net.tiny, "model.self_train.batch_size=2", "model.pseudo_images=2")
 
     def fit(self, ctx: RunContext) -> None:
         super().fit(ctx)  # stages 1-3, shared with zs3net
