@@ -216,6 +216,7 @@ class AlignZeg(MaskModelMethod):
     # The ablation row this class stands for: (refine, generalise, bias_correction).
     row: tuple[bool, bool, bool] = (True, True, True)
     tiny = (*MaskModelMethod.tiny, "model.background_prototypes=2", "model.virtual_per_batch=8")
+    stage_schedules = ("pretrain.train",)  # stage 0, when the fused encoder is the stage-0 one
 
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
         # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.

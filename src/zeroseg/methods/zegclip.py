@@ -231,6 +231,7 @@ class ZegCLIP(Method):
         "model.decoder.layers=1",
     )
     loads_clip = True
+    stage_schedules = ("pretrain.train",)  # stage 0, when the encoder is the ShapeWorld one
     forced: dict = {}  # config fields an ablation fixes
 
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
@@ -454,7 +455,7 @@ class ZegCLIPST(ZegCLIP):
 
     name = "zegclip-st"
     protocol = "transductive"
-    stage_schedules = ("self_training.train",)
+    stage_schedules = (*ZegCLIP.stage_schedules, "self_training.train")
     tiny = (*ZegCLIP.tiny, "model.self_training.train.batch_size=2")
 
     def reduction(self) -> float:

@@ -219,6 +219,7 @@ class ZS3Net(Method):
         "model.generator.bank_per_class=16",
         "model.real_per_step=32",
         "model.fake_per_unseen=4",
+        "model.vocab_retrain_iters=2",
     )
 
     def __init__(self, cfg: ZS3NetConfig, *, split, embed_dim: int):
