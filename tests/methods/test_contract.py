@@ -20,6 +20,8 @@ from zeroseg.data.loader import StepLoader, iterate_eval
 from zeroseg.data.protocol import ProtocolError
 from zeroseg.methods import METHODS
 
+pytestmark = pytest.mark.slow
+
 
 def shapeworld_preset(name: str) -> str:
     """The method's ShapeWorld preset: its demo row's when it has several."""
