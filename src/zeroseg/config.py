@@ -240,13 +240,7 @@ def load_config(
         data = dict(source)
     else:
         path = resolve_preset(source)
-        try:
-            data = safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {one_line(e)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
-        data = _with_base(data, path)
+        data = _with_base(_read_mapping(path), path)
     for key, value in parse_overrides(overrides):
         _set_path(data, key, value)
     origin = describe_source(source, overrides)
@@ -256,6 +250,17 @@ def load_config(
         raise ConfigError(str(e) if origin == "config" else f"{origin}: {e}") from None
     validate_config(cfg, where=origin)
     return cfg
+
+
+def _read_mapping(path: Path) -> dict:
+    """A preset file's top-level mapping (an empty file is an empty mapping)."""
+    try:
+        data = safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
+    return data
 
 
 def _merge(base: dict, changes: dict) -> dict:
@@ -277,13 +282,7 @@ def _with_base(data: dict, path: Path) -> dict:
     name = data.pop("base")
     if not isinstance(name, str):
         raise ConfigError(f"{path}: base must be a preset name, got {name!r}")
-    base_path = resolve_preset(name)
-    try:
-        base = safe_load(base_path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{base_path} is not valid YAML: {one_line(e)}") from None
-    if not isinstance(base, dict):
-        raise ConfigError(f"{base_path}: expected a mapping at the top level, got {base!r}")
+    base = _read_mapping(resolve_preset(name))
     if "base" in base:
         raise ConfigError(
             f"{path}: base {name!r} has a base of its own ({base['base']!r}); one level only"

@@ -329,6 +329,18 @@ class ZS3Net(Method):
         }
 
     # ------------------------------------------------------------------ stages
+    @staticmethod
+    def _shared_stage(ctx: RunContext, stage: str, model: nn.Module, parts, plan) -> None:
+        """Stages 1-3, shared by zs3net and zs5net: ``zs3-<stage>`` keyed by ``parts(ctx)``."""
+        ctx.run_stage(
+            stage,
+            directory=f"zs3-{stage}",
+            model=model,
+            key=parts(ctx),
+            prepare=lambda: plan(ctx),
+            meta={"method": "zs3net"},
+        )
+
     def fit(self, ctx: RunContext) -> None:
         emb = ctx.all_embeddings(
             reason="ZS3Net's generator makes unseen-class features from their names (stages 2-3); "
@@ -345,14 +357,7 @@ class ZS3Net(Method):
         self.segmenter.reset_classifier(len(self.split.seen))
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        ctx.run_stage(
-            "segmenter",
-            directory="zs3-segmenter",
-            model=self.segmenter,
-            key=self._parts1(ctx),
-            prepare=lambda: self._segmenter_plan(ctx),
-            meta={"method": "zs3net"},
-        )
+        self._shared_stage(ctx, "segmenter", self.segmenter, self._parts1, self._segmenter_plan)
 
     def _segmenter_plan(self, ctx: RunContext) -> StagePlan:
         if self.cfg.pretrained_backbone:
@@ -415,14 +420,7 @@ class ZS3Net(Method):
 
     def fit_generator(self, ctx: RunContext) -> None:
         """Stage 2: the GMMN, by class-conditional MMD against balanced real seen features."""
-        ctx.run_stage(
-            "generator",
-            directory="zs3-generator",
-            model=self.feature_gen,
-            key=self._parts2(ctx),
-            prepare=lambda: self._generator_plan(ctx),
-            meta={"method": "zs3net"},
-        )
+        self._shared_stage(ctx, "generator", self.feature_gen, self._parts2, self._generator_plan)
 
     def _generator_plan(self, ctx: RunContext) -> StagePlan:
         self.build_feature_bank(ctx.train_set, device=ctx.device, seed=ctx.cfg.seed)
@@ -497,13 +495,8 @@ class ZS3Net(Method):
     def fit_classifier(self, ctx: RunContext) -> None:
         """Stage 3: the 1x1 classifier over all classes, on real seen + generated unseen features."""
         self.segmenter.reset_classifier(self.split.num_classes)
-        ctx.run_stage(
-            "classifier",
-            directory="zs3-classifier",
-            model=self.segmenter.classifier,
-            key=self._parts3(ctx),
-            prepare=lambda: self._classifier_plan(ctx),
-            meta={"method": "zs3net"},
+        self._shared_stage(
+            ctx, "classifier", self.segmenter.classifier, self._parts3, self._classifier_plan
         )
 
     def _classifier_plan(self, ctx: RunContext) -> StagePlan:

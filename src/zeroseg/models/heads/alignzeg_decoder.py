@@ -215,7 +215,7 @@ class AlignZegModel(MaskClassifier):
         feats = self.backbone(x)
         mask_feats = self.mask_features(feats[-1])  # (B, Cm, h, w)
         clip = self._clip_tokens(images) if self.clip is not None else None
-        mems, poss, sizes = [], [], []
+        levels = []
         for i in range(3):
             f = self.input_proj[i](feats[i])
             if clip is not None:  # Z = Z_enc + P(Z_clip), resized to this level
@@ -223,14 +223,12 @@ class AlignZegModel(MaskClassifier):
                     clip.to(f.dtype), size=f.shape[-2:], mode="bilinear", align_corners=False
                 )
                 f = f + self.clip_proj[i](z)
-            sizes.append(tuple(f.shape[-2:]))
-            poss.append(sine_position(f, f.shape[1]))
-            mems.append(f.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None])
+            levels.append(self._level(i, f))
+        sizes, poss, mems = (list(x) for x in zip(*levels))
         b, cm, mh, mw = mask_feats.shape
         mask_tokens = mask_feats.flatten(2).transpose(1, 2)  # (B, h*w, Cm)
         mask_pos = sine_position(mask_feats, cm) if self.refine else None
-        q = self.query_feat.weight[None].expand(b, -1, -1)
-        q_pos = self.query_pos.weight[None].expand(b, -1, -1)
+        q, q_pos = self._queries(b)
         preds = []
         masks, emb, h, attn = self._predict(q, mask_feats, sizes[0])
         preds.append((masks, emb))

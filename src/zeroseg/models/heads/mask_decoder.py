@@ -272,6 +272,19 @@ class MaskClassifier(nn.Module):
         self.classifier = TextClassifier(embed_dim, cfg.init_temperature)
 
     # -- forward -----------------------------------------------------------------------------
+    def _level(self, i: int, f: Tensor) -> tuple[tuple[int, int], Tensor, Tensor]:
+        """Projected pyramid level ``i`` (B, C, h, w) -> its size, sine positions and memory tokens
+        (B, h*w, C) with the level embedding added."""
+        tokens = f.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None]
+        return tuple(f.shape[-2:]), sine_position(f, f.shape[1]), tokens
+
+    def _queries(self, b: int) -> tuple[Tensor, Tensor]:
+        """The learned queries and their positions, (B, N, C) each."""
+        return (
+            self.query_feat.weight[None].expand(b, -1, -1),
+            self.query_pos.weight[None].expand(b, -1, -1),
+        )
+
     def _predict(self, q: Tensor, mask_feats: Tensor, attn_size: tuple[int, int] | None):
         """The prediction step after each decoder layer (Mask2Former), shared by every mask model.
 
@@ -298,15 +311,9 @@ class MaskClassifier(nn.Module):
         x = (images.float() - self.pixel_mean) / self.pixel_std
         feats = self.backbone(x)
         mask_feats = self.mask_features(feats[-1])
-        mems, poss, sizes = [], [], []
-        for i in range(3):
-            f = self.input_proj[i](feats[i])
-            sizes.append(tuple(f.shape[-2:]))
-            poss.append(sine_position(f, f.shape[1]))
-            mems.append(f.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None])
-        b = images.shape[0]
-        q = self.query_feat.weight[None].expand(b, -1, -1)
-        q_pos = self.query_pos.weight[None].expand(b, -1, -1)
+        levels = [self._level(i, self.input_proj[i](feats[i])) for i in range(3)]
+        sizes, poss, mems = (list(x) for x in zip(*levels))
+        q, q_pos = self._queries(images.shape[0])
         preds = []
         masks, emb, _, attn = self._predict(q, mask_feats, sizes[0])
         preds.append((masks, emb))
