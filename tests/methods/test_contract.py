@@ -99,7 +99,7 @@ def test_method_contract(name, tiny_world, runs):
 
     # save/load round trip: the same weights, and the same scores to float rounding (PADing
     # trains with its mask model frozen, requires_grad off, which may select other attention
-    # kernels than the reloaded model's: measured differences ~1e-7)
+    # kernels than the reloaded model's)
     loaded, *_ = runner.load_model(runs / name / "model.safetensors")
     ours, theirs = method.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys()
