@@ -57,3 +57,28 @@ def test_a_partial_nested_override_keeps_the_fields_own_defaults():
     )
     with pytest.raises(ConfigError, match=r"model.pretrain.train: unknown keys \['iterz'\]"):
         from_dict(ZegCLIPConfig, {"pretrain": {"train": {"iterz": 1}}}, where="model")
+
+
+def test_a_base_preset_is_resolved_with_the_files_keys_on_top(tmp_path):
+    base = load_config("zegclip_foundation_shapeworld")
+    f = tmp_path / "nord.yaml"
+    f.write_text("base: zegclip_foundation_shapeworld\nmethod: zegclip-nord\nmodel: {rd: false}\n")
+    cfg = load_config(f)
+    assert cfg.method == "zegclip-nord" and cfg.model["rd"] is False
+    # every other key is the base's, nested mappings merged key by key
+    assert cfg.train == base.train and cfg.model["decoder"] == base.model["decoder"]
+    assert cfg.demo.row == ""  # the demo row is the file's own, never inherited
+    assert base.demo.row == "default"
+
+
+def test_a_base_chain_and_a_bad_base_fail_clearly(tmp_path):
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("base: zegclip-nord_foundation_shapeworld\n")
+    with pytest.raises(ConfigError, match=r"has a base of its own .*one level only"):
+        load_config(chain)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [1, 2]\n")
+    with pytest.raises(ConfigError, match="base must be a preset name"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="demo.row"):
+        load_config("projection_unet-small_2k_shapeworld", ["demo.row=sometimes"])

@@ -10,59 +10,9 @@ import yaml
 from zeroseg import runner
 from zeroseg.config import PRESET_DIR, load_config
 from zeroseg.data.real.fixtures import WRITERS  # noqa: E402
+from zeroseg.methods import METHODS
 
 pytestmark = pytest.mark.slow
-
-# Tiny model sizes per method (the architecture family stays the preset's where it fits on a CPU).
-_ZS3 = [
-    "model.segmenter=deeplabv3plus-small",
-    "model.pretrained_backbone=null",
-    "model.generator.bank_images=2",
-    "model.generator.bank_per_class=16",
-    "model.generator_train.iters=2",
-    "model.classifier_train.iters=2",
-    "model.real_per_step=32",
-    "model.fake_per_unseen=4",
-]
-_MASK = [
-    "model.mask.backbone=unet-small",
-    "model.mask.hidden_dim=32",
-    "model.mask.mask_dim=32",
-    "model.mask.num_queries=8",
-    "model.mask.layers=2",
-    "model.mask.heads=2",
-    "model.mask.ffn_dim=64",
-]
-_ZEGCLIP = [
-    "model.encoder=tiny",
-    "model.decoder.width=32",
-    "model.decoder.heads=2",
-    "model.decoder.layers=1",
-]
-TINY: dict[str, list[str]] = {
-    "zs3net": _ZS3,
-    "zs5net": _ZS3
-    + ["model.self_train.iters=2", "model.self_train.batch_size=2", "model.pseudo_images=2"],
-    "pading": _MASK
-    + [
-        "model.generator.primitives=16",
-        "model.generator.dim=32",
-        "model.generator.heads=2",
-        "model.generator.ffn_dim=64",
-        "model.generator_train.iters=2",
-        "model.classifier_train.iters=2",
-        "model.classifier_train.batch_size=8",
-    ],
-    "alignzeg": _MASK + ["model.background_prototypes=2", "model.virtual_per_batch=8"],
-    "sazs": ["model.refine.spectral.max_side=16"],
-    "zegclip": _ZEGCLIP,
-    "zegclip-st": _ZEGCLIP
-    + ["model.self_training.train.iters=2", "model.self_training.train.batch_size=2"],
-}
-
-# Methods whose image and text towers come from one CLIP checkpoint: the test writes a tiny one,
-# so the checkpoint-loading path of a real run is exercised too.
-CLIP_METHODS = {"zegclip", "zegclip-st"}
 
 # Dataset a preset's data.dataset is read from (few-shot style settings reuse VOC / COCO layouts).
 FIXTURE_OF = {
@@ -101,22 +51,26 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
         )
     # two more training images: one of the fixture's is held out as val, batches need two
     root = WRITERS[FIXTURE_OF[dataset]](tmp_path / dataset, extra_train=2)
-    method = raw["method"]
-    overrides = [
-        f"data.root={root}",
-        "data.crop_size=32",
-        "train.iters=2",
-        # The strict protocol leaves one training image in a fixture; BatchNorm needs two.
-        f"train.batch_size={1 if raw['data'].get('protocol') == 'strict' else 2}",
-        "train.amp=none",
-        "train.ckpt_every=0",
-        "eval.crop=32",
-        "eval.stride=24",
-        "eval.batch_size=1",
-        "device=cpu",
-        "text.encoder=minilm",  # no CLIP or word2vec file on this machine
-    ] + TINY.get(method, [])
-    if method in CLIP_METHODS:
+    cls = METHODS[raw["method"]]
+    overrides = (
+        [
+            f"data.root={root}",
+            "data.crop_size=32",
+            "train.iters=2",
+            # The strict protocol leaves one training image in a fixture; BatchNorm needs two.
+            f"train.batch_size={1 if raw['data'].get('protocol') == 'strict' else 2}",
+            "train.amp=none",
+            "train.ckpt_every=0",
+            "eval.crop=32",
+            "eval.stride=24",
+            "eval.batch_size=1",
+            "device=cpu",
+            "text.encoder=minilm",  # no CLIP or word2vec file on this machine
+        ]
+        + list(cls.tiny)
+        + [f"model.{path}.iters=2" for path in cls.stage_schedules]
+    )
+    if cls.loads_clip:
         from zeroseg.models.backbones.clip import CLIP
         from zeroseg.models.pretrained import save_clip_safetensors
 
@@ -130,11 +84,10 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
     )
     assert 0.0 <= metrics["miou"] <= 100.0
     assert (tmp_path / "run" / "model.safetensors").is_file()
-    extra = getattr(result.method, "extra_metrics", None)
-    if extra is not None and "panoptic" in result.data.val[0]:  # PQ / AP50 on panoptic data
-        pan = extra(cfg, result.data, result.embed, progress=False)
+    if result.method.produces_segments and "panoptic" in result.data.val[0]:  # PQ / AP50
+        pan = result.method.extra_metrics(cfg, result.data, result.embed, progress=False)
         assert {"seen_pq", "unseen_pq", "hpq", "seen_ap50", "unseen_ap50"} <= set(pan), sorted(pan)
-    if method in CLIP_METHODS:  # the frozen encoder holds the CLIP file's weights after training
+    if cls.loads_clip:  # the frozen encoder holds the CLIP file's weights after training
         from zeroseg.models.pretrained import load_clip
 
         visual = load_clip(ckpt).visual.state_dict()

@@ -61,9 +61,7 @@ def bench_one(method: str, world: str | None = None, batch: int = 16, repeats: i
         row["images_per_s"] = batch / _time(
             lambda: model.scores(many, emb, seen), max(3, repeats // 3)
         )
-    extra = getattr(model, "bench_extra", None)
-    if extra is not None:
-        row.update(extra(spec))
+    row.update(model.bench_extra(spec))
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
 

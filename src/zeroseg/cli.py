@@ -111,9 +111,8 @@ def cmd_eval(args) -> int:
     out = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     out.update(eval_split=args.split, tuned_on="val", infer_ms_per_image=spi * 1000)
     # Segment-producing methods (PADing, AlignZeg) add PQ and AP50 on panoptic data (test).
-    extra = getattr(method, "extra_metrics", None)
-    if extra is not None and args.split == "test" and len(data.test) and "panoptic" in data.test[0]:
-        out.update(extra(cfg, data, embed, progress=not args.no_progress))
+    if args.split == "test" and len(data.test) and "panoptic" in data.test[0]:
+        out.update(method.extra_metrics(cfg, data, embed, progress=not args.no_progress))
     print(json.dumps(out, indent=2))
     return 0
 
@@ -245,12 +244,14 @@ def cmd_pretrain(args) -> int:
         raise ConfigError(
             f"{args.config}: stage 0 exists for ShapeWorld only, not {cfg.data.dataset!r}"
         )
-    model = runner.model_config(cfg)
-    if not hasattr(model, "pretrain") or getattr(model, "encoder", "shapeworld") != "shapeworld":
+    from zeroseg.methods import METHODS
+
+    stage0 = METHODS[cfg.method].stage0_config(runner.model_config(cfg))
+    if stage0 is None:
         raise ConfigError(f"{args.config}: method {cfg.method!r} does not start from stage 0")
     spec = load_spec(cfg.data.world)
-    print(f"[zeroseg] stage 0: {pretrain_dir(spec, model.pretrain)}")
-    visual = load_or_train(spec, model.pretrain, progress=not args.no_progress)
+    print(f"[zeroseg] stage 0: {pretrain_dir(spec, stage0)}")
+    visual = load_or_train(spec, stage0, progress=not args.no_progress)
     embed = runner.Embedder(cfg.text, world=spec)
     report = encoder_report(
         visual, spec, embed(list(spec.class_names)), train_images=args.probe_images
@@ -326,29 +327,27 @@ def cmd_data_prepare(args) -> int:
 def cmd_data_spectral(args) -> int:
     from zeroseg import runner
     from zeroseg.config import load_config
-    from zeroseg.methods.sazs import precompute_command
     from zeroseg.paths import cache_dir
+    from zeroseg.shape.refine import precompute_dataset
 
     sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
     cfg = load_config(args.config, sets)
     data = runner.build_data(cfg)
     dataset = data.train if args.split == "train" else data.eval_split(args.split)
     root = Path(args.cache) if args.cache else cache_dir() / "spectral"
-    result = precompute_command(dataset, root, _refine_config(cfg), progress=True)
+    result = precompute_dataset(dataset, root, _refine_config(cfg), progress=True)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _refine_config(cfg):
-    from zeroseg.config import from_dict
-    from zeroseg.methods.sazs import SazsConfig
+    """The method's own refinement settings, else those of ``--refine spectral``."""
+    from zeroseg import runner
+    from zeroseg.methods import METHODS
+    from zeroseg.shape.refine import default_refine_config
 
-    model = (
-        from_dict(SazsConfig, cfg.model, where="model")
-        if cfg.method.startswith("sazs")
-        else SazsConfig()
-    )
-    return model.refine
+    own = METHODS[cfg.method].refinement(runner.model_config(cfg))
+    return own if own is not None else default_refine_config()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,6 +52,18 @@ class TextConfig:
     templates: str = "shapeworld"  # a template set name (none, imagenet, shapeworld)
 
 
+DEMO_ROWS = ("", "default", "ablation")
+
+
+@dataclass
+class DemoConfig:
+    """Whether ``zeroseg demo`` runs this (ShapeWorld) preset, as the row named by the preset's
+    first word (``projection-frozen_unet-small_2k_shapeworld`` -> ``projection-frozen``)."""
+
+    row: str = ""  # "" (not a demo row) | "default" (run by default) | "ablation" (--ablations)
+    order: int = 0  # the row's place in the report (ascending)
+
+
 @dataclass
 class ExperimentConfig:
     """A whole experiment: data, text, method and its model options, schedule, inference."""
@@ -65,6 +77,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: InferenceConfig = field(default_factory=InferenceConfig)
     model: dict = field(default_factory=dict)  # parsed by the method's own Config
+    demo: DemoConfig = field(default_factory=DemoConfig)  # the demo row (no effect on a run)
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -227,12 +240,7 @@ def load_config(
         data = dict(source)
     else:
         path = resolve_preset(source)
-        try:
-            data = safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {one_line(e)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
+        data = _with_base(_read_mapping(path), path)
     for key, value in parse_overrides(overrides):
         _set_path(data, key, value)
     origin = describe_source(source, overrides)
@@ -242,6 +250,45 @@ def load_config(
         raise ConfigError(str(e) if origin == "config" else f"{origin}: {e}") from None
     validate_config(cfg, where=origin)
     return cfg
+
+
+def _read_mapping(path: Path) -> dict:
+    """A preset file's top-level mapping (an empty file is an empty mapping)."""
+    try:
+        data = safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {data!r}")
+    return data
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key (mappings merged, anything else replaced)."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _with_base(data: dict, path: Path) -> dict:
+    """Resolves ``base: <preset>``: the base preset's mapping with this file's keys applied.
+
+    One level only (a base has no base): an ablation preset reads as its base plus the few keys
+    it changes, never as a chain. The ``demo`` row is the file's own, never inherited.
+    """
+    if "base" not in data:
+        return data
+    name = data.pop("base")
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: base must be a preset name, got {name!r}")
+    base = _read_mapping(resolve_preset(name))
+    if "base" in base:
+        raise ConfigError(
+            f"{path}: base {name!r} has a base of its own ({base['base']!r}); one level only"
+        )
+    base.pop("demo", None)
+    return _merge(base, data)
 
 
 # --- value checks: every bound is checked before any work starts ----------------------------------
@@ -372,6 +419,7 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
     (checked when a run starts: a checkpoint trained on a GPU must still load on a CPU).
     """
     _check(_int_in(cfg.seed, 0, 2**63 - 1), where, "seed", "an integer >= 0", cfg.seed)
+    _check(cfg.demo.row in DEMO_ROWS, where, "demo.row", "'', default or ablation", cfg.demo.row)
     _check(
         cfg.device in ("auto", "cpu", "cuda")
         or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),

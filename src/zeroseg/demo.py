@@ -17,60 +17,42 @@ import numpy as np
 import torch
 
 from zeroseg import runner
-from zeroseg.config import load_config, to_dict
+from zeroseg._yaml import safe_load
+from zeroseg.config import PRESET_DIR, ConfigError, load_config, to_dict
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.report import _fmt
 
-# method name -> its ShapeWorld preset. Later methods add themselves here.
-DEMO_PRESETS: dict[str, str] = {
-    "projection": "projection_unet-small_2k_shapeworld",
-    "projection-frozen": "projection-frozen_unet-small_2k_shapeworld",
-    "oracle": "oracle_unet-small_2k_shapeworld",
-    "mask-projection": "mask-projection_unet-small_1k_shapeworld",
-    "pading": "pading_unet-small_1k_shapeworld",
-    "pading-g": "pading-g_unet-small_1k_shapeworld",
-    "pading-p": "pading-p_unet-small_1k_shapeworld",
-    "pading-pa": "pading-pa_unet-small_1k_shapeworld",
-    "sazs": "sazs_unet-small_2k_shapeworld",
-    "sazs-nofusion": "sazs-nofusion_unet-small_2k_shapeworld",
-    "zs3net": "zs3net_unet-small_shapeworld",
-    "zs5net": "zs5net_unet-small_shapeworld",
-    "zegclip": "zegclip_foundation_shapeworld",
-    "zegclip-st": "zegclip-st_foundation_shapeworld",
-    "zegclip-nord": "zegclip-nord_foundation_shapeworld",
-    "zegclip-nonel": "zegclip-nonel_foundation_shapeworld",
-    "alignzeg": "alignzeg_unet-small_1k_shapeworld",
-    "alignzeg-norefine": "alignzeg-norefine_unet-small_1k_shapeworld",
-    "alignzeg-nogen": "alignzeg-nogen_unet-small_1k_shapeworld",
-    "alignzeg-nobc": "alignzeg-nobc_unet-small_1k_shapeworld",
-}
-# One row per published system plus its baseline and the oracle; ablation rows (pading-g,
-# zegclip-nord, alignzeg-nobc, ...) run with --methods. (zegclip-nodpt has no ShapeWorld row: the
-# foundation ZegCLIP starts from is a CNN, so deep prompt tuning does not apply.)
-DEFAULT_METHODS = (
-    "projection",
-    "oracle",
-    "zs3net",
-    "zs5net",
-    "projection-frozen",
-    "zegclip",
-    "mask-projection",
-    "pading",
-    "sazs",
-    "sazs-nofusion",
-    "alignzeg",
-)
-ABLATIONS = (
-    "zegclip-st",
-    "zegclip-nord",
-    "zegclip-nonel",
-    "pading-g",
-    "pading-p",
-    "pading-pa",
-    "alignzeg-norefine",
-    "alignzeg-nogen",
-    "alignzeg-nobc",
-)
+
+def demo_rows() -> dict[str, tuple[str, str, int]]:
+    """Row name -> (preset, "default" | "ablation", order), from the presets' ``demo:`` entries.
+
+    A row is named by its preset's first word (``projection-frozen_unet-small_2k_shapeworld`` ->
+    ``projection-frozen``); a method joins the demo by its preset alone.
+    """
+    rows: dict[str, tuple[str, str, int]] = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        demo = (safe_load(path.read_text()) or {}).get("demo") or {}
+        if not demo.get("row"):
+            continue
+        name = path.stem.split("_")[0]
+        if name in rows:
+            raise ConfigError(
+                f"demo row {name!r} is claimed by two presets: {rows[name][0]} and {path.stem}"
+            )
+        rows[name] = (path.stem, demo["row"], int(demo.get("order", 0)))
+    return rows
+
+
+def _rows_of(kind: str) -> tuple[str, ...]:
+    rows = demo_rows()
+    return tuple(sorted((n for n in rows if rows[n][1] == kind), key=lambda n: (rows[n][2], n)))
+
+
+# row name -> its ShapeWorld preset; the default rows (one per published system, its baseline and
+# the oracle) and the ablation rows (with --ablations), in the report's order.
+DEMO_PRESETS: dict[str, str] = {name: row[0] for name, row in demo_rows().items()}
+DEFAULT_METHODS = _rows_of("default")
+ABLATIONS = _rows_of("ablation")
 QUICK = {"iters_scale": 0.25, "val_images": 200}  # val_images: the val and test limit
 
 
@@ -96,7 +78,7 @@ REFINEMENTS = ("spectral",)
 def build_refinement(kind: str):
     """A ``post(scores, batch) -> labels`` refinement applicable to any method's scores."""
     if kind == "spectral":
-        from zeroseg.methods.sazs import spectral_post
+        from zeroseg.shape.refine import spectral_post
 
         return spectral_post()
     raise ValueError(f"unknown refinement {kind!r}; valid: {list(REFINEMENTS)}")
@@ -170,9 +152,7 @@ def run_demo(
         metrics, spi, kept = runner.evaluate_protocol(
             result.method, cfg, data, result.embed, progress=progress, keep=grid_images
         )
-        extra = getattr(result.method, "extra_metrics", None)
-        if extra is not None:
-            metrics.update(extra(cfg, data, result.embed, progress=progress))
+        metrics.update(result.method.extra_metrics(cfg, data, result.embed, progress=progress))
         reused = not result.trained_stages
         detail = result.protocol_detail
         rows[name] = row_from(

@@ -317,7 +317,7 @@ def encoder_report(
 @torch.no_grad()
 def _dense_features(features, images: Tensor, labels: Tensor, batch_size: int = 100):
     """``features`` over ``images`` in batches, with the labels nearest-sampled to its grid."""
-    from zeroseg.methods.base import downsample_labels  # zeroseg.methods imports this module
+    from zeroseg.data.labels import downsample_labels
 
     feats, small = [], []
     for start in range(0, len(images), batch_size):

@@ -21,7 +21,7 @@ from zeroseg.engine import trainer
 def run(cfg: dict, directory: Path, sleep: float = 0.0, stage: str = "") -> list[tuple[str, int]]:
     """Trains ``cfg`` into ``directory``; returns ``(stage, first step)`` of each stage trained."""
     torch.set_num_threads(1)
-    real = trainer._train_stage
+    real = trainer.train_stage
     starts: list[tuple[str, int]] = []
 
     def slowed(**kw):
@@ -36,11 +36,11 @@ def run(cfg: dict, directory: Path, sleep: float = 0.0, stage: str = "") -> list
 
         return real(**{**kw, "batches": paced})
 
-    trainer._train_stage = slowed
+    trainer.train_stage = slowed
     try:
         runner.train(load_config(cfg), directory, progress=False)
     finally:
-        trainer._train_stage = real
+        trainer.train_stage = real
     return starts
 
 

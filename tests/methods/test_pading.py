@@ -11,17 +11,10 @@ import torch
 from zeroseg import runner
 from zeroseg.config import load_config
 from zeroseg.engine import trainer
+from zeroseg.generators.disentangle import Disentangler, alignment_loss, gaussian_kl, relation_kl
 from zeroseg.generators.mmd import mmd_loss
+from zeroseg.generators.primitive import GeneratorConfig, GMMNGenerator, PrimitiveGenerator
 from zeroseg.methods import pading
-from zeroseg.methods.pading import (
-    Disentangler,
-    GeneratorConfig,
-    GMMNGenerator,
-    PrimitiveGenerator,
-    alignment_loss,
-    gaussian_kl,
-    relation_kl,
-)
 
 SMALL_GEN = GeneratorConfig(primitives=20, dim=16, layers=2, heads=2, ffn_dim=32, noise_std=1.0)
 

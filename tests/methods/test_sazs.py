@@ -21,10 +21,9 @@ from zeroseg.methods.sazs import (
     balanced_edge_weights,
     boundary_targets,
     edge_attention_loss,
-    precompute_command,
-    spectral_post,
 )
 from zeroseg.shape.fusion import RefineConfig
+from zeroseg.shape.refine import precompute_dataset, spectral_post
 from zeroseg.shape.spectral import SpectralConfig
 
 I = 255  # ignore
@@ -227,10 +226,10 @@ def test_precompute_command_writes_each_image_once(trained, tmp_path):
     _, data, _, _, _ = trained
     subset = torch.utils.data.Subset(data.val, range(3))
     cfg = SpectralConfig(max_side=16, num_eigenvectors=4)
-    first = precompute_command(subset, tmp_path, cfg, progress=False)
+    first = precompute_dataset(subset, tmp_path, cfg, progress=False)
     assert (first["images"], first["written"], first["skipped"]) == (3, 3, 0)
     assert len(list((tmp_path / first["directory"].split("/")[-1]).glob("*.safetensors"))) == 3
-    again = precompute_command(subset, tmp_path, cfg, progress=False)
+    again = precompute_dataset(subset, tmp_path, cfg, progress=False)
     assert again["written"] == 0
 
 

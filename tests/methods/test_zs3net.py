@@ -12,6 +12,7 @@ import torch
 import zeroseg.engine.trainer as trainer_mod
 from zeroseg import runner
 from zeroseg.config import load_config
+from zeroseg.data.labels import select_top_percent
 from zeroseg.data.protocol import ProtocolError, SeenOnly
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.generators.mmd import class_conditional_mmd
@@ -21,7 +22,6 @@ from zeroseg.methods.zs3net import (
     ZS5Net,
     _seeded,
     balanced_class_mmd,
-    select_top_percent,
 )
 
 # Small schedules: the whole file must stay well under a minute on a shared CPU.

@@ -10,10 +10,8 @@ a second concurrent run into the same directory.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,9 +20,9 @@ from typing import Any
 
 from zeroseg.config import ConfigError
 from zeroseg.engine.checkpoint import _atomic_write
+from zeroseg.engine.lock import LOCK, DirectoryInUseError, hold_lock
 
 RECORD = "run.json"
-LOCK = ".lock"
 # Keys that change how often progress is saved or logged, never the weights: a resumed run may
 # change them (e.g. to checkpoint more often after a crash).
 CADENCE_KEYS = frozenset({"ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every"})
@@ -49,7 +47,9 @@ def _without_cadence(obj: Any) -> Any:
 
 
 def config_hash(resolved: dict) -> str:
-    """sha256 of a resolved config (every default filled in), cadence keys left out."""
+    """sha256 of a resolved config (every default filled in), cadence keys and the demo row
+    (which never changes a run) left out."""
+    resolved = {k: v for k, v in resolved.items() if k != "demo"}
     blob = json.dumps(_strip_cadence(resolved), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -142,25 +142,10 @@ def clear_run_dir(directory: Path) -> None:
 
 @contextmanager
 def run_lock(directory: Path) -> Iterator[None]:
-    """Holds ``directory/.lock`` exclusively for the duration; a second holder fails at once."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Holds ``directory/.lock`` exclusively for the duration; a second holder fails at once
+    (:class:`RunDirError`)."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirError(
-                f"{directory} is in use by another zeroseg run (pid {holder}); wait for it to "
-                "finish or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
+        with hold_lock(directory):
             yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    except DirectoryInUseError as e:
+        raise RunDirError(str(e)) from None

@@ -9,6 +9,7 @@ A method supplies only ``step_fn(model, batch) -> {"loss": ..., other scalars}``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import sys
@@ -33,6 +34,7 @@ from zeroseg.engine.checkpoint import (
     optimizer_to_flat,
     save_checkpoint,
 )
+from zeroseg.engine.lock import hold_lock
 
 
 @dataclass
@@ -235,163 +237,130 @@ def train_stage(
     Returns:
         The mean of each logged value over the last ``log_every`` steps.
     """
-    from zeroseg.engine.rundir import run_lock  # rundir imports the config, which imports us
 
-    args = dict(
-        stage=stage,
-        model=model,
-        step_fn=step_fn,
-        batches=batches,
-        cfg=cfg,
-        directory=directory,
-        split=split,
-        params=params,
-        device=device,
-        resume=resume,
-        progress=progress,
-        meta=meta,
-    )
-    if not dist.is_main():
-        return _train_stage(**args)
     # Shared stage directories (``RunContext.shared_stage_dir``) can be reached by two runs at
     # once; the lock keeps their step checkpoints from interleaving.
-    with run_lock(directory):
-        return _train_stage(**args)
-
-
-def _train_stage(
-    *,
-    stage: str,
-    model: torch.nn.Module,
-    step_fn: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]],
-    batches: Callable[[int, int], Iterable[tuple[int, dict]]],
-    cfg: TrainConfig,
-    directory: Path,
-    split: ClassSplit | None,
-    params: Iterable[torch.nn.Parameter] | None,
-    device: torch.device,
-    resume: bool,
-    progress: bool,
-    meta: dict | None,
-) -> dict:
-    directory.mkdir(parents=True, exist_ok=True)
-    main = dist.is_main()
-    torch.manual_seed(cfg.seed)
-    model.to(device)
-    opt = build_optimizer(params if params is not None else model.parameters(), cfg)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    start = 0
-    last_good: Path | None = None
-    if resume:
-        ckpts = list_checkpoints(directory)
-        if ckpts:
-            last_good = ckpts[-1]
-            tensors, m = load_checkpoint(last_good)
-            if m.get("stage") != stage:
-                raise CheckpointError(
-                    f"{last_good} belongs to stage {m.get('stage')!r}, not {stage!r}"
+    with hold_lock(directory) if dist.is_main() else contextlib.nullcontext():
+        directory.mkdir(parents=True, exist_ok=True)
+        main = dist.is_main()
+        torch.manual_seed(cfg.seed)
+        model.to(device)
+        opt = build_optimizer(params if params is not None else model.parameters(), cfg)
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        start = 0
+        last_good: Path | None = None
+        if resume:
+            ckpts = list_checkpoints(directory)
+            if ckpts:
+                last_good = ckpts[-1]
+                tensors, m = load_checkpoint(last_good)
+                if m.get("stage") != stage:
+                    raise CheckpointError(
+                        f"{last_good} belongs to stage {m.get('stage')!r}, not {stage!r}"
+                    )
+                load_state_dict_strict(
+                    model,
+                    {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")},
+                    what=f"checkpoint {last_good}",
                 )
-            load_state_dict_strict(
-                model,
-                {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")},
-                what=f"checkpoint {last_good}",
+                optimizer_from_flat(opt, tensors, m["optimizer"])
+                _set_rng_state(tensors)
+                start = int(m["step"])
+                if main:
+                    print(
+                        f"[zeroseg] {stage}: resuming at step {start}/{cfg.iters} from {last_good}",
+                        file=sys.stderr,
+                    )
+        ddp_model = dist.wrap(model)
+        logger = _Logger(directory, stage, enabled=main)
+        if main and start == 0:
+            (directory / "log.csv").unlink(missing_ok=True)
+        recent: dict[str, list[float]] = {}
+        t0 = last_save = time.perf_counter()
+        bar = tqdm(
+            total=cfg.iters, initial=start, desc=stage, disable=not (progress and main), leave=False
+        )
+        model.train()
+
+        def save(step: int) -> Path:
+            tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+            opt_t, opt_m = optimizer_to_flat(opt)
+            tensors.update(opt_t)
+            tensors.update(_rng_state())
+            path = directory / f"step-{step:07d}.safetensors"
+            save_checkpoint(
+                path,
+                tensors,
+                {
+                    "stage": stage,
+                    "step": step,
+                    "optimizer": opt_m,
+                    "train": asdict(cfg),
+                    **(meta or {}),
+                },
             )
-            optimizer_from_flat(opt, tensors, m["optimizer"])
-            _set_rng_state(tensors)
-            start = int(m["step"])
-            if main:
-                print(
-                    f"[zeroseg] {stage}: resuming at step {start}/{cfg.iters} from {last_good}",
-                    file=sys.stderr,
-                )
-    ddp_model = dist.wrap(model)
-    logger = _Logger(directory, stage, enabled=main)
-    if main and start == 0:
-        (directory / "log.csv").unlink(missing_ok=True)
-    recent: dict[str, list[float]] = {}
-    t0 = last_save = time.perf_counter()
-    bar = tqdm(
-        total=cfg.iters, initial=start, desc=stage, disable=not (progress and main), leave=False
-    )
-    model.train()
+            for old in list_checkpoints(directory)[: -max(1, cfg.keep_ckpts)]:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".json").unlink(missing_ok=True)
+            return path
 
-    def save(step: int) -> Path:
-        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-        opt_t, opt_m = optimizer_to_flat(opt)
-        tensors.update(opt_t)
-        tensors.update(_rng_state())
-        path = directory / f"step-{step:07d}.safetensors"
-        save_checkpoint(
-            path,
-            tensors,
-            {
-                "stage": stage,
-                "step": step,
-                "optimizer": opt_m,
-                "train": asdict(cfg),
-                **(meta or {}),
-            },
-        )
-        for old in list_checkpoints(directory)[: -max(1, cfg.keep_ckpts)]:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
-        return path
-
-    hooks = ExitStack()
-    try:
-        for step, batch in batches(start, cfg.iters):
-            if split is not None:
-                assert_seen_only(batch, split, stage=stage)
-            hooks = _enter_step_hooks(stage, step, batch, cfg)
-            factor = lr_factor(cfg, step)
-            for g, lr in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr * factor
-            with autocast(cfg.amp, device):
-                losses = step_fn(ddp_model, batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss.detach()).all():
-                ids = batch.get("id", batch.get("index", "?")) if isinstance(batch, dict) else "?"
-                raise NonFiniteLossError(
-                    f"stage {stage!r}: loss is {loss.item()} at step {step} (batch {ids}); "
-                    f"last good checkpoint: {last_good or 'none (no step checkpoint yet)'}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
-                )
-            opt.step()
+        hooks = ExitStack()
+        try:
+            for step, batch in batches(start, cfg.iters):
+                if split is not None:
+                    assert_seen_only(batch, split, stage=stage)
+                hooks = _enter_step_hooks(stage, step, batch, cfg)
+                factor = lr_factor(cfg, step)
+                for g, lr in zip(opt.param_groups, base_lrs):
+                    g["lr"] = lr * factor
+                with autocast(cfg.amp, device):
+                    losses = step_fn(ddp_model, batch)
+                loss = losses["loss"]
+                if not torch.isfinite(loss.detach()).all():
+                    ids = (
+                        batch.get("id", batch.get("index", "?")) if isinstance(batch, dict) else "?"
+                    )
+                    raise NonFiniteLossError(
+                        f"stage {stage!r}: loss is {loss.item()} at step {step} (batch {ids}); "
+                        f"last good checkpoint: {last_good or 'none (no step checkpoint yet)'}"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
+                    )
+                opt.step()
+                hooks.close()
+                for k, v in losses.items():
+                    recent.setdefault(k, []).append(float(v.detach()))
+                    recent[k] = recent[k][-cfg.log_every :]
+                bar.update(1)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.iters:
+                    values = {k: sum(v) / len(v) for k, v in recent.items()}
+                    values["lr"] = base_lrs[0] * factor
+                    values["elapsed_s"] = time.perf_counter() - t0
+                    logger.log(step + 1, values)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                # Only rank 0 decides and writes; a time-based checkpoint needs no barrier (the next
+                # step's gradient all-reduce keeps the ranks together).
+                if main and checkpoint_due(cfg, step, time.perf_counter() - last_save):
+                    last_good = save(step + 1)
+                    last_save = time.perf_counter()
+                dist.barrier_if_needed(cfg.ckpt_every, step)
+        finally:
             hooks.close()
-            for k, v in losses.items():
-                recent.setdefault(k, []).append(float(v.detach()))
-                recent[k] = recent[k][-cfg.log_every :]
-            bar.update(1)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.iters:
-                values = {k: sum(v) / len(v) for k, v in recent.items()}
-                values["lr"] = base_lrs[0] * factor
-                values["elapsed_s"] = time.perf_counter() - t0
-                logger.log(step + 1, values)
-                bar.set_postfix(loss=f"{values['loss']:.4f}")
-            # Only rank 0 decides and writes; a time-based checkpoint needs no barrier (the next
-            # step's gradient all-reduce keeps the ranks together).
-            if main and checkpoint_due(cfg, step, time.perf_counter() - last_save):
-                last_good = save(step + 1)
-                last_save = time.perf_counter()
-            dist.barrier_if_needed(cfg.ckpt_every, step)
-    finally:
-        hooks.close()
-        bar.close()
-        logger.close()
-    if main:
-        save_checkpoint(
-            directory / "final.safetensors",
-            model.state_dict(),
-            {"stage": stage, "step": cfg.iters, "train": asdict(cfg), **(meta or {})},
-        )
-    dist.barrier()
-    model.eval()
-    return {k: sum(v) / len(v) for k, v in recent.items()}
+            bar.close()
+            logger.close()
+        if main:
+            save_checkpoint(
+                directory / "final.safetensors",
+                model.state_dict(),
+                {"stage": stage, "step": cfg.iters, "train": asdict(cfg), **(meta or {})},
+            )
+        dist.barrier()
+        model.eval()
+        return {k: sum(v) / len(v) for k, v in recent.items()}
 
 
 def load_stage(model: torch.nn.Module, directory: Path) -> None:

@@ -1,34 +1,48 @@
-"""The methods, by name. Each entry is imported explicitly; an unknown name lists the valid ones."""
+"""The methods, by name.
 
-from zeroseg.methods.alignzeg import AlignZeg, AlignZegNoBC, AlignZegNoGen, AlignZegNoRefine
+A method is one module of this package: every :class:`Method` subclass that gives itself a
+``name`` of its own is registered under it, so adding a method touches its module (and its
+preset in ``configs/``) and nothing else. An unknown name lists the valid ones (``runner``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable
+
 from zeroseg.methods.base import Method
-from zeroseg.methods.pading import MaskProjection, PADing, PADingG, PADingP, PADingPA
-from zeroseg.methods.projection import Oracle, Projection
-from zeroseg.methods.sazs import Sazs, SazsNoFusion
-from zeroseg.methods.zegclip import ZegCLIP, ZegCLIPNoDPT, ZegCLIPNoNEL, ZegCLIPNoRD, ZegCLIPST
-from zeroseg.methods.zs3net import ZS3Net, ZS5Net
 
-METHODS: dict[str, type[Method]] = {
-    Projection.name: Projection,
-    Oracle.name: Oracle,
-    MaskProjection.name: MaskProjection,
-    PADing.name: PADing,
-    PADingG.name: PADingG,
-    PADingP.name: PADingP,
-    PADingPA.name: PADingPA,
-    Sazs.name: Sazs,
-    SazsNoFusion.name: SazsNoFusion,
-    ZS3Net.name: ZS3Net,
-    ZS5Net.name: ZS5Net,
-    ZegCLIP.name: ZegCLIP,
-    ZegCLIPST.name: ZegCLIPST,
-    ZegCLIPNoDPT.name: ZegCLIPNoDPT,
-    ZegCLIPNoRD.name: ZegCLIPNoRD,
-    ZegCLIPNoNEL.name: ZegCLIPNoNEL,
-    AlignZeg.name: AlignZeg,
-    AlignZegNoRefine.name: AlignZegNoRefine,
-    AlignZegNoGen.name: AlignZegNoGen,
-    AlignZegNoBC.name: AlignZegNoBC,
-}
 
-__all__ = ["METHODS", "Method"]
+def discover(
+    package: str = __name__, paths: Iterable[str] | None = None
+) -> dict[str, type[Method]]:
+    """Imports every module of ``package`` (in name order) and returns name -> method class.
+
+    Raises:
+        ValueError: two classes claim one name.
+    """
+    found: dict[str, type[Method]] = {}
+    for info in sorted(pkgutil.iter_modules(list(paths or __path__)), key=lambda i: i.name):
+        module = importlib.import_module(f"{package}.{info.name}")
+        for obj in vars(module).values():
+            if not (
+                isinstance(obj, type)
+                and issubclass(obj, Method)
+                and obj is not Method
+                and obj.__module__ == module.__name__
+                and "name" in vars(obj)
+            ):
+                continue
+            other = found.setdefault(obj.name, obj)
+            if other is not obj:
+                raise ValueError(
+                    f"method name {obj.name!r} is claimed by {other.__module__}.{other.__qualname__} "
+                    f"and {obj.__module__}.{obj.__qualname__}"
+                )
+    return found
+
+
+METHODS: dict[str, type[Method]] = discover()
+
+__all__ = ["METHODS", "Method", "discover"]

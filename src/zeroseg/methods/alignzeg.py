@@ -65,10 +65,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zeroseg.engine.trainer import load_stage, stage_done
+from zeroseg.data.labels import seen_position_lookup
 from zeroseg.foundation.model import FoundationEncoder
-from zeroseg.methods.base import Method, RunContext, seen_position_lookup
-from zeroseg.methods.pading import MaskProjection, MaskProjectionConfig
+from zeroseg.methods.base import Method, RunContext, StagePlan
+from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
 from zeroseg.models.heads.mask_decoder import semantic_inference
 from zeroseg.models.matching import batch_targets, hungarian_match, set_loss
@@ -206,7 +206,7 @@ def _batch_generator(batch: dict, seed: int) -> torch.Generator:
 # -- the method ---------------------------------------------------------------------------------------
 
 
-class AlignZeg(MaskProjection):
+class AlignZeg(MaskModelMethod):
     """AlignZeg (all three parts); subclasses are the ablation rows."""
 
     name = "alignzeg"
@@ -215,9 +215,11 @@ class AlignZeg(MaskProjection):
     produces_segments = True
     # The ablation row this class stands for: (refine, generalise, bias_correction).
     row: tuple[bool, bool, bool] = (True, True, True)
+    tiny = (*MaskModelMethod.tiny, "model.background_prototypes=2", "model.virtual_per_batch=8")
+    stage_schedules = ("pretrain.train",)  # stage 0, when the fused encoder is the stage-0 one
 
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
-        # Method.__init__, not MaskProjection.__init__: its plain mask model is replaced.
+        # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.
         Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
         have = (cfg.refine, cfg.generalise, cfg.bias_correction)
         if have != self.row:
@@ -251,13 +253,17 @@ class AlignZeg(MaskProjection):
         self.register_buffer("split_seen", seen, persistent=False)
 
     @classmethod
+    def stage0_config(cls, cfg: AlignZegConfig) -> PretrainConfig:
+        return cfg.pretrain
+
+    @classmethod
     def foundation_of(cls, cfg) -> str | None:
         if cfg.foundation:
             return cfg.foundation
         return "shipped" if cfg.clip_fusion and cfg.clip_encoder == "foundation" else None
 
     # training ---------------------------------------------------------------------------------------
-    def stage_key(self, ctx: RunContext) -> dict:
+    def stage_parts(self, ctx: RunContext) -> dict:
         """What decides the trained weights; the inference-only settings (bias correction) are left
         out, so ``alignzeg`` and ``alignzeg-nobc`` share one training."""
         train_fields = {f.name for f in dataclasses.fields(AlignZegConfig)} - {
@@ -269,10 +275,9 @@ class AlignZeg(MaskProjection):
             "topk",
         }
         return {
-            "data": ctx.data_key(),
             "model": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in train_fields},
-            "train": dataclasses.asdict(ctx.cfg.train),
-            "text": dataclasses.asdict(ctx.cfg.text),
+            "train": ctx.cfg.train,
+            "text": ctx.cfg.text,
         }
 
     def losses(
@@ -338,7 +343,6 @@ class AlignZeg(MaskProjection):
         self.model.clip.load_state_dict(visual.state_dict(), strict=True)
 
     def fit(self, ctx: RunContext) -> None:
-        stage = ctx.shared_stage_dir("alignzeg-model", self.stage_key(ctx))
         if isinstance(self.model.clip, FoundationEncoder):
             ctx.notes.append(
                 "fuses the frozen ShapeWorld foundation as the paper fuses frozen CLIP"
@@ -351,9 +355,15 @@ class AlignZeg(MaskProjection):
             ctx.pretrained_encoder("ShapeWorld stage-0 caption-contrastive encoder (fused)")
         if isinstance(self.model.clip, FoundationEncoder) or self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation or "shipped")
-        if stage_done(stage):
-            load_stage(self, stage)
-            return
+        ctx.run_stage(
+            "alignzeg-model",
+            model=self,
+            key=self.stage_parts(ctx),
+            prepare=lambda: self._plan(ctx),
+            meta={"method": "alignzeg-model"},
+        )
+
+    def _plan(self, ctx: RunContext) -> StagePlan:
         if ctx.cfg.data.protocol != "strict":
             ctx.notes.append(f"AlignZeg trained under the {ctx.cfg.data.protocol!r} protocol")
         self._load_frozen_encoder(ctx)
@@ -368,15 +378,7 @@ class AlignZeg(MaskProjection):
             gen = _batch_generator(batch, tc.seed)
             return self.losses(batch["image"].to(ctx.device), batch, seen_emb, lookup, gen)
 
-        ctx.train_stage(
-            stage="alignzeg-model",
-            model=self,
-            step_fn=step,
-            batches=loader,
-            cfg=tc,
-            directory=stage,
-            meta={"method": "alignzeg-model"},
-        )
+        return StagePlan(step, loader, tc)
 
     # inference -------------------------------------------------------------------------------------
     @torch.no_grad()

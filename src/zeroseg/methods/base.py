@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +23,27 @@ import torch.nn as nn
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.metrics.calibration import class_probabilities
+
+
+@dataclass
+class StagePlan:
+    """How to train a stage (:meth:`RunContext.run_stage`).
+
+    Attributes:
+        step_fn: ``step_fn(model, batch) -> {"loss": ..., ...}``.
+        batches: ``batches(start, stop)`` yielding ``(step, batch)``.
+        cfg: the stage's schedule (``TrainConfig``).
+        params: the trainable parameters (default: every parameter of the model needing grad).
+    """
+
+    step_fn: Callable
+    batches: Callable
+    cfg: object
+    params: Iterable[nn.Parameter] | None = None
+
+
+def _plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 @dataclass
@@ -92,6 +113,73 @@ class RunContext:
             # real data: the held-out val images are not trained on, so they decide the weights
             key["val_holdout"] = [VAL_SALT, VAL_FRACTION, VAL_MAX]
         return key
+
+    def stage_key(self, **parts) -> dict:
+        """The reuse key of a stage: what decides the training data (:meth:`data_key`) plus
+        ``parts`` (configs as dataclasses or plain values; dataclasses are turned into dicts)."""
+        return {
+            "data": self.data_key(),
+            **{k: _plain(v) for k, v in sorted(parts.items())},
+        }
+
+    def run_stage(
+        self,
+        stage: str,
+        *,
+        model: nn.Module,
+        prepare: Callable[[], StagePlan],
+        key: dict | None = None,
+        directory: str | None = None,
+        guard: bool = True,
+        meta: dict | None = None,
+    ) -> Path:
+        """Loads a finished stage into ``model``, or prepares and trains it: the one way every
+        method runs a stage.
+
+        Args:
+            stage: the stage's name (logs, checkpoints, :attr:`trained`).
+            model: the module whose weights the stage saves and loads.
+            prepare: called only when the stage must be trained (after the check, so a reused
+                stage loads no foundation and builds no loader): sets up and returns the plan.
+            key: the :meth:`stage_key` parts of a stage shared by every run in the parent
+                directory with the same key (:meth:`shared_stage_dir`); None: this run's own.
+            directory: the directory name (default ``stage``).
+            guard: the protocol guard (see :meth:`train_stage`).
+            meta: recorded with the checkpoints.
+
+        Returns:
+            The stage directory.
+        """
+        from zeroseg.engine.trainer import load_stage, stage_done
+
+        name = directory or stage
+        where = (
+            self.stage_dir(name)
+            if key is None
+            else self.shared_stage_dir(name, self.stage_key(**key))
+        )
+        if stage_done(where):
+            load_stage(model, where)
+            return where
+        plan = prepare()
+        self.train_stage(
+            stage=stage,
+            model=model,
+            step_fn=plan.step_fn,
+            batches=plan.batches,
+            cfg=plan.cfg,
+            params=plan.params,
+            directory=where,
+            guard=guard,
+            meta=meta,
+        )
+        return where
+
+    def stage_finished(self, stage: str) -> bool:
+        """Whether this run's own stage ``stage`` is finished (to skip the stages before it)."""
+        from zeroseg.engine.trainer import stage_done
+
+        return stage_done(self.stage_dir(stage))
 
     def train_stage(self, *, guard: bool = True, **kwargs) -> dict:
         """:func:`zeroseg.engine.trainer.train_stage` with this run's device and progress setting,
@@ -234,6 +322,15 @@ class Method(nn.Module):
     # How ``scores`` become class probabilities for the shared calibration rule
     # (zeroseg.metrics.calibration): "logits" (softmax), "probabilities" or "evidence".
     score_kind: ClassVar[str] = "logits"
+    # The model-config paths of the TrainConfigs of its stages after the first (whose schedule is
+    # the experiment's ``train``), e.g. ("generator_train", "classifier_train"): what a smoke run
+    # shortens, so every stage runs.
+    stage_schedules: ClassVar[tuple[str, ...]] = ()
+    # ``--set`` overrides that shrink a paper-scale model config to a CPU smoke-test size (the
+    # architecture family stays the preset's), used by the preset tests.
+    tiny: ClassVar[tuple[str, ...]] = ()
+    # The image and text towers come from one CLIP checkpoint (``model.pretrained``) on real data.
+    loads_clip: ClassVar[bool] = False
 
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
         super().__init__()
@@ -244,8 +341,30 @@ class Method(nn.Module):
         """The pretrained foundation a model config starts from ("shipped", a path, or None)."""
         return getattr(cfg, "foundation", None)
 
+    @classmethod
+    def stage0_config(cls, cfg) -> object | None:
+        """The ShapeWorld stage-0 encoder config (``zeroseg.pretrain.PretrainConfig``) a model
+        config starts from, or None: what ``zeroseg pretrain <preset>`` trains."""
+        return None
+
+    @classmethod
+    def refinement(cls, cfg) -> object | None:
+        """The method's own shape-aware refinement settings (``zeroseg.shape.fusion.RefineConfig``)
+        for a model config, or None: ``zeroseg data spectral`` precomputes for them."""
+        return None
+
     def fit(self, ctx: RunContext) -> None:
         raise NotImplementedError
+
+    def extra_metrics(self, cfg, data, embed, *, progress: bool = True) -> dict:
+        """Metrics beyond the semantic ones over ``data.test`` (panoptic PQ, instance AP for the
+        methods that produce segments); none by default."""
+        return {}
+
+    def bench_extra(self, spec) -> dict:
+        """Timings of the method's own inference parts on ``spec``'s images for ``zeroseg bench``
+        (e.g. SAZS's spectral decomposition); none by default."""
+        return {}
 
     def scores(
         self, images: torch.Tensor, class_embeddings: torch.Tensor, seen_mask: torch.Tensor
@@ -307,14 +426,6 @@ def own_calibration_off(method: Method) -> Iterator[None]:
         method.cfg = cfg
 
 
-def seen_position_lookup(split: ClassSplit) -> torch.Tensor:
-    """(256,) int64: full label -> position among the seen classes; unseen/void -> ignore."""
-    table = torch.full((256,), split.ignore_index, dtype=torch.int64)
-    for pos, c in enumerate(split.seen):
-        table[c] = pos
-    return table
-
-
 def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Calibrated stacking (Chao et al. 2016): subtract ``gamma`` from seen-class probabilities.
 
@@ -326,11 +437,3 @@ def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> to
         return scores
     probs = scores.float().softmax(1)
     return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
-
-
-def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) labels -> (B, h, w) by nearest sampling (no label is ever interpolated)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels.long().clamp(0, 255)
-    out = torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")
-    return out[:, 0].long().clamp(0, 255)

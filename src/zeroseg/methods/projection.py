@@ -13,77 +13,37 @@ zero-shot result is compared with (not a zero-shot method; reported as "supervis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-from zeroseg.engine.trainer import load_stage, stage_done
-from zeroseg.methods.base import (
-    Method,
-    RunContext,
-    calibrate,
-    downsample_labels,
-    seen_position_lookup,
-)
-from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
-from zeroseg.models.heads.projection import ProjectionHead
+from zeroseg.data.labels import downsample_labels, seen_position_lookup
+from zeroseg.methods.base import RunContext, StagePlan, calibrate
+from zeroseg.methods.pixel_projection import PixelProjection, ProjectionConfig
 
 
-@dataclass
-class ProjectionConfig:
-    """Model options of the projection baseline / oracle."""
-
-    backbone: SmallUNetConfig = field(default_factory=SmallUNetConfig)  # the dense CNN
-    calibration: float = 0.0  # gamma of calibrated stacking (0 = off)
-    foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
-    freeze_backbone: bool = (
-        False  # train the head only (ZegCLIP's baseline on the frozen foundation)
-    )
-
-
-class Projection(Method):
+class Projection(PixelProjection):
     """Pixel embeddings x class text embeddings, trained on seen classes."""
 
     name = "projection"
     Config = ProjectionConfig
     protocol = "inductive"
 
-    def __init__(self, cfg: ProjectionConfig, *, split, embed_dim: int):
-        super().__init__(cfg, split=split, embed_dim=embed_dim)
-        self.backbone = SmallUNet(cfg.backbone)
-        self.head = ProjectionHead(self.backbone.out_dim, embed_dim)
-        # SAZS builds on this class with its own config, which always fine-tunes.
-        self.frozen_backbone = isinstance(cfg, ProjectionConfig) and cfg.freeze_backbone
-        if self.frozen_backbone:
-            self.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen_backbone:
-            self.backbone.eval()  # frozen: its batch-norm statistics stay the pretrained ones
-        return self
-
-    def logits(
-        self, images: torch.Tensor, class_embeddings: torch.Tensor, *, upsample: bool = True
-    ) -> torch.Tensor:
-        """(B,3,H,W) uint8, (K,D) -> (B,K,H,W) logits (at feature resolution if not ``upsample``)."""
-        out = self.head(self.backbone(images), class_embeddings).float()
-        if not upsample:
-            return out
-        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
-
     def training_classes(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Class embeddings the loss runs over and the label -> class-position table."""
         return ctx.seen_embeddings(), seen_position_lookup(self.split)
 
     def fit(self, ctx: RunContext) -> None:
-        stage = ctx.stage_dir("segmenter")
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if stage_done(stage):
-            load_stage(self, stage)
-            return
+        ctx.run_stage(
+            "segmenter",
+            model=self,
+            prepare=lambda: self._plan(ctx),
+            guard=self.guard_split() is not None,
+            meta={"method": self.name},
+        )
+
+    def _plan(self, ctx: RunContext) -> StagePlan:
         emb, lookup = self.training_classes(ctx)
         emb = emb.to(ctx.device)
         lookup = lookup.to(ctx.device)
@@ -100,16 +60,7 @@ class Projection(Method):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        ctx.train_stage(
-            stage="segmenter",
-            model=self,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=stage,
-            guard=self.guard_split() is not None,
-            meta={"method": self.name},
-        )
+        return StagePlan(step, loader, cfg)
 
     def guard_split(self):
         return self.split

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -53,20 +51,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zeroseg.engine.trainer import load_stage, stage_done
-from zeroseg.methods.base import RunContext, calibrate, downsample_labels, seen_position_lookup
-from zeroseg.methods.projection import Projection
+from zeroseg.data.labels import downsample_labels, seen_position_lookup
+from zeroseg.methods.base import RunContext, StagePlan, calibrate
+from zeroseg.methods.pixel_projection import PixelProjection
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.shape.fusion import RefineConfig, refine
-from zeroseg.shape.spectral import EigenCache, SpectralConfig, precompute, spectral_decomposition
+from zeroseg.shape.refine import default_refine_config
+from zeroseg.shape.spectral import spectral_decomposition
 
 AFFINITY_FEATURES = ("backbone", "colour")
-
-
-def _default_refine() -> RefineConfig:
-    # A 32-pixel graph: on 64-pixel ShapeWorld images it measured ~4x faster than a 64-pixel one
-    # and the fusion's segments are upsampled to image size anyway.
-    return RefineConfig(spectral=SpectralConfig(max_side=32))
 
 
 @dataclass
@@ -81,7 +74,7 @@ class SazsConfig:
     edge_radius: int = 1  # boundary band half-width, in feature pixels (stride 2)
     attention_logit: float = 0.8  # edge-attention pixels: edge logit above this (sigmoid > 0.69)
     affinity_features: str = "backbone"  # graph features at fusion: backbone | colour (none)
-    refine: RefineConfig = field(default_factory=_default_refine)  # eigen-segment fusion
+    refine: RefineConfig = field(default_factory=default_refine_config)  # eigen-segment fusion
     foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
 
     def __post_init__(self) -> None:
@@ -227,13 +220,14 @@ def edge_attention_loss(
 # ------------------------------------------------------------------------------------- method
 
 
-class Sazs(Projection):
+class Sazs(PixelProjection):
     """Projection segmenter + boundary head, trained with SAZS's losses; eigen-segment fusion."""
 
     name = "sazs"
     Config = SazsConfig
     protocol = "inductive"
     fuse_at_inference: ClassVar[bool] = True
+    tiny = ("model.refine.spectral.max_side=16",)
 
     def __init__(self, cfg: SazsConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
@@ -252,27 +246,27 @@ class Sazs(Projection):
         feats = self.backbone(images)
         return self.head(feats, class_embeddings).float(), self.edge_head(feats).float()
 
-    def stage_key(self, ctx: RunContext) -> dict:
+    def stage_parts(self, ctx: RunContext) -> dict:
         """What decides the segmenter's weights (fusion settings excluded: shared by both rows)."""
         model = dataclasses.asdict(self.cfg)
         for k in ("refine", "affinity_features", "calibration"):
             model.pop(k)
-        return {
-            "stage": "sazs-segmenter",
-            **ctx.data_key(),
-            "text": dataclasses.asdict(ctx.cfg.text),
-            "train": dataclasses.asdict(ctx.cfg.train),
-            "model": model,
-        }
+        return {"text": ctx.cfg.text, "train": ctx.cfg.train, "model": model}
 
     def fit(self, ctx: RunContext) -> None:
-        stage = ctx.shared_stage_dir("sazs-segmenter", self.stage_key(ctx))
-        ctx.notes.append(f"segmenter stage shared by sazs and sazs-nofusion: {stage.name}")
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if stage_done(stage):
-            load_stage(self, stage)
-            return
+        # Both SAZS rows (with and without fusion) start from this stage: trained once.
+        stage = ctx.run_stage(
+            "sazs-segmenter",
+            model=self,
+            key=self.stage_parts(ctx),
+            prepare=lambda: self._plan(ctx),
+            meta={"method": "sazs"},
+        )
+        ctx.notes.append(f"segmenter stage shared by sazs and sazs-nofusion: {stage.name}")
+
+    def _plan(self, ctx: RunContext) -> StagePlan:
         emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg, mcfg = ctx.cfg.train, self.cfg
@@ -300,16 +294,7 @@ class Sazs(Projection):
                 "edge_att": att.detach(),
             }
 
-        # Both SAZS rows (with and without fusion) start from this stage: trained once.
-        ctx.train_stage(
-            stage="sazs-segmenter",
-            model=self,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=stage,
-            meta={"method": "sazs"},
-        )
+        return StagePlan(step, loader, cfg)
 
     def _logits(self, images, class_embeddings):
         feats = self.backbone(images)
@@ -350,6 +335,10 @@ class Sazs(Projection):
             out.append(refine(probs[i].cpu(), image, graph_feats, self.cfg.refine))
         return torch.stack(out).to(probs.device)
 
+    @classmethod
+    def refinement(cls, cfg: SazsConfig) -> RefineConfig:
+        return cfg.refine
+
     def bench_extra(self, spec) -> dict:
         """Time per image of the decomposition (and of the whole fusion) on rendered images."""
         from zeroseg.data.shapeworld.render import render
@@ -382,83 +371,3 @@ class SazsNoFusion(Sazs):
 
     def bench_extra(self, spec) -> dict:
         return {}
-
-
-# ------------------------------------------------------------------ refinement of any method
-
-PostFn = Callable[[torch.Tensor, dict], torch.Tensor]
-
-
-def spectral_post(cfg: RefineConfig | None = None, *, cache: EigenCache | None = None) -> PostFn:
-    """Shape-aware refinement of any method, as ``evaluate(..., post=spectral_post(cfg))``.
-
-    The graph is colour + position only (any method's features are unknown here), so a cache
-    made by :func:`precompute_command` with the same ``cfg.spectral`` serves it.
-
-    Args:
-        cfg: refinement settings (default: ``RefineConfig`` with a 32-pixel graph).
-        cache: optional eigenvector cache looked up by ``batch["id"]``; images not in it are
-            decomposed on the fly (and not written: evaluation stays read-only).
-
-    Returns:
-        ``post(scores (B,K,H,W), batch) -> labels (B,H,W) int64``. It reads only
-        ``batch["image"]`` and ``batch["id"]``, never the labels.
-    """
-    cfg = cfg or _default_refine()
-    if cache is not None and cache.config is not None and cache.config != cfg.spectral:
-        raise ValueError(
-            f"spectral_post: cache {cache.directory} was made for {cache.config}, "
-            f"not for {cfg.spectral}"
-        )
-
-    def post(scores: torch.Tensor, batch: dict) -> torch.Tensor:
-        images = batch["image"]
-        ids = batch.get("id")
-        out = []
-        for i in range(scores.shape[0]):
-            eigen = None
-            if cache is not None and ids is not None:
-                eigen = cache.get(str(ids[i]))
-            image = images[i].permute(1, 2, 0).cpu().numpy()
-            out.append(refine(scores[i].detach().float().cpu(), image, None, cfg, eigen=eigen))
-        return torch.stack(out).to(scores.device)
-
-    return post
-
-
-def precompute_command(
-    dataset, cache_root: str | Path, cfg: SpectralConfig | RefineConfig, *, progress: bool = True
-) -> dict:
-    """``zeroseg data spectral``: colour-graph eigenvectors of every image of a dataset.
-
-    Args:
-        dataset: samples with ``image`` (3, H, W) uint8 and ``id`` (e.g. ``build_data(cfg).val``).
-        cache_root: cache root; files go to ``<root>/<config hash>/<quoted id>.safetensors``.
-        cfg: the spectral settings (a ``RefineConfig`` contributes its ``spectral``).
-
-    Returns:
-        ``{"directory", "images", "written", "skipped", "seconds", "ms_per_image"}``.
-    """
-    spectral = cfg.spectral if isinstance(cfg, RefineConfig) else cfg
-    cache = EigenCache.for_config(cache_root, spectral)
-
-    class _Items:
-        def __len__(self) -> int:
-            return len(dataset)
-
-        def __iter__(self):
-            for i in range(len(dataset)):
-                s = dataset[i]
-                yield str(s["id"]), s["image"].permute(1, 2, 0).numpy(), None
-
-    t = time.perf_counter()
-    written = precompute(_Items(), cache, spectral, progress=progress)
-    seconds = time.perf_counter() - t
-    return {
-        "directory": str(cache.directory),
-        "images": len(dataset),
-        "written": written,
-        "skipped": len(dataset) - written,
-        "seconds": seconds,
-        "ms_per_image": seconds / max(1, written) * 1000,
-    }

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done
+from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
+from zeroseg.engine.trainer import TrainConfig
 from zeroseg.foundation.model import FoundationEncoder
-from zeroseg.methods.base import Method, RunContext, downsample_labels, seen_position_lookup
-from zeroseg.methods.zs3net import select_top_percent
+from zeroseg.methods.base import Method, RunContext, StagePlan
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
 from zeroseg.models.heads.mask_scores import sigmoid_scores
 from zeroseg.models.heads.zegclip_decoder import (
@@ -229,6 +229,14 @@ class ZegCLIP(Method):
         "probabilities"  # sigmoid (or softmax) mask scores, for the shared calibration rule
     )
     protocol = "inductive"
+    tiny = (
+        "model.encoder=tiny",
+        "model.decoder.width=32",
+        "model.decoder.heads=2",
+        "model.decoder.layers=1",
+    )
+    loads_clip = True
+    stage_schedules = ("pretrain.train",)  # stage 0, when the encoder is the ShapeWorld one
     forced: dict = {}  # config fields an ablation fixes
 
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
@@ -281,6 +289,10 @@ class ZegCLIP(Method):
             "mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255, persistent=False
         )
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @classmethod
+    def stage0_config(cls, cfg: ZegCLIPConfig) -> PretrainConfig | None:
+        return cfg.pretrain if cfg.encoder == "shapeworld" else None
 
     @classmethod
     def foundation_of(cls, cfg) -> str | None:
@@ -434,22 +446,17 @@ class ZegCLIP(Method):
         visual = load_or_train(ctx.world, self.cfg.pretrain, progress=ctx.progress)
         self.encoder.load_state_dict(visual.state_dict(), strict=True)
 
-    def _inductive_key(self, ctx: RunContext) -> dict:
+    def inductive_parts(self, ctx: RunContext) -> dict:
+        """What decides the inductive stage's weights (shared by zegclip and zegclip-st)."""
         model = dataclasses.asdict(self.cfg)
         for k in ("self_training", "seen_reduction"):  # do not decide the inductive weights
             model.pop(k)
-        return {
-            "stage": "zegclip",
-            "data": ctx.data_key(),
-            "model": model,
-            "train": dataclasses.asdict(ctx.cfg.train),
-            "text": dataclasses.asdict(ctx.cfg.text),
-        }
+        return {"model": model, "train": ctx.cfg.train, "text": ctx.cfg.text}
 
     def fit(self, ctx: RunContext) -> None:
-        self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
+        self.fit_inductive(ctx)
 
-    def fit_inductive(self, ctx: RunContext, stage) -> None:
+    def fit_inductive(self, ctx: RunContext) -> None:
         """Stage 1: seen classes, seen names only (the frozen encoder from stage 0 or CLIP first)."""
         if self.cfg.encoder == "shapeworld":
             ctx.notes.append(STAGE0_NOTE)
@@ -458,9 +465,16 @@ class ZegCLIP(Method):
             ctx.uses_foundation(self.cfg.foundation)
         else:
             ctx.pretrained_encoder(f"CLIP {self.cfg.encoder}")
-        if stage_done(stage):
-            load_stage(self, stage)  # holds the frozen encoder too: stage 0 is not needed
-            return
+        # the finished stage holds the frozen encoder too: stage 0 is not needed to load it
+        ctx.run_stage(
+            "zegclip",
+            model=self,
+            key=self.inductive_parts(ctx),
+            prepare=lambda: self._inductive_plan(ctx),
+            meta={"method": self.name},
+        )
+
+    def _inductive_plan(self, ctx: RunContext) -> StagePlan:
         self._stage0(ctx)
         seen_emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
@@ -471,15 +485,7 @@ class ZegCLIP(Method):
             labels = lookup[batch["label"].to(ctx.device).clamp(0, 255)]
             return model.loss(batch["image"].to(ctx.device), labels, seen_emb)
 
-        ctx.train_stage(
-            stage="zegclip",
-            model=self,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=stage,
-            meta={"method": self.name},
-        )
+        return StagePlan(step, loader, cfg)
 
 
 class ZegCLIPST(ZegCLIP):
@@ -487,6 +493,8 @@ class ZegCLIPST(ZegCLIP):
 
     name = "zegclip-st"
     protocol = "transductive"
+    stage_schedules = (*ZegCLIP.stage_schedules, "self_training.train")
+    tiny = (*ZegCLIP.tiny, "model.self_training.train.batch_size=2")
 
     def reduction(self) -> float:
         return 0.0  # as the release: no seen-score reduction after self-training
@@ -520,14 +528,19 @@ class ZegCLIPST(ZegCLIP):
         )
 
     def fit(self, ctx: RunContext) -> None:
-        self.fit_inductive(ctx, ctx.shared_stage_dir("zegclip", self._inductive_key(ctx)))
-        # a new directory name: stages trained with the all-class supervised term are not reused
-        stage = ctx.stage_dir("self-training-seen-term")
+        self.fit_inductive(ctx)
         reason = "transductive self-training pseudo-labels over all class names"
         ctx.uses_unseen_names(reason=reason, stage="5")  # also when the stage is reused
-        if stage_done(stage):
-            load_stage(self, stage)
-            return
+        # a new directory name: stages trained with the all-class supervised term are not reused
+        ctx.run_stage(
+            "self-training",
+            directory="self-training-seen-term",
+            model=self,
+            prepare=lambda: self._self_training_plan(ctx, reason),
+            meta={"method": self.name, "transductive": True},
+        )
+
+    def _self_training_plan(self, ctx: RunContext, reason: str) -> StagePlan:
         st = self.cfg.self_training
         cfg = st.train
         all_emb = ctx.all_embeddings(reason=reason, stage="5").to(ctx.device)
@@ -570,15 +583,7 @@ class ZegCLIPST(ZegCLIP):
                 "pseudo_fraction": (pseudo != self.split.ignore_index).float().mean(),
             }
 
-        ctx.train_stage(
-            stage="self-training",
-            model=self,
-            step_fn=step,
-            batches=batches,
-            cfg=cfg,
-            directory=stage,
-            meta={"method": self.name, "transductive": True},
-        )
+        return StagePlan(step, batches, cfg)
 
 
 class ZegCLIPNoDPT(ZegCLIP):

@@ -45,7 +45,6 @@ GMMN features for every other name, exactly as stage 3 does for the training voc
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,18 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
 from zeroseg.data.loader import hflip, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
-from zeroseg.engine.trainer import TrainConfig, autocast, load_stage, stage_done
+from zeroseg.engine.trainer import TrainConfig, autocast
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import ZS3_BANDWIDTHS
-from zeroseg.methods.base import (
-    Method,
-    RunContext,
-    calibrate,
-    downsample_labels,
-    seen_position_lookup,
-)
+from zeroseg.methods.base import Method, RunContext, StagePlan, calibrate
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
 from zeroseg.models.backbones.small import SmallUNetConfig, UNetSegmenter
 
@@ -77,7 +71,6 @@ __all__ = [
     "ZS3NetConfig",
     "ZS5Net",
     "ZS5NetConfig",
-    "select_top_percent",
 ]
 
 # How close two unit class embeddings must be to count as the same class (cosine similarity).
@@ -176,36 +169,6 @@ class FeatureGenerator(nn.Module):
         )
 
 
-def select_top_percent(
-    pred: Tensor, conf: Tensor, classes: list[int], percent: float, ignore: int = 255
-) -> Tensor:
-    """ZS5Net pseudo-labels: per class, the top ``percent`` % most confident pixels predicted as it.
-
-    Args:
-        pred: (N, H, W) predicted class per pixel.
-        conf: (N, H, W) confidence of that prediction.
-        classes: the classes to pseudo-label (the unseen ones).
-        percent: p in (0, 100].
-
-    Returns:
-        (N, H, W) int64: the class where a pixel is selected, ``ignore`` elsewhere.
-    """
-    if not 0 < percent <= 100:
-        raise ValueError(f"pseudo_percent must be in (0, 100], got {percent}")
-    out = torch.full_like(pred, ignore, dtype=torch.int64)
-    for c in classes:
-        mask = pred == c
-        n = int(mask.sum())
-        if n == 0:
-            continue
-        keep = max(1, int(round(n * percent / 100)))
-        scores = conf[mask].float()
-        # The keep-th largest confidence; ties at the threshold are all kept.
-        threshold = torch.topk(scores, keep).values[-1]
-        out[mask & (conf.float() >= threshold)] = c
-    return out
-
-
 def balanced_class_mmd(fake: Tensor, real: Tensor, bandwidths, *, root: bool = False) -> Tensor:
     """Mean over classes of MMD(fake_c, real_c) for class-balanced sets, all classes in one batch.
 
@@ -248,6 +211,16 @@ class ZS3Net(Method):
     name = "zs3net"
     Config = ZS3NetConfig
     protocol = "inductive"
+    stage_schedules = ("generator_train", "classifier_train")
+    tiny = (
+        "model.segmenter=deeplabv3plus-small",
+        "model.pretrained_backbone=null",
+        "model.generator.bank_images=2",
+        "model.generator.bank_per_class=16",
+        "model.real_per_step=32",
+        "model.fake_per_unseen=4",
+        "model.vocab_retrain_iters=2",
+    )
 
     def __init__(self, cfg: ZS3NetConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
@@ -324,37 +297,50 @@ class ZS3Net(Method):
         return torch.tensor(self.split.unseen, dtype=torch.int64)
 
     # ------------------------------------------------------------- stage keys
-    def _key1(self, ctx: RunContext) -> dict:
+    # What decides each stage's weights besides the data (``ctx.stage_key``); each stage's parts
+    # hold the ones before it, since it starts from their weights.
+    def _parts1(self, ctx: RunContext) -> dict:
         c = self.cfg
         return {
-            "data": ctx.data_key(),
             "segmenter": c.segmenter,
             "overrides": c.segmenter_overrides,
             "pretrained": c.pretrained_backbone,
-            "train": dataclasses.asdict(ctx.cfg.train),
+            "train": ctx.cfg.train,
             **({"foundation": c.foundation} if c.foundation else {}),
             **({"input_scale": c.input_scale} if c.input_scale != 1.0 else {}),
         }
 
-    def _key2(self, ctx: RunContext) -> dict:
+    def _parts2(self, ctx: RunContext) -> dict:
         return {
-            **self._key1(ctx),
-            "text": dataclasses.asdict(ctx.cfg.text),
-            "generator": dataclasses.asdict(self.cfg.generator),
-            "generator_train": dataclasses.asdict(self.cfg.generator_train),
+            **self._parts1(ctx),
+            "text": ctx.cfg.text,
+            "generator": self.cfg.generator,
+            "generator_train": self.cfg.generator_train,
         }
 
-    def _key3(self, ctx: RunContext) -> dict:
+    def _parts3(self, ctx: RunContext) -> dict:
         c = self.cfg
         return {
-            **self._key2(ctx),
-            "classifier_train": dataclasses.asdict(c.classifier_train),
+            **self._parts2(ctx),
+            "classifier_train": c.classifier_train,
             "real_per_step": c.real_per_step,
             "fake_per_unseen": c.fake_per_unseen,
             "unseen_weight": c.unseen_weight,
         }
 
     # ------------------------------------------------------------------ stages
+    @staticmethod
+    def _shared_stage(ctx: RunContext, stage: str, model: nn.Module, parts, plan) -> None:
+        """Stages 1-3, shared by zs3net and zs5net: ``zs3-<stage>`` keyed by ``parts(ctx)``."""
+        ctx.run_stage(
+            stage,
+            directory=f"zs3-{stage}",
+            model=model,
+            key=parts(ctx),
+            prepare=lambda: plan(ctx),
+            meta={"method": "zs3net"},
+        )
+
     def fit(self, ctx: RunContext) -> None:
         emb = ctx.all_embeddings(
             reason="ZS3Net's generator makes unseen-class features from their names (stages 2-3); "
@@ -368,13 +354,12 @@ class ZS3Net(Method):
 
     def fit_segmenter(self, ctx: RunContext) -> None:
         """Stage 1: DeepLabv3+ with cross-entropy over the seen classes."""
-        directory = ctx.shared_stage_dir("zs3-segmenter", self._key1(ctx))
         self.segmenter.reset_classifier(len(self.split.seen))
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if stage_done(directory):
-            load_stage(self.segmenter, directory)
-            return
+        self._shared_stage(ctx, "segmenter", self.segmenter, self._parts1, self._segmenter_plan)
+
+    def _segmenter_plan(self, ctx: RunContext) -> StagePlan:
         if self.cfg.pretrained_backbone:
             from zeroseg.models.backbones.resnet import load_torchvision_resnet
 
@@ -393,15 +378,7 @@ class ZS3Net(Method):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        ctx.train_stage(
-            stage="segmenter",
-            model=self.segmenter,
-            step_fn=step,
-            batches=loader,
-            cfg=cfg,
-            directory=directory,
-            meta={"method": "zs3net"},
-        )
+        return StagePlan(step, loader, cfg)
 
     @torch.no_grad()
     def build_feature_bank(self, dataset, *, device: torch.device, seed: int = 0) -> None:
@@ -443,10 +420,9 @@ class ZS3Net(Method):
 
     def fit_generator(self, ctx: RunContext) -> None:
         """Stage 2: the GMMN, by class-conditional MMD against balanced real seen features."""
-        directory = ctx.shared_stage_dir("zs3-generator", self._key2(ctx))
-        if stage_done(directory):
-            load_stage(self.feature_gen, directory)
-            return
+        self._shared_stage(ctx, "generator", self.feature_gen, self._parts2, self._generator_plan)
+
+    def _generator_plan(self, ctx: RunContext) -> StagePlan:
         self.build_feature_bank(ctx.train_set, device=ctx.device, seed=ctx.cfg.seed)
         g, cfg = self.cfg.generator, self.cfg.generator_train
         present = torch.nonzero(self.feature_gen.bank_count.cpu() > 0).flatten()  # seen positions
@@ -481,15 +457,7 @@ class ZS3Net(Method):
             )
             return {"loss": loss}
 
-        ctx.train_stage(
-            stage="generator",
-            model=self.feature_gen,
-            step_fn=step,
-            batches=batches,
-            cfg=cfg,
-            directory=directory,
-            meta={"method": "zs3net"},
-        )
+        return StagePlan(step, batches, cfg)
 
     def _classifier_batch(
         self,
@@ -526,11 +494,12 @@ class ZS3Net(Method):
 
     def fit_classifier(self, ctx: RunContext) -> None:
         """Stage 3: the 1x1 classifier over all classes, on real seen + generated unseen features."""
-        directory = ctx.shared_stage_dir("zs3-classifier", self._key3(ctx))
         self.segmenter.reset_classifier(self.split.num_classes)
-        if stage_done(directory):
-            load_stage(self.segmenter.classifier, directory)
-            return
+        self._shared_stage(
+            ctx, "classifier", self.segmenter.classifier, self._parts3, self._classifier_plan
+        )
+
+    def _classifier_plan(self, ctx: RunContext) -> StagePlan:
         c, cfg = self.cfg, self.cfg.classifier_train
         present = torch.nonzero(self.feature_gen.bank_count.cpu() > 0).flatten()
         unseen = self.unseen_t
@@ -554,14 +523,8 @@ class ZS3Net(Method):
                     ),
                 )
 
-        ctx.train_stage(
-            stage="classifier",
-            model=self.segmenter.classifier,
-            step_fn=lambda clf, batch: {"loss": _linear_ce(clf, batch, weight, ctx.device)},
-            batches=batches,
-            cfg=cfg,
-            directory=directory,
-            meta={"method": "zs3net"},
+        return StagePlan(
+            lambda clf, batch: {"loss": _linear_ce(clf, batch, weight, ctx.device)}, batches, cfg
         )
 
     # --------------------------------------------------------------- inference
@@ -689,6 +652,8 @@ class ZS5Net(ZS3Net):
     name = "zs5net"
     Config = ZS5NetConfig
     protocol = "transductive"
+    stage_schedules = (*ZS3Net.stage_schedules, "self_train")
+    tiny = (*ZS3Net.tiny, "model.self_train.batch_size=2", "model.pseudo_images=2")
 
     def fit(self, ctx: RunContext) -> None:
         super().fit(ctx)  # stages 1-3, shared with zs3net
@@ -732,11 +697,16 @@ class ZS5Net(ZS3Net):
     def fit_self_training(self, ctx: RunContext) -> None:
         """Stage 5: fine-tune the segmenter on seen ground truth + unseen pseudo-labels."""
         # a new directory name: stages trained with the all-class seen term are not reused
-        directory = ctx.stage_dir("self_training-seen-term")
         ctx.uses_unseen_names(reason="pseudo-labels are predicted over all class names", stage="5")
-        if stage_done(directory):
-            load_stage(self.segmenter, directory)
-            return
+        ctx.run_stage(
+            "self_training",
+            directory="self_training-seen-term",
+            model=self.segmenter,
+            prepare=lambda: self._self_training_plan(ctx),
+            meta={"method": "zs5net"},
+        )
+
+    def _self_training_plan(self, ctx: RunContext) -> StagePlan:
         c, cfg = self.cfg, self.cfg.self_train
         indices, pseudo = self.pseudo_label(ctx.train_images, device=ctx.device, amp=cfg.amp)
         counts = {self.split.names[u]: int((pseudo == u).sum()) for u in self.split.unseen}
@@ -790,12 +760,4 @@ class ZS5Net(ZS3Net):
             loss = loss_seen + c.pseudo_loss_weight * loss_pseudo
             return {"loss": loss, "seen": loss_seen.detach(), "pseudo": loss_pseudo.detach()}
 
-        ctx.train_stage(
-            stage="self_training",
-            model=self.segmenter,
-            step_fn=step,
-            batches=batches,
-            cfg=cfg,
-            directory=directory,
-            meta={"method": "zs5net"},
-        )
+        return StagePlan(step, batches, cfg)

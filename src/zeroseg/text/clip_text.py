@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from zeroseg.text.encoders import TextEncoder
+from zeroseg.text.base import TextEncoder
 
 
 class CLIPTextEncoder(TextEncoder):

@@ -123,7 +123,7 @@ def skip_bad_samples(ds: FileListDataset) -> int:
     """
     import logging
 
-    from zeroseg.data.check import check_item
+    from zeroseg.data.real.items import check_item
 
     log = logging.getLogger("zeroseg.data")
     bad: dict[int, list[str]] = {}

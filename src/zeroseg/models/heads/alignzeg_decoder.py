@@ -209,28 +209,13 @@ class AlignZegModel(MaskClassifier):
                 tokens = self.clip.forward_features(x)["patch_tokens"]  # (B, h, w, width)
         return tokens.permute(0, 3, 1, 2).contiguous()
 
-    def _predict_masks(self, q: Tensor, mask_feats: Tensor, attn_size: tuple[int, int] | None):
-        """Mask logits (B,N,h,w), class embeddings (B,N,D), hidden (B,N,C) and the next attention mask."""
-        h = self.decoder_norm(q)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(h), mask_feats)
-        emb = self.class_embed(h)
-        attn = None
-        if attn_size is not None:
-            m = F.interpolate(
-                masks.detach().float(), size=attn_size, mode="bilinear", align_corners=False
-            )
-            attn = (m.sigmoid() < 0.5).flatten(2)  # (B, N, L), True = blocked
-            attn[attn.all(-1)] = False  # an empty mask attends everywhere (Mask2Former)
-            attn = attn.repeat_interleave(self.cfg.heads, dim=0)
-        return masks, emb, h, attn
-
     def forward(self, images: Tensor) -> AlignZegOutputs:
         """(B, 3, H, W) uint8 images -> :class:`AlignZegOutputs`."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         feats = self.backbone(x)
         mask_feats = self.mask_features(feats[-1])  # (B, Cm, h, w)
         clip = self._clip_tokens(images) if self.clip is not None else None
-        mems, poss, sizes = [], [], []
+        levels = []
         for i in range(3):
             f = self.input_proj[i](feats[i])
             if clip is not None:  # Z = Z_enc + P(Z_clip), resized to this level
@@ -238,16 +223,14 @@ class AlignZegModel(MaskClassifier):
                     clip.to(f.dtype), size=f.shape[-2:], mode="bilinear", align_corners=False
                 )
                 f = f + self.clip_proj[i](z)
-            sizes.append(tuple(f.shape[-2:]))
-            poss.append(sine_position(f, f.shape[1]))
-            mems.append(f.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None])
+            levels.append(self._level(i, f))
+        sizes, poss, mems = (list(x) for x in zip(*levels))
         b, cm, mh, mw = mask_feats.shape
         mask_tokens = mask_feats.flatten(2).transpose(1, 2)  # (B, h*w, Cm)
         mask_pos = sine_position(mask_feats, cm) if self.refine else None
-        q = self.query_feat.weight[None].expand(b, -1, -1)
-        q_pos = self.query_pos.weight[None].expand(b, -1, -1)
+        q, q_pos = self._queries(b)
         preds = []
-        masks, emb, h, attn = self._predict_masks(q, mask_feats, sizes[0])
+        masks, emb, h, attn = self._predict(q, mask_feats, sizes[0])
         preds.append((masks, emb))
         for i, layer in enumerate(self.layers):
             lvl = i % 3
@@ -258,7 +241,7 @@ class AlignZegModel(MaskClassifier):
                 mems[lvl] = self.level_refiners[i](mems[lvl], poss[lvl], q, q_pos)
                 mask_tokens = self.mask_refiners[i](mask_tokens, mask_pos, q, q_pos)
                 mask_feats = mask_tokens.transpose(1, 2).reshape(b, cm, mh, mw)
-            masks, emb, h, attn = self._predict_masks(q, mask_feats, sizes[(i + 1) % 3])
+            masks, emb, h, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
             preds.append((masks, emb))
         return AlignZegOutputs(
             masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1], hidden=h

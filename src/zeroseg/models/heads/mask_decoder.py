@@ -272,11 +272,29 @@ class MaskClassifier(nn.Module):
         self.classifier = TextClassifier(embed_dim, cfg.init_temperature)
 
     # -- forward -----------------------------------------------------------------------------
+    def _level(self, i: int, f: Tensor) -> tuple[tuple[int, int], Tensor, Tensor]:
+        """Projected pyramid level ``i`` (B, C, h, w) -> its size, sine positions and memory tokens
+        (B, h*w, C) with the level embedding added."""
+        tokens = f.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None]
+        return tuple(f.shape[-2:]), sine_position(f, f.shape[1]), tokens
+
+    def _queries(self, b: int) -> tuple[Tensor, Tensor]:
+        """The learned queries and their positions, (B, N, C) each."""
+        return (
+            self.query_feat.weight[None].expand(b, -1, -1),
+            self.query_pos.weight[None].expand(b, -1, -1),
+        )
+
     def _predict(self, q: Tensor, mask_feats: Tensor, attn_size: tuple[int, int] | None):
-        """Mask logits (B,N,h,w), class embeddings (B,N,D) and the next layer's attention mask."""
-        q = self.decoder_norm(q)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), mask_feats)
-        emb = self.class_embed(q)
+        """The prediction step after each decoder layer (Mask2Former), shared by every mask model.
+
+        Returns:
+            mask logits (B,N,h,w), class embeddings (B,N,D), the normalised query states (B,N,C)
+            and the next layer's attention mask (None when ``attn_size`` is None).
+        """
+        h = self.decoder_norm(q)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(h), mask_feats)
+        emb = self.class_embed(h)
         attn = None
         if attn_size is not None:
             m = F.interpolate(
@@ -286,31 +304,25 @@ class MaskClassifier(nn.Module):
             # A query whose mask is empty attends everywhere, as in Mask2Former.
             attn[attn.all(-1)] = False
             attn = attn.repeat_interleave(self.cfg.heads, dim=0)
-        return masks, emb, attn
+        return masks, emb, h, attn
 
     def forward(self, images: Tensor) -> MaskOutputs:
         """(B, 3, H, W) uint8 images (H, W multiples of 8; 32 for ResNets) -> :class:`MaskOutputs`."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         feats = self.backbone(x)
         mask_feats = self.mask_features(feats[-1])
-        mems, poss, sizes = [], [], []
-        for i in range(3):
-            f = self.input_proj[i](feats[i])
-            sizes.append(tuple(f.shape[-2:]))
-            poss.append(sine_position(f, f.shape[1]))
-            mems.append(f.flatten(2).transpose(1, 2) + self.level_embed.weight[i][None, None])
-        b = images.shape[0]
-        q = self.query_feat.weight[None].expand(b, -1, -1)
-        q_pos = self.query_pos.weight[None].expand(b, -1, -1)
+        levels = [self._level(i, self.input_proj[i](feats[i])) for i in range(3)]
+        sizes, poss, mems = (list(x) for x in zip(*levels))
+        q, q_pos = self._queries(images.shape[0])
         preds = []
-        masks, emb, attn = self._predict(q, mask_feats, sizes[0])
+        masks, emb, _, attn = self._predict(q, mask_feats, sizes[0])
         preds.append((masks, emb))
         for i, layer in enumerate(self.layers):
             lvl = i % 3
             q = layer(
                 q, q_pos, mems[lvl], poss[lvl], attn.to(q.device) if attn is not None else None
             )
-            masks, emb, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
+            masks, emb, _, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
             preds.append((masks, emb))
         return MaskOutputs(masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1])
 

@@ -1,0 +1,61 @@
+"""The pixel-projection model (SPNet, Xian et al. CVPR 2019, eq. 1-2): a dense backbone's pixel
+features projected into the class-embedding space and scored by scaled cosine similarity.
+
+Shared by the projection baseline and the oracle (``methods/projection.py``) and SAZS
+(``methods/sazs.py``), so none of those method modules imports another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from zeroseg.methods.base import Method
+from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
+from zeroseg.models.heads.projection import ProjectionHead
+
+
+@dataclass
+class ProjectionConfig:
+    """Model options of the projection baseline / oracle."""
+
+    backbone: SmallUNetConfig = field(default_factory=SmallUNetConfig)  # the dense CNN
+    calibration: float = 0.0  # gamma of calibrated stacking (0 = off)
+    foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
+    freeze_backbone: bool = (
+        False  # train the head only (ZegCLIP's baseline on the frozen foundation)
+    )
+
+
+class PixelProjection(Method):
+    """A dense backbone whose pixel embeddings are scored against class text embeddings.
+
+    The model part of the projection baseline, the oracle and SAZS (which adds a boundary head);
+    each of them writes its own ``fit`` and ``scores``.
+    """
+
+    def __init__(self, cfg: ProjectionConfig, *, split, embed_dim: int):
+        super().__init__(cfg, split=split, embed_dim=embed_dim)
+        self.backbone = SmallUNet(cfg.backbone)
+        self.head = ProjectionHead(self.backbone.out_dim, embed_dim)
+        # SAZS builds on this class with its own config, which always fine-tunes.
+        self.frozen_backbone = isinstance(cfg, ProjectionConfig) and cfg.freeze_backbone
+        if self.frozen_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()  # frozen: its batch-norm statistics stay the pretrained ones
+        return self
+
+    def logits(
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, *, upsample: bool = True
+    ) -> torch.Tensor:
+        """(B,3,H,W) uint8, (K,D) -> (B,K,H,W) logits (at feature resolution if not ``upsample``)."""
+        out = self.head(self.backbone(images), class_embeddings).float()
+        if not upsample:
+            return out
+        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
