@@ -164,6 +164,44 @@ def test_the_shipped_foundation_loads_and_matches_its_sidecar_and_the_code():
     json.dumps(side)
 
 
+EXCLUDED = "shapeworld-foundation-exclude-default"
+
+
+def test_the_shipped_exclude_foundation_never_named_the_default_worlds_unseen_classes():
+    # The ablation foundation (zeroseg pretrain foundation --exclude default --ship): the same
+    # config as the shipped one but for `exclude`, its captions without the default world's
+    # unseen names; a run that starts from it reports that its captions did not name them.
+    from zeroseg.methods.base import RunContext
+
+    path = SHIPPED.with_name(f"{EXCLUDED}.safetensors")
+    side = read_sidecar(EXCLUDED)
+    assert file_sha256(path) == side["sha256"] and path.stat().st_size <= 16 * 2**20
+    assert side["command"] == "zeroseg pretrain foundation --exclude default"
+    default = load_spec(None)
+    assert sorted(side["excluded"]) == sorted(default.class_split().unseen_names)
+    cfg = dataclasses.replace(FoundationConfig(), exclude="default")
+    assert cfg.key() == side["config_hash"]
+    assert side["config_hash"] != read_sidecar(SHIPPED)["config_hash"]
+    model = load_foundation(EXCLUDED)
+    shipped = load_foundation("shipped")
+    assert not torch.equal(model.head.proj[-1].weight, shipped.head.proj[-1].weight)
+    second = load_spec(SHIPPED.parents[1] / "data/shapeworld/worlds/second.yaml")
+    for world, names_unseen in ((default, False), (second, True)):
+        ctx = RunContext(
+            cfg=None,
+            directory=None,
+            split=world.class_split(),
+            train_set=None,
+            train_images=None,
+            embed=None,
+            device=torch.device("cpu"),
+            world=world,
+        )
+        ctx.uses_foundation(EXCLUDED)
+        assert ctx.encoders[0]["captions_name_unseen"] is names_unseen, world.name
+        assert ctx.foundation["excluded"] == side["excluded"]
+
+
 def test_methods_load_the_foundation_strictly(tmp_path):
     from zeroseg.data.classes import ClassSplit
     from zeroseg.methods.base import RunContext
