@@ -32,6 +32,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from zeroseg import bench_train  # noqa: E402
+from zeroseg.bench_train import status_mib  # noqa: E402
 from zeroseg.models.backbones.clip import (  # noqa: E402
     CLIP_PRESETS,
     CLIPVisionConfig,
@@ -137,26 +139,9 @@ def time_interleaved(
     return times
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 7) -> float:
-    """Median GFLOP/s of an n x n x n matmul."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        a @ b
-    runs = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        runs.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(runs) / 1e9
-
-
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+def matmul_peak(dtype: torch.dtype) -> float:
+    """Median GFLOP/s of a 2048^3 matmul by wall time (the inference figures are wall time)."""
+    return bench_train.matmul_peak(dtype, n=2048, reps=7, clock=time.perf_counter)
 
 
 def _loadavg() -> str:
@@ -179,11 +164,11 @@ def rss_child(impl: str, mode: str, size: int) -> None:
     gc.collect()
     fn = runners(ours, hf, torch.randn(1, 3, size, size), mode, in_place=True)[impl]
     gc.collect()
-    before = _status_mib("VmRSS")
+    before = status_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     fn()
-    print(f"{before:.1f} {_status_mib('VmHWM'):.1f}")
+    print(f"{before:.1f} {status_mib('VmHWM'):.1f}")
 
 
 def main() -> None:

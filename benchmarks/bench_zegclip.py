@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
 from bench_clip_encoder import (  # noqa: E402
     _loadavg,
-    _status_mib,
     build_models,
     encoder_flops,
     matmul_peak,
     time_interleaved,
 )
 
+from zeroseg.bench_train import status_mib  # noqa: E402
 from zeroseg.config import load_config  # noqa: E402
 from zeroseg.data.classes import ClassSplit  # noqa: E402
 from zeroseg.runner import build_method  # noqa: E402
@@ -115,7 +115,7 @@ def rss_child(mode: str, k: int, threads: int) -> None:
     text, seen = vocabulary(k)
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "bf16"):
         model.scores(images(), text, seen)
-    print(f"{_status_mib('VmHWM'):.1f}")
+    print(f"{status_mib('VmHWM'):.1f}")
 
 
 def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:

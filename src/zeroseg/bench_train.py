@@ -36,17 +36,25 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["StageTimer", "bench_train", "bench_train_one", "matmul_peak", "train_schedules"]
+__all__ = [
+    "StageTimer",
+    "bench_train",
+    "bench_train_one",
+    "matmul_peak",
+    "status_mib",
+    "train_schedules",
+]
 
 STEPS = 5  # per stage: 1 warm-up, STEPS - 2 timed, 1 counted
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
-    """Median GFLOP/s of an n x n x n matmul in ``dtype`` per second of process CPU time.
+def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5, clock=time.process_time) -> float:
+    """Median GFLOP/s of an n x n x n matmul in ``dtype``, timed by ``clock``.
 
-    CPU time, not wall time: other jobs on the machine lengthen the wall time of the
-    measurement and of the training steps alike, but not (much) their CPU time. With one
-    thread this is the core's peak; with T threads, per CPU-second (T x wall-time peak / T).
+    By default per second of process CPU time, not wall time: other jobs on the machine
+    lengthen the wall time of the measurement and of the training steps alike, but not (much)
+    their CPU time. With one thread this is the core's peak; with T threads, per CPU-second
+    (T x wall-time peak / T). The inference benchmarks pass ``time.perf_counter`` (wall time).
     """
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
@@ -54,13 +62,14 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
         a @ b
     runs = []
     for _ in range(reps):
-        start = time.process_time()
+        start = clock()
         a @ b
-        runs.append(time.process_time() - start)
+        runs.append(clock() - start)
     return 2 * n**3 / statistics.median(runs) / 1e9
 
 
-def _vm_mib(field: str) -> float:
+def status_mib(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (VmRSS, VmHWM, ...) in MiB (Linux)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -154,7 +163,7 @@ class StageTimer:
                 s.step_s.append(time.perf_counter() - begin)
                 s.cpu_s.append(time.process_time() - cpu)
         self._last_end = time.perf_counter()
-        s.peak_rss_mb = max(s.peak_rss_mb, _vm_mib("VmHWM"))
+        s.peak_rss_mb = max(s.peak_rss_mb, status_mib("VmHWM"))
 
     def rows(self, peaks: dict[str, float]) -> list[dict]:
         out = []

@@ -272,12 +272,13 @@ def _split_tensors(dataset: ShapeWorldDataset, count: int) -> tuple[Tensor, Tens
 
 
 # The linear probe's schedule, chosen on the default world's val images with the shipped
-# foundation (seen-class probe mIoU; training loss on a tenth of the fit pixels):
+# foundation (seen-class probe mIoU; training loss on a tenth of the fit pixels;
+# `python benchmarks/probe_schedule.py` reproduces these):
 #   300 steps, lr 1e-2 constant (the earlier probe): 55.4 (loss 0.56)
 #   1000 steps, lr 1e-2 cosine: 61.8 (0.43);  3000, 1e-2: 68.3 (0.29);  3000, 3e-2: 70.7 (0.24)
 #   L-BFGS, 200k pixels, L2 1e-5: 58.6 (0.40)
 # The figure rises as long as the fit does: the probe measures linear separability, so it is
-# trained as far as the budget allows (about 4 minutes on 2 busy cores).
+# trained as far as the budget allows (about 4 minutes at one thread on a busy machine).
 PROBE_STEPS = 3000
 PROBE_LR = 3e-2
 

@@ -16,6 +16,7 @@ from zeroseg.foundation import SHIPPED, write_foundation
 from zeroseg.foundation.train import FoundationConfig, foundation_report, train_foundation
 from zeroseg.foundation.web import world_path
 from zeroseg.paths import cache_dir
+from zeroseg.pretrain import PROBE_STEPS
 
 # The benchmark worlds the sidecar's quality figures are measured on.
 REPORT_WORLDS = ("default", "second")
@@ -51,7 +52,7 @@ def pretrain_foundation(
     ship: bool = False,
     report_worlds: list[str] | None = None,
     probe_images: int = 2000,
-    probe_steps: int | None = None,
+    probe_steps: int = PROBE_STEPS,
     command: str = "zeroseg pretrain foundation",
     progress: bool = True,
 ) -> dict:
@@ -77,7 +78,7 @@ def pretrain_foundation(
             text_encoder=cfg.text_encoder,
             templates=cfg.templates,
             train_images=probe_images,
-            **({} if probe_steps is None else {"probe_steps": probe_steps}),
+            probe_steps=probe_steps,
         )
         zs = figures[name]["zero_shot"]
         print(
