@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from zeroseg.config import ConfigError
 from zeroseg.demo import GAP_RULE, seed_gaps, seed_rows, seed_spread
-from zeroseg.report import protocol_label, write_seed_summary
+from zeroseg.report import comparison_lines, protocol_label, write_seed_summary
 
 
 def _row(s: float, u: float, h: float, a: float, gamma: float) -> dict:
@@ -87,3 +88,71 @@ def test_protocol_labels_use_the_documented_words():
     clip = {"protocol_detail": {"category": "inductive", "unseen_names": [], "clip_like": True}}
     assert protocol_label(clip) == "inductive; CLIP-like encoder"
     assert protocol_label({"protocol": "supervised"}) == "supervised"
+
+
+def test_seed_report_has_a_like_for_like_table_marking_only_gaps_beyond_the_spread(tmp_path):
+    by_seed = {
+        s: {**rows, "zs5net": _row(r["seen_miou"], r["unseen_miou"] + 4, r["hiou"] + 4, 9, 0.1)}
+        for s, rows in BY_SEED.items()
+        for r in [rows["zs3net"]]
+    }
+    rows = seed_rows(by_seed, seed_spread(by_seed))
+    # zs5net is compared with zs3net first, then with the projection baseline (its preset)
+    assert rows["zs5net"]["baseline"] == "zs3net"
+    assert list(rows["zs5net"]["comparisons"]) == ["zs3net", "projection"]
+    assert rows["zs5net"]["comparisons"]["projection"]["hiou"]["value"] == pytest.approx(14.0)
+    summary = {"title": "t", "seeds": [0, 1, 2], "eval_split": "test", "tuned_on": "val"}
+    md, _ = write_seed_summary(tmp_path, {**summary, "gap_rule": GAP_RULE, "methods": rows})
+    text = md.read_text()
+    table = text[text.index("## Like for like") :].splitlines()
+    line = next(x for x in table if x.startswith("| zs3net | projection"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2] == "+2.0 (± 6.0, no difference)"  # mIoU(S): 2 < 3 + 3
+    assert cells[4] == "**+10.0** (± 2.0)"  # hIoU: 10 > 1 + 1
+    line = next(x for x in table if x.startswith("| zs5net | zs3net"))
+    assert [c.strip() for c in line.split("|")[1:-1]][3] == "**+4.0** (± 2.0)"
+
+
+def test_one_seed_report_lists_each_row_against_its_baselines():
+    rows = {
+        "projection": {"seen_miou": 70.0, "unseen_miou": 60.0, "hiou": 64.6, "ausuc": 39.0},
+        "zs3net": {"seen_miou": 45.0, "unseen_miou": 30.0, "hiou": 36.0, "ausuc": None},
+    }
+    rows["zs3net"]["baselines"] = ["projection"]
+    lines = comparison_lines(rows)
+    assert lines[-1] == "| zs3net | projection | -25.0 | -30.0 | -28.6 | – |"
+    assert comparison_lines({"projection": rows["projection"]}) == []
+
+
+def _preset(directory, stem: str, demo: str) -> None:
+    (directory / f"{stem}.yaml").write_text(f"method: projection\ndemo: {demo}\n")
+
+
+def test_demo_rows_take_baselines_from_the_presets(tmp_path, monkeypatch):
+    import zeroseg.demo as demo
+
+    monkeypatch.setattr(demo, "PRESET_DIR", tmp_path)
+    _preset(tmp_path, "projection_x", "{row: default, order: 1}")
+    _preset(tmp_path, "zs3net_x", "{row: default, order: 2, baselines: [projection]}")
+    rows = demo.demo_rows()
+    assert rows["zs3net"].baselines == ("projection",) and rows["projection"].baselines == ()
+    _preset(tmp_path, "zs5net_x", "{row: default, order: 3, baselines: [zs4net]}")
+    with pytest.raises(ConfigError, match=r"zs5net_x: demo.baselines \['zs4net'\] are not other"):
+        demo.demo_rows()
+    _preset(tmp_path, "zs5net_x", "{row: default, order: 3, baselines: projection}")
+    with pytest.raises(ConfigError, match="must be a list of demo row names"):
+        demo.demo_rows()
+
+
+def test_every_shipped_baseline_is_a_demo_row_of_the_same_family():
+    import zeroseg.demo as demo
+
+    rows = demo.demo_rows()
+    assert rows["zs5net"].baselines == ("zs3net", "projection")
+    assert rows["zegclip"].baselines == ("projection-frozen",)
+    assert rows["alignzeg"].baselines == ("mask-projection", "pading")
+    assert demo.baselines_of("zs3net+spectral") == ("zs3net",)
+    # ablation rows are compared with their full method
+    for name, row in rows.items():
+        if row.kind == "ablation":
+            assert row.baselines and name.startswith(row.baselines[0].split("-")[0]), name

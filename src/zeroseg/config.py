@@ -62,6 +62,8 @@ class DemoConfig:
 
     row: str = ""  # "" (not a demo row) | "default" (run by default) | "ablation" (--ablations)
     order: int = 0  # the row's place in the report (ascending)
+    # demo rows it is compared with like for like (same backbone, images, budget); first = main
+    baselines: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -420,6 +422,14 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
     """
     _check(_int_in(cfg.seed, 0, 2**63 - 1), where, "seed", "an integer >= 0", cfg.seed)
     _check(cfg.demo.row in DEMO_ROWS, where, "demo.row", "'', default or ablation", cfg.demo.row)
+    _check(
+        isinstance(cfg.demo.baselines, list)
+        and all(isinstance(b, str) for b in cfg.demo.baselines),
+        where,
+        "demo.baselines",
+        "a list of demo row names",
+        cfg.demo.baselines,
+    )
     _check(
         cfg.device in ("auto", "cpu", "cuda")
         or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,25 @@ from zeroseg.data.shapeworld import load_spec
 from zeroseg.report import _fmt
 
 
-def demo_rows() -> dict[str, tuple[str, str, int]]:
-    """Row name -> (preset, "default" | "ablation", order), from the presets' ``demo:`` entries.
+@dataclass(frozen=True)
+class DemoRow:
+    """A row of ``zeroseg demo``, declared by its preset's ``demo:`` entry."""
+
+    preset: str
+    kind: str  # "default" or "ablation" (shown with --ablations)
+    order: int
+    # the rows it is compared with like for like (same backbone, images, budget), first = main
+    baselines: tuple[str, ...] = ()
+
+
+def demo_rows() -> dict[str, DemoRow]:
+    """Row name -> its :class:`DemoRow`, from the presets' ``demo:`` entries.
 
     A row is named by its preset's first word (``projection-frozen_unet-small_2k_shapeworld`` ->
-    ``projection-frozen``); a method joins the demo by its preset alone.
+    ``projection-frozen``); a method joins the demo by its preset alone. ``demo: {baselines:
+    [...]}`` names the rows it is compared with; each must be a demo row itself.
     """
-    rows: dict[str, tuple[str, str, int]] = {}
+    rows: dict[str, DemoRow] = {}
     for path in sorted(PRESET_DIR.glob("*.yaml")):
         demo = (safe_load(path.read_text()) or {}).get("demo") or {}
         if not demo.get("row"):
@@ -37,27 +50,55 @@ def demo_rows() -> dict[str, tuple[str, str, int]]:
         name = path.stem.split("_")[0]
         if name in rows:
             raise ConfigError(
-                f"demo row {name!r} is claimed by two presets: {rows[name][0]} and {path.stem}"
+                f"demo row {name!r} is claimed by two presets: {rows[name].preset} and {path.stem}"
             )
-        rows[name] = (path.stem, demo["row"], int(demo.get("order", 0)))
+        if demo["row"] not in ("default", "ablation"):
+            raise ConfigError(
+                f"{path.stem}: demo.row must be 'default' or 'ablation', got {demo['row']!r}"
+            )
+        baselines = demo.get("baselines") or []
+        if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+            raise ConfigError(
+                f"{path.stem}: demo.baselines must be a list of demo row names, got {baselines!r}"
+            )
+        rows[name] = DemoRow(path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines))
+    for name, row in rows.items():
+        unknown = [b for b in row.baselines if b not in rows or b == name]
+        if unknown:
+            raise ConfigError(
+                f"{row.preset}: demo.baselines {unknown} are not other demo rows; "
+                f"valid: {sorted(rows)}"
+            )
     return rows
 
 
 def _rows_of(kind: str) -> tuple[str, ...]:
     rows = demo_rows()
-    return tuple(sorted((n for n in rows if rows[n][1] == kind), key=lambda n: (rows[n][2], n)))
+    return tuple(
+        sorted((n for n in rows if rows[n].kind == kind), key=lambda n: (rows[n].order, n))
+    )
 
 
 # row name -> its ShapeWorld preset; the default rows (one per published system, its baseline and
 # the oracle) and the ablation rows (with --ablations), in the report's order.
-DEMO_PRESETS: dict[str, str] = {name: row[0] for name, row in demo_rows().items()}
+DEMO_PRESETS: dict[str, str] = {name: row.preset for name, row in demo_rows().items()}
 DEFAULT_METHODS = _rows_of("default")
 ABLATIONS = _rows_of("ablation")
 QUICK = {"iters_scale": 0.25, "val_images": 200}  # val_images: the val and test limit
 
 
+def baselines_of(name: str) -> tuple[str, ...]:
+    """The rows ``name`` is compared with: its preset's ``demo.baselines``; a refined row
+    (``projection+spectral``) is compared with the same method unrefined."""
+    if "+" in name:
+        return (name.split("+")[0],)
+    row = demo_rows().get(name)
+    return row.baselines if row else ()
+
+
 def fingerprint(cfg, world_key: str) -> str:
-    blob = json.dumps({"cfg": to_dict(cfg), "world": world_key}, sort_keys=True, default=str)
+    run = {k: v for k, v in to_dict(cfg).items() if k != "demo"}  # the row's metadata: no effect
+    blob = json.dumps({"cfg": run, "world": world_key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -207,6 +248,8 @@ def run_demo(
             f"  hIoU {_fmt(metrics['hiou'])}  AUSUC {_fmt(metrics.get('ausuc'))}"
             f"  gamma {metrics['calibration']['gamma']:+.2f} (on val)  ({took})"
         )
+    for name, row in rows.items():  # the like-for-like comparisons the report shows
+        row["baselines"] = [b for b in baselines_of(name) if b in rows]
     from zeroseg.report import write_report
     from zeroseg.viz import bar_chart, prediction_grid, seen_unseen_curves
 
@@ -251,27 +294,6 @@ def run_demo(
 
 
 SEED_METRICS = ("seen_miou", "unseen_miou", "hiou", "ausuc")
-# The row each method's gap is measured against in a seed report: the baseline that shares its
-# backbone family (pixel classifiers: the projection baseline; mask classifiers: mask-projection).
-BASELINES: dict[str, str] = {
-    "zs3net": "projection",
-    "zs5net": "projection",
-    "zegclip": "projection",
-    "zegclip-st": "projection",
-    "zegclip-nodpt": "projection",
-    "zegclip-nord": "projection",
-    "zegclip-nonel": "projection",
-    "sazs": "projection",
-    "sazs-nofusion": "projection",
-    "pading": "mask-projection",
-    "pading-g": "mask-projection",
-    "pading-p": "mask-projection",
-    "pading-pa": "mask-projection",
-    "alignzeg": "mask-projection",
-    "alignzeg-norefine": "mask-projection",
-    "alignzeg-nogen": "mask-projection",
-    "alignzeg-nobc": "mask-projection",
-}
 
 
 def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
@@ -282,8 +304,8 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
     checkpoint would be. Writes ``out/seeds.json`` and ``out/seeds.md``: per method the mean,
     sample standard deviation, minimum and maximum of mIoU(S), mIoU(U), hIoU and AUSUC over the
     seeds; and ``out/report.json`` / ``out/report.md``: per method each metric's mean as
-    ``<metric>`` and its standard deviation as ``<metric>_std``, the gap to the method's baseline
-    (:data:`BASELINES`) and whether it exceeds the spread (:func:`seed_gaps`).
+    ``<metric>`` and its standard deviation as ``<metric>_std``, the gap to each of the method's
+    baselines (:func:`baselines_of`) and whether it exceeds the spread (:func:`seed_gaps`).
 
     Args:
         out: output directory.
@@ -354,7 +376,8 @@ def seed_gaps(row: dict, base: dict, metrics: Sequence[str] = SEED_METRICS) -> d
 def seed_rows(rows_by_seed: dict[int, dict[str, dict]], spread: dict[str, dict]) -> dict:
     """report.json rows of a seed run: ``<metric>`` the mean over seeds, ``<metric>_std`` its
     sample standard deviation, the calibration ``gamma`` of each seed, the protocol, and the
-    gap to the baseline (:func:`seed_gaps`) when the baseline was run too."""
+    gaps to its baselines (:func:`baselines_of`, :func:`seed_gaps`) that were run too: ``baseline``
+    and ``gap`` for the first, ``comparisons`` for each."""
     seeds = list(rows_by_seed)
     first = rows_by_seed[seeds[0]]
     rows: dict[str, dict] = {}
@@ -373,10 +396,11 @@ def seed_rows(rows_by_seed: dict[int, dict[str, dict]], spread: dict[str, dict])
         }
         rows[name] = row
     for name, row in rows.items():
-        base = BASELINES.get(name.split("+")[0])
-        if base in rows:
-            row["baseline"] = base
-            row["gap"] = seed_gaps(row, rows[base])
+        present = [b for b in baselines_of(name) if b in rows]
+        if present:
+            row["baseline"] = present[0]
+            row["gap"] = seed_gaps(row, rows[present[0]])
+            row["comparisons"] = {b: seed_gaps(row, rows[b]) for b in present}
     return rows
 
 

@@ -54,6 +54,73 @@ def protocol_label(row: dict) -> str:
     return "; ".join(parts)
 
 
+COMPARED = (
+    ("seen_miou", "mIoU(S)"),
+    ("unseen_miou", "mIoU(U)"),
+    ("hiou", "hIoU"),
+    ("ausuc", "AUSUC"),
+)
+
+
+def comparison_lines(rows: dict) -> list[str]:
+    """The "Like for like" table of a one-seed report: each row against its baselines
+    (``row["baselines"]``, from its preset's ``demo.baselines``), as differences of the metrics.
+    One seed has no spread, so no gap is marked; ``--seeds`` marks those that exceed it."""
+    pairs = [(n, b) for n, r in rows.items() for b in r.get("baselines", [])]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "## Like for like",
+        "",
+        "Each method minus the row it is compared with (same backbone, training images and "
+        "budget; ablation rows against their full method; `+refinement` rows against the "
+        "unrefined method). One seed: these differences have no spread yet; "
+        "`zeroseg demo --seeds` marks the ones that exceed it.",
+        "",
+        "| method | vs | " + " | ".join(f"Δ {label}" for _, label in COMPARED) + " |",
+        "|---|---|" + "---:|" * len(COMPARED),
+    ]
+    for name, base in pairs:
+        row, ref = rows[name], rows[base]
+        cells = [
+            "–" if row.get(k) is None or ref.get(k) is None else f"{row[k] - ref[k]:+.1f}"
+            for k, _ in COMPARED
+        ]
+        lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
+    """The "Like for like" table of a seed report: each row against each of its baselines
+    (``row["comparisons"]``), the difference of means, **bold** where it exceeds the spread."""
+    pairs = [(n, b, g) for n, r in rows.items() for b, g in r.get("comparisons", {}).items()]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "## Like for like",
+        "",
+        f"Difference of means, method minus the row it is compared with; **bold** where it "
+        f"exceeds the spread ({gap_rule}), 'no difference' where it does not.",
+        "",
+        "| method | vs | " + " | ".join(f"Δ {label}" for _, label in COMPARED) + " |",
+        "|---|---|" + "---:|" * len(COMPARED),
+    ]
+    for name, base, gaps in pairs:
+        cells = []
+        for k, _ in COMPARED:
+            g = gaps.get(k)
+            if g is None:
+                cells.append("–")
+            elif g["exceeds_spread"]:
+                cells.append(f"**{g['value']:+.1f}** (± {g['spread']:.1f})")
+            else:
+                cells.append(f"{g['value']:+.1f} (± {g['spread']:.1f}, no difference)")
+        lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     """Writes ``report.json`` (the data) and ``report.md`` (tables) under ``out``.
 
@@ -131,6 +198,7 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         took = "reused" if r.get("reused") else _fmt(r.get("train_seconds"), 0)
         line += f" {took} | {_fmt(r.get('infer_ms_per_image'), 2)} |"
         lines.append(line)
+    lines += comparison_lines(rows)
     lines += ["", "Protocols:"]
     for note in dict.fromkeys(
         PROTOCOL_NOTE.get(r["protocol"], r["protocol"]) for r in rows.values()
@@ -247,5 +315,6 @@ def write_seed_summary(out: Path, summary: dict) -> tuple[Path, Path]:
             + ", ".join("–" if g is None else f"{g:+.2f}" for g in gammas.values())
             + " |"
         )
+    lines += seed_comparison_lines(summary["methods"], summary["gap_rule"])
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md", out / "report.json"
