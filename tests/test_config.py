@@ -82,3 +82,41 @@ def test_a_base_chain_and_a_bad_base_fail_clearly(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="demo.row"):
         load_config("projection_unet-small_2k_shapeworld", ["demo.row=sometimes"])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def _changes(name: str, base: str) -> dict:
+    import dataclasses
+
+    a = _flat(dataclasses.asdict(load_config(base)))
+    b = _flat(dataclasses.asdict(load_config(name)))
+    return {k: b.get(k) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def test_the_frozen_projection_presets_are_the_projection_preset_plus_a_few_keys():
+    # projection-frozen is written as `base: projection` + its changes; the -excl ablation cannot
+    # chain on it (one level only), so it repeats those changes: both must stay in step.
+    frozen = {
+        "train.iters": 4000,
+        "train.lr": 0.001,
+        "train.weight_decay": 0.01,
+        "model.freeze_backbone": True,
+    }
+    base = "projection_unet-small_2k_shapeworld"
+    assert _changes("projection-frozen_unet-small_2k_shapeworld", base) == frozen | {
+        "demo.order": 5
+    }
+    assert _changes(
+        "projection-frozen-excl_unet-small_2k_shapeworld",
+        "projection-frozen_unet-small_2k_shapeworld",
+    ) == {
+        "model.foundation": "shapeworld-foundation-exclude-default",
+        "demo.row": "ablation",
+        "demo.order": 11,
+    }

@@ -1,6 +1,7 @@
 """docs/adding-a-method.md's worked example, done exactly as written: the package and its tests are
 copied to a temp dir, the two files the page shows are written there and nothing else, and a
-fresh interpreter finds the method and its demo row and passes the contract test with it."""
+fresh interpreter finds the method and its demo row and passes the contract and stage tests
+with it."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def test_the_worked_example_adds_a_method(tmp_path):
             "no:cacheprovider",
             "tests/methods/test_contract.py",
             "tests/test_imports.py",
+            "tests/test_stages.py",
             "-k",
             "colour-projection or import or cycle or layer",
         ],
@@ -74,4 +76,5 @@ def test_the_worked_example_adds_a_method(tmp_path):
         text=True,
     )
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
-    assert re.search(r"\b8 passed", tests.stdout), tests.stdout[-500:]
+    # 8 contract and import tests, and 2 stage tests: its stages' schedules exist, and --quick
+    assert re.search(r"\b10 passed", tests.stdout), tests.stdout[-500:]

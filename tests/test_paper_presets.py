@@ -68,7 +68,7 @@ def test_paper_preset_trains_two_iterations_and_evaluates(preset, tmp_path):
             "text.encoder=minilm",  # no CLIP or word2vec file on this machine
         ]
         + list(cls.tiny)
-        + [f"model.{path}.iters=2" for path in cls.stage_schedules]
+        + [f"model.{path}.iters=2" for path in cls.model_schedules()]
     )
     if cls.loads_clip:
         from zeroseg.models.backbones.clip import CLIP

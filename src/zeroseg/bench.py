@@ -108,18 +108,6 @@ if __name__ == "__main__":
     print(json.dumps(bench_one(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)))
 
 
-def _stage_schedules(model: dict, prefix: str = "") -> list[tuple[str, dict]]:
-    """(dotted path, schedule) of the training schedules (dicts with ``iters``) in a model config."""
-    out = []
-    for key, value in model.items():
-        if isinstance(value, dict):
-            if "iters" in value:
-                out.append((prefix + key, value))
-            else:
-                out += _stage_schedules(value, f"{prefix}{key}.")
-    return out
-
-
 def bench_presets(
     presets: Sequence[str] | None = None, *, crop: int = 128, batch_size: int = 2, iters: int = 4
 ) -> list[dict]:
@@ -158,14 +146,16 @@ def bench_presets(
             for key in ("pretrained", "pretrained_backbone")
             if base.model.get(key)
         ]
-        # Every stage (generator, classifier, self-training schedules) runs ``iters`` steps too,
-        # with at most ``batch`` samples (a fixture holds two images).
+        # Every stage the method declares (generator, classifier, self-training...) runs
+        # ``iters`` steps too, with at most ``batch`` samples (a fixture holds two images).
         stages = []
-        for path, sched in _stage_schedules(base.model):
-            stages += [f"model.{path}.iters={iters}", f"model.{path}.log_every=1"]
-            stages += [f"model.{path}.ckpt_every=0"]
-            if int(sched.get("batch_size", 1)) > batch:
-                stages.append(f"model.{path}.batch_size={batch}")
+        for stage in runner.method_class(base).stages:
+            if stage.schedule == "train":
+                continue  # set below with the rest of the experiment's schedule
+            at = f"stages.{stage.name}"
+            stages += [f"{at}.iters={iters}", f"{at}.log_every=1", f"{at}.ckpt_every=0"]
+            if runner.stage_schedule(base, stage).batch_size > batch:
+                stages.append(f"{at}.batch_size={batch}")
         with tempfile.TemporaryDirectory() as tmp:
             # two more training images: one is held out as val, batches need two
             root = WRITERS[base.data.dataset](Path(tmp) / base.data.dataset, extra_train=2)
@@ -180,7 +170,7 @@ def bench_presets(
                 save_clip_safetensors(CLIP.from_config(base.model["encoder"]), ckpt)
                 text = [f"text.encoder=clip:{ckpt}", f"model.pretrained={ckpt}"]
                 offline = [o for o in offline if not o.startswith("model.pretrained=")]
-            cfg = load_config(
+            cfg = runner.load_experiment(
                 name,
                 [
                     f"data.root={root}",

@@ -59,9 +59,9 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from zeroseg import runner
-    from zeroseg.config import describe_source, load_config
+    from zeroseg.config import describe_source
 
-    cfg = load_config(args.config, args.set)
+    cfg = runner.load_experiment(args.config, args.set)
     runner.check_config(cfg, where=describe_source(args.config, args.set))  # model.* too
     name = cfg.name or cfg.method
     out = Path(args.out) / name
@@ -235,11 +235,11 @@ def cmd_pretrain(args) -> int:
     if args.config == "foundation":
         return cmd_pretrain_foundation(args)
     from zeroseg import runner
-    from zeroseg.config import ConfigError, load_config
+    from zeroseg.config import ConfigError
     from zeroseg.data.shapeworld import load_spec
     from zeroseg.pretrain import encoder_report, load_or_train, pretrain_dir
 
-    cfg = load_config(args.config, args.set)
+    cfg = runner.load_experiment(args.config, args.set)
     if cfg.data.dataset != "shapeworld":
         raise ConfigError(
             f"{args.config}: stage 0 exists for ShapeWorld only, not {cfg.data.dataset!r}"
@@ -356,15 +356,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, progress=True):
-        sp.add_argument(
-            "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
-        )
-        if progress:
+    def command(parent, name, fn, help, description=None, *, overrides=False):
+        """Subcommand ``name`` of ``parent`` running ``fn(args)``; ``overrides``: it reads a config,
+        so it takes ``--set`` overrides and ``--no-progress``."""
+        sp = parent.add_parser(name, help=help, description=description)
+        sp.set_defaults(fn=fn)
+        if overrides:
+            sp.add_argument(
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="config override (repeatable), e.g. train.lr=0.001; a stage's schedule also "
+                "by the stage's name: stages.<stage>.iters=N",
+            )
             sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        return sp
 
-    d = sub.add_parser(
-        "demo", help="generate ShapeWorld, train and evaluate methods, write a report"
+    def device_arg(sp):
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+    def model_args(sp):
+        """The trained model a command reads, and where it runs."""
+        sp.add_argument(
+            "checkpoint",
+            help="a model.safetensors, the run directory holding it, or the --out given to train",
+        )
+        device_arg(sp)
+
+    d = command(
+        sub,
+        "demo",
+        cmd_demo,
+        help="generate ShapeWorld, train and evaluate methods, write a report",
+        overrides=True,
     )
     d.add_argument("--world", help="ShapeWorld spec YAML (default: the built-in world)")
     d.add_argument(
@@ -393,11 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--refine-on", nargs="+", metavar="METHOD", help="methods to refine (default: all)"
     )
-    common(d)
-    d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser(
+    t = command(
+        sub,
         "train",
+        cmd_train,
         help="train one config (a preset name or a YAML file)",
         description="Train one config and evaluate it on its validation split. The model lands "
         "in OUT/<name>/model.safetensors (<name>: the config's name, else its method) with "
@@ -406,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are loaded, an interrupted stage continues from its newest checkpoint (written every "
         "train.ckpt_minutes minutes and every train.ckpt_every steps). Another config into the "
         "same directory is refused unless --overwrite is given.",
+        overrides=True,
     )
     t.add_argument(
         "config",
@@ -421,23 +446,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="discard what OUT/<name> holds from a run with another config, instead of refusing",
     )
-    common(t)
-    t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser(
+    e = command(
+        sub,
         "eval",
+        cmd_eval,
         help="evaluate a model checkpoint on its test split (calibrated on val)",
         description="Evaluate a trained model on the test split of the data it was trained on "
         "(or --world), with the calibration gamma chosen on its val split, and print seen / "
         "unseen / harmonic mIoU as JSON (PQ and AP50 too for segment-producing methods on "
         "panoptic data). Writes nothing.",
+        overrides=True,
     )
-    e.add_argument(
-        "checkpoint",
-        help="a model.safetensors, the run directory holding it, or the --out given to train",
-    )
+    model_args(e)
     e.add_argument("--world", help="ShapeWorld spec (default: the one it was trained on)")
-    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     e.add_argument("--refine", choices=["spectral"], help="refine predictions at inference")
     e.add_argument(
         "--split",
@@ -445,11 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="split to report (default test; the calibration gamma is always chosen on val)",
     )
-    common(e)
-    e.set_defaults(fn=cmd_eval)
 
-    pr = sub.add_parser(
+    pr = command(
+        sub,
         "predict",
+        cmd_predict,
         help="segment images with any vocabulary",
         description="Segment images with any list of class names. For each IMAGE, writes "
         "OUT/<stem>_label.png (the index of the class of each pixel in --classes order; 8-bit, "
@@ -457,10 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and a legend). Inputs that share a stem get their extension added (a_png, a_jpg); "
         "existing outputs are never replaced without --overwrite.",
     )
-    pr.add_argument(
-        "checkpoint",
-        help="a model.safetensors, the run directory holding it, or the --out given to train",
-    )
+    model_args(pr)
     pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, ...)")
     pr.add_argument(
         "--classes",
@@ -469,7 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
         "model was trained on count as seen",
     )
     pr.add_argument("--out", default="predictions", help="output directory (default: predictions)")
-    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     pr.add_argument(
         "--overwrite", action="store_true", help="replace output files that already exist"
     )
@@ -480,10 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="images with an alpha channel: refuse them (error, the default) or ignore the "
         "alpha (drop)",
     )
-    pr.set_defaults(fn=cmd_predict)
 
-    sv = sub.add_parser(
-        "serve", help="a local web page: segment any image with any class names (Gradio)"
+    sv = command(
+        sub,
+        "serve",
+        cmd_serve,
+        help="a local web page: segment any image with any class names (Gradio)",
     )
     sv.add_argument(
         "paths",
@@ -493,16 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    sv.add_argument("--device", default="cpu")
+    device_arg(sv)
     sv.add_argument(
         "--max-pixels",
         type=int,
         default=1024 * 1024,  # zeroseg.serve.DEFAULT_MAX_PIXELS (not imported: --help stays fast)
         help="larger uploads are refused (default: 1048576, 1024x1024)",
     )
-    sv.set_defaults(fn=cmd_serve)
 
-    b = sub.add_parser("bench", help="inference speed and peak memory per method")
+    b = command(sub, "bench", cmd_bench, help="inference speed and peak memory per method")
     b.add_argument("--methods", nargs="+")
     b.add_argument("--world")
     b.add_argument("--out", help="also write the results as JSON here")
@@ -521,11 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--steps", type=int, default=5, help="--train: steps per stage (1 warm-up, 1 counted)"
     )
-    b.set_defaults(fn=cmd_bench)
 
     data = sub.add_parser("data", help="check or prepare a real dataset in its standard layout")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    dc = dsub.add_parser("check", help="report every missing or malformed file at once")
+    dc = command(
+        dsub, "check", cmd_data_check, help="report every missing or malformed file at once"
+    )
     dc.add_argument(
         "dataset", help="voc | coco_stuff | context | coco_panoptic | pascal_5i | coco_20i"
     )
@@ -534,15 +554,23 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--split", action="append", help="split(s) to check (default: train and val)")
     dc.add_argument("--limit", type=int, help="check only the first N items of each split")
     dc.add_argument("--examples", type=int, default=5, help="file names shown per problem kind")
-    dc.set_defaults(fn=cmd_data_check)
-    dp = dsub.add_parser("prepare", help="label conversions (COCO-Stuff 182->171, Context 459->59)")
+    dp = command(
+        dsub,
+        "prepare",
+        cmd_data_prepare,
+        help="label conversions (COCO-Stuff 182->171, Context 459->59)",
+    )
     dp.add_argument("dataset", help="coco_stuff | context")
     dp.add_argument("root")
     dp.add_argument("--source", help="raw annotations (Context: ROOT/trainval by default)")
     dp.add_argument("--force", action="store_true", help="rewrite converted files that exist")
-    dp.set_defaults(fn=cmd_data_prepare)
 
-    ds = dsub.add_parser("spectral", help="precompute SAZS eigenvectors for a dataset's images")
+    ds = command(
+        dsub,
+        "spectral",
+        cmd_data_spectral,
+        help="precompute SAZS eigenvectors for a dataset's images",
+    )
     ds.add_argument(
         "config",
         nargs="?",
@@ -553,12 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--world", help="ShapeWorld spec (for ShapeWorld configs)")
     ds.add_argument("--cache", help="cache root (default: $ZEROSEG_CACHE/spectral)")
     ds.add_argument("--set", action="append", metavar="KEY=VALUE")
-    ds.set_defaults(fn=cmd_data_spectral)
 
-    pt = sub.add_parser(
+    pt = command(
+        sub,
         "pretrain",
+        cmd_pretrain,
         help="pretrain the ShapeWorld foundation ('zeroseg pretrain foundation'), or train (or "
         "load) a config's stage-0 encoder; both report how well the frozen features segment",
+        overrides=True,
     )
     pt.add_argument(
         "config",
@@ -593,13 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage 0: also write the figures to this JSON file; foundation: the output "
         "directory (default: $ZEROSEG_CACHE/foundation/<config hash>)",
     )
-    common(pt)
-    pt.set_defaults(fn=cmd_pretrain)
 
-    w = sub.add_parser("world", help="validate a ShapeWorld spec and preview it")
+    w = command(sub, "world", cmd_world, help="validate a ShapeWorld spec and preview it")
     w.add_argument("spec", nargs="?")
     w.add_argument("--preview", help="write a 4x4 grid of training images to this PNG")
-    w.set_defaults(fn=cmd_world)
     return p
 
 

@@ -86,6 +86,10 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Field types taken as they are, without conversion -> what their errors say is expected.
+_PLAIN = {bool: "true/false", str: "a string"}
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -125,9 +129,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(tp, type) and tp in _PLAIN:
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {_PLAIN[tp]}, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
@@ -139,10 +143,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
     return value
 
 

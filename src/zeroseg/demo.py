@@ -19,7 +19,7 @@ import torch
 
 from zeroseg import runner
 from zeroseg._yaml import safe_load
-from zeroseg.config import PRESET_DIR, ConfigError, load_config, to_dict
+from zeroseg.config import PRESET_DIR, ConfigError, _set_path, to_dict
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.report import _fmt
 
@@ -84,7 +84,8 @@ def _rows_of(kind: str) -> tuple[str, ...]:
 DEMO_PRESETS: dict[str, str] = {name: row.preset for name, row in demo_rows().items()}
 DEFAULT_METHODS = _rows_of("default")
 ABLATIONS = _rows_of("ablation")
-QUICK = {"iters_scale": 0.25, "val_images": 200}  # val_images: the val and test limit
+QUICK_VAL_IMAGES = 200  # --quick: the val and test limit
+QUICK_MIN_ITERS = 50  # --quick never shortens a stage below this many steps
 
 
 def baselines_of(name: str) -> tuple[str, ...]:
@@ -106,10 +107,23 @@ def demo_config(method: str, *, world: str | None, quick: bool, overrides: Seque
     if method not in DEMO_PRESETS:
         raise ValueError(f"unknown method {method!r} for the demo; valid: {sorted(DEMO_PRESETS)}")
     sets = [f"data.world={world}"] if world else []
-    cfg = load_config(DEMO_PRESETS[method], sets + list(overrides))
-    if quick:
-        cfg.train.iters = max(50, int(cfg.train.iters * QUICK["iters_scale"]))
-        cfg.data.val_limit = QUICK["val_images"]
+    cfg = runner.load_experiment(DEMO_PRESETS[method], sets + list(overrides))
+    return quick_config(cfg) if quick else cfg
+
+
+def quick_config(cfg):
+    """``--quick``: every stage of the method (:attr:`Method.stages`) runs ``stage.quick`` of its
+    steps (at least :data:`QUICK_MIN_ITERS`), and val and test are cut to their first
+    :data:`QUICK_VAL_IMAGES` images. Changes ``cfg`` in place and returns it."""
+    for stage in runner.method_class(cfg).stages:
+        if stage.quick == 1.0:
+            continue  # full length, and the config stays as written (its fingerprint too)
+        iters = max(QUICK_MIN_ITERS, int(runner.stage_schedule(cfg, stage).iters * stage.quick))
+        if stage.schedule == "train":
+            cfg.train.iters = iters
+        else:
+            _set_path(cfg.model, f"{stage.schedule.removeprefix('model.')}.iters", iters)
+    cfg.data.val_limit = QUICK_VAL_IMAGES
     return cfg
 
 

@@ -212,29 +212,12 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     figs = summary.get("figures", {})
     if figs:
         lines += [""] + [f"![{k}]({v})" for k, v in figs.items()]
-    unseen = summary["split"]["unseen"]
-    lines += [
-        "",
-        "## Unseen-class IoU",
-        "",
-        "| class | " + " | ".join(rows) + " |",
-        "|---|" + "---:|" * len(rows),
-    ]
-    for c in unseen:
-        lines.append(
-            f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |"
-        )
-    lines += [
-        "",
-        "## Seen-class IoU",
-        "",
-        "| class | " + " | ".join(rows) + " |",
-        "|---|" + "---:|" * len(rows),
-    ]
-    for c in summary["split"]["seen"]:
-        lines.append(
-            f"| {c} | " + " | ".join(_fmt(r["per_class_iou"].get(c)) for r in rows.values()) + " |"
-        )
+    for title, key in (("Unseen", "unseen"), ("Seen", "seen")):
+        lines += ["", f"## {title}-class IoU", "", "| class | " + " | ".join(rows) + " |"]
+        lines.append("|---|" + "---:|" * len(rows))
+        for c in summary["split"][key]:
+            ious = (_fmt(r["per_class_iou"].get(c)) for r in rows.values())
+            lines.append(f"| {c} | " + " | ".join(ious) + " |")
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md", out / "report.json"
 

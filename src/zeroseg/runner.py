@@ -39,7 +39,7 @@ from zeroseg.engine.checkpoint import (
 from zeroseg.engine.inference import evaluate_semantic
 from zeroseg.engine.rundir import check_run_dir, clear_run_dir, run_lock, write_record
 from zeroseg.methods import METHODS
-from zeroseg.methods.base import OWN_CALIBRATION_FIELDS, Method, RunContext
+from zeroseg.methods.base import OWN_CALIBRATION_FIELDS, Method, RunContext, Stage
 from zeroseg.metrics.boundary import BoundaryFScore
 from zeroseg.metrics.calibration import GAMMAS, CalibrationSweep, ausuc, choose_gamma
 from zeroseg.metrics.calibration import RULE as CALIBRATION_RULE
@@ -155,9 +155,64 @@ class Embedder:
 
 def model_config(cfg: ExperimentConfig):
     """The method's own config dataclass, parsed from ``cfg.model`` (every key checked)."""
+    return from_dict(method_class(cfg).Config, cfg.model, where="model")
+
+
+def method_class(cfg: ExperimentConfig, *, where: str = "config") -> type[Method]:
+    """The registered class of ``cfg.method``; an unknown name lists the valid ones."""
     if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
-    return from_dict(METHODS[cfg.method].Config, cfg.model, where="model")
+        raise ConfigError(f"{where}: unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
+    return METHODS[cfg.method]
+
+
+def load_experiment(
+    source: str | Path | dict | None = None, overrides: Sequence[str] | None = None
+) -> ExperimentConfig:
+    """:func:`zeroseg.config.load_config`, where an override may also name a schedule by its
+    stage: ``stages.<stage>.<key>=<value>`` sets ``<key>`` of that stage's schedule
+    (:attr:`Method.stages`), e.g. ``stages.generator.iters=500`` is ZS3Net's
+    ``model.generator_train.iters=500`` and ``stages.segmenter.iters=500`` its ``train.iters=500``.
+
+    Raises:
+        ConfigError: a stage the config's method does not have (the message lists its stages),
+            a stage override without a key, or a key its schedule does not have.
+    """
+    overrides = list(overrides or [])
+    staged = [o for o in overrides if "=" in o and o.strip().startswith("stages.")]
+    if not staged:
+        return load_config(source, overrides)
+    # The method may itself be set by an override: read it with every other override applied.
+    plain = [o for o in overrides if o not in staged]
+    cls = method_class(load_config(source, plain))
+    rewritten = []
+    for item in overrides:
+        if item in staged:
+            key, value = item.split("=", 1)
+            _, name, *rest = key.strip().split(".")
+            if not rest:
+                raise ConfigError(
+                    f"override {item!r} must look like stages.<stage>.<key>=<value>, e.g. "
+                    f"stages.{cls.stages[0].name}.iters=100"
+                )
+            try:
+                stage = cls.stage(name)
+            except ConfigError as e:
+                raise ConfigError(f"override {item!r}: {e}") from None
+            item = f"{stage.schedule}.{'.'.join(rest)}={value}"
+        rewritten.append(item)
+    cfg = load_config(source, rewritten)
+    model_config(cfg)  # a misspelt key of a stage's schedule fails here, naming the schedule
+    return cfg
+
+
+def stage_schedule(cfg: ExperimentConfig, stage: Stage):
+    """The ``TrainConfig`` of ``stage`` in ``cfg``, method defaults filled in."""
+    if stage.schedule == "train":
+        return cfg.train
+    value = model_config(cfg)
+    for part in stage.schedule.removeprefix("model.").split("."):
+        value = getattr(value, part)
+    return value
 
 
 def build_method(cfg: ExperimentConfig, split: ClassSplit, embed_dim: int) -> Method:
@@ -218,9 +273,7 @@ def check_config(cfg: ExperimentConfig, *, where: str = "config") -> dict:
         is what decides the weights (its hash keys the run directory).
     """
     validate_config(cfg, where=where)
-    if cfg.method not in METHODS:
-        raise ConfigError(f"{where}: unknown method {cfg.method!r}; valid: {sorted(METHODS)}")
-    model = from_dict(METHODS[cfg.method].Config, cfg.model, where=f"{where}: model")
+    model = from_dict(method_class(cfg, where=where).Config, cfg.model, where=f"{where}: model")
     check_nested(model, where=where, key="model")
     return {**to_dict(cfg), "model": dataclasses.asdict(model)}
 

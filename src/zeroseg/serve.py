@@ -30,7 +30,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from zeroseg.data.classes import ClassSplit, validate_class_names
 from zeroseg.data.io import read_image
-from zeroseg.engine.checkpoint import META_KEY, CheckpointError
+from zeroseg.engine.checkpoint import CheckpointError, read_metadata
 from zeroseg.viz import palette
 
 DEFAULT_RUNS = Path("runs/demo")  # where ``make demo`` writes its models
@@ -75,18 +75,7 @@ class ModelEntry:
 
 def read_entry(path: Path, label: str | None = None) -> ModelEntry:
     """Describes a checkpoint from its safetensors header, without reading its tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(
-            f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e})"
-        ) from None
-    if META_KEY not in header:
-        raise CheckpointError(f"{path} has no zeroseg metadata: it was not written by zeroseg")
-    meta = json.loads(header[META_KEY])
+    meta = read_metadata(path)
     for key in ("method", "config", "split"):
         if key not in meta:
             raise CheckpointError(f"{path} lacks {key!r}: it is not a zeroseg model checkpoint")

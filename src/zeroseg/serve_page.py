@@ -48,6 +48,17 @@ MAX_UPLOAD = "100mb"  # Gradio refuses larger uploads itself, before they fill t
 CSS = ".zs-legend td, .zs-compare td, .zs-legend th, .zs-compare th {padding: 2px 8px}"
 IMAGE_HEIGHT = 280  # px on the page; images keep their aspect ratio
 LOCAL_BUTTONS = ["download", "fullscreen"]  # no "share": it posts to Hugging Face
+# Fixed options of Gradio's launch: no public share link and no browser opened (a local server
+# only); serve() blocks itself, after printing where the page is (quiet: no banner of Gradio's);
+# errors shown in the page; no server-side rendering (it would start a Node process).
+LAUNCH_OPTIONS = {
+    "share": False,
+    "inbrowser": False,
+    "prevent_thread_lock": True,
+    "quiet": True,
+    "show_error": True,
+    "ssr_mode": False,
+}
 INTRO = (
     "# zeroseg: segment an image into any class names\n"
     "Upload an image or click an example, type class names separated by commas, choose a "
@@ -69,6 +80,18 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"],
         font_mono=["ui-monospace", "monospace"],
+    )
+
+
+def _shown_image(label: str, elem_id: str) -> gr.Image:
+    """An output image of the page: PNG, a fixed height, local buttons only, not editable."""
+    return gr.Image(
+        label=label,
+        format="png",
+        height=IMAGE_HEIGHT,
+        buttons=LOCAL_BUTTONS,
+        interactive=False,
+        elem_id=elem_id,
     )
 
 
@@ -102,22 +125,8 @@ def build_page(app: ServeApp, examples: Sequence[Example], notice: str | None = 
                 )
                 marks = gr.HTML(marks_html("", None), elem_id="zs-marks")
         with gr.Row():
-            preview = gr.Image(
-                label="Input",
-                format="png",
-                height=IMAGE_HEIGHT,
-                interactive=False,
-                buttons=LOCAL_BUTTONS,
-                elem_id="zs-preview",
-            )
-            truth = gr.Image(
-                label="Ground truth (examples, in the example's names)",
-                format="png",
-                height=IMAGE_HEIGHT,
-                buttons=LOCAL_BUTTONS,
-                interactive=False,
-                elem_id="zs-truth",
-            )
+            preview = _shown_image("Input", "zs-preview")
+            truth = _shown_image("Ground truth (examples, in the example's names)", "zs-truth")
         with gr.Tabs():
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():
@@ -131,14 +140,7 @@ def build_page(app: ServeApp, examples: Sequence[Example], notice: str | None = 
                     run = gr.Button("Segment", variant="primary", elem_id="zs-run", scale=1)
                 status = gr.Markdown(elem_id="zs-status")
                 with gr.Row():
-                    result = gr.Image(
-                        label="Labels over the image",
-                        format="png",
-                        height=IMAGE_HEIGHT,
-                        buttons=LOCAL_BUTTONS,
-                        interactive=False,
-                        elem_id="zs-overlay",
-                    )
+                    result = _shown_image("Labels over the image", "zs-overlay")
                     with gr.Column():
                         legend = gr.HTML(elem_id="zs-legend")
                         download = gr.File(
@@ -250,16 +252,11 @@ def serve(
         page.launch(
             server_name=host,
             server_port=port,
-            share=False,
-            inbrowser=False,
-            prevent_thread_lock=True,
-            show_error=True,
-            quiet=True,
-            ssr_mode=False,
             allowed_paths=[str(workdir)],
             max_file_size=MAX_UPLOAD,
             theme=theme(),
             css=CSS,
+            **LAUNCH_OPTIONS,
         )
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)

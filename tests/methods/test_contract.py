@@ -53,8 +53,8 @@ def smoke_config(name: str, world):
         "train.ckpt_every=0",
         "eval.batch_size=4",
         "device=cpu",
-        *[f"model.{path}.iters=2" for path in cls.stage_schedules],
-        *[f"model.{path}.batch_size=2" for path in cls.stage_schedules],
+        *[f"model.{path}.iters=2" for path in cls.model_schedules()],
+        *[f"model.{path}.batch_size=2" for path in cls.model_schedules()],
     ]
     return load_config(shapeworld_preset(name), sets)
 

@@ -85,15 +85,12 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor], meta:
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Reads a zeroseg checkpoint; errors name the file and what was expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+def _read(path: Path, *, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor], dict]:
+    """The raw header, the tensors (empty unless ``tensors``) and the decoded zeroseg metadata."""
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            flat = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(
             f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e})"
@@ -104,6 +101,20 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(header[META_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: its metadata is corrupt ({e})") from None
+    return header, flat, meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """A checkpoint's zeroseg metadata from its header, without reading its tensors."""
+    return _read(Path(path), tensors=False)[2]
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Reads a zeroseg checkpoint; errors name the file and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    header, tensors, meta = _read(path, tensors=True)
     if SHA_KEY in header and tensors_sha256(tensors) != header[SHA_KEY]:
         raise CheckpointError(
             f"{path} is corrupt: its tensors do not match the sha256 recorded when it was "

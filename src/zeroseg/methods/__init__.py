@@ -20,7 +20,7 @@ def discover(
     """Imports every module of ``package`` (in name order) and returns name -> method class.
 
     Raises:
-        ValueError: two classes claim one name.
+        ValueError: two classes claim one name, or a class declares no training stages.
     """
     found: dict[str, type[Method]] = {}
     for info in sorted(pkgutil.iter_modules(list(paths or __path__)), key=lambda i: i.name):
@@ -34,6 +34,11 @@ def discover(
                 and "name" in vars(obj)
             ):
                 continue
+            if not obj.stages:
+                raise ValueError(
+                    f"method {obj.name!r} ({obj.__module__}.{obj.__qualname__}) declares no "
+                    'training stages: set `stages = (Stage(<name>, "train"), ...)` (Method.stages)'
+                )
             other = found.setdefault(obj.name, obj)
             if other is not obj:
                 raise ValueError(

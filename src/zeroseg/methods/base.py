@@ -42,6 +42,36 @@ class StagePlan:
     params: Iterable[nn.Parameter] | None = None
 
 
+QUICK_SCALE = 0.25  # the share of its steps a stage runs under ``zeroseg demo --quick`` by default
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage a method declares (:attr:`Method.stages`): its name and its schedule.
+
+    Attributes:
+        name: the stage's name in ``--set stages.<name>.<key>=<value>`` (and its run
+            directory's, where the stage has one of its own).
+        schedule: where its ``TrainConfig`` lives: ``"train"`` (the experiment's ``train``, the
+            main stage's) or ``"model.<path>"`` (a field of the method's config).
+        quick: the factor ``zeroseg demo --quick`` scales its ``iters`` by (at least
+            ``zeroseg.demo.QUICK_MIN_ITERS`` steps); 1.0 leaves the stage at full length.
+    """
+
+    name: str
+    schedule: str
+    quick: float = QUICK_SCALE
+
+
+# Stages 2-3 of the generative methods (ZS3Net, PADing): the feature generator, then the classifier
+# retrained on real seen + generated unseen features, each with its schedule in the model config.
+# quick=1.0: --quick has never shortened them, so the quick demo's numbers stay as they were.
+GENERATIVE_STAGES = (
+    Stage("generator", "model.generator_train", quick=1.0),
+    Stage("classifier", "model.classifier_train", quick=1.0),
+)
+
+
 def _plain(value):
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
@@ -322,10 +352,10 @@ class Method(nn.Module):
     # How ``scores`` become class probabilities for the shared calibration rule
     # (zeroseg.metrics.calibration): "logits" (softmax), "probabilities" or "evidence".
     score_kind: ClassVar[str] = "logits"
-    # The model-config paths of the TrainConfigs of its stages after the first (whose schedule is
-    # the experiment's ``train``), e.g. ("generator_train", "classifier_train"): what a smoke run
-    # shortens, so every stage runs.
-    stage_schedules: ClassVar[tuple[str, ...]] = ()
+    # Its training stages in order, each with where its schedule lives (one of them the
+    # experiment's ``train``): what ``--quick`` scales, ``--set stages.<name>.iters=N`` reaches and
+    # a smoke run shortens, so every stage runs. Every method declares them.
+    stages: ClassVar[tuple[Stage, ...]] = ()
     # ``--set`` overrides that shrink a paper-scale model config to a CPU smoke-test size (the
     # architecture family stays the preset's), used by the preset tests.
     tiny: ClassVar[tuple[str, ...]] = ()
@@ -335,6 +365,29 @@ class Method(nn.Module):
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
         super().__init__()
         self.cfg, self.split, self.embed_dim = cfg, split, embed_dim
+
+    @classmethod
+    def stage(cls, name: str) -> Stage:
+        """The declared stage ``name``.
+
+        Raises:
+            ConfigError: no such stage (the message lists the method's stages).
+        """
+        from zeroseg.config import ConfigError
+
+        for stage in cls.stages:
+            if stage.name == name:
+                return stage
+        raise ConfigError(
+            f"method {cls.name!r} has no stage {name!r}; its stages: "
+            + ", ".join(s.name for s in cls.stages)
+        )
+
+    @classmethod
+    def model_schedules(cls) -> tuple[str, ...]:
+        """The model-config paths of the schedules of its stages besides the experiment's
+        ``train`` (e.g. ``("generator_train", "classifier_train")``)."""
+        return tuple(s.schedule.removeprefix("model.") for s in cls.stages if s.schedule != "train")
 
     @classmethod
     def foundation_of(cls, cfg) -> str | None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
-from zeroseg.methods.base import Method, RunContext, StagePlan
+from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.metrics.instance import InstanceEvaluator
 from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags
 from zeroseg.models.heads.mask_decoder import (
@@ -63,6 +63,7 @@ class MaskModelMethod(Method):
     """
 
     Config = MaskProjectionConfig
+    stages = (Stage("mask-model", "train"),)
     tiny = (
         "model.mask.backbone=unet-small",
         "model.mask.hidden_dim=32",

@@ -60,7 +60,7 @@ from zeroseg.engine.trainer import TrainConfig
 from zeroseg.generators.disentangle import Disentangler, alignment_loss, class_means
 from zeroseg.generators.mmd import mmd_loss
 from zeroseg.generators.primitive import GeneratorConfig, GMMNGenerator, PrimitiveGenerator
-from zeroseg.methods.base import RunContext, StagePlan
+from zeroseg.methods.base import GENERATIVE_STAGES, RunContext, StagePlan
 from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
 from zeroseg.models.matching import batch_targets, hungarian_match
 
@@ -122,7 +122,7 @@ class PADing(MaskModelMethod):
     Config = PADingConfig
     # The ablation row this class stands for: (generator kind, alignment, disentangle).
     row: tuple[str, bool, bool] = ("primitive", True, True)
-    stage_schedules = ("generator_train", "classifier_train")
+    stages = (*MaskModelMethod.stages, *GENERATIVE_STAGES)
     tiny = (
         *MaskModelMethod.tiny,
         "model.generator.primitives=16",

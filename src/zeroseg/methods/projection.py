@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
-from zeroseg.methods.base import RunContext, StagePlan, calibrate
+from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
 from zeroseg.methods.pixel_projection import PixelProjection, ProjectionConfig
 
 
@@ -26,6 +26,7 @@ class Projection(PixelProjection):
 
     name = "projection"
     Config = ProjectionConfig
+    stages = (Stage("segmenter", "train"),)
     protocol = "inductive"
 
     def training_classes(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,8 +51,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
-from zeroseg.methods.base import RunContext, StagePlan, calibrate
+from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
 from zeroseg.methods.pixel_projection import PixelProjection
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.shape.fusion import RefineConfig, refine
@@ -83,11 +84,8 @@ class SazsConfig:
                 f"SazsConfig.affinity_features must be one of {AFFINITY_FEATURES}, "
                 f"got {self.affinity_features!r}"
             )
-        if self.edge_radius < 1:
-            raise ValueError(f"SazsConfig.edge_radius must be >= 1, got {self.edge_radius}")
-        for name in ("seg_weight", "edge_weight", "attention_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SazsConfig.{name} must be >= 0, got {getattr(self, name)}")
+        check_minimum(self, ("edge_radius",), 1)
+        check_minimum(self, ("seg_weight", "edge_weight", "attention_weight"), 0)
 
 
 # ------------------------------------------------------------------------------------- losses
@@ -225,6 +223,7 @@ class Sazs(PixelProjection):
 
     name = "sazs"
     Config = SazsConfig
+    stages = (Stage("sazs-segmenter", "train"),)
     protocol = "inductive"
     fuse_at_inference: ClassVar[bool] = True
     tiny = ("model.refine.spectral.max_side=16",)

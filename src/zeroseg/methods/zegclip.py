@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
 from zeroseg.engine.trainer import TrainConfig
 from zeroseg.foundation.model import FoundationEncoder
-from zeroseg.methods.base import Method, RunContext, StagePlan
+from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
 from zeroseg.models.heads.mask_scores import sigmoid_scores
 from zeroseg.models.heads.zegclip_decoder import (
@@ -236,7 +236,12 @@ class ZegCLIP(Method):
         "model.decoder.layers=1",
     )
     loads_clip = True
-    stage_schedules = ("pretrain.train",)  # stage 0, when the encoder is the ShapeWorld one
+    stages = (
+        # stage 0, when the encoder is the ShapeWorld one (a cached encoder shared by presets);
+        # quick=1.0: --quick has never shortened it, so the quick demo's numbers stay
+        Stage("pretrain", "model.pretrain.train", quick=1.0),
+        Stage("zegclip", "train"),
+    )
     forced: dict = {}  # config fields an ablation fixes
 
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
@@ -493,7 +498,8 @@ class ZegCLIPST(ZegCLIP):
 
     name = "zegclip-st"
     protocol = "transductive"
-    stage_schedules = (*ZegCLIP.stage_schedules, "self_training.train")
+    # quick=1.0: --quick has never shortened self-training; so the quick demo's numbers stay
+    stages = (*ZegCLIP.stages, Stage("self-training", "model.self_training.train", quick=1.0))
     tiny = (*ZegCLIP.tiny, "model.self_training.train.batch_size=2")
 
     def reduction(self) -> float:

@@ -60,7 +60,14 @@ from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine.trainer import TrainConfig, autocast
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import ZS3_BANDWIDTHS
-from zeroseg.methods.base import Method, RunContext, StagePlan, calibrate
+from zeroseg.methods.base import (
+    GENERATIVE_STAGES,
+    Method,
+    RunContext,
+    Stage,
+    StagePlan,
+    calibrate,
+)
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
 from zeroseg.models.backbones.small import SmallUNetConfig, UNetSegmenter
 
@@ -211,7 +218,7 @@ class ZS3Net(Method):
     name = "zs3net"
     Config = ZS3NetConfig
     protocol = "inductive"
-    stage_schedules = ("generator_train", "classifier_train")
+    stages = (Stage("segmenter", "train"), *GENERATIVE_STAGES)
     tiny = (
         "model.segmenter=deeplabv3plus-small",
         "model.pretrained_backbone=null",
@@ -652,7 +659,8 @@ class ZS5Net(ZS3Net):
     name = "zs5net"
     Config = ZS5NetConfig
     protocol = "transductive"
-    stage_schedules = (*ZS3Net.stage_schedules, "self_train")
+    # quick=1.0: --quick has never shortened self-training; so the quick demo's numbers stay
+    stages = (*ZS3Net.stages, Stage("self_training", "model.self_train", quick=1.0))
     tiny = (*ZS3Net.tiny, "model.self_train.batch_size=2", "model.pseudo_images=2")
 
     def fit(self, ctx: RunContext) -> None:

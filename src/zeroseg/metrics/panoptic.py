@@ -24,6 +24,7 @@ stuff, seen and unseen classes; the generalized zero-shot headline is hPQ = 2·P
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -157,20 +158,11 @@ def pq_stats(
             f"panoptic maps must be (H, W) and equal: prediction {pred.shape}, "
             f"ground truth {gt.shape}"
         )
-    p_ids, p_cats, _ = _parse_segments(
-        pred_segments,
-        what="prediction",
-        num_classes=num_classes,
-        void_id=void_id,
-        ignore_label=ignore_label,
+    parse = functools.partial(
+        _parse_segments, num_classes=num_classes, void_id=void_id, ignore_label=ignore_label
     )
-    g_ids, g_cats, g_crowd = _parse_segments(
-        gt_segments,
-        what="ground truth",
-        num_classes=num_classes,
-        void_id=void_id,
-        ignore_label=ignore_label,
-    )
+    p_ids, p_cats, _ = parse(pred_segments, what="prediction")
+    g_ids, g_cats, g_crowd = parse(gt_segments, what="ground truth")
     n_p, n_g = len(p_ids), len(g_ids)
     p_idx = _segment_index(pred.astype(np.int64), p_ids, what="prediction", void_id=void_id)
     g_idx = _segment_index(gt.astype(np.int64), g_ids, what="ground truth", void_id=void_id)

@@ -55,6 +55,8 @@ from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from zeroseg._checks import check_minimum
+
 # Bumped whenever the decomposition or the file layout changes, so stale caches miss.
 CACHE_FORMAT_VERSION = "1"
 
@@ -79,20 +81,10 @@ class SpectralConfig:
     seed: int = 0  # seed of the solver's start vectors (fixed, so results are deterministic)
 
     def __post_init__(self) -> None:
-        if self.num_eigenvectors < 1:
-            raise ValueError(
-                f"SpectralConfig.num_eigenvectors must be >= 1, got {self.num_eigenvectors}"
-            )
-        if self.knn < 1:
-            raise ValueError(f"SpectralConfig.knn must be >= 1, got {self.knn}")
-        for name in ("feature_weight", "color_weight", "connect_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SpectralConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("position_sigma", "colour_sigma", "tol"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SpectralConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.max_side < 2:
-            raise ValueError(f"SpectralConfig.max_side must be >= 2, got {self.max_side}")
+        check_minimum(self, ("num_eigenvectors", "knn"), 1)
+        check_minimum(self, ("feature_weight", "color_weight", "connect_weight"), 0)
+        check_minimum(self, ("position_sigma", "colour_sigma", "tol"), 0, strict=True)
+        check_minimum(self, ("max_side",), 2)
         if self.solver not in ("eigsh", "lobpcg"):
             raise ValueError(
                 f"SpectralConfig.solver must be 'eigsh' or 'lobpcg', got {self.solver!r}"

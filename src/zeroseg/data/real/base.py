@@ -16,6 +16,7 @@ they are reproducible per ``(seed, step, index)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +179,43 @@ class FileListDataset(torch.utils.data.Dataset):
                 sample[key] = torch.from_numpy(ann[key].astype(np.int64))
         sample["id"] = f"{self.name}/{self.split_name}/{item.id}"
         return sample
+
+
+def table_builder(
+    name: str,
+    items: Callable[[str | Path, str], Sequence[Item]],
+    class_split: Callable[..., ClassSplit],
+    table: np.ndarray,
+    scheme: str,
+) -> Callable[..., FileListDataset]:
+    """The ``build(root, split, *, limit, train_transform)`` of a benchmark whose label files all
+    go through one ``table``.
+
+    Args:
+        name: dataset name, prefixed to sample ids.
+        items: ``items(root, split)``, the benchmark's samples on disk.
+        class_split: its class split; keyword arguments ``build`` gets beyond ``limit`` and
+            ``train_transform`` (a four-fold dataset's ``fold``) go here.
+        table: (256,) raw label value -> class index table.
+        scheme: a human description of the valid raw values, for errors.
+    """
+
+    dataset = functools.partial(FileListDataset, table=table, scheme=scheme, name=name)
+
+    def build(
+        root: str | Path,
+        split: str,
+        *,
+        limit: int | None = None,
+        train_transform: Callable | None = None,
+        **split_args,
+    ) -> FileListDataset:
+        return dataset(
+            items(root, split),
+            class_split=class_split(**split_args),
+            split_name=split,
+            limit=limit,
+            train_transform=train_transform,
+        )
+
+    return build

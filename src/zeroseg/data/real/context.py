@@ -18,11 +18,11 @@ from pathlib import Path
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.real.base import (
-    FileListDataset,
     Item,
     read_split_list,
     require_dir,
     shifted_table,
+    table_builder,
 )
 
 # (459-class id in labels.txt / trainval .mat files, name): the 59 classes, in label order. These are
@@ -74,16 +74,4 @@ def items(root: str | Path, split: str) -> list[Item]:
     return [Item(i, root / "JPEGImages" / f"{i}.jpg", root / LABEL_DIR / f"{i}.png") for i in ids]
 
 
-def build(
-    root: str | Path, split: str, *, limit: int | None = None, train_transform=None
-) -> FileListDataset:
-    return FileListDataset(
-        items(root, split),
-        class_split=class_split(),
-        table=TABLE,
-        scheme=SCHEME,
-        name="context",
-        split_name=split,
-        limit=limit,
-        train_transform=train_transform,
-    )
+build = table_builder("context", items, class_split, TABLE, SCHEME)

@@ -27,7 +27,7 @@ import numpy as np
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.real import coco_stuff, voc
-from zeroseg.data.real.base import FileListDataset
+from zeroseg.data.real.base import FileListDataset, table_builder
 
 NUM_FOLDS = 4
 COCO_THINGS = coco_stuff.NAMES[:80]
@@ -51,7 +51,7 @@ def coco_20i_unseen(fold: int) -> tuple[str, ...]:
     return tuple(COCO_THINGS[fold + NUM_FOLDS * v] for v in range(len(COCO_THINGS) // NUM_FOLDS))
 
 
-def pascal_5i_split(fold: int) -> ClassSplit:
+def pascal_5i_split(fold: int | None = None) -> ClassSplit:
     return ClassSplit.from_names(voc.NAMES, pascal_5i_unseen(fold))
 
 
@@ -70,24 +70,8 @@ THINGS_TABLE = _things_only(coco_stuff.TABLE)
 THINGS_RAW_TABLE = _things_only(coco_stuff.RAW_TABLE)
 
 
-def build_pascal_5i(
-    root: str | Path,
-    split: str,
-    *,
-    fold: int | None = None,
-    limit: int | None = None,
-    train_transform=None,
-) -> FileListDataset:
-    return FileListDataset(
-        voc.items(root, split),
-        class_split=pascal_5i_split(fold),
-        table=voc.TABLE,
-        scheme=voc.SCHEME,
-        name="pascal_5i",
-        split_name=split,
-        limit=limit,
-        train_transform=train_transform,
-    )
+# build_pascal_5i(root, split, *, fold, limit=None, train_transform=None): the VOC files
+build_pascal_5i = table_builder("pascal_5i", voc.items, pascal_5i_split, voc.TABLE, voc.SCHEME)
 
 
 def build_coco_20i(

@@ -39,25 +39,22 @@ class Problem:
     detail: str
 
 
+def _missing(what: str, split: str, path) -> Problem:
+    """The problem of an ``image`` or ``label`` file that does not exist."""
+    return Problem(f"missing {what}", split, str(path), f"{path}: {what} file does not exist")
+
+
 def check_item(ds, i: int, item, split: str) -> list[Problem]:
     found, image, label = [], None, None
     if not item.image.is_file():
-        found.append(
-            Problem(
-                "missing image", split, str(item.image), f"{item.image}: image file does not exist"
-            )
-        )
+        found.append(_missing("image", split, item.image))
     else:
         try:
             image = read_image(item.image, alpha="drop")
         except ImageError as e:
             found.append(Problem("unreadable image", split, str(item.image), str(e)))
     if not item.label.is_file():
-        found.append(
-            Problem(
-                "missing label", split, str(item.label), f"{item.label}: label file does not exist"
-            )
-        )
+        found.append(_missing("label", split, item.label))
     else:
         try:
             label = ds.read_annotation(i)["label"]

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.data.real.base import (
-    FileListDataset,
     Item,
     read_split_list,
     require_dir,
     shifted_table,
+    table_builder,
 )
 
 NAMES = (
@@ -78,16 +78,4 @@ def items(root: str | Path, split: str) -> list[Item]:
     return train
 
 
-def build(
-    root: str | Path, split: str, *, limit: int | None = None, train_transform=None
-) -> FileListDataset:
-    return FileListDataset(
-        items(root, split),
-        class_split=class_split(),
-        table=TABLE,
-        scheme=SCHEME,
-        name="voc",
-        split_name=split,
-        limit=limit,
-        train_transform=train_transform,
-    )
+build = table_builder("voc", items, class_split, TABLE, SCHEME)

@@ -164,6 +164,29 @@ _TOP_KEYS = {
 }
 
 
+def _classes(data: dict, key: str, singular: str, kind: str, builtin, cls, source: str) -> list:
+    """The validated entries ``{name, color, <kind>}`` of ``data[key]`` (``things`` or ``stuff``)
+    as ``cls(name, color, <kind>)``; ``kind`` (``shape`` or ``texture``) must be one of
+    ``builtin``."""
+    out = []
+    for i, entry in enumerate(data.get(key) or []):
+        where = f"{source}: {key}[{i}]"
+        if not isinstance(entry, dict):
+            raise SpecError(f"{where}: expected {{name, color, {kind}}}, got {entry!r}")
+        extra = set(entry) - {"name", "color", kind}
+        if extra:
+            raise SpecError(f"{where} ({entry.get('name')!r}): unknown keys {sorted(extra)}")
+        cname = entry.get("name")
+        if not isinstance(cname, str) or not cname.strip():
+            raise SpecError(f"{where}: a name is required")
+        where = f"{source}: {singular} {cname!r}"
+        value = entry.get(kind)
+        if value not in builtin:
+            raise SpecError(f"{where}: unknown {kind} {value!r}; built-in {kind}s: {list(builtin)}")
+        out.append(cls(cname.strip(), _color(entry.get("color"), where), value))
+    return out
+
+
 def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
     """Validates a spec given as a dict (parsed YAML) and returns a :class:`WorldSpec`."""
     if not isinstance(data, dict):
@@ -185,41 +208,8 @@ def parse_spec(data: dict, *, source: str = "spec") -> WorldSpec:
     caption_images = _positive_int(data, "caption_images", default=4000)
     objects = _pair(data.get("objects_per_image", [1, 4]), f"{source}: objects_per_image")
 
-    things = []
-    for i, entry in enumerate(data.get("things") or []):
-        where = f"{source}: things[{i}]"
-        if not isinstance(entry, dict):
-            raise SpecError(f"{where}: expected {{name, color, shape}}, got {entry!r}")
-        extra = set(entry) - {"name", "color", "shape"}
-        if extra:
-            raise SpecError(f"{where} ({entry.get('name')!r}): unknown keys {sorted(extra)}")
-        tname = entry.get("name")
-        if not isinstance(tname, str) or not tname.strip():
-            raise SpecError(f"{where}: a name is required")
-        where = f"{source}: thing {tname!r}"
-        shape = entry.get("shape")
-        if shape not in SHAPES:
-            raise SpecError(f"{where}: unknown shape {shape!r}; built-in shapes: {list(SHAPES)}")
-        things.append(ThingClass(tname.strip(), _color(entry.get("color"), where), shape))
-
-    stuff = []
-    for i, entry in enumerate(data.get("stuff") or []):
-        where = f"{source}: stuff[{i}]"
-        if not isinstance(entry, dict):
-            raise SpecError(f"{where}: expected {{name, color, texture}}, got {entry!r}")
-        extra = set(entry) - {"name", "color", "texture"}
-        if extra:
-            raise SpecError(f"{where} ({entry.get('name')!r}): unknown keys {sorted(extra)}")
-        sname = entry.get("name")
-        if not isinstance(sname, str) or not sname.strip():
-            raise SpecError(f"{where}: a name is required")
-        where = f"{source}: stuff {sname!r}"
-        texture = entry.get("texture")
-        if texture not in TEXTURES:
-            raise SpecError(
-                f"{where}: unknown texture {texture!r}; built-in textures: {list(TEXTURES)}"
-            )
-        stuff.append(StuffClass(sname.strip(), _color(entry.get("color"), where), texture))
+    things = _classes(data, "things", "thing", "shape", SHAPES, ThingClass, source)
+    stuff = _classes(data, "stuff", "stuff", "texture", TEXTURES, StuffClass, source)
 
     if not stuff:
         raise SpecError(f"{source}: at least one stuff class is needed (backgrounds are stuff)")

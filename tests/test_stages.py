@@ -1,0 +1,153 @@
+"""Every method declares its training stages and where each one's schedule lives; ``--quick`` and
+``--set stages.<stage>.<key>=<value>`` reach every stage through that declaration."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+
+import pytest
+
+from zeroseg import runner
+from zeroseg.cli import main
+from zeroseg.config import PRESET_DIR, ConfigError, load_config, to_dict
+from zeroseg.demo import DEMO_PRESETS, demo_config, quick_config
+from zeroseg.engine.trainer import TrainConfig
+from zeroseg.methods import METHODS
+from zeroseg.methods.base import Stage
+
+PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+ZS3 = "zs3net_unet-small_shapeworld"
+
+
+@functools.cache
+def methods_of_presets() -> dict[str, str]:
+    return {p: load_config(p).method for p in PRESETS}
+
+
+def presets_of(name: str) -> list[str]:
+    return [p for p, method in methods_of_presets().items() if method == name]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_declares_its_stages_and_each_schedule_exists(name):
+    cls = METHODS[name]
+    names = [s.name for s in cls.stages]
+    assert names and len(set(names)) == len(names), names
+    # exactly one stage trains on the experiment's own schedule
+    assert [s.schedule for s in cls.stages].count("train") == 1
+    assert all(0 < s.quick <= 1 for s in cls.stages)
+    assert presets_of(name), f"method {name!r} has no preset"
+    for preset in presets_of(name):
+        cfg = load_config(preset)
+        for stage in cls.stages:
+            assert isinstance(runner.stage_schedule(cfg, stage), TrainConfig), (preset, stage)
+
+
+def old_quick(cfg):
+    # The rule --quick followed before stages were declared: only train.iters, a quarter of it
+    # (at least 50 steps), and val/test cut to 200 images.
+    cfg.train.iters = max(50, int(cfg.train.iters * 0.25))
+    cfg.data.val_limit = 200
+    return cfg
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_quick_gives_every_stage_the_schedule_it_had(preset):
+    before = old_quick(load_config(preset))
+    after = quick_config(load_config(preset))
+    for stage in runner.method_class(after).stages:
+        assert runner.stage_schedule(after, stage) == runner.stage_schedule(before, stage), stage
+    assert to_dict(after) == to_dict(before)  # the whole config, so the run fingerprint too
+
+
+def test_the_demo_rows_quick_configs_are_unchanged():
+    for row, preset in DEMO_PRESETS.items():
+        assert to_dict(demo_config(row, world=None, quick=True)) == to_dict(
+            old_quick(load_config(preset))
+        ), row
+
+
+def test_quick_scales_a_model_stage_by_its_declared_factor(monkeypatch):
+    cls = METHODS["zs3net"]
+    shorter = tuple(
+        dataclasses.replace(s, quick=0.5) if s.name == "generator" else s for s in cls.stages
+    )
+    monkeypatch.setattr(cls, "stages", shorter)
+    full = load_config(ZS3, ["model.generator_train.iters=300"])
+    cfg = quick_config(load_config(ZS3, ["model.generator_train.iters=300"]))
+    generator, classifier = cls.stage("generator"), cls.stage("classifier")
+    assert runner.stage_schedule(cfg, generator).iters == 150
+    assert runner.stage_schedule(cfg, classifier) == runner.stage_schedule(full, classifier)
+    assert cfg.train.iters == max(50, int(full.train.iters * 0.25))
+    tiny = quick_config(load_config(ZS3, ["model.generator_train.iters=60"]))
+    assert runner.stage_schedule(tiny, generator).iters == 50  # never below QUICK_MIN_ITERS
+
+
+def test_a_stage_override_sets_that_stages_schedule():
+    cfg = runner.load_experiment(
+        ZS3, ["stages.generator.iters=7", "stages.segmenter.lr=0.5", "stages.classifier.seed=3"]
+    )
+    same = load_config(
+        ZS3, ["model.generator_train.iters=7", "train.lr=0.5", "model.classifier_train.seed=3"]
+    )
+    assert to_dict(cfg) == to_dict(same)
+    # the method an override picks decides which stages exist
+    st = runner.load_experiment(
+        "zegclip_vit-tiny_shapeworld",
+        ["method=zegclip-st", "stages.self-training.iters=5"],
+    )
+    assert runner.stage_schedule(st, METHODS["zegclip-st"].stage("self-training")).iters == 5
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "stages.bogus.iters=3",
+            r"override 'stages.bogus.iters=3': method 'zs3net' has no stage 'bogus'; its stages: "
+            r"segmenter, generator, classifier$",
+        ),
+        ("stages.generator=3", r"must look like stages.<stage>.<key>=<value>"),
+        ("stages.generator.iterz=3", r"unknown keys \['iterz'\]"),
+    ],
+)
+def test_a_bad_stage_override_fails_in_one_line(override, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        runner.load_experiment(ZS3, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_the_cli_names_the_valid_stages(capsys, tmp_path):
+    code = main(["train", ZS3, "--out", str(tmp_path), "--set", "stages.decoder.iters=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "has no stage 'decoder'; its stages: segmenter, generator, classifier" in err
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_stage_is_a_plain_declaration():
+    assert Stage("x", "train").quick == 0.25  # the default share: the old --quick rule's
+
+
+def test_a_method_without_stages_is_refused_at_registration(tmp_path, monkeypatch):
+    from zeroseg.methods import discover
+
+    package = tmp_path / "stageless_methods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "toy.py").write_text(
+        "from zeroseg.methods.base import Method\n\n\nclass Toy(Method):\n    name = 'toy'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"method 'toy' \(stageless_methods.toy.Toy\) declares no"):
+        discover("stageless_methods", [str(package)])
+    (package / "toy.py").write_text(
+        "from zeroseg.methods.base import Method, Stage\n\n\n"
+        "class Toy(Method):\n"
+        "    name = 'toy'\n"
+        "    stages = (Stage('toy', 'train'),)\n"
+    )
+    monkeypatch.delitem(sys.modules, "stageless_methods.toy")
+    assert list(discover("stageless_methods", [str(package)])) == ["toy"]
