@@ -119,4 +119,5 @@ def test_the_frozen_projection_presets_are_the_projection_preset_plus_a_few_keys
         "model.foundation": "shapeworld-foundation-exclude-default",
         "demo.row": "ablation",
         "demo.order": 11,
+        "demo.baselines": ["projection-frozen"],
     }
