@@ -62,63 +62,56 @@ COMPARED = (
 )
 
 
+def _like_for_like(intro: str, rows: list[tuple[str, str, list[str]]]) -> list[str]:
+    """The "Like for like" section: ``intro`` and a row per (method, baseline, cells)."""
+    if not rows:
+        return []
+    lines = ["", "## Like for like", "", intro, ""]
+    lines.append("| method | vs | " + " | ".join(f"Δ {label}" for _, label in COMPARED) + " |")
+    lines.append("|---|---|" + "---:|" * len(COMPARED))
+    return lines + [f"| {n} | {b} | " + " | ".join(cells) + " |" for n, b, cells in rows]
+
+
 def comparison_lines(rows: dict) -> list[str]:
     """The "Like for like" table of a one-seed report: each row against its baselines
     (``row["baselines"]``, from its preset's ``demo.baselines``), as differences of the metrics.
     One seed has no spread, so no gap is marked; ``--seeds`` marks those that exceed it."""
-    pairs = [(n, b) for n, r in rows.items() for b in r.get("baselines", [])]
-    if not pairs:
-        return []
-    lines = [
-        "",
-        "## Like for like",
-        "",
+
+    def cells(row: dict, ref: dict) -> list[str]:
+        return [
+            "–" if row.get(k) is None or ref.get(k) is None else f"{row[k] - ref[k]:+.1f}"
+            for k, _ in COMPARED
+        ]
+
+    return _like_for_like(
         "Each method minus the row it is compared with (same backbone, training images and "
         "budget; ablation rows against their full method; `+refinement` rows against the "
         "unrefined method). One seed: these differences have no spread yet; "
         "`zeroseg demo --seeds` marks the ones that exceed it.",
-        "",
-        "| method | vs | " + " | ".join(f"Δ {label}" for _, label in COMPARED) + " |",
-        "|---|---|" + "---:|" * len(COMPARED),
-    ]
-    for name, base in pairs:
-        row, ref = rows[name], rows[base]
-        cells = [
-            "–" if row.get(k) is None or ref.get(k) is None else f"{row[k] - ref[k]:+.1f}"
-            for k, _ in COMPARED
-        ]
-        lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
-    return lines
+        [(n, b, cells(r, rows[b])) for n, r in rows.items() for b in r.get("baselines", [])],
+    )
 
 
 def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
     """The "Like for like" table of a seed report: each row against each of its baselines
     (``row["comparisons"]``), the difference of means, **bold** where it exceeds the spread."""
-    pairs = [(n, b, g) for n, r in rows.items() for b, g in r.get("comparisons", {}).items()]
-    if not pairs:
-        return []
-    lines = [
-        "",
-        "## Like for like",
-        "",
+
+    def cell(g: dict | None) -> str:
+        if g is None:
+            return "–"
+        if g["exceeds_spread"]:
+            return f"**{g['value']:+.1f}** (± {g['spread']:.1f})"
+        return f"{g['value']:+.1f} (± {g['spread']:.1f}, no difference)"
+
+    return _like_for_like(
         f"Difference of means, method minus the row it is compared with; **bold** where it "
         f"exceeds the spread ({gap_rule}), 'no difference' where it does not.",
-        "",
-        "| method | vs | " + " | ".join(f"Δ {label}" for _, label in COMPARED) + " |",
-        "|---|---|" + "---:|" * len(COMPARED),
-    ]
-    for name, base, gaps in pairs:
-        cells = []
-        for k, _ in COMPARED:
-            g = gaps.get(k)
-            if g is None:
-                cells.append("–")
-            elif g["exceeds_spread"]:
-                cells.append(f"**{g['value']:+.1f}** (± {g['spread']:.1f})")
-            else:
-                cells.append(f"{g['value']:+.1f} (± {g['spread']:.1f}, no difference)")
-        lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
-    return lines
+        [
+            (n, b, [cell(gaps.get(k)) for k, _ in COMPARED])
+            for n, r in rows.items()
+            for b, gaps in r.get("comparisons", {}).items()
+        ],
+    )
 
 
 def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
