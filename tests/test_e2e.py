@@ -238,3 +238,35 @@ def test_demo_seeds_rejects_one_seed_and_a_conflicting_override(tiny_world, tmp_
     assert "at least two distinct seeds" in capsys.readouterr().err
     assert main([*args, "--seeds", "0", "1", "--set", "seed=4"]) == 2
     assert "conflicts with --seeds" in capsys.readouterr().err
+
+
+def test_demo_jobs_gives_the_one_thread_rows_exactly(tiny_world, tmp_path):
+    """``--jobs 2``: two rows at once, each worker on one thread, gives exactly the figures of
+    the rows run one after the other on one thread (and keeps the rows' order)."""
+    import torch
+
+    args = ["demo", "--world", str(tiny_world), "--methods", "oracle", "projection"]
+    args += ["--no-progress", "--set", "train.iters=20", "--set", "eval.batch_size=32"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+        torch.set_num_threads(2)  # two jobs of one thread each
+        assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert list(two["methods"]) == ["oracle", "projection"]
+    assert two["jobs"] == 2 and two["threads"] == 1
+    for name in ("oracle", "projection"):
+        for key in ("seen_miou", "unseen_miou", "hiou", "miou", "ausuc", "per_class_iou"):
+            assert two["methods"][name][key] == one["methods"][name][key], (name, key)
+
+
+def test_a_parallel_row_waits_for_the_baselines_it_shares_stages_with():
+    from zeroseg.demo import _ready
+
+    planned = ["zs3net", "zs5net", "sazs"]
+    assert not _ready("zs5net", set(), planned)  # zs3net trains the stages zs5net reuses
+    assert _ready("zs5net", {"zs3net"}, planned)  # projection is not in this run
+    assert _ready("sazs", set(), planned)

@@ -39,6 +39,14 @@ def _setup_env() -> None:
     warnings.formatwarning = fmt
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a one-line error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
 def cmd_demo(args) -> int:
     from zeroseg.demo import ABLATIONS, DEFAULT_METHODS, run_demo, run_seeds
 
@@ -53,6 +61,7 @@ def cmd_demo(args) -> int:
         progress=not args.no_progress,
         refine=args.refine or [],
         refine_on=args.refine_on,
+        jobs=args.jobs,
     )
     return 0
 
@@ -416,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--refine-on", nargs="+", metavar="METHOD", help="methods to refine (default: all)"
+    )
+    d.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="train N rows at once, each in its own process with 1/N of the threads; a row "
+        "starts once its baselines have finished (default: 1, one row at a time)",
     )
 
     t = command(

@@ -162,6 +162,153 @@ def row_from(
     return row
 
 
+def _run_row(
+    name: str,
+    cfg,
+    data,
+    directory: Path,
+    *,
+    progress: bool,
+    grid_images: int,
+    refine: Sequence[str],
+) -> dict:
+    """Trains (or loads) one demo row and evaluates it, with its refined rows.
+
+    Returns ``rows`` (the row and its ``+refinement`` rows), ``grid`` (their kept predictions)
+    and ``foundation`` (the foundation it starts from, or None).
+    """
+    from zeroseg.methods import METHODS
+
+    started_from = METHODS[cfg.method].foundation_of(runner.model_config(cfg))
+    identity = None
+    if started_from:
+        from zeroseg.foundation import foundation_identity
+
+        identity = foundation_identity(started_from)
+    print(f"[zeroseg] {name}: training (or loading finished stages) into {directory}", flush=True)
+    result = runner.train(cfg, directory, progress=progress, data=data)
+    # gamma of the shared calibration rule chosen on val; figures on test (never tuned on)
+    metrics, spi, kept = runner.evaluate_protocol(
+        result.method, cfg, data, result.embed, progress=progress, keep=grid_images
+    )
+    metrics.update(result.method.extra_metrics(cfg, data, result.embed, progress=progress))
+    reused = not result.trained_stages
+    detail = result.protocol_detail
+    rows = {
+        name: row_from(
+            metrics,
+            result.method,
+            result.train_seconds,
+            spi,
+            result.notes,
+            reused=reused,
+            protocol_detail=detail,
+        )
+    }
+    rows[name]["foundation"] = identity
+    grid = {name: [p.cpu().numpy() for p in kept]}
+    for kind in refine:
+        post = build_refinement(kind)
+        r_metrics, r_spi, r_kept = runner.evaluate_protocol(
+            result.method,
+            cfg,
+            data,
+            result.embed,
+            progress=progress,
+            keep=grid_images,
+            post=post,
+            calibration=metrics["calibration"],
+            curve=False,
+        )
+        note = (
+            f"{name} refined by {kind} fusion at inference (no ground truth used), at "
+            f"{name}'s gamma"
+        )
+        rows[f"{name}+{kind}"] = row_from(
+            r_metrics,
+            result.method,
+            result.train_seconds,
+            r_spi,
+            [note],
+            reused=reused,
+            protocol_detail=detail,
+        )
+        grid[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
+        print(
+            f"[zeroseg] {name}+{kind}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "
+            f"{_fmt(r_metrics['unseen_miou'])}  hIoU {_fmt(r_metrics['hiou'])}  boundary F "
+            f"{r_metrics['boundary_f']:.1f}",
+            flush=True,
+        )
+    took = (
+        "every stage reused from an earlier run" if reused else f"{result.train_seconds:.0f}s train"
+    )
+    print(
+        f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) "
+        f"{_fmt(metrics['unseen_miou'])}  hIoU {_fmt(metrics['hiou'])}  AUSUC "
+        f"{_fmt(metrics.get('ausuc'))}  gamma {metrics['calibration']['gamma']:+.2f} (on val)  "
+        f"({took})",
+        flush=True,
+    )
+    return {"rows": rows, "grid": grid, "foundation": (started_from, identity)}
+
+
+def _job_init(threads: int) -> None:
+    """A ``--jobs`` worker: its share of the machine's threads."""
+    torch.set_num_threads(threads)
+
+
+def _job_row(name: str, cfg, directory: Path, grid_images: int, refine: Sequence[str]) -> dict:
+    """A ``--jobs`` worker's row: the world from the cache the parent filled, no progress bars
+    (two workers' bars would interleave)."""
+    data = runner.build_data(cfg, progress=False)
+    return _run_row(
+        name, cfg, data, directory, progress=False, grid_images=grid_images, refine=refine
+    )
+
+
+def _ready(name: str, done: set[str], planned: Sequence[str]) -> bool:
+    """Whether a row may start in a parallel run: its baselines in this run have finished.
+
+    Rows that share a trained stage (ZS5Net's segmenter is ZS3Net's, PADing's mask model is
+    mask-projection's, sazs-nofusion's segmenter is sazs's, ablations start from their full
+    method) name the row that trains it among their baselines, so waiting for the baselines
+    keeps a worker from idling on another worker's stage lock.
+    """
+    return all(b in done for b in baselines_of(name) if b in planned)
+
+
+def _run_rows_parallel(jobs_args: list[tuple], jobs: int, threads: int) -> dict[str, dict]:
+    """Runs ``(name, cfg, directory, grid_images, refine)`` rows in ``jobs`` processes of
+    ``threads`` threads each, a row starting once its baselines have finished (:func:`_ready`).
+    Returns each row's :func:`_run_row` result by name."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    planned = [a[0] for a in jobs_args]
+    pending = list(jobs_args)
+    results: dict[str, dict] = {}
+    running = {}
+    # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_job_init, initargs=(threads,)
+    ) as pool:
+        while pending or running:
+            for args in [a for a in pending if _ready(a[0], set(results), planned)]:
+                if len(running) >= jobs:
+                    break
+                pending.remove(args)
+                running[pool.submit(_job_row, *args)] = args[0]
+            if not running:  # a cycle among baselines: run the next row anyway
+                args = pending.pop(0)
+                running[pool.submit(_job_row, *args)] = args[0]
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[running.pop(future)] = future.result()
+    return results
+
+
 def run_demo(
     *,
     out: Path,
@@ -173,8 +320,18 @@ def run_demo(
     grid_images: int = 6,
     refine: Sequence[str] = (),
     refine_on: Sequence[str] | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Runs the demo and returns the report summary (also written to ``out``)."""
+    """Runs the demo and returns the report summary (also written to ``out``).
+
+    ``jobs`` > 1 trains that many rows at once, each in its own process with an equal share of
+    this process's threads (``torch.get_num_threads() // jobs``, at least 1); a row starts once
+    its baselines have finished. Each row is deterministic for a given thread count, so a
+    ``--jobs 2`` run repeats exactly, but its figures may differ in the last digits from a
+    ``--jobs 1`` run (kernels split their sums by thread).
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
     spec = load_spec(world)  # validates before any work
     methods = list(dict.fromkeys(methods))
     for m in methods:
@@ -182,86 +339,37 @@ def run_demo(
             raise ValueError(f"unknown method {m!r}; the demo knows {sorted(DEMO_PRESETS)}")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    configs = {n: demo_config(n, world=world, quick=quick, overrides=overrides) for n in methods}
+    print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
+    data = runner.build_data(configs[methods[0]], progress=progress)
+    rows_args = [
+        (
+            name,
+            configs[name],
+            out / "runs" / f"{name}-{fingerprint(configs[name], spec.content_key())}",
+            grid_images,
+            tuple(refine if refine_on is None or name in refine_on else ()),
+        )
+        for name in methods
+    ]
+    threads = max(1, torch.get_num_threads() // jobs)
+    if jobs == 1:
+        results = {
+            a[0]: _run_row(a[0], a[1], data, a[2], progress=progress, grid_images=a[3], refine=a[4])
+            for a in rows_args
+        }
+    else:
+        print(f"[zeroseg] {jobs} jobs of {threads} thread(s) each")
+        results = _run_rows_parallel(rows_args, jobs, threads)
     rows: dict[str, dict] = {}
     grid_preds: dict[str, list[np.ndarray]] = {}
     foundations: dict[str, dict] = {}
-    data = None
-    for name in methods:
-        cfg = demo_config(name, world=world, quick=quick, overrides=overrides)
-        from zeroseg.methods import METHODS
-
-        started_from = METHODS[cfg.method].foundation_of(runner.model_config(cfg))
-        if started_from and started_from not in foundations:
-            from zeroseg.foundation import foundation_identity
-
-            foundations[started_from] = foundation_identity(started_from)
-        if data is None:
-            print(
-                f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen"
-            )
-            data = runner.build_data(cfg, progress=progress)
-        directory = out / "runs" / f"{name}-{fingerprint(cfg, spec.content_key())}"
-        print(f"[zeroseg] {name}: training (or loading finished stages) into {directory}")
-        result = runner.train(cfg, directory, progress=progress, data=data)
-        # gamma of the shared calibration rule chosen on val; figures on test (never tuned on)
-        metrics, spi, kept = runner.evaluate_protocol(
-            result.method, cfg, data, result.embed, progress=progress, keep=grid_images
-        )
-        metrics.update(result.method.extra_metrics(cfg, data, result.embed, progress=progress))
-        reused = not result.trained_stages
-        detail = result.protocol_detail
-        rows[name] = row_from(
-            metrics,
-            result.method,
-            result.train_seconds,
-            spi,
-            result.notes,
-            reused=reused,
-            protocol_detail=detail,
-        )
-        rows[name]["foundation"] = foundations[started_from] if started_from else None
-        grid_preds[name] = [p.cpu().numpy() for p in kept]
-        for kind in refine if refine_on is None or name in refine_on else ():
-            post = build_refinement(kind)
-            r_metrics, r_spi, r_kept = runner.evaluate_protocol(
-                result.method,
-                cfg,
-                data,
-                result.embed,
-                progress=progress,
-                keep=grid_images,
-                post=post,
-                calibration=metrics["calibration"],
-                curve=False,
-            )
-            note = (
-                f"{name} refined by {kind} fusion at inference (no ground truth used), at "
-                f"{name}'s gamma"
-            )
-            rows[f"{name}+{kind}"] = row_from(
-                r_metrics,
-                result.method,
-                result.train_seconds,
-                r_spi,
-                [note],
-                reused=reused,
-                protocol_detail=detail,
-            )
-            grid_preds[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
-            print(
-                f"[zeroseg] {name}+{kind}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "
-                f"{_fmt(r_metrics['unseen_miou'])}  hIoU {_fmt(r_metrics['hiou'])}  boundary F {r_metrics['boundary_f']:.1f}"
-            )
-        took = (
-            "every stage reused from an earlier run"
-            if reused
-            else f"{result.train_seconds:.0f}s train"
-        )
-        print(
-            f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) {_fmt(metrics['unseen_miou'])}"
-            f"  hIoU {_fmt(metrics['hiou'])}  AUSUC {_fmt(metrics.get('ausuc'))}"
-            f"  gamma {metrics['calibration']['gamma']:+.2f} (on val)  ({took})"
-        )
+    for name in methods:  # the report keeps the rows' order, whatever finished first
+        rows.update(results[name]["rows"])
+        grid_preds.update(results[name]["grid"])
+        started_from, identity = results[name]["foundation"]
+        if started_from:
+            foundations.setdefault(started_from, identity)
     for name, row in rows.items():  # the like-for-like comparisons the report shows
         row["baselines"] = [b for b in baselines_of(name) if b in rows]
     from zeroseg.report import write_report
@@ -290,7 +398,8 @@ def run_demo(
         "val_images": len(data.val),
         "test_images": len(data.test),
         "quick": quick,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if jobs == 1 else threads,
+        "jobs": jobs,
         "split": {
             "num_classes": split.num_classes,
             "names": list(split.names),
