@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-ablations test lint format bench clean
+.PHONY: demo demo-ablations benchmark test lint format bench clean
 
 # Only sets up; re-runs when pyproject.toml changes.
 $(VENV): pyproject.toml
@@ -25,6 +25,13 @@ demo: $(VENV)
 
 demo-ablations: $(VENV)
 	$(BIN)/zeroseg demo --quick --out runs/demo-ablations --ablations --refine spectral --refine-on projection zs3net
+
+# 3 seeds on the default world and on the second shipped world (no preset was tuned on it):
+# mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
+benchmark: $(VENV)
+	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default
+	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second \
+		--world src/zeroseg/data/shapeworld/worlds/second.yaml
 
 test: $(VENV)
 	bash scripts/run_tests.sh
