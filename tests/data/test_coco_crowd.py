@@ -9,7 +9,9 @@ PQ: the expected figures are derived by hand with panopticapi's ``pq_compute_sin
 (cocodataset/panopticapi, panopticapi/evaluation.py): a crowd segment is never matched nor an FN;
 a prediction's pixels on a crowd stay in the IoU union (only VOID pixels leave it); an unmatched
 prediction is not an FP when more than half of it lies on VOID plus the crowd of *its own*
-category. Mask AP: pycocotools' COCOeval is run on the same image (a dev dependency).
+category. They equal panopticapi's own ``pq_compute`` run on this fixture (recorded below in
+``PANOPTICAPI_*``; benchmarks/panopticapi_reference.py reproduces them from a checkout).
+Mask AP: pycocotools' COCOeval is run on the same image (a dev dependency).
 """
 
 from __future__ import annotations
@@ -74,6 +76,19 @@ def crowd_root(tmp_path):
     return root
 
 
+# panopticapi's pq_compute on the ground truth above and predictions() (see the PQ test)
+PANOPTICAPI_PER_CLASS = {
+    "person": (66.666667, 66.666667, 100.0),
+    "car": (66.666667, 100.0, 66.666667),
+    "grass-merged": (100.0, 100.0, 100.0),
+}
+PANOPTICAPI_GROUPS = {
+    "": (77.777778, 88.888889, 88.888889, 3),
+    "things_": (66.666667, 83.333333, 83.333333, 2),
+    "stuff_": (100.0, 100.0, 100.0, 1),
+}
+
+
 def predictions() -> tuple[np.ndarray, np.ndarray]:
     """The predicted panoptic map and its (id, class) rows:
     P1 person rows 0-4 cols 0-5 (30 px: person A and 10 px of the crowd), P2 car rows 0-4
@@ -127,6 +142,17 @@ def test_pq_on_the_loader_path_equals_panopticapi(crowd_root):
     assert r["per_class_rq"]["car"] == pytest.approx(200 / 3)
     assert r["per_class_pq"]["grass-merged"] == pytest.approx(100.0)
     assert r["pq"] == pytest.approx(700 / 9) and r["n"] == 3
+    # panopticapi's own pq_compute on this fixture, recorded with
+    # `python benchmarks/panopticapi_reference.py --panopticapi <checkout>` (cocodataset/panopticapi
+    # 7bb4655): per category (PQ, SQ, RQ) and per group (PQ, SQ, RQ, n), in percent
+    for name, figures in PANOPTICAPI_PER_CLASS.items():
+        got = tuple(r[f"per_class_{m}"][name] for m in ("pq", "sq", "rq"))
+        assert got == pytest.approx(figures, abs=1e-6), name
+    for prefix, figures in PANOPTICAPI_GROUPS.items():
+        got = tuple(r[f"{prefix}{m}"] for m in ("pq", "sq", "rq", "n"))
+        assert got == pytest.approx(figures, abs=1e-6), prefix or "all"
+    occurring = {n for n, v in r["per_class_pq"].items() if v is not None}
+    assert occurring == set(PANOPTICAPI_PER_CLASS)
     # the same figures as the json's own segment list on the raw PNG ids (panopticapi's input)
     gt_dicts = [
         {"id": g["id"], "category_id": index_of(g["category_id"]), "iscrowd": g["iscrowd"]}
