@@ -158,6 +158,34 @@ MUTATIONS = (
         ("tests/data/test_coco_crowd.py",),
     ),
     Mutation(
+        "ap-ignores-crowd-flags",
+        "the instance evaluator ignores the crowd flags it is given",
+        "src/zeroseg/metrics/instance.py",
+        "crowd = np.zeros(m, bool) if gt_iscrowd is None else",
+        "crowd = np.zeros(m, bool) if True else",
+        ("tests/data/test_coco_crowd.py::test_mask_ap_on_the_loader_path_equals_cocoeval",),
+    ),
+    Mutation(
+        "eval-pq-without-crowd-column",
+        "the mask-model methods' evaluation gives PQ the segments without their crowd column",
+        "src/zeroseg/methods/mask_model.py",
+        "pq.process(pan.cpu(), rows, gt_pan, gt_segs)",
+        "pq.process(pan.cpu(), rows, gt_pan, gt_segs[:, :3])",
+        (
+            "tests/data/test_coco_crowd.py::test_the_methods_evaluation_keeps_the_crowd_for_pq_and_ap",
+        ),
+    ),
+    Mutation(
+        "eval-ap-without-crowd-flags",
+        "the mask-model methods' evaluation gives AP no crowd flags",
+        "src/zeroseg/methods/mask_model.py",
+        "thing_rows[:, 1], crowd)",
+        "thing_rows[:, 1])",
+        (
+            "tests/data/test_coco_crowd.py::test_the_methods_evaluation_keeps_the_crowd_for_pq_and_ap",
+        ),
+    ),
+    Mutation(
         "pq-fp-exempt-on-any-crowd",
         "PQ exempts an unmatched prediction lying mostly on a crowd of any class (not its own)",
         "src/zeroseg/metrics/panoptic.py",
