@@ -10,7 +10,7 @@ First the tests of every chosen mutation run on an unmutated copy and must pass 
 "killed" would mean nothing); each run checks that the copy imports its own ``src``.
 
 Usage: python benchmarks/mutations.py [--only NAME ...] [--list] [--no-baseline]
-(run from the repository root with the project's environment; about 15-20 minutes on one core)
+(run from the repository root with the project's environment; about half an hour on one core)
 """
 
 from __future__ import annotations
@@ -62,6 +62,22 @@ MUTATIONS = (
         "if split is not None:\n                    assert_seen_only(batch, split",
         "if split is not None and step == start:\n                    assert_seen_only(batch, split",
         ("tests/data/test_protocol.py",),
+    ),
+    Mutation(
+        "crowd-reaches-training",
+        "COCO crowd segments reach training (SeenOnly keeps them as instance targets)",
+        "src/zeroseg/data/protocol.py",
+        "drop |= segs[:, 3] != 0",
+        "drop |= segs[:, 3] < 0",
+        ("tests/data/test_coco_crowd.py::test_crowd_regions_reach_no_training_stage",),
+    ),
+    Mutation(
+        "strict-misses-unseen-crowd",
+        "the strict protocol keeps an image whose only unseen region is a crowd (255 in the label)",
+        "src/zeroseg/data/protocol.py",
+        " or bool(np.isin(classes, split.unseen).any())",
+        "",
+        ("tests/data/test_coco_crowd.py::test_crowd_regions_reach_no_training_stage",),
     ),
     Mutation(
         "zegclip-no-seen-reduction",
