@@ -6,8 +6,11 @@ is never touched), runs the tests that guard against it, and prints ``killed`` (
 ``survived`` (every test passed: the bug would go unnoticed). A replacement whose text is not
 found stops the script with an error naming it: the list must follow the code.
 
-Usage: python benchmarks/mutations.py [--only NAME ...] [--list]
-(run from the repository root with the project's environment; about 15-20 minutes on one core)
+First the tests of every chosen mutation run on an unmutated copy and must pass (otherwise a
+"killed" would mean nothing); each run checks that the copy imports its own ``src``.
+
+Usage: python benchmarks/mutations.py [--only NAME ...] [--list] [--no-baseline]
+(run from the repository root with the project's environment; about half an hour on one core)
 """
 
 from __future__ import annotations
@@ -56,16 +59,33 @@ MUTATIONS = (
         "guard-first-step",
         "the protocol guard checks only the first step",
         "src/zeroseg/engine/trainer.py",
-        "            if split is not None:\n                assert_seen_only(",
-        "            if split is not None and step == start:\n                assert_seen_only(",
+        "if split is not None:\n                    assert_seen_only(batch, split",
+        "if split is not None and step == start:\n                    assert_seen_only(batch, split",
         ("tests/data/test_protocol.py",),
+    ),
+    Mutation(
+        "crowd-reaches-training",
+        "COCO crowd segments reach training (SeenOnly keeps them as instance targets)",
+        "src/zeroseg/data/protocol.py",
+        "drop |= segs[:, 3] != 0",
+        "drop |= segs[:, 3] < 0",
+        ("tests/data/test_coco_crowd.py::test_crowd_regions_reach_no_training_stage",),
+    ),
+    Mutation(
+        "strict-misses-unseen-crowd",
+        "the strict protocol keeps an image whose only unseen region is a crowd (255 in the label)",
+        "src/zeroseg/data/protocol.py",
+        " or bool(np.isin(classes, split.unseen).any())",
+        "",
+        ("tests/data/test_coco_crowd.py::test_crowd_regions_reach_no_training_stage",),
     ),
     Mutation(
         "zegclip-no-seen-reduction",
         "inductive ZegCLIP without the seen-score reduction at inference",
         "src/zeroseg/methods/zegclip.py",
-        "return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=self.cfg.nel)",
-        "return reduce_seen(logits, seen_mask, 0.0, sigmoid=self.cfg.nel)",
+        # every inference path (sigmoid shift, softmax reduction) reads it through reduction()
+        "        return self.cfg.seen_reduction\n",
+        "        return 0.0\n",
         (
             "tests/methods/test_zegclip.py::"
             "test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token",
@@ -75,9 +95,19 @@ MUTATIONS = (
         "zegclip-rd-without-cls",
         "the relationship descriptor without the CLS token",
         "src/zeroseg/methods/zegclip.py",
-        "return self.decoder(patches, cls, F.normalize(class_embeddings.float(), dim=-1))",
-        "return self.decoder(patches, torch.ones_like(cls), "
-        "F.normalize(class_embeddings.float(), dim=-1))",
+        "return self.decoder(patches, cls, ",
+        "return self.decoder(patches, torch.ones_like(cls), ",
+        (
+            "tests/methods/test_zegclip.py::"
+            "test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token",
+        ),
+    ),
+    Mutation(
+        "zegclip-rd-without-cls-at-inference",
+        "the relationship descriptor without the CLS token on the cached inference path only",
+        "src/zeroseg/methods/zegclip.py",
+        "return self.decoder.predict(patches, cls, ",
+        "return self.decoder.predict(patches, torch.ones_like(cls), ",
         (
             "tests/methods/test_zegclip.py::"
             "test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token",
@@ -87,11 +117,12 @@ MUTATIONS = (
         "zs5net-pseudo-on-unseen-gt",
         "ZS5Net pseudo-labels restricted to unseen ground-truth pixels (the released code's leak)",
         "src/zeroseg/methods/zs3net.py",
-        "        indices, pseudo = self.pseudo_label(ctx.train_images, device=ctx.device, amp=cfg.amp)\n",
-        "        indices, pseudo = self.pseudo_label(ctx.train_images, device=ctx.device, amp=cfg.amp)\n"
-        "        gt = torch.stack([ctx.train_images.dataset[i]['label'] for i in indices])\n"
-        "        unseen_gt = torch.isin(gt, torch.tensor(list(self.split.unseen)))\n"
-        "        pseudo = torch.where(unseen_gt, pseudo, torch.full_like(pseudo, 255))\n",
+        # in pseudo_label, which gets the unlabelled images (ImagesOnly hides their labels)
+        "        return indices, pseudo.to(torch.uint8)\n",
+        "        gt = torch.stack([images.dataset[i]['label'] for i in indices])\n"
+        "        unseen_gt = torch.isin(gt.long(), torch.tensor(list(self.split.unseen)))\n"
+        "        pseudo = torch.where(unseen_gt, pseudo, torch.full_like(pseudo, 255))\n"
+        "        return indices, pseudo.to(torch.uint8)\n",
         ("tests/methods/test_zs3net.py::test_pseudo_labels_do_not_depend_on_the_ground_truth",),
     ),
     Mutation(
@@ -143,6 +174,50 @@ MUTATIONS = (
         ("tests/data/test_coco_crowd.py",),
     ),
     Mutation(
+        "ap-ignores-crowd-flags",
+        "the instance evaluator ignores the crowd flags it is given",
+        "src/zeroseg/metrics/instance.py",
+        "crowd = np.zeros(m, bool) if gt_iscrowd is None else",
+        "crowd = np.zeros(m, bool) if True else",
+        ("tests/data/test_coco_crowd.py::test_mask_ap_on_the_loader_path_equals_cocoeval",),
+    ),
+    Mutation(
+        "eval-pq-without-crowd-column",
+        "the mask-model methods' evaluation gives PQ the segments without their crowd column",
+        "src/zeroseg/methods/mask_model.py",
+        "pq.process(pan.cpu(), rows, gt_pan, gt_segs)",
+        "pq.process(pan.cpu(), rows, gt_pan, gt_segs[:, :3])",
+        (
+            "tests/data/test_coco_crowd.py::test_the_methods_evaluation_keeps_the_crowd_for_pq_and_ap",
+        ),
+    ),
+    Mutation(
+        "eval-ap-without-crowd-flags",
+        "the mask-model methods' evaluation gives AP no crowd flags",
+        "src/zeroseg/methods/mask_model.py",
+        "thing_rows[:, 1], crowd)",
+        "thing_rows[:, 1])",
+        (
+            "tests/data/test_coco_crowd.py::test_the_methods_evaluation_keeps_the_crowd_for_pq_and_ap",
+        ),
+    ),
+    Mutation(
+        "pq-fp-exempt-on-any-crowd",
+        "PQ exempts an unmatched prediction lying mostly on a crowd of any class (not its own)",
+        "src/zeroseg/metrics/panoptic.py",
+        "same_crowd = (g_cats[crowd_g][:, None] == p_cats[None, :]) * conf",
+        "same_crowd = conf",
+        ("tests/data/test_coco_crowd.py", "tests/metrics/test_panoptic.py"),
+    ),
+    Mutation(
+        "pq-crowd-leaves-union",
+        "PQ removes a prediction's pixels on a crowd from the IoU union (only void may leave it)",
+        "src/zeroseg/metrics/panoptic.py",
+        "- inter - on_void[None, :]",
+        "- inter - on_void[None, :] - conf[:n_g][real_g & g_crowd, :n_p].sum(0)[None, :]",
+        ("tests/data/test_coco_crowd.py", "tests/metrics/test_panoptic.py"),
+    ),
+    Mutation(
         "calibration-ignores-gamma",
         "the shared calibration rule does not subtract gamma",
         "src/zeroseg/methods/base.py",
@@ -158,16 +233,81 @@ MUTATIONS = (
         "val_curve = calibration_curve(method, cfg, dataset, split, embed, progress=progress)",
         ("tests/test_e2e.py::test_figures_are_on_test_at_the_gamma_chosen_on_val",),
     ),
+    Mutation(
+        "ausuc-on-val",
+        "AUSUC swept on val instead of the reported split",
+        "src/zeroseg/runner.py",
+        'metrics["ausuc"] = ausuc(test_curve)',
+        'metrics["ausuc"] = ausuc(calibration_curve(method, cfg, data.val, split, embed))',
+        ("tests/test_e2e.py::test_figures_are_on_test_at_the_gamma_chosen_on_val",),
+    ),
 )
 
 
-def run(m: Mutation) -> tuple[str, float]:
-    """Applies ``m`` to a fresh copy and runs its tests: ('killed' | 'survived', seconds)."""
+def _copy_tree(dest: Path) -> None:
+    """Copies what the tests read (``src/``, ``tests/``, ``pyproject.toml``) to ``dest``."""
+    for part in ("src", "tests"):
+        shutil.copytree(ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def _pytest(copy: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
+    """Runs ``tests`` in ``copy`` against the copy's own ``src``: (exit code, output, seconds)."""
+    # COLUMNS: wide enough that pytest's summary line keeps the failure's message
+    env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    # the package must come from the copy, not from an installed or the working tree's src:
+    # otherwise every mutation would "survive" (or the baseline would test the wrong code)
+    where = subprocess.run(
+        [sys.executable, "-c", "import zeroseg; print(zeroseg.__file__)"],
+        cwd=copy,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(where).resolve().is_relative_to((copy / "src").resolve()):
+        raise SystemExit(f"the copy in {copy} imports zeroseg from {where}, not its own src/")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=copy,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc.returncode, proc.stdout, time.perf_counter() - t0
+
+
+def baseline(chosen: list[Mutation]) -> float:
+    """Runs every chosen mutation's tests on an unmutated copy; they must pass, or a "killed"
+    would mean nothing (a test that fails anyway kills every mutation). Returns seconds."""
+    tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+    with tempfile.TemporaryDirectory(prefix="mutation-baseline-") as tmp:
+        _copy_tree(Path(tmp))
+        code, out, seconds = _pytest(Path(tmp), tests)
+    if code != 0:
+        tail = "\n".join(out.splitlines()[-15:])
+        raise SystemExit(f"the unmutated copy fails its tests (pytest exit {code}):\n{tail}")
+    return seconds
+
+
+def _first_failure(out: str) -> str:
+    """pytest's first ``FAILED``/``ERROR`` summary line, shortened: which test caught the bug
+    and with what (an AssertionError, or an error the bug raised)."""
+    for line in out.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            line = line.split(" ", 1)[1].replace("tests/", "", 1)
+            return line if len(line) <= 150 else line[:147] + "..."
+    return "?"
+
+
+def run(m: Mutation) -> tuple[str, float, str]:
+    """Applies ``m`` to a fresh copy and runs its tests: ('killed' | 'survived', seconds, the
+    first failing test)."""
     with tempfile.TemporaryDirectory(prefix=f"mutation-{m.name}-") as tmp:
         copy = Path(tmp)
-        for part in ("src", "tests"):
-            shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+        _copy_tree(copy)
         target = copy / m.path
         text = target.read_text()
         if text.count(m.old) != 1:
@@ -176,27 +316,22 @@ def run(m: Mutation) -> tuple[str, float]:
                 f"{m.path} (expected once); update benchmarks/mutations.py"
             )
         target.write_text(text.replace(m.old, m.new))
-        env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": "1"}
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
-            cwd=copy,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        seconds = time.perf_counter() - t0
-        if proc.returncode not in (0, 1):  # 1: tests failed; else a collection or usage error
-            tail = "\n".join(proc.stdout.splitlines()[-15:])
-            raise SystemExit(f"mutation {m.name}: pytest exited with {proc.returncode}:\n{tail}")
-        return ("survived" if proc.returncode == 0 else "killed"), seconds
+        code, out, seconds = _pytest(copy, m.tests)
+        if code not in (0, 1):  # 1: tests failed; else a collection or usage error
+            tail = "\n".join(out.splitlines()[-15:])
+            raise SystemExit(f"mutation {m.name}: pytest exited with {code}:\n{tail}")
+        if code == 0:
+            return "survived", seconds, ""
+        return "killed", seconds, _first_failure(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutations only")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the run of the tests on an unmutated copy"
+    )
     args = parser.parse_args(argv)
     chosen = list(MUTATIONS)
     if args.only:
@@ -209,11 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             print(f"{m.name}: {m.what}")
         return 0
+    if not args.no_baseline:
+        seconds = baseline(chosen)
+        print(f"{'passed':8s} {'(baseline, unmutated)':36s} {seconds:6.0f}s", flush=True)
     survived = 0
     for m in chosen:
-        verdict, seconds = run(m)
+        verdict, seconds, by = run(m)
         survived += verdict == "survived"
-        print(f"{verdict:8s} {m.name:32s} {seconds:6.0f}s  {m.what}", flush=True)
+        print(f"{verdict:8s} {m.name:36s} {seconds:6.0f}s  {m.what}", flush=True)
+        if by:
+            print(f"{'':8s} {'':36s} {'':7s}  by {by}", flush=True)
     print(f"{len(chosen) - survived} of {len(chosen)} killed")
     return 1 if survived else 0
 

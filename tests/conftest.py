@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +71,40 @@ def demo_run(tiny_world, tmp_path_factory) -> Path:
     args += ["--out", str(out), "--no-progress"]
     assert main([*args, "--set", "train.iters=300", "--set", "eval.batch_size=32"]) == 0
     return out
+
+
+def _reference_semantic_metrics(preds, labels, seen, unseen, ignore_index: int = 255) -> dict:
+    """mIoU / seen / unseen / hIoU (percent) computed class by class from boolean masks, apart
+    from zeroseg.metrics: the reference a run's reported figures are compared against.
+
+    A class's IoU counts where it occurs in the ground truth or the prediction (void pixels left
+    out); the harmonic mean is 0 when either side is 0."""
+    pred = np.concatenate([np.asarray(p).reshape(-1) for p in preds])
+    label = np.concatenate([np.asarray(t).reshape(-1) for t in labels])
+    assert pred.shape == label.shape
+    valid = label != ignore_index
+    pred, label = pred[valid], label[valid]
+    iou = {}
+    for c in set(seen) | set(unseen):
+        inter = np.sum((pred == c) & (label == c))
+        union = np.sum((pred == c) | (label == c))
+        if union:
+            iou[c] = inter / union * 100
+
+    def mean(classes) -> float:
+        vals = [iou[c] for c in classes if c in iou]
+        return float(np.mean(vals)) if vals else 0.0
+
+    s, u = mean(seen), mean(unseen)
+    return {
+        "miou": mean(iou),
+        "seen_miou": s,
+        "unseen_miou": u,
+        "hiou": 0.0 if s <= 0 or u <= 0 else 2 * s * u / (s + u),
+    }
+
+
+@pytest.fixture(scope="session")
+def reference_semantic_metrics():
+    """The function :func:`_reference_semantic_metrics`."""
+    return _reference_semantic_metrics

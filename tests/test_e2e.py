@@ -57,7 +57,11 @@ def test_figures_are_on_test_at_the_gamma_chosen_on_val(demo_run, tiny_world):
     val_curve = runner.calibration_curve(method, cfg, data.val, split, embed, progress=False)
     assert choose_gamma(val_curve) == cal["gamma"]
     assert cal["val_hiou"] == pytest.approx(max(val_curve["hiou"]), abs=1e-9)
-    # AUSUC: calibration-free, between the curve's best corner and zero
+    # AUSUC: calibration-free, the area under the test sweep's mIoU(S)-over-mIoU(U) points
+    # (numpy's trapezoid rule over the points ordered along the unseen axis)
+    order = np.lexsort((-np.array(curve["seen_miou"]), np.array(curve["unseen_miou"])))
+    xs, ys = np.array(curve["unseen_miou"])[order], np.array(curve["seen_miou"])[order]
+    assert row["ausuc"] == pytest.approx(np.trapezoid(ys, xs) / 100, abs=1e-9)
     assert 0 < row["ausuc"] < max(curve["seen_miou"])
     detail = row["protocol_detail"]
     # the projection preset starts from the ShapeWorld foundation, whose captions name unseen

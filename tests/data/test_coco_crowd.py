@@ -9,7 +9,9 @@ PQ: the expected figures are derived by hand with panopticapi's ``pq_compute_sin
 (cocodataset/panopticapi, panopticapi/evaluation.py): a crowd segment is never matched nor an FN;
 a prediction's pixels on a crowd stay in the IoU union (only VOID pixels leave it); an unmatched
 prediction is not an FP when more than half of it lies on VOID plus the crowd of *its own*
-category. Mask AP: pycocotools' COCOeval is run on the same image (a dev dependency).
+category. They equal panopticapi's own ``pq_compute`` run on this fixture (recorded below in
+``PANOPTICAPI_*``; benchmarks/panopticapi_reference.py reproduces them from a checkout).
+Mask AP: pycocotools' COCOeval is run on the same image (a dev dependency).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -74,6 +77,19 @@ def crowd_root(tmp_path):
     return root
 
 
+# panopticapi's pq_compute on the ground truth above and predictions() (see the PQ test)
+PANOPTICAPI_PER_CLASS = {
+    "person": (66.666667, 66.666667, 100.0),
+    "car": (66.666667, 100.0, 66.666667),
+    "grass-merged": (100.0, 100.0, 100.0),
+}
+PANOPTICAPI_GROUPS = {
+    "": (77.777778, 88.888889, 88.888889, 3),
+    "things_": (66.666667, 83.333333, 83.333333, 2),
+    "stuff_": (100.0, 100.0, 100.0, 1),
+}
+
+
 def predictions() -> tuple[np.ndarray, np.ndarray]:
     """The predicted panoptic map and its (id, class) rows:
     P1 person rows 0-4 cols 0-5 (30 px: person A and 10 px of the crowd), P2 car rows 0-4
@@ -127,6 +143,17 @@ def test_pq_on_the_loader_path_equals_panopticapi(crowd_root):
     assert r["per_class_rq"]["car"] == pytest.approx(200 / 3)
     assert r["per_class_pq"]["grass-merged"] == pytest.approx(100.0)
     assert r["pq"] == pytest.approx(700 / 9) and r["n"] == 3
+    # panopticapi's own pq_compute on this fixture, recorded with
+    # `python benchmarks/panopticapi_reference.py --panopticapi <checkout>` (cocodataset/panopticapi
+    # 7bb4655): per category (PQ, SQ, RQ) and per group (PQ, SQ, RQ, n), in percent
+    for name, figures in PANOPTICAPI_PER_CLASS.items():
+        got = tuple(r[f"per_class_{m}"][name] for m in ("pq", "sq", "rq"))
+        assert got == pytest.approx(figures, abs=1e-6), name
+    for prefix, figures in PANOPTICAPI_GROUPS.items():
+        got = tuple(r[f"{prefix}{m}"] for m in ("pq", "sq", "rq", "n"))
+        assert got == pytest.approx(figures, abs=1e-6), prefix or "all"
+    occurring = {n for n, v in r["per_class_pq"].items() if v is not None}
+    assert occurring == set(PANOPTICAPI_PER_CLASS)
     # the same figures as the json's own segment list on the raw PNG ids (panopticapi's input)
     gt_dicts = [
         {"id": g["id"], "category_id": index_of(g["category_id"]), "iscrowd": g["iscrowd"]}
@@ -193,24 +220,30 @@ def _coco_ap(gt_masks, gt_cats, gt_crowd, dets) -> dict[int, float]:
     }
 
 
+def detections() -> list[tuple[np.ndarray, int, float]]:
+    """(mask, COCO category id, score): a small person detection inside the crowd (scored
+    highest; its IoU with the crowd region is 8/30, so without the crowd flag it is a false
+    hit), person A, a car detection on the person crowd, and the car."""
+    box = np.zeros((10, 10), bool)
+    in_crowd, on_crowd = box.copy(), box.copy()
+    in_crowd[:2, 6:] = True  # 8 px inside the person crowd
+    on_crowd[:5, 6:] = True  # 20 px inside the person crowd
+    person_a, car = box.copy(), box.copy()
+    person_a[:5, :4], car[5:, :4] = True, True
+    return [
+        (in_crowd, PERSON, 0.95),
+        (person_a, PERSON, 0.9),
+        (on_crowd, CAR, 0.8),
+        (car, CAR, 0.7),
+    ]
+
+
 def test_mask_ap_on_the_loader_path_equals_cocoeval(crowd_root):
     _, _, test, split = build_real_dataset(
         DataConfig(dataset="coco_panoptic", root=str(crowd_root))
     )
     s = test[0]
-    box = np.zeros((10, 10), bool)
-    on_crowd = box.copy()
-    on_crowd[:5, 6:] = True  # inside the person crowd
-    person_a, car = box.copy(), box.copy()
-    person_a[:5, :4], car[5:, :4] = True, True
-    # a person detection on the crowd (scored highest), person A, a car detection on the person
-    # crowd, and the car
-    dets = [
-        (on_crowd, PERSON, 0.95),
-        (person_a, PERSON, 0.9),
-        (on_crowd, CAR, 0.8),
-        (car, CAR, 0.7),
-    ]
+    dets = detections()
     # the path PADing's evaluation takes: thing rows of the sample, their masks and crowd flags
     segs = s["segments"]
     things = segs[segs[:, 2] == 1]
@@ -233,7 +266,9 @@ def test_mask_ap_on_the_loader_path_equals_cocoeval(crowd_root):
     assert ref == {PERSON: pytest.approx(1.0), CAR: pytest.approx(0.5)}
     assert ours["per_class_ap50"]["person"] == pytest.approx(100 * ref[PERSON], abs=1e-9)
     assert ours["per_class_ap50"]["car"] == pytest.approx(100 * ref[CAR], abs=1e-9)
-    # without the crowd flag the crowd would be a person to find (recall 1/2 after a false hit)
+    # without the crowd flag the crowd is one more person to find and the small detection in
+    # it is a false hit ahead of person A (COCOeval with iscrowd 0 agrees): precision 1/2 up to
+    # recall 1/2, never recall 1 -> AP 51/101 * 1/2
     plain = InstanceEvaluator(K, split.seen, split.unseen, split.things, names=split.names)
     plain.process(
         np.stack([d[0] for d in dets]),
@@ -242,7 +277,63 @@ def test_mask_ap_on_the_loader_path_equals_cocoeval(crowd_root):
         gt_masks,
         things[:, 1],
     )
-    assert plain.evaluate()["per_class_ap50"]["person"] != ours["per_class_ap50"]["person"]
+    no_crowd = _coco_ap(gt_masks.numpy(), cats, np.zeros(len(cats), bool), dets)
+    assert no_crowd[PERSON] == pytest.approx(51 / 101 / 2)
+    assert plain.evaluate()["per_class_ap50"]["person"] == pytest.approx(
+        100 * no_crowd[PERSON], abs=1e-9
+    )
+
+
+def test_the_methods_evaluation_keeps_the_crowd_for_pq_and_ap(crowd_root, monkeypatch):
+    """The evaluation PADing and mask-projection rows run (MaskModelMethod.extra_metrics) on the
+    loader's sample, with the model's decoded output replaced by the fixture's predictions: PQ is
+    panopticapi's, AP50 COCOeval's (the crowd flags reach both evaluators)."""
+    import torch
+
+    from zeroseg import runner
+    from zeroseg.config import load_config
+    from zeroseg.methods import mask_model
+
+    _, _, test, split = build_real_dataset(
+        DataConfig(dataset="coco_panoptic", root=str(crowd_root))
+    )
+    cfg = load_config("mask-projection_unet-small_1k_shapeworld")
+    method = runner.build_method(cfg, split, 8)
+    pred, rows = predictions()
+    dets = detections()
+
+    def model_output(images, emb):  # placeholders: the two decoders below are replaced
+        return torch.zeros(len(images), 1, K + 1), torch.zeros(len(images), 1, 10, 10)
+
+    def panoptic(probs, masks, is_thing, **kw):
+        return torch.from_numpy(pred), torch.from_numpy(np.c_[rows, is_thing[rows[:, 1]]])
+
+    def instances(probs, masks, is_thing, **kw):
+        return (
+            torch.from_numpy(np.stack([d[0] for d in dets])),
+            torch.tensor([d[2] for d in dets]),
+            torch.tensor([index_of(d[1]) for d in dets]),
+        )
+
+    monkeypatch.setattr(method, "predict", model_output)
+    monkeypatch.setattr(mask_model, "panoptic_inference", panoptic)
+    monkeypatch.setattr(mask_model, "instance_inference", instances)
+    out = method.extra_metrics(
+        cfg,
+        SimpleNamespace(test=test, split=split),
+        lambda names: torch.zeros(len(names), 8),
+        progress=False,
+    )
+    for prefix, figures in PANOPTICAPI_GROUPS.items():
+        got = tuple(out[f"{prefix}{m}"] for m in ("pq", "sq", "rq", "n"))
+        assert got == pytest.approx(figures, abs=1e-6), prefix or "all"
+    # COCOeval on these detections (test above): person AP 1, car AP 0.5
+    things = test[0]["segments"][test[0]["segments"][:, 2] == 1]
+    gt_masks = (test[0]["panoptic"][None] == things[:, 0][:, None, None]).numpy()
+    cats = [coco_panoptic.CATEGORIES[int(c)][0] for c in things[:, 1]]
+    ref = _coco_ap(gt_masks, cats, crowd_flags(things), dets)
+    assert out["ap50"] == pytest.approx(100 * (ref[PERSON] + ref[CAR]) / 2, abs=1e-9)
+    assert out["ap_n"] == 2
 
 
 def test_crowd_regions_reach_no_training_stage(crowd_root):

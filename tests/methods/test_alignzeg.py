@@ -10,9 +10,11 @@ import torch
 
 from zeroseg import runner
 from zeroseg.config import load_config
+from zeroseg.data.protocol import assert_seen_only as production_guard
 from zeroseg.engine import trainer
 from zeroseg.methods import METHODS
 from zeroseg.methods.alignzeg import correct_bias, mixup_virtual, seen_repulsion, virtual_loss
+from zeroseg.metrics.semantic import harmonic_mean
 from zeroseg.models.backbones.clip import CLIPVisionConfig, VisionTransformer
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel, PrototypeClassifier
@@ -158,6 +160,7 @@ def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, mon
     stages: dict[str, int] = {}
 
     def spy(batch, split, *, stage):
+        production_guard(batch, split, stage=stage)  # the real guard runs, then more checks
         stages[stage] = stages.get(stage, 0) + 1
         label = batch["label"]
         assert not np.isin(label.numpy(), split.unseen).any()
@@ -178,6 +181,7 @@ def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, mon
     extra = result.method.extra_metrics(cfg, data, result.embed, progress=False)
     for key in ("seen_pq", "unseen_pq", "hpq", "seen_ap50", "unseen_ap50"):
         assert key in extra and 0.0 <= extra[key] <= 100.0
+    assert extra["hpq"] == pytest.approx(harmonic_mean(extra["seen_pq"], extra["unseen_pq"]))
     assert metrics["seen_miou"] > 25.0  # 60 steps already segment the seen classes
 
     # The no-bias-correction row reuses the same trained weights (shared stage, no training).

@@ -10,11 +10,13 @@ import torch
 
 from zeroseg import runner
 from zeroseg.config import load_config
+from zeroseg.data.protocol import assert_seen_only as production_guard
 from zeroseg.engine import trainer
 from zeroseg.generators.disentangle import Disentangler, alignment_loss, gaussian_kl, relation_kl
 from zeroseg.generators.mmd import mmd_loss
 from zeroseg.generators.primitive import GeneratorConfig, GMMNGenerator, PrimitiveGenerator
 from zeroseg.methods import pading
+from zeroseg.metrics.semantic import harmonic_mean
 
 SMALL_GEN = GeneratorConfig(primitives=20, dim=16, layers=2, heads=2, ffn_dim=32, noise_std=1.0)
 
@@ -148,6 +150,7 @@ def test_tiny_fit_strict_protocol_no_unseen_reaches_training(tiny_world, tmp_pat
     def spy(batch, split, *, stage):
         # Every training batch of stages 1-3: no unseen label, no unseen segment, and (strict)
         # no ignored pixel either: images with unseen pixels were dropped, not masked.
+        production_guard(batch, split, stage=stage)  # the real guard runs, then more checks
         unseen[:] = list(split.unseen)
         seen_by_stage[stage] = seen_by_stage.get(stage, 0) + 1
         label = batch["label"]
@@ -192,6 +195,9 @@ def test_tiny_fit_strict_protocol_no_unseen_reaches_training(tiny_world, tmp_pat
         "h_ap50",
     ):
         assert key in extra and 0.0 <= extra[key] <= 100.0
+    # the headline figures are the harmonic means of their seen and unseen sides
+    assert extra["hpq"] == pytest.approx(harmonic_mean(extra["seen_pq"], extra["unseen_pq"]))
+    assert extra["h_ap50"] == pytest.approx(harmonic_mean(extra["seen_ap50"], extra["unseen_ap50"]))
     # Learning check: 80 steps on the tiny world already segment the seen classes.
     assert metrics["seen_miou"] > 25.0
     assert extra["seen_pq"] > 15.0

@@ -406,3 +406,11 @@ def test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_toke
     assert len(got) == 1
     assert torch.allclose(got[0], F.normalize(feats["cls_proj"].float(), dim=-1), atol=1e-6)
     assert not torch.allclose(got[0][0], got[0][1])  # two images, two CLS tokens
+    # inference takes the cached path (decoder.predict): the same logits, the CLS token included
+    with torch.no_grad():
+        fast = method.predict_logits(images, emb)
+        full = method.mask_logits(images, emb)[-1]
+        patches, cls = method._image_side(images)
+        blind = method.decoder(patches, torch.ones_like(cls), method._unit_text(emb))[-1]
+    assert torch.allclose(fast, full, atol=1e-5)
+    assert not torch.allclose(blind, full, atol=1e-4)  # the CLS token does move the logits

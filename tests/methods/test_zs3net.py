@@ -248,7 +248,7 @@ def test_presets_parse_and_build(preset, tiny_world):
     assert method.name == cfg.method
 
 
-def test_word_vector_embeddings(tiny_world, tmp_path):
+def test_word_vector_embeddings(tiny_world, tmp_path, reference_semantic_metrics):
     """The paper's semantic space: a word2vec-format file, averaged over multi-word names."""
     torch.set_num_threads(1)
     words = "red blue yellow circle square triangle flat gray striped brown ground".split()
@@ -270,12 +270,24 @@ def test_word_vector_embeddings(tiny_world, tmp_path):
     ]
     cfg = load_config("zs3net_unet-small_shapeworld", sets)
     res = runner.train(cfg, tmp_path / "run", progress=False)
-    assert res.method.train_embeddings.shape == (res.data.split.num_classes, 8)
+    # the generator's semantic space is the file's: each class the mean of its unit word vectors
+    vec = {ln.split()[0]: np.array(ln.split()[1:], dtype=np.float64) for ln in lines[1:]}
+    expected = []
+    for name in res.data.split.names:
+        mean = np.mean([vec[w] / np.linalg.norm(vec[w]) for w in name.split()], axis=0)
+        expected.append(mean / np.linalg.norm(mean))
+    got = res.method.train_embeddings.double().numpy()
+    np.testing.assert_allclose(got, np.stack(expected), atol=1e-6)
     assert res.method.feature_gen.gmmn.config.embed_dim == 8
-    metrics, _, _ = runner.evaluate(
-        res.method, cfg, res.data.val, res.data.split, res.embed, progress=False
+    val, split = res.data.val, res.data.split
+    metrics, _, preds = runner.evaluate(
+        res.method, cfg, val, split, res.embed, progress=False, keep=len(val)
     )
-    assert 0.0 <= metrics["hiou"] <= 100.0
+    ref = reference_semantic_metrics(
+        preds, [val[i]["label"] for i in range(len(val))], split.seen, split.unseen
+    )
+    for key, value in ref.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9), key
     assert Path(tmp_path / "run" / "model.safetensors").is_file()
 
 
