@@ -1,4 +1,4 @@
-"""AlignZeg: bias correction, virtual features + regulariser, background prototypes, a tiny fit."""
+"""AlignZeg: bias correction, virtual features (norms, losses), background prototypes, a tiny fit."""
 
 from __future__ import annotations
 

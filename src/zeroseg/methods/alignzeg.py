@@ -106,7 +106,7 @@ class AlignZegConfig(MaskProjectionConfig):
     """AlignZeg on the mask model; ``refine`` / ``generalise`` / ``bias_correction`` select the row."""
 
     refine: bool = True  # part 1: mutual refinement of queries and visual features
-    generalise: bool = True  # part 2: L_vir + L_reg on virtual features, M background prototypes
+    generalise: bool = True  # part 2: L_vir on virtual features, M background prototypes
     bias_correction: bool = True  # part 3: indicator-driven correction at inference
     clip_fusion: bool = True  # fuse a frozen CLIP-like encoder's patch tokens (ShapeWorld only)
     clip_encoder: str = (
@@ -501,7 +501,7 @@ class AlignZegNoRefine(AlignZeg):
 
 
 class AlignZegNoGen(AlignZeg):
-    """Ablation: no generalisation-enhanced classification (no L_vir / L_reg, one background class)."""
+    """Ablation: no generalisation-enhanced classification (no L_vir, one background class)."""
 
     name = "alignzeg-nogen"
     row = (True, False, True)
