@@ -1,4 +1,4 @@
-"""AlignZeg: bias correction, virtual features + regulariser, background prototypes, a tiny fit."""
+"""AlignZeg: bias correction, virtual features (norms, losses), background prototypes, a tiny fit."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from zeroseg import runner
-from zeroseg.config import load_config
-from zeroseg.data.protocol import assert_seen_only as production_guard
+from zeroseg.config import ConfigError, load_config
 from zeroseg.engine import trainer
 from zeroseg.methods import METHODS
-from zeroseg.methods.alignzeg import correct_bias, mixup_virtual, seen_repulsion, virtual_loss
+from zeroseg.methods.alignzeg import (
+    correct_bias,
+    mixup_virtual,
+    norm_auc,
+    virtual_class_embeddings,
+    virtual_loss,
+)
 from zeroseg.metrics.semantic import harmonic_mean
 from zeroseg.models.backbones.clip import CLIPVisionConfig, VisionTransformer
 from zeroseg.models.backbones.small import SmallUNetConfig
@@ -45,29 +50,72 @@ def test_bias_correction_flips_flagged_unseen_proposal_and_leaves_clear_seen_alo
     )
 
 
-def test_mixup_virtual_features_and_regulariser_by_hand():
+def test_mixup_virtual_features_by_hand_rescaled_to_real_norms():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     labels = torch.tensor([0, 1, 0])
     gen = torch.Generator().manual_seed(0)
-    v, i, j, g = mixup_virtual(h, labels, 50, (0.3, 0.7), gen)
+    mixed = mixup_virtual(h, labels, 50, (0.3, 0.7), gen)
+    i, j, g, k = mixed.i, mixed.j, mixed.g, mixed.k
     assert (labels[i] != labels[j]).all()  # only pairs of different classes survive
     assert ((g >= 0.3) & (g <= 0.7)).all()
-    assert torch.allclose(v, g[:, None] * h[i] + (1 - g[:, None]) * h[j])
+    # The direction of the mix, at the norm of the real feature h_k.
+    raw = g[:, None] * h[i] + (1 - g[:, None]) * h[j]
+    expect = raw / raw.norm(dim=-1, keepdim=True) * h[k].norm(dim=-1, keepdim=True)
+    assert torch.allclose(mixed.features, expect, atol=1e-6)
     # A single class has no pair.
     assert mixup_virtual(h, torch.zeros(3, dtype=torch.long), 10, (0.3, 0.7), gen) is None
 
-    # L_reg: virtual (1,1)/sqrt2 against seen classes e1 and e2 -> max cos = 1/sqrt2 = 0.7071;
-    # margin 0.5 -> 0.2071; a virtual (1,-1) has max cos 0.7071 too; (-1,-1) has 0 -> mean.
-    seen = torch.eye(2)
-    virt = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
-    expect = (2 * (1 / math.sqrt(2) - 0.5) + 0.0) / 3
-    assert seen_repulsion(virt, seen, 0.5).item() == pytest.approx(expect, abs=1e-6)
 
-    # L_vir: logits giving p = (0.5, 0.25, 0.25) and g = 0.5 between classes 0 and 1:
-    # -(0.5 log 0.5 + 0.5 log 0.25) = 0.5 (log 2 + log 4) = 1.5 log 2.
-    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
-    loss = virtual_loss(logits, torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]))
-    assert loss.item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
+def test_norm_auc_by_hand():
+    # Norms real (1, 3), virtual (2): one of two pairs has virtual > real -> 0.5, chance.
+    assert norm_auc(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0]])) == 0.5
+    # Every virtual norm above every real one, or below: 1.0 either way.
+    assert norm_auc(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0, 3.0]])) == 1.0
+    assert norm_auc(torch.tensor([[3.0], [4.0]]), torch.tensor([[1.0]])) == 1.0
+    # A tie counts one half: real (1, 2), virtual (2) -> (1 + 0.5) / 2 = 0.75.
+    assert norm_auc(torch.tensor([[1.0], [2.0]]), torch.tensor([[2.0]])) == 0.75
+
+
+def test_virtual_features_have_no_norm_shortcut_on_layernorm_outputs():
+    # Hidden states as the decoder gives them: LayerNorm outputs with a learned affine map, ten
+    # classes of proposals around their own centres.
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_(0, 0.1)
+        centres = torch.randn(10, 32) * 3
+        labels = torch.arange(10).repeat_interleave(20)
+        h = norm(centres[labels] + torch.randn(200, 32))
+    raw_i, raw_j = torch.arange(0, 100), torch.arange(100, 200)
+    raw = 0.5 * h[raw_i] + 0.5 * h[raw_j]
+    assert norm_auc(h, raw) > 0.95  # plain mixes: the norm alone gives them away
+    mixed = mixup_virtual(h, labels, 400, (0.3, 0.7), torch.Generator().manual_seed(1))
+    # Each virtual norm is exactly the norm of the real feature it was given...
+    assert torch.allclose(mixed.features.norm(dim=-1), h[mixed.k].norm(dim=-1), atol=1e-5)
+    # ... so a norm-only classifier does exactly as well as on real features against a
+    # resample of themselves: the norm distribution of the virtual set is the real one's.
+    # (Norms as (n, 1) features, rounded so float error in the rescaling does not break ties.)
+    real_n = h.norm(dim=-1, keepdim=True).round(decimals=4)
+    virt_n = mixed.features.norm(dim=-1, keepdim=True).round(decimals=4)
+    assert norm_auc(real_n, virt_n) == norm_auc(real_n, real_n[mixed.k])
+    assert norm_auc(h, mixed.features) < 0.55
+
+
+def test_virtual_class_embeddings_and_loss_by_hand():
+    seen = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # normalised inside
+    t = virtual_class_embeddings(seen, torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]))
+    assert torch.allclose(t, torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
+    # Seen logits (0, 0), background log 2, virtual logit log 4: softmax over
+    # (1, 1, 4, 2) / 8 -> virtual_class target p = 0.5, loss log 2.
+    logits = torch.tensor([[0.0, 0.0, math.log(2)]])
+    vl = torch.tensor([math.log(4)])
+    assert virtual_loss(logits, vl, "virtual_class").item() == pytest.approx(math.log(2))
+    # Background target: softmax over (1, 1, 2) / 4 -> p(background) = 0.5, loss log 2; the
+    # virtual logit plays no part.
+    assert virtual_loss(logits, vl + 5, "background").item() == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="unknown virtual target"):
+        virtual_loss(logits, vl, "seen")
 
 
 def test_background_prototypes_no_object_scoring():
@@ -158,9 +206,10 @@ def _tiny_cfg(world, method: str, **model):
 def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     stages: dict[str, int] = {}
+    guard = trainer.assert_seen_only
 
     def spy(batch, split, *, stage):
-        production_guard(batch, split, stage=stage)  # the real guard runs, then more checks
+        guard(batch, split, stage=stage)  # the production guard runs too
         stages[stage] = stages.get(stage, 0) + 1
         label = batch["label"]
         assert not np.isin(label.numpy(), split.unseen).any()
@@ -208,6 +257,12 @@ def test_rows_registered_and_flags_checked():
     split = ClassSplit(names=("a", "b", "c"), unseen=(2,))
     with pytest.raises(ValueError, match="ablation row"):
         METHODS["alignzeg"](cfg, split=split, embed_dim=4)
+    bad = METHODS["alignzeg"].Config(virtual_target="seen")
+    with pytest.raises(ConfigError, match="model.virtual_target must be one of"):
+        METHODS["alignzeg"](bad, split=split, embed_dim=4)
+    bad = METHODS["alignzeg"].Config(bias_strength=1.5)
+    with pytest.raises(ConfigError, match=r"model.bias_strength must be in \[0, 1\]"):
+        METHODS["alignzeg"](bad, split=split, embed_dim=4)
 
 
 def test_coco_stuff_preset_parses_and_builds():

@@ -11,38 +11,48 @@ point) with three changes, one per part of the pipeline:
    the frozen encoder is the stage-0 caption-contrastive ViT of :func:`zeroseg.pretrain.load_or_train`
    (``clip_fusion``); on real data no CLIP checkpoint is wired in yet, so the paper preset runs
    without fusion.
-2. **Generalisation-Enhanced Proposal Classification** (Sec. 3.3):
-   - *virtual features*: feature-level manifold mixup of the hidden states of real proposals
-     matched to two different seen classes, ``v = g h_i + (1 - g) h_j``, ``g ~ U(mix_range)``,
-     passed through the rest of the classification branch (the two-layer class-embedding map);
-   - ``L_vir``: the mixup loss of the virtual features, a soft-target cross-entropy with target
-     ``g`` on class ``c_i`` and ``1 - g`` on ``c_j`` (none on background),
-     ``L_vir = -(g log p(c_i | v) + (1 - g) log p(c_j | v))``;
-   - ``L_reg``: the regulariser that keeps virtual features away from every seen class,
-     ``L_reg = mean_v relu(max_k cos(e_v, t_k) - margin)``: the region between seen classes,
-     where an unseen class's proposals fall, stays unclaimed by confident seen predictions;
+2. **Generalisation-Enhanced Proposal Classification** (Sec. 3.3): the paper's aim is a feature
+   space that leaves room for unseen classes, through synthetic features and several background
+   prototypes.
+   - *virtual features*: feature-level mixes of the hidden states of real proposals matched to
+     two different seen classes, ``v = r_k (g h_i + (1 - g) h_j) / ||g h_i + (1 - g) h_j||``,
+     ``g ~ U(mix_range)``, each rescaled to the norm ``r_k`` of a real proposal ``k`` drawn from
+     the batch (:func:`mixup_virtual`: a plain mix of LayerNorm outputs is shorter than any real
+     feature, which would hand the indicator below a norm shortcut), passed through the rest of
+     the classification branch (the two-layer class-embedding map);
+   - ``L_vir`` trains each virtual feature to be *none of the seen classes*
+     (:func:`virtual_loss`). With ``virtual_target: virtual_class`` (the preset) it is a
+     cross-entropy over the seen classes, background and a *virtual class* whose embedding is
+     the same mix of the two seen text embeddings, ``normalize(g t_i + (1 - g) t_j)``, with the
+     virtual class as target: the space between two seen classes, where an unseen composition's
+     proposals (and its text embedding) lie, is kept for a class between them rather than given
+     to either seen class. ``virtual_target: background`` sends the virtual features to the
+     background prototypes instead;
    - M learned *background prototypes* instead of one no-object embedding (the no-object
      logit is the log-sum-exp of the prototypes' logits).
 3. **Predictive Bias Correction** (Sec. 3.4): a class indicator (an MLP on the query hidden
    state) gives the probability ``u_q`` that proposal q is of a potential unseen class. It is
    trained by ``L_bc``, a binary cross-entropy with real matched seen proposals as negatives
    and the virtual features as positives (its input is detached: it is a probe and does not
-   reshape the proposal features). At inference, proposals with ``u_q > bias_threshold`` have
+   reshape the proposal features). As the virtual features have the real features' norms, it
+   cannot tell them apart by norm (``norm_auc``, logged every step, is the best norm-only
+   classifier's AUC: 0.5 is chance). At inference, proposals with ``u_q > bias_threshold`` have
    their seen-class probabilities multiplied by ``1 - bias_strength`` and the class
    probabilities renormalised to their previous total (the background probability is left
-   alone), before Mask2Former's semantic / panoptic / instance assignment.
+   alone), before Mask2Former's semantic / panoptic / instance assignment; the strength is
+   chosen on ``val`` (docs/methods.md).
 
 Loss (deep supervision as Mask2Former for the set loss; the other terms on the last layer):
 
-    L = L_bc + lambda1 L_ce + lambda2 L_mask + lambda3 L_vir + lambda4 L_reg,
+    L = L_bc + lambda1 L_ce + lambda2 L_mask + lambda3 L_vir,
 
 lambda1 = 2 (``match.class_weight``), lambda2 = 5 for each of BCE and dice (``match.mask_weight``,
-``match.dice_weight``): Mask2Former's weights, which the paper keeps. lambda3 = lambda4 = 1,
-``margin`` 0.5, ``mix_range`` (0.3, 0.7), M = 4 (ShapeWorld) / 10 (COCO preset), 64 virtual
-features per batch, bias threshold 0.5 and strength 0.5 are **our choices**: the stored copy of
-the paper we could read (abstract, introduction and a third-party summary) does not give them,
-nor the exact form of L_vir / L_reg / the post-process, which are our reconstruction of the
-described method (see docs/methods.md).
+``match.dice_weight``): Mask2Former's weights, which the paper keeps. lambda3 = 1, ``mix_range``
+(0.3, 0.7), M = 4 (ShapeWorld) / 10 (COCO preset), 64 virtual features per batch, the virtual
+target, bias threshold 0.5 and the strength are **our choices**: the stored copy of the paper we
+could read (abstract, introduction and a third-party summary) does not give them, nor the exact
+form of L_vir / L_bc / the post-process, which are our reconstruction of the described method
+(see docs/methods.md).
 
 Protocol: inductive. Only seen class names (``ctx.seen_embeddings()``) and the strict
 protocol's training set are used in training; the virtual features are made from seen
@@ -65,6 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zeroseg.config import ConfigError
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
@@ -80,9 +91,12 @@ __all__ = [
     "AlignZegNoBC",
     "AlignZegNoGen",
     "AlignZegNoRefine",
+    "VIRTUAL_TARGETS",
+    "VirtualFeatures",
     "correct_bias",
     "mixup_virtual",
-    "seen_repulsion",
+    "norm_auc",
+    "virtual_class_embeddings",
     "virtual_loss",
 ]
 
@@ -92,7 +106,7 @@ class AlignZegConfig(MaskProjectionConfig):
     """AlignZeg on the mask model; ``refine`` / ``generalise`` / ``bias_correction`` select the row."""
 
     refine: bool = True  # part 1: mutual refinement of queries and visual features
-    generalise: bool = True  # part 2: L_vir + L_reg on virtual features, M background prototypes
+    generalise: bool = True  # part 2: L_vir on virtual features, M background prototypes
     bias_correction: bool = True  # part 3: indicator-driven correction at inference
     clip_fusion: bool = True  # fuse a frozen CLIP-like encoder's patch tokens (ShapeWorld only)
     clip_encoder: str = (
@@ -102,15 +116,33 @@ class AlignZegConfig(MaskProjectionConfig):
     background_prototypes: int = 4  # M (used when generalise; otherwise one no-object class)
     virtual_per_batch: int = 64  # virtual features mixed per training batch
     mix_range: tuple[float, float] = (0.3, 0.7)  # range of the mixing coefficient g
-    reg_margin: float = 0.5  # L_reg: allowed cosine between a virtual feature and a seen class
+    # L_vir's target for a virtual feature (see virtual_loss): "virtual_class" | "background"
+    virtual_target: str = "virtual_class"
     bc_weight: float = 1.0  # weight of L_bc
     vir_weight: float = 1.0  # lambda3, weight of L_vir
-    reg_weight: float = 1.0  # lambda4, weight of L_reg
     bias_threshold: float = 0.5  # a proposal with indicator probability above this is corrected
     bias_strength: float = 0.5  # fraction of a flagged proposal's seen-class probability removed
 
 
 # -- the parts, as pure functions -------------------------------------------------------------------
+
+
+@dataclass
+class VirtualFeatures:
+    """Virtual proposal features made by :func:`mixup_virtual`.
+
+    Attributes:
+        features: (V, C) ``r_k (g h_i + (1 - g) h_j) / ||g h_i + (1 - g) h_j||``.
+        i, j: (V,) the real features mixed (always of two different classes).
+        g: (V,) the mixing coefficients (the weight of ``h_i``).
+        k: (V,) the real feature whose norm ``r_k = ||h_k||`` each virtual feature is given.
+    """
+
+    features: Tensor
+    i: Tensor
+    j: Tensor
+    g: Tensor
+    k: Tensor
 
 
 def mixup_virtual(
@@ -119,8 +151,14 @@ def mixup_virtual(
     count: int,
     mix_range: tuple[float, float],
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Virtual features by mixing real features of two different classes.
+) -> VirtualFeatures | None:
+    """Virtual features between two seen classes, at the norms of real features.
+
+    A mix of two LayerNorm outputs is shorter than either (on the trained model 99.95% of raw
+    mixes were below the smallest real norm), so a classifier told "mixes are unseen" could learn
+    "short is unseen". Each mix is therefore rescaled to the norm of a real feature drawn at
+    random from the same batch: the virtual features' norms are a resample of the real ones, and
+    the norm alone says nothing about which set a feature came from.
 
     Args:
         hidden: (n, C) real features (hidden states of matched proposals).
@@ -130,45 +168,77 @@ def mixup_virtual(
         generator: CPU random generator (a pure function of the step, for exact resume).
 
     Returns:
-        ``virtual`` (V, C) ``= g h_i + (1 - g) h_j``, ``i`` (V,), ``j`` (V,), ``g`` (V,); or None
-        when no two features of different classes exist.
+        :class:`VirtualFeatures`, or None when no two features of different classes exist.
     """
     n = len(labels)
     if n < 2:
         return None
     i = torch.randint(n, (count,), generator=generator)
     j = torch.randint(n, (count,), generator=generator)
+    k = torch.randint(n, (count,), generator=generator)
     lo, hi = mix_range
     g = lo + (hi - lo) * torch.rand(count, generator=generator)
     keep = labels.cpu()[i] != labels.cpu()[j]
     if not keep.any():
         return None
-    i, j, g = i[keep].to(hidden.device), j[keep].to(hidden.device), g[keep].to(hidden.device)
+    dev = hidden.device
+    i, j, k, g = (x[keep].to(dev) for x in (i, j, k, g))
     gc = g.to(hidden.dtype)[:, None]
-    return gc * hidden[i] + (1 - gc) * hidden[j], i, j, g
+    mixed = gc * hidden[i] + (1 - gc) * hidden[j]
+    target = hidden[k].norm(dim=-1, keepdim=True)
+    features = mixed * (target / mixed.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return VirtualFeatures(features, i, j, g, k)
 
 
-def virtual_loss(logits: Tensor, yi: Tensor, yj: Tensor, g: Tensor) -> Tensor:
-    """L_vir: soft-target cross-entropy ``-(g log p(yi) + (1 - g) log p(yj))``, mean over V.
+def virtual_class_embeddings(seen_emb: Tensor, yi: Tensor, yj: Tensor, g: Tensor) -> Tensor:
+    """(V, D) unit embeddings of the virtual classes: ``normalize(g t_yi + (1 - g) t_yj)``.
 
     Args:
-        logits: (V, K+1) logits of the virtual features.
-        yi, yj: (V,) the classes mixed.
-        g: (V,) mixing coefficients (the weight of yi).
+        seen_emb: (S, D) seen-class text embeddings.
+        yi, yj: (V,) the seen classes mixed (positions in ``seen_emb``).
+        g: (V,) mixing coefficients.
     """
-    logp = logits.float().log_softmax(-1)
-    a = logp.gather(1, yi[:, None])[:, 0]
-    b = logp.gather(1, yj[:, None])[:, 0]
-    return -(g * a + (1 - g) * b).mean()
+    t = F.normalize(seen_emb.float(), dim=-1)
+    gc = g.float().to(t.device)[:, None]
+    return F.normalize(gc * t[yi.to(t.device)] + (1 - gc) * t[yj.to(t.device)], dim=-1)
 
 
-def seen_repulsion(virtual_emb: Tensor, seen_emb: Tensor, margin: float) -> Tensor:
-    """L_reg: ``mean_v relu(max_k cos(e_v, t_k) - margin)`` over (V, D) virtual and (S, D) seen embeddings."""
-    cos = (
-        F.normalize(virtual_emb.float(), dim=-1)
-        @ F.normalize(seen_emb.float().to(virtual_emb.device), dim=-1).T
-    )
-    return F.relu(cos.max(-1).values - margin).mean()
+VIRTUAL_TARGETS = ("virtual_class", "background")
+
+
+def virtual_loss(logits: Tensor, virtual_logit: Tensor, target: str) -> Tensor:
+    """L_vir: cross-entropy that keeps a virtual feature off every seen class.
+
+    Args:
+        logits: (V, S+1) logits of the virtual features over the S seen classes and background.
+        virtual_logit: (V,) each virtual feature's logit against its own virtual class.
+        target: ``"virtual_class"``: softmax over seen classes, the virtual class and background,
+            target the virtual class (the space between two seen classes goes to a class between
+            them, as an unseen composition's would); ``"background"``: softmax over seen classes
+            and background, target background (the space goes to the background prototypes).
+
+    Returns:
+        The mean loss over V.
+    """
+    logits = logits.float()
+    if target == "virtual_class":
+        full = torch.cat([logits[:, :-1], virtual_logit.float()[:, None], logits[:, -1:]], -1)
+        return -full.log_softmax(-1)[:, -2].mean()
+    if target == "background":
+        return -logits.log_softmax(-1)[:, -1].mean()
+    raise ValueError(f"unknown virtual target {target!r}; valid: {list(VIRTUAL_TARGETS)}")
+
+
+def norm_auc(real: Tensor, virtual: Tensor) -> float:
+    """AUC of the best norm-only classifier telling virtual (V, C) from real (n, C) features.
+
+    The Mann-Whitney statistic of the norms, folded so that 0.5 is chance and 1.0 means the
+    norm alone separates the two sets (in either direction); ties count one half.
+    """
+    a = real.float().norm(dim=-1)[:, None]
+    b = virtual.float().norm(dim=-1)[None, :]
+    u = ((b > a).float() + 0.5 * (b == a).float()).mean().item()
+    return max(u, 1.0 - u)
 
 
 def correct_bias(
@@ -226,6 +296,12 @@ class AlignZeg(MaskModelMethod):
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
         # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.
         Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
+        if cfg.virtual_target not in VIRTUAL_TARGETS:
+            raise ConfigError(
+                f"model.virtual_target must be one of {list(VIRTUAL_TARGETS)}, got {cfg.virtual_target!r}"
+            )
+        if not 0.0 <= cfg.bias_strength <= 1.0:
+            raise ConfigError(f"model.bias_strength must be in [0, 1], got {cfg.bias_strength}")
         have = (cfg.refine, cfg.generalise, cfg.bias_correction)
         if have != self.row:
             raise ValueError(
@@ -293,7 +369,7 @@ class AlignZeg(MaskModelMethod):
         lookup: Tensor,
         generator: torch.Generator,
     ) -> dict:
-        """L of one batch: deep-supervised set loss + L_vir + L_reg (when generalising) + L_bc."""
+        """L of one batch: deep-supervised set loss + L_vir (when generalising) + L_bc."""
         cfg, model = self.cfg, self.model
         device = images.device
         out = model(images)
@@ -313,13 +389,17 @@ class AlignZeg(MaskModelMethod):
         h, y = torch.cat(hs), torch.cat(ys)
         mixed = mixup_virtual(h, y, cfg.virtual_per_batch, cfg.mix_range, generator)
         if mixed is not None:
-            v, i, j, g = mixed
+            v = mixed.features
+            # Logged so a run shows the indicator has no norm shortcut (0.5: chance).
+            logs["norm_auc"] = torch.tensor(norm_auc(h.detach(), v.detach()))
             if cfg.generalise:
                 v_emb = model.class_embed(v)
-                l_vir = virtual_loss(model.classify(v_emb, seen_emb), y[i], y[j], g)
-                l_reg = seen_repulsion(v_emb, seen_emb, cfg.reg_margin)
-                total = total + cfg.vir_weight * l_vir + cfg.reg_weight * l_reg
-                logs.update(l_vir=l_vir.detach(), l_reg=l_reg.detach())
+                logits = model.classify(v_emb, seen_emb)  # (V, S+1)
+                t_v = virtual_class_embeddings(seen_emb, y[mixed.i], y[mixed.j], mixed.g)
+                cos_v = (F.normalize(v_emb.float(), dim=-1) * t_v).sum(-1)
+                l_vir = virtual_loss(logits, model.classifier.scale() * cos_v, cfg.virtual_target)
+                total = total + cfg.vir_weight * l_vir
+                logs["l_vir"] = l_vir.detach()
             x = torch.cat([h.detach(), v.detach()])
             target = torch.cat(
                 [torch.zeros(len(h), device=device), torch.ones(len(v), device=device)]
@@ -426,7 +506,7 @@ class AlignZegNoRefine(AlignZeg):
 
 
 class AlignZegNoGen(AlignZeg):
-    """Ablation: no generalisation-enhanced classification (no L_vir / L_reg, one background class)."""
+    """Ablation: no generalisation-enhanced classification (no L_vir, one background class)."""
 
     name = "alignzeg-nogen"
     row = (True, False, True)
