@@ -267,6 +267,7 @@ BASELINES: dict[str, str] = {
     "pading-g": "mask-projection",
     "pading-p": "mask-projection",
     "pading-pa": "mask-projection",
+    "pading-ignore": "mask-projection-ignore",  # same stage 1 (the ignore protocol's)
     "alignzeg": "mask-projection",
     "alignzeg-norefine": "mask-projection",
     "alignzeg-nogen": "mask-projection",

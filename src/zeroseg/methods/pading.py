@@ -56,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval
 from zeroseg.data.protocol import assert_seen_only
+from zeroseg.engine.plateau import Plateau, find_plateau, read_curve, write_plateau
 from zeroseg.engine.trainer import TrainConfig
 from zeroseg.generators.disentangle import Disentangler, alignment_loss, class_means
 from zeroseg.generators.mmd import mmd_loss
@@ -112,7 +113,11 @@ class PADingConfig(MaskProjectionConfig):
         )
     )  # stage-3 schedule; batch_size = real query embeddings per step
     fake_unseen_per_step: int = 16  # generated embeddings per unseen class per classifier step
-    unseen_weight: float = 1.0  # stage-3 CE weight of unseen classes (reference: class_weight_eco)
+    unseen_weight: float = 5.0  # stage-3 CE weight of unseen classes (release: CLASS_ECO 5.0)
+    plateau_window: int = (
+        4  # logged points per mean of the plateau criterion (zeroseg.engine.plateau)
+    )
+    plateau_tol: float = 0.02  # relative fall that still counts as falling
 
 
 class PADing(MaskModelMethod):
@@ -202,18 +207,43 @@ class PADing(MaskModelMethod):
         # A finished classifier stage holds the generator too: stage 2 is then not needed.
         if not ctx.stage_finished("classifier"):
             self.model.requires_grad_(False)
-            ctx.run_stage(
+            where = ctx.run_stage(
                 "generator",
                 model=self,
                 prepare=lambda: self.generator_plan(ctx, feats, labels, all_emb),
                 meta=meta,
             )
-        ctx.run_stage(
+            self.report_plateau(ctx, "generator", where)
+        where = ctx.run_stage(
             "classifier",
             model=self,
             prepare=lambda: self.classifier_plan(ctx, feats, labels, all_emb),
             meta=meta,
         )
+        self.report_plateau(ctx, "classifier", where)
+
+    def report_plateau(self, ctx: RunContext, stage: str, where) -> Plateau | None:
+        """Whether a stage's logged loss plateaued (:mod:`zeroseg.engine.plateau`): written to
+        the stage's ``plateau.json`` and, with the curve's ends, to the report's notes."""
+        log = where / "log.csv"
+        if not log.is_file():  # trained on another rank or before logs existed: nothing to read
+            return None
+        steps, losses = read_curve(log)
+        p = find_plateau(
+            steps, losses, window=self.cfg.plateau_window, rel_tol=self.cfg.plateau_tol
+        )
+        write_plateau(where / "plateau.json", p, steps, losses)
+        state = (
+            f"plateaued at step {p.step}"
+            if p.reached
+            else f"still falling at step {p.final_step} (raise {stage}_train.iters)"
+        )
+        ctx.notes.append(
+            f"{stage} loss {p.start_loss:.4g} -> {p.final_loss:.4g} over {p.final_step} steps, "
+            f"{state} (criterion: the mean of {p.window} logged points falls by < "
+            f"{p.rel_tol:.0%} afterwards)"
+        )
+        return p
 
     def _gen_params(self):
         params = list(self.generator.parameters())
