@@ -14,10 +14,10 @@ are classified against the text embeddings of every class, unseen names included
 
 ``pading`` continues with
 
-Stage 2, the primitive generator (Sec. 3.2): a bank of P learnable primitives (400); per layer the
-primitives attend to each other (self-attention), the class's projected semantic embedding plus
-Gaussian noise attends to them (cross-attention, the class as query, the primitives as keys and
-values), then an FFN; 3 layers. It is trained with the multi-kernel MMD (Eq. 3; :mod:`zeroseg.generators.mmd`)
+Stage 2, the primitive generator (Sec. 3.2; :mod:`zeroseg.generators.primitive`): a bank of P
+learnable primitives (400) is the memory of a 3-layer transformer decoder whose query is the
+class's projected semantic embedding; Gaussian noise is added after each cross-attention, as
+released. It is trained with the multi-kernel MMD (Eq. 3; :mod:`zeroseg.generators.mmd`)
 between its samples and the real query embeddings matched to each seen class. On top:
 
 - feature disentanglement (Sec. 3.3, Eq. 4-6): encoders E_R (semantic-related) and E_U
@@ -34,7 +34,8 @@ between its samples and the real query embeddings matched to each seen class. On
 Stage 3, classifier retraining: a cosine classifier over every class + no-object (initialised
 from the text embeddings and the stage-1 no-object embedding) is trained by cross-entropy on real
 query embeddings of the seen training images (matched: their class; unmatched: no-object, weight
-0.1) and generated embeddings of the unseen classes.
+0.1) and generated embeddings of the unseen classes (weight ``unseen_weight``, 5 as released).
+Both stages' logged loss curves are checked for a plateau (:mod:`zeroseg.engine.plateau`).
 
 Ablations (the paper's Table 4): ``pading-g`` (a plain GMMN generator, as ZS3Net), ``pading-p``
 (primitive generator), ``pading-pa`` (+ alignment), ``pading`` (+ alignment + disentanglement).
