@@ -14,10 +14,10 @@ are classified against the text embeddings of every class, unseen names included
 
 ``pading`` continues with
 
-Stage 2, the primitive generator (Sec. 3.2): a bank of P learnable primitives (400); per layer the
-primitives attend to each other (self-attention), the class's projected semantic embedding plus
-Gaussian noise attends to them (cross-attention, the class as query, the primitives as keys and
-values), then an FFN; 3 layers. It is trained with the multi-kernel MMD (Eq. 3; :mod:`zeroseg.generators.mmd`)
+Stage 2, the primitive generator (Sec. 3.2; :mod:`zeroseg.generators.primitive`): a bank of P
+learnable primitives (400) is the memory of a 3-layer transformer decoder whose query is the
+class's projected semantic embedding; Gaussian noise is added after each cross-attention, as
+released. It is trained with the multi-kernel MMD (Eq. 3; :mod:`zeroseg.generators.mmd`)
 between its samples and the real query embeddings matched to each seen class. On top:
 
 - feature disentanglement (Sec. 3.3, Eq. 4-6): encoders E_R (semantic-related) and E_U
@@ -34,7 +34,8 @@ between its samples and the real query embeddings matched to each seen class. On
 Stage 3, classifier retraining: a cosine classifier over every class + no-object (initialised
 from the text embeddings and the stage-1 no-object embedding) is trained by cross-entropy on real
 query embeddings of the seen training images (matched: their class; unmatched: no-object, weight
-0.1) and generated embeddings of the unseen classes.
+0.1) and generated embeddings of the unseen classes (weight ``unseen_weight``, 5 as released).
+Both stages' logged loss curves are checked for a plateau (:mod:`zeroseg.engine.plateau`).
 
 Ablations (the paper's Table 4): ``pading-g`` (a plain GMMN generator, as ZS3Net), ``pading-p``
 (primitive generator), ``pading-pa`` (+ alignment), ``pading`` (+ alignment + disentanglement).
@@ -56,6 +57,7 @@ from safetensors.torch import load_file, save_file
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval
 from zeroseg.data.protocol import assert_seen_only
+from zeroseg.engine.plateau import Plateau, find_plateau, read_curve, write_plateau
 from zeroseg.engine.trainer import TrainConfig
 from zeroseg.generators.disentangle import Disentangler, alignment_loss, class_means
 from zeroseg.generators.mmd import mmd_loss
@@ -112,7 +114,11 @@ class PADingConfig(MaskProjectionConfig):
         )
     )  # stage-3 schedule; batch_size = real query embeddings per step
     fake_unseen_per_step: int = 16  # generated embeddings per unseen class per classifier step
-    unseen_weight: float = 1.0  # stage-3 CE weight of unseen classes (reference: class_weight_eco)
+    unseen_weight: float = 5.0  # stage-3 CE weight of unseen classes (release: CLASS_ECO 5.0)
+    plateau_window: int = (
+        4  # logged points per mean of the plateau criterion (zeroseg.engine.plateau)
+    )
+    plateau_tol: float = 0.02  # relative fall that still counts as falling
 
 
 class PADing(MaskModelMethod):
@@ -202,18 +208,43 @@ class PADing(MaskModelMethod):
         # A finished classifier stage holds the generator too: stage 2 is then not needed.
         if not ctx.stage_finished("classifier"):
             self.model.requires_grad_(False)
-            ctx.run_stage(
+            where = ctx.run_stage(
                 "generator",
                 model=self,
                 prepare=lambda: self.generator_plan(ctx, feats, labels, all_emb),
                 meta=meta,
             )
-        ctx.run_stage(
+            self.report_plateau(ctx, "generator", where)
+        where = ctx.run_stage(
             "classifier",
             model=self,
             prepare=lambda: self.classifier_plan(ctx, feats, labels, all_emb),
             meta=meta,
         )
+        self.report_plateau(ctx, "classifier", where)
+
+    def report_plateau(self, ctx: RunContext, stage: str, where) -> Plateau | None:
+        """Whether a stage's logged loss plateaued (:mod:`zeroseg.engine.plateau`): written to
+        the stage's ``plateau.json`` and, with the curve's ends, to the report's notes."""
+        log = where / "log.csv"
+        if not log.is_file():  # trained on another rank or before logs existed: nothing to read
+            return None
+        steps, losses = read_curve(log)
+        p = find_plateau(
+            steps, losses, window=self.cfg.plateau_window, rel_tol=self.cfg.plateau_tol
+        )
+        write_plateau(where / "plateau.json", p, steps, losses)
+        state = (
+            f"plateaued at step {p.step}"
+            if p.reached
+            else f"still falling at step {p.final_step} (raise {stage}_train.iters)"
+        )
+        ctx.notes.append(
+            f"{stage} loss {p.start_loss:.4g} -> {p.final_loss:.4g} over {p.final_step} steps, "
+            f"{state} (criterion: the mean of {p.window} logged points falls by < "
+            f"{p.rel_tol:.0%} afterwards)"
+        )
+        return p
 
     def _gen_params(self):
         params = list(self.generator.parameters())

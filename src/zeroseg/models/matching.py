@@ -11,6 +11,13 @@ ground-truth segments) plus ``w_class ·`` cross-entropy of *all* queries, unmat
 the no-object class whose weight is ``no_object_weight`` (0.1). Mask2Former's weights are
 w_class 2, w_mask 5, w_dice 5. Masks are compared at the prediction's resolution (64 px images
 give 32x32 masks, small enough that no point sampling is needed).
+
+Unknown pixels: a pixel whose training label is the ignore index (under the ``ignore`` protocol,
+every unseen-class pixel) is unknown, not background. A target may carry a ``valid`` map; the
+mask cost and the BCE / dice terms are then computed over the valid pixels only, so an ignored
+pixel is neither foreground nor background of any mask, and what the ignored region holds (or
+what a query predicts there) changes neither the matching nor the loss. With no ignored pixel
+(``valid`` None: the strict protocol on ShapeWorld) the terms are exactly Mask2Former's.
 """
 
 from __future__ import annotations
@@ -44,14 +51,46 @@ class MatchWeights:
 
 @dataclass
 class Target:
-    """Ground-truth segments of one image: ``labels`` (M,) int64 class positions, ``masks`` (M, h, w) float."""
+    """Ground-truth segments of one image.
+
+    Attributes:
+        labels: (M,) int64 class positions.
+        masks: (M, h, w) float.
+        valid: (h, w) float, 1 where the pixel is labelled, 0 where it is unknown (ignore index);
+            None when every pixel is labelled.
+    """
 
     labels: Tensor
     masks: Tensor
+    valid: Tensor | None = None
+
+
+def _subsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H, W) integer maps -> (B, h, w), nearest (no id or label is mixed)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def valid_maps(
+    labels: Tensor | None, size: tuple[int, int], *, ignore_index: int = 255
+) -> list[Tensor | None]:
+    """Per-image (h, w) float maps of the labelled pixels at the mask resolution, None for an
+    image without an ignored pixel (and for every image when there are no labels)."""
+    if labels is None:
+        return []
+    known = _subsample(labels.long(), size) != ignore_index
+    return [None if bool(k.all()) else k.float() for k in known]
 
 
 def targets_from_panoptic(
-    panoptic: Tensor, segments, lookup: Tensor, size: tuple[int, int], *, ignore_index: int = 255
+    panoptic: Tensor,
+    segments,
+    lookup: Tensor,
+    size: tuple[int, int],
+    *,
+    ignore_index: int = 255,
+    labels: Tensor | None = None,
 ) -> list[Target]:
     """Per-image targets from panoptic maps and segment rows.
 
@@ -61,10 +100,12 @@ def targets_from_panoptic(
         lookup: (256,) class index -> position in the training vocabulary; ``ignore_index`` drops
             a segment (e.g. an unseen class, which the protocol has removed already).
         size: (h, w) of the predicted masks; the map is subsampled there (nearest: no id is mixed).
+        labels: (B, H, W) training labels; their ``ignore_index`` pixels become the targets'
+            unknown pixels (``Target.valid``). None: every pixel is labelled.
     """
-    pan = panoptic
-    if tuple(pan.shape[-2:]) != tuple(size):
-        pan = F.interpolate(pan[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    pan = _subsample(panoptic, size)
+    lab = labels.to(pan.device) if labels is not None else None
+    valid = valid_maps(lab, size, ignore_index=ignore_index)
     out = []
     for b in range(pan.shape[0]):
         segs = segments[b]
@@ -72,8 +113,11 @@ def targets_from_panoptic(
         pos = lookup.to(pan.device)[cls.to(pan.device)]
         keep = pos != ignore_index
         masks = (pan[b][None] == ids[keep][:, None, None]).float()
+        v = valid[b] if valid else None
+        if v is not None:
+            masks = masks * v  # a segment's own void pixels (a crowd, say) are unknown too
         present = masks.flatten(1).sum(1) > 0  # a tiny segment may vanish at mask resolution
-        out.append(Target(labels=pos[keep][present], masks=masks[present]))
+        out.append(Target(labels=pos[keep][present], masks=masks[present], valid=v))
     return out
 
 
@@ -86,8 +130,14 @@ def _pair_costs(logits: Tensor, masks: Tensor, t: Target, w: MatchWeights) -> Te
     p = x.shape[1]
     pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
     neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
-    cost_mask = (pos @ g.T + neg @ (1 - g).T) / p
     s = x.sigmoid()
+    if t.valid is not None:  # unknown pixels count neither as foreground nor as background
+        v = t.valid.float().flatten().to(x.device)
+        pos, neg, s, g = pos * v, neg * v, s * v, g * v
+        p = max(float(v.sum()), 1.0)
+        cost_mask = (pos @ g.T + neg @ (v[:, None] - g.T)) / p
+    else:
+        cost_mask = (pos @ g.T + neg @ (1 - g).T) / p
     dice = (2 * s @ g.T + 1) / (s.sum(1)[:, None] + g.sum(1)[None, :] + 1)
     return w.class_weight * cost_class + w.mask_weight * cost_mask + w.dice_weight * (1 - dice)
 
@@ -141,11 +191,14 @@ def set_loss(
     b, n, k1 = logits.shape
     device = logits.device
     target_cls = torch.full((b, n), k1 - 1, dtype=torch.int64, device=device)
-    src_masks, tgt_masks = [], []
+    src_masks, tgt_masks, valid = [], [], []
     for i, (t, (qi, ti)) in enumerate(zip(targets, matches)):
         target_cls[i, qi.to(device)] = t.labels[ti.to(t.labels.device)].to(device)
         src_masks.append(masks[i, qi.to(device)])
         tgt_masks.append(t.masks[ti.to(t.masks.device)].to(device))
+        v = t.valid if t.valid is not None else torch.ones(masks.shape[-2:], device=device)
+        valid.append(v.to(device).float().flatten()[None].expand(len(qi), -1))
+    any_unknown = any(t.valid is not None for t in targets)
     class_w = torch.ones(k1, device=device)
     class_w[-1] = w.no_object_weight
     ce = F.cross_entropy(logits.float().reshape(-1, k1), target_cls.reshape(-1), weight=class_w)
@@ -153,8 +206,14 @@ def set_loss(
     if num and src_masks and sum(len(s) for s in src_masks):
         x = torch.cat(src_masks).float().flatten(1)
         g = torch.cat(tgt_masks).float().flatten(1)
-        bce = F.binary_cross_entropy_with_logits(x, g, reduction="none").mean(1).sum() / num
+        bce = F.binary_cross_entropy_with_logits(x, g, reduction="none")
         s = x.sigmoid()
+        if any_unknown:  # means over each image's labelled pixels; unknown pixels weigh nothing
+            v = torch.cat(valid)
+            bce = ((bce * v).sum(1) / v.sum(1).clamp(min=1.0)).sum() / num
+            s, g = s * v, g * v
+        else:
+            bce = bce.mean(1).sum() / num
         dice = (1 - (2 * (s * g).sum(1) + 1) / (s.sum(1) + g.sum(1) + 1)).sum() / num
     else:
         bce = dice = masks.sum() * 0.0
@@ -166,10 +225,10 @@ def targets_from_semantic(
     labels: Tensor, lookup: Tensor, size: tuple[int, int], *, ignore_index: int = 255
 ) -> list[Target]:
     """Per-image targets from semantic label maps: one mask per class present (Mask2Former's
-    semantic-segmentation training targets, for datasets without panoptic annotations)."""
-    lab = labels.long().clamp(0, 255)
-    if tuple(lab.shape[-2:]) != tuple(size):
-        lab = F.interpolate(lab[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    semantic-segmentation training targets, for datasets without panoptic annotations); the
+    ``ignore_index`` pixels are the targets' unknown pixels."""
+    lab = _subsample(labels.long().clamp(0, 255), size)
+    valid = valid_maps(lab, size, ignore_index=ignore_index)
     out = []
     for b in range(lab.shape[0]):
         classes = [c for c in torch.unique(lab[b]).tolist() if c != ignore_index]
@@ -177,13 +236,16 @@ def targets_from_semantic(
         keep = pos != ignore_index
         cls = torch.tensor(classes, device=lab.device)[keep]
         masks = (lab[b][None] == cls[:, None, None]).float()
-        out.append(Target(labels=pos[keep], masks=masks))
+        out.append(Target(labels=pos[keep], masks=masks, valid=valid[b]))
     return out
 
 
 def batch_targets(batch: dict, lookup: Tensor, size: tuple[int, int], device) -> list[Target]:
     """Targets of a training batch: from panoptic segments when the dataset has them, else from
     the semantic labels (COCO-Stuff, VOC, Context)."""
+    labels = batch["label"].to(device) if "label" in batch else None
     if "panoptic" in batch and "segments" in batch:
-        return targets_from_panoptic(batch["panoptic"].to(device), batch["segments"], lookup, size)
-    return targets_from_semantic(batch["label"].to(device), lookup, size)
+        return targets_from_panoptic(
+            batch["panoptic"].to(device), batch["segments"], lookup, size, labels=labels
+        )
+    return targets_from_semantic(labels, lookup, size)
