@@ -84,7 +84,7 @@ def test_ignore_protocol_fit_runs_the_production_guard(tiny_world, tmp_path, mon
 
 
 def test_ignore_presets_share_their_stage_one_and_differ_from_strict_only_in_protocol():
-    from zeroseg.demo import BASELINES, DEMO_PRESETS
+    from zeroseg.demo import DEMO_PRESETS, baselines_of
 
     base = load_config(DEMO_PRESETS["mask-projection-ignore"])
     cfg = load_config(DEMO_PRESETS["pading-ignore"])
@@ -93,6 +93,6 @@ def test_ignore_presets_share_their_stage_one_and_differ_from_strict_only_in_pro
     assert base.data.protocol == cfg.data.protocol == "ignore"
     assert (cfg.data, cfg.text, cfg.train) == (base.data, base.text, base.train)
     assert cfg.model["mask"] == base.model["mask"] and cfg.model["match"] == base.model["match"]
-    assert BASELINES["pading-ignore"] == "mask-projection-ignore"
+    assert baselines_of("pading-ignore") == ("pading", "mask-projection-ignore")
     strict.data.protocol = "ignore"
     assert (strict.data, strict.model) == (cfg.data, cfg.model)
