@@ -205,23 +205,20 @@ class PADing(MaskModelMethod):
         )
         all_emb = all_emb.to(ctx.device)
         meta = {"method": self.name}
+        plans = {"generator": self.generator_plan, "classifier": self.classifier_plan}
         # A finished classifier stage holds the generator too: stage 2 is then not needed.
-        if not ctx.stage_finished("classifier"):
+        if ctx.stage_finished("classifier"):
+            del plans["generator"]
+        else:
             self.model.requires_grad_(False)
+        for stage, plan in plans.items():
             where = ctx.run_stage(
-                "generator",
+                stage,
                 model=self,
-                prepare=lambda: self.generator_plan(ctx, feats, labels, all_emb),
+                prepare=lambda plan=plan: plan(ctx, feats, labels, all_emb),
                 meta=meta,
             )
-            self.report_plateau(ctx, "generator", where)
-        where = ctx.run_stage(
-            "classifier",
-            model=self,
-            prepare=lambda: self.classifier_plan(ctx, feats, labels, all_emb),
-            meta=meta,
-        )
-        self.report_plateau(ctx, "classifier", where)
+            self.report_plateau(ctx, stage, where)
 
     def report_plateau(self, ctx: RunContext, stage: str, where) -> Plateau | None:
         """Whether a stage's logged loss plateaued (:mod:`zeroseg.engine.plateau`): written to
