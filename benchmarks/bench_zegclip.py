@@ -49,6 +49,7 @@ from bench_clip_encoder import (  # noqa: E402
 from zeroseg.bench_train import status_mib  # noqa: E402
 from zeroseg.config import load_config  # noqa: E402
 from zeroseg.data.classes import ClassSplit  # noqa: E402
+from zeroseg.models.heads.mask_scores import candidate_classes  # noqa: E402
 from zeroseg.runner import build_method  # noqa: E402
 
 THREADS = 2
@@ -152,6 +153,9 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
         }
         for k in CLASS_COUNTS:
             fns[f"full_{k}"] = wrap(lambda k=k: model.scores(x_img, *vocab[k]))
+            # the segmentation only (what predict returns): classes that cannot win anywhere
+            # are never upsampled (zeroseg.models.heads.mask_scores.sigmoid_labels)
+            fns[f"labels_{k}"] = wrap(lambda k=k: model.labels(x_img, *vocab[k]))
             if args.reference:
                 fns[f"ref_full_{k}"] = wrap(lambda k=k: reference_scores(model, x_img, *vocab[k]))
         times = time_interleaved(fns, reps=args.reps, warmup=args.warmup)
@@ -166,11 +170,18 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
                 key = f"{kind}_{mode}_{k}"
             figures[f"ms_{key}"] = wall * 1e3
             figures[f"cpu_ms_{key}"] = cpu * 1e3
-            gfs = flops[name.removeprefix("ref_")] / wall / 1e9
+            work = flops[name.removeprefix("ref_").replace("labels_", "full_")]
+            gfs = work / wall / 1e9
             print(
                 f"{mode:5} {name:12} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
-                f" {flops[name.removeprefix('ref_')] / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
+                f" {work / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
             )
+        for k in CLASS_COUNTS:  # how many classes the labels path upsampled
+            with torch.inference_mode():
+                logits = model.predict_logits(x_img, vocab[k][0])[0].float()
+            count = len(candidate_classes(logits, model.reduction() * vocab[k][1].float()))
+            figures[f"upsampled_classes_{mode}_{k}"] = count
+            print(f"{mode:5} labels_{k}: {count} of {k} classes can win somewhere: upsampled")
     return figures, peaks, flops
 
 
@@ -234,10 +245,18 @@ def main() -> None:
     for mode in modes if figures else ():
         hf_ms = figures[f"ms_encoder_hf_{mode}"]
         r20 = figures[f"ms_full_{mode}_20"]
+        l20 = figures[f"ms_labels_{mode}_20"]
         print(
             f"{mode}: full(20)/CLIPVisionModel = {r20 / hf_ms:.3f}; "
             + ", ".join(
                 f"full({k})/full(20) = {figures[f'ms_full_{mode}_{k}'] / r20:.3f}"
+                for k in CLASS_COUNTS[1:]
+            )
+        )
+        print(
+            f"{mode}: labels(20)/CLIPVisionModel = {l20 / hf_ms:.3f}; "
+            + ", ".join(
+                f"labels({k})/labels(20) = {figures[f'ms_labels_{mode}_{k}'] / l20:.3f}"
                 for k in CLASS_COUNTS[1:]
             )
         )

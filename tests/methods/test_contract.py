@@ -85,6 +85,9 @@ def test_method_contract(name, tiny_world, runs):
         out = method.scores(images, emb, seen_k)
     assert out.shape == (2, split.num_classes, *images.shape[-2:])
     assert torch.isfinite(out.float()).all()
+    # the labels (what predict returns; ZegCLIP's own path upsamples only classes that can win)
+    with torch.no_grad():
+        assert torch.equal(method.labels(images, emb, seen_k), out.argmax(1))
 
     # a name of no split: scored, or refused with an error that names the method (PADing's
     # retrained classifier covers its split's classes only)

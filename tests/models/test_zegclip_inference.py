@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from zeroseg.data.classes import ClassSplit
 from zeroseg.methods.zegclip import ZegCLIP, ZegCLIPConfig, reduce_seen
-from zeroseg.models.heads.mask_scores import sigmoid_scores
+from zeroseg.models.heads.mask_scores import candidate_classes, sigmoid_labels, sigmoid_scores
 from zeroseg.models.heads.zegclip_decoder import ZegCLIPDecoder, ZegCLIPDecoderConfig
 
 
@@ -36,6 +36,59 @@ def test_sigmoid_scores_equal_the_whole_tensor_passes(block_bytes):
         sigmoid_scores(logits, (9, 9), shift[:3])
     with pytest.raises(ValueError, match=r"logits must be \(B, K, h, w\)"):
         sigmoid_scores(logits[0], (9, 9))
+
+
+def _smooth_logits(k: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(2, K, h, w) logits of a trained model's kind: each class high in a few regions."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(2, k, 3, 3, generator=g) * 4
+    up = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return up + 0.3 * torch.randn(2, k, h, w, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("k", "low", "size"),
+    [
+        (40, (16, 16), (64, 64)),
+        (30, (16, 12), (50, 37)),
+        (9, (10, 10), (7, 7)),
+        (1, (4, 4), (9, 9)),
+    ],
+)
+def test_sigmoid_labels_equal_the_argmax_of_the_scores(k, low, size):
+    logits = _smooth_logits(k, *low)
+    shift = 0.1 * (torch.arange(k) % 3 == 0).float()
+    for s in (shift, None):
+        expected = sigmoid_scores(logits, size, s).argmax(1)
+        for block_bytes in (1, 1 << 30):  # one class per block, and all at once
+            got = sigmoid_labels(logits, size, s, block_bytes=block_bytes)
+            assert got.dtype == torch.long and torch.equal(got, expected)
+    # ties go to the lowest class, as argmax: two identical classes, the first always wins
+    twins = torch.cat([logits[:, :1], logits[:, :1], logits[:, 1:]], 1)
+    got = sigmoid_labels(twins, size)
+    assert torch.equal(got, sigmoid_scores(twins, size).argmax(1)) and not (got == 1).any()
+    with pytest.raises(ValueError, match=rf"shift must be \({k},\)"):
+        sigmoid_labels(logits, size, torch.zeros(k + 1))
+    with pytest.raises(ValueError, match=r"logits must be \(B, K, h, w\)"):
+        sigmoid_labels(logits[0], size)
+
+
+def test_only_classes_that_can_win_are_upsampled():
+    # class 0 high on the left half, class 1 on the right, class 5 a little above classes 2-4
+    x = torch.full((6, 8, 8), -6.0)
+    x[0], x[1], x[5] = -8.0, -8.0, -3.0
+    x[0, :, :4], x[1, :, 4:] = 5.0, 5.0
+    # 2-4 are below class 5 everywhere: never upsampled; 5 may win where the halves meet
+    assert candidate_classes(x, torch.zeros(6)).tolist() == [0, 1, 5]
+    expected = sigmoid_scores(x[None], (32, 32)).argmax(1)
+    assert torch.equal(sigmoid_labels(x[None], (32, 32)), expected)
+    assert set(expected.unique().tolist()) == {0, 1}
+    # a shift that sinks class 1 below class 5 hands the right half to class 5
+    shift = torch.tensor([0.0, 1.0, 0, 0, 0, 0])
+    assert candidate_classes(x, shift).tolist() == [0, 5]
+    expected = sigmoid_scores(x[None], (32, 32), shift).argmax(1)
+    assert torch.equal(sigmoid_labels(x[None], (32, 32), shift), expected)
+    assert set(expected.unique().tolist()) == {0, 5}
 
 
 def _trained_scale(decoder: torch.nn.Module) -> None:
@@ -139,3 +192,16 @@ def test_the_text_side_is_computed_once_per_vocabulary_and_follows_the_weights()
     params = list(model.decoder.q_proj.parameters())
     text, term = cache.get(emb, lambda t: model.decoder.text_side(F.normalize(t, dim=-1)), params)
     assert cache.misses == 6 and term.requires_grad and cache._value is None
+
+
+@pytest.mark.parametrize("nel", [True, False])
+def test_labels_equal_the_argmax_of_the_scores(nel):
+    model = _tiny_zegclip(nel)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    emb = torch.randn(6, 32)
+    seen = torch.tensor([True, True, True, True, False, False])
+    with torch.no_grad():
+        expected = model.scores(images, emb, seen).argmax(1)
+        got = model.labels(images, emb, seen)
+    assert got.shape == (2, 64, 64) and torch.equal(got, expected)
+    assert len(expected.unique()) > 1  # a real decision, not one class everywhere

@@ -434,6 +434,13 @@ class Method(nn.Module):
         """
         raise NotImplementedError
 
+    def labels(
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, seen_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, H, W) int64 labels: the argmax of :meth:`scores`, which methods may compute
+        without the (B, K, H, W) scores (ZegCLIP upsamples only the classes that can win)."""
+        return self.scores(images, class_embeddings, seen_mask).argmax(1)
+
     def calibration_scores(
         self, images: torch.Tensor, class_embeddings: torch.Tensor, seen_mask: torch.Tensor
     ) -> torch.Tensor:

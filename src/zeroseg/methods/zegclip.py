@@ -46,7 +46,7 @@ from zeroseg.engine.trainer import TrainConfig
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
-from zeroseg.models.heads.mask_scores import sigmoid_scores
+from zeroseg.models.heads.mask_scores import sigmoid_labels, sigmoid_scores
 from zeroseg.models.heads.zegclip_decoder import (
     TextSideCache,
     ZegCLIPDecoder,
@@ -391,6 +391,13 @@ class ZegCLIP(Method):
             return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=False, inplace=True)
         shift = self.reduction() * seen_mask.float() if self.reduction() else None
         return sigmoid_scores(logits, images.shape[-2:], shift)
+
+    def labels(self, images, class_embeddings, seen_mask):
+        if self.training or torch.is_grad_enabled() or not self.cfg.nel:
+            return super().labels(images, class_embeddings, seen_mask)
+        shift = self.reduction() * seen_mask.float() if self.reduction() else None
+        logits = self.predict_logits(images, class_embeddings)
+        return sigmoid_labels(logits, images.shape[-2:], shift)
 
     # ------------------------------------------------------------------ training
     def loss(self, images: Tensor, labels: Tensor, class_embeddings: Tensor) -> dict[str, Tensor]:

@@ -12,6 +12,13 @@ classes go a few at a time: each block is upsampled straight into its slice of t
 tensor, and the sigmoid and the shift run on it while it is still in the CPU's cache. Every
 element goes through the same kernels as the whole-tensor version, so the result is
 bit-identical (tested).
+
+When only the segmentation is wanted (the argmax over classes), :func:`sigmoid_labels` gets it
+without the (K, H, W) scores at all: an output pixel's upsampled logit is a convex combination of
+the four low-resolution logits around it, so it lies between their minimum and maximum. A class
+whose best case there is below some other class's worst case cannot win at any pixel of that
+cell; the few that can are scored exactly, pixel by pixel. The work then grows with the number of
+classes only at low resolution.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sigmoid_scores"]
+__all__ = ["candidate_classes", "sigmoid_labels", "sigmoid_scores"]
 
 # Classes per block: 2 x (512 x 512 fp32) = 2 MiB, the L2 cache of this machine's two cores
 # together; smaller blocks add per-call overhead, larger ones spill to L3.
@@ -64,3 +71,71 @@ def sigmoid_scores(
             if shift is not None:
                 block.sub_(shift[:, c : c + step])
     return out
+
+
+def sigmoid_labels(
+    logits: Tensor,
+    size: tuple[int, int],
+    shift: Tensor | None = None,
+    *,
+    block_bytes: int = BLOCK_BYTES,
+) -> Tensor:
+    """argmax over classes of :func:`sigmoid_scores` ``(logits, size, shift)``, without them.
+
+    Each output pixel's upsampled logit lies between the minimum and the maximum of the (up to)
+    four low-resolution logits it is interpolated from. Per such cell, a class can win at one of
+    its pixels only if ``sigmoid(its maximum) - shift`` reaches the largest
+    ``sigmoid(minimum) - shift`` of any class; the classes that can win in some cell of an image
+    are upsampled (by :func:`sigmoid_scores`, block by block, into a running argmax), the others
+    never are. Every value compared is the one ``sigmoid_scores`` computes and the candidates go
+    in class order, so the labels equal ``sigmoid_scores(...).argmax(1)``, ties included.
+
+    Args:
+        logits: (B, K, h, w) mask logits (any float dtype; computed in fp32).
+        size: (H, W) of the output.
+        shift: (K,) subtracted from class k's sigmoid (None: nothing).
+        block_bytes: scores computed at once (at least one class).
+
+    Returns:
+        (B, H, W) int64 class indices.
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"sigmoid_labels: logits must be (B, K, h, w), got {tuple(logits.shape)}")
+    b, k = logits.shape[:2]
+    if shift is not None and tuple(shift.shape) != (k,):
+        raise ValueError(f"sigmoid_labels: shift must be ({k},), got {tuple(shift.shape)}")
+    height, width = int(size[0]), int(size[1])
+    x = logits.float()
+    shift = torch.zeros(k, device=x.device) if shift is None else shift.to(x.device, torch.float32)
+    step = max(1, block_bytes // (height * width * 4))
+    out = torch.empty(b, height, width, dtype=torch.long, device=x.device)
+    for i in range(b):
+        classes = candidate_classes(x[i], shift)
+        best = torch.full((height, width), float("-inf"), device=x.device)
+        label = out[i].zero_()
+        for c in range(0, len(classes), step):
+            block = classes[c : c + step]
+            scores = sigmoid_scores(x[i : i + 1, block], (height, width), shift[block])[0]
+            value, index = scores.max(0)  # first maximum: the lowest class of the block
+            better = value > best  # strictly: an earlier (lower) class keeps a tie
+            best = torch.where(better, value, best)
+            label = torch.where(better, block[index], label)
+        out[i] = label
+    return out
+
+
+def candidate_classes(x: Tensor, shift: Tensor) -> Tensor:
+    """Ascending indices of the classes of (K, h, w) logits that can be the argmax of
+    ``sigmoid(bilinear(x)) - shift`` at some output pixel (a superset: see :func:`sigmoid_labels`)."""
+    k = x.shape[0]
+    # Cell (r, c): rows {r, min(r + 1, h - 1)} x columns {c, min(c + 1, w - 1)}, which hold the
+    # taps of every output pixel, at any output size (align_corners=False, source clamped at 0).
+    padded = torch.nn.functional.pad(x[None], (0, 1, 0, 1), mode="replicate")[0]
+    hi = torch.nn.functional.max_pool2d(padded, 2, stride=1)
+    lo = -torch.nn.functional.max_pool2d(-padded, 2, stride=1)
+    # The interpolation's weights sum to 1 only up to rounding: widen the range by more than that.
+    hi = hi + 1e-5 * (hi.abs() + 1)
+    lo = lo - 1e-5 * (lo.abs() + 1)
+    best = hi.sigmoid_().sub_(shift.view(k, 1, 1))  # each class's best case in each cell
+    worst = lo.sigmoid_().sub_(shift.view(k, 1, 1)).amax(0)  # the best worst case of the cell
+    return (best >= worst).flatten(1).any(1).nonzero().flatten()
