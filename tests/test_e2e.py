@@ -233,6 +233,9 @@ def test_demo_seeds_writes_each_run_and_the_spread(tiny_world, tmp_path):
     assert proj["hiou_std"] == pytest.approx(np.std(hiou, ddof=1))
     ausuc = [r["methods"]["projection"]["ausuc"] for r in by_seed]
     assert proj["ausuc_std"] == pytest.approx(np.std(ausuc, ddof=1))
+    miou = [r["methods"]["projection"]["miou"] for r in by_seed]  # the headline keys stay
+    assert proj["miou"] == pytest.approx(np.mean(miou))
+    assert proj["miou_std"] == pytest.approx(np.std(miou, ddof=1))
     assert set(proj["calibration"]["gamma_by_seed"]) == {"0", "1"}
 
 

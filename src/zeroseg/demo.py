@@ -417,7 +417,7 @@ def run_demo(
     return summary
 
 
-SEED_METRICS = ("seen_miou", "unseen_miou", "hiou", "ausuc")
+SEED_METRICS = ("seen_miou", "unseen_miou", "hiou", "miou", "ausuc")
 
 
 def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
