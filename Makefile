@@ -27,7 +27,7 @@ demo-ablations: $(VENV)
 	$(BIN)/zeroseg demo --quick --out runs/demo-ablations --ablations --refine spectral --refine-on projection zs3net
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
-# about 6 x 21 min on 2 cores: over the 60 min the evaluation issue asks):
+# 1 h 58 min on 2 cores, measured: over the 60 min the evaluation issue asks):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
 benchmark: $(VENV)
 	$(BIN)/zeroseg demo --quick --seeds 0 1 2 --out runs/benchmark/default
