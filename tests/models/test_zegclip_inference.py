@@ -140,12 +140,16 @@ def _old_scores(model: ZegCLIP, images, emb, seen):
     return reduce_seen(up, seen, model.reduction(), sigmoid=model.cfg.nel)
 
 
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two images, 6 class embeddings, the first 4 seen."""
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    return images, torch.randn(6, 32), torch.tensor([True, True, True, True, False, False])
+
+
 @pytest.mark.parametrize("nel", [True, False])
 def test_inference_scores_equal_the_training_time_path(nel):
     model = _tiny_zegclip(nel)
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    emb = torch.randn(6, 32)
-    seen = torch.tensor([True, True, True, True, False, False])
+    images, emb, seen = _inputs()
     with torch.no_grad():
         expected = _old_scores(model, images, emb, seen)
         got = model.scores(images, emb, seen)
@@ -197,9 +201,7 @@ def test_the_text_side_is_computed_once_per_vocabulary_and_follows_the_weights()
 @pytest.mark.parametrize("nel", [True, False])
 def test_labels_equal_the_argmax_of_the_scores(nel):
     model = _tiny_zegclip(nel)
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    emb = torch.randn(6, 32)
-    seen = torch.tensor([True, True, True, True, False, False])
+    images, emb, seen = _inputs()
     with torch.no_grad():
         expected = model.scores(images, emb, seen).argmax(1)
         got = model.labels(images, emb, seen)

@@ -33,6 +33,16 @@ __all__ = ["candidate_classes", "sigmoid_labels", "sigmoid_scores"]
 BLOCK_BYTES = 2 << 20
 
 
+def _check_shapes(name: str, logits: Tensor, shift: Tensor | None) -> tuple[int, int]:
+    """(B, K) of (B, K, h, w) logits and a (K,) shift (or None); a clear error otherwise."""
+    if logits.ndim != 4:
+        raise ValueError(f"{name}: logits must be (B, K, h, w), got {tuple(logits.shape)}")
+    b, k = logits.shape[:2]
+    if shift is not None and tuple(shift.shape) != (k,):
+        raise ValueError(f"{name}: shift must be ({k},), got {tuple(shift.shape)}")
+    return b, k
+
+
 def sigmoid_scores(
     logits: Tensor,
     size: tuple[int, int],
@@ -52,11 +62,7 @@ def sigmoid_scores(
         (B, K, H, W) fp32, equal to ``F.interpolate(logits.float(), size, mode="bilinear",
         align_corners=False).sigmoid() - shift.view(1, -1, 1, 1)``.
     """
-    if logits.ndim != 4:
-        raise ValueError(f"sigmoid_scores: logits must be (B, K, h, w), got {tuple(logits.shape)}")
-    b, k = logits.shape[:2]
-    if shift is not None and tuple(shift.shape) != (k,):
-        raise ValueError(f"sigmoid_scores: shift must be ({k},), got {tuple(shift.shape)}")
+    b, k = _check_shapes("sigmoid_scores", logits, shift)
     height, width = int(size[0]), int(size[1])
     x = logits.float().contiguous()
     out = torch.empty(b, k, height, width, dtype=torch.float32, device=x.device)
@@ -99,11 +105,7 @@ def sigmoid_labels(
     Returns:
         (B, H, W) int64 class indices.
     """
-    if logits.ndim != 4:
-        raise ValueError(f"sigmoid_labels: logits must be (B, K, h, w), got {tuple(logits.shape)}")
-    b, k = logits.shape[:2]
-    if shift is not None and tuple(shift.shape) != (k,):
-        raise ValueError(f"sigmoid_labels: shift must be ({k},), got {tuple(shift.shape)}")
+    b, k = _check_shapes("sigmoid_labels", logits, shift)
     height, width = int(size[0]), int(size[1])
     x = logits.float()
     shift = torch.zeros(k, device=x.device) if shift is None else shift.to(x.device, torch.float32)
