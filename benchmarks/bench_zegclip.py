@@ -179,7 +179,7 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
         for k in CLASS_COUNTS:  # how many classes the labels path upsampled
             with torch.inference_mode():
                 logits = model.predict_logits(x_img, vocab[k][0])[0].float()
-            count = len(candidate_classes(logits, model.reduction() * vocab[k][1].float()))
+            count = len(candidate_classes(logits, model.seen_shift(vocab[k][1])))
             figures[f"upsampled_classes_{mode}_{k}"] = count
             print(f"{mode:5} labels_{k}: {count} of {k} classes can win somewhere: upsampled")
     return figures, peaks, flops

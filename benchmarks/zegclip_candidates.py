@@ -37,7 +37,6 @@ def main() -> None:
     data = runner.build_data(cfg)
     emb = runner.Embedder(cfg.text, world=data.world)(list(split.names))
     seen = torch.tensor([k in split.seen for k in range(split.num_classes)])
-    shift = method.reduction() * seen.float()
     counts, t_scores, t_labels, n = [], [], [], 0
     with torch.no_grad():
         for batch in iterate_eval(data.eval_split(args.split), 1):
@@ -45,7 +44,7 @@ def main() -> None:
                 break
             image = batch["image"]
             logits = method.predict_logits(image, emb)[0].float()
-            counts.append(len(candidate_classes(logits, shift)))
+            counts.append(len(candidate_classes(logits, method.seen_shift(seen))))
             start = time.process_time()
             expected = method.scores(image, emb, seen).argmax(1)
             t_scores.append(time.process_time() - start)

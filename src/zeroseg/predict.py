@@ -59,7 +59,7 @@ class Predictor:
         def fn(im: torch.Tensor) -> torch.Tensor:
             return infer_scores(lambda w: self.method.scores(w, emb, mask), im, self.cfg.eval)
 
-        return x, names, emb, mask, fn
+        return x, emb, mask, fn
 
     @torch.no_grad()
     def scores(self, image, class_names: Sequence[str]) -> torch.Tensor:
@@ -68,7 +68,7 @@ class Predictor:
         The whole image at once: memory grows with K x H x W (see :meth:`predict` for large
         images).
         """
-        x, _, _, _, fn = self._prepare(image, class_names)
+        x, _, _, fn = self._prepare(image, class_names)
         return fn(x)[0]
 
     @torch.no_grad()
@@ -81,7 +81,7 @@ class Predictor:
         image needs well under 2 GiB.
         """
         dtype = label_dtype(len(class_names))
-        x, _, emb, mask, fn = self._prepare(image, class_names)
+        x, emb, mask, fn = self._prepare(image, class_names)
         if max(x.shape[-2:]) <= WHOLE_MAX:
             if self.cfg.eval.mode == "whole":  # the method's own argmax (no K x H x W scores)
                 return self.method.labels(x, emb, mask)[0].cpu().numpy().astype(dtype)

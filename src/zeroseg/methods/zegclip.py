@@ -376,6 +376,11 @@ class ZegCLIP(Method):
     def reduction(self) -> float:
         return self.cfg.seen_reduction
 
+    def seen_shift(self, seen_mask: Tensor) -> Tensor | None:
+        """(K,) what inference subtracts from each class's sigmoid: the seen-score reduction on
+        the seen classes (None when it is 0)."""
+        return self.reduction() * seen_mask.float() if self.reduction() else None
+
     def scores(self, images, class_embeddings, seen_mask):
         if self.training or torch.is_grad_enabled():
             logits = self.mask_logits(images, class_embeddings)[-1]
@@ -389,15 +394,13 @@ class ZegCLIP(Method):
                 logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
             )
             return reduce_seen(logits, seen_mask, self.reduction(), sigmoid=False, inplace=True)
-        shift = self.reduction() * seen_mask.float() if self.reduction() else None
-        return sigmoid_scores(logits, images.shape[-2:], shift)
+        return sigmoid_scores(logits, images.shape[-2:], self.seen_shift(seen_mask))
 
     def labels(self, images, class_embeddings, seen_mask):
         if self.training or torch.is_grad_enabled() or not self.cfg.nel:
             return super().labels(images, class_embeddings, seen_mask)
-        shift = self.reduction() * seen_mask.float() if self.reduction() else None
         logits = self.predict_logits(images, class_embeddings)
-        return sigmoid_labels(logits, images.shape[-2:], shift)
+        return sigmoid_labels(logits, images.shape[-2:], self.seen_shift(seen_mask))
 
     # ------------------------------------------------------------------ training
     def loss(self, images: Tensor, labels: Tensor, class_embeddings: Tensor) -> dict[str, Tensor]:

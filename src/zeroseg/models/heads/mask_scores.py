@@ -17,8 +17,8 @@ When only the segmentation is wanted (the argmax over classes), :func:`sigmoid_l
 without the (K, H, W) scores at all: an output pixel's upsampled logit is a convex combination of
 the four low-resolution logits around it, so it lies between their minimum and maximum. A class
 whose best case there is below some other class's worst case cannot win at any pixel of that
-cell; the few that can are scored exactly, pixel by pixel. The work then grows with the number of
-classes only at low resolution.
+cell; only the classes that can win in some cell of the image are upsampled, into a running
+argmax. The rest cost work at low resolution only.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def sigmoid_labels(
     for i in range(b):
         classes = candidate_classes(x[i], shift)
         best = torch.full((height, width), float("-inf"), device=x.device)
-        label = out[i].zero_()
+        label = torch.zeros(height, width, dtype=torch.long, device=x.device)
         for c in range(0, len(classes), step):
             block = classes[c : c + step]
             scores = sigmoid_scores(x[i : i + 1, block], (height, width), shift[block])[0]
@@ -126,10 +126,12 @@ def sigmoid_labels(
     return out
 
 
-def candidate_classes(x: Tensor, shift: Tensor) -> Tensor:
+def candidate_classes(x: Tensor, shift: Tensor | None = None) -> Tensor:
     """Ascending indices of the classes of (K, h, w) logits that can be the argmax of
-    ``sigmoid(bilinear(x)) - shift`` at some output pixel (a superset: see :func:`sigmoid_labels`)."""
+    ``sigmoid(bilinear(x)) - shift`` at some output pixel (a superset: see :func:`sigmoid_labels`;
+    ``shift`` None: nothing subtracted)."""
     k = x.shape[0]
+    shift = torch.zeros(k, device=x.device) if shift is None else shift.to(x.device, torch.float32)
     # Cell (r, c): rows {r, min(r + 1, h - 1)} x columns {c, min(c + 1, w - 1)}, which hold the
     # taps of every output pixel, at any output size (align_corners=False, source clamped at 0).
     padded = torch.nn.functional.pad(x[None], (0, 1, 0, 1), mode="replicate")[0]
