@@ -241,6 +241,24 @@ MUTATIONS = (
         'metrics["ausuc"] = ausuc(calibration_curve(method, cfg, data.val, split, embed))',
         ("tests/test_e2e.py::test_figures_are_on_test_at_the_gamma_chosen_on_val",),
     ),
+    Mutation(
+        "stale-stages",
+        "a method's code revision left out of its stage keys (older code's stages reused)",
+        "src/zeroseg/methods/base.py",
+        '**({"revision": revision} if revision else {}),',
+        "",
+        (
+            "tests/test_stages.py::test_a_method_revision_enters_the_demo_fingerprint_and_its_stage_keys",
+        ),
+    ),
+    Mutation(
+        "dropout-inverted-mask",
+        "the CPU dropout keeps the elements it should drop",
+        "src/zeroseg/models/dropout.py",
+        "keep = (draws >= round(p * _RANGE))",
+        "keep = (draws < round(p * _RANGE))",
+        ("tests/models/test_dropout.py",),
+    ),
 )
 
 

@@ -151,3 +151,30 @@ def test_a_method_without_stages_is_refused_at_registration(tmp_path, monkeypatc
     )
     monkeypatch.delitem(sys.modules, "stageless_methods.toy")
     assert list(discover("stageless_methods", [str(package)])) == ["toy"]
+
+
+def test_a_method_revision_enters_the_demo_fingerprint_and_its_stage_keys(monkeypatch, tmp_path):
+    import hashlib
+    import json
+
+    import torch
+
+    from zeroseg.demo import fingerprint
+    from zeroseg.methods.base import RunContext
+
+    cfg = demo_config("projection", world=None, quick=True)
+    assert METHODS["projection"].revision == 0
+    # revision 0 adds nothing: the fingerprint of runs made before revisions existed
+    run = {k: v for k, v in to_dict(cfg).items() if k != "demo"}
+    blob = json.dumps({"cfg": run, "world": "w"}, sort_keys=True, default=str)
+    assert fingerprint(cfg, "w") == hashlib.sha256(blob.encode()).hexdigest()[:10]
+    ctx = RunContext(cfg, tmp_path / "run", None, None, None, None, torch.device("cpu"))
+    key = ctx.stage_key(model={"width": 8})
+    assert "revision" not in key
+    shared = ctx.shared_stage_dir("segmenter", key)
+
+    monkeypatch.setattr(METHODS["projection"], "revision", 2)
+    assert fingerprint(cfg, "w") != hashlib.sha256(blob.encode()).hexdigest()[:10]
+    revised = ctx.stage_key(model={"width": 8})
+    assert revised == {**key, "revision": 2}
+    assert ctx.shared_stage_dir("segmenter", revised) != shared

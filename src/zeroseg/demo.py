@@ -1,8 +1,10 @@
 """The main job: generate a world, train each method, evaluate, write the report and figures.
 
 Each method runs from its ShapeWorld preset (``zeroseg/configs/*_shapeworld.yaml``) into
-``<out>/runs/<method>-<fingerprint>``, where the fingerprint hashes the config and the world, so a
-re-run with the same settings reuses finished stages and a changed setting never overwrites them.
+``<out>/runs/<method>-<fingerprint>``, where the fingerprint hashes the config, the world and the
+method's code revision, so a re-run with the same settings and code reuses finished stages, and a
+changed setting, or a code change that alters the method's training, never reuses or overwrites
+them.
 """
 
 from __future__ import annotations
@@ -99,8 +101,14 @@ def baselines_of(name: str) -> tuple[str, ...]:
 
 
 def fingerprint(cfg, world_key: str) -> str:
+    """The run directory's hash: the config (without the row's metadata), the world and the
+    method's code revision (:attr:`zeroseg.methods.base.Method.revision`, when not 0)."""
     run = {k: v for k, v in to_dict(cfg).items() if k != "demo"}  # the row's metadata: no effect
-    blob = json.dumps({"cfg": run, "world": world_key}, sort_keys=True, default=str)
+    key = {"cfg": run, "world": world_key}
+    revision = runner.method_class(cfg).revision
+    if revision:
+        key["revision"] = revision
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

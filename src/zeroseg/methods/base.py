@@ -145,10 +145,15 @@ class RunContext:
         return key
 
     def stage_key(self, **parts) -> dict:
-        """The reuse key of a stage: what decides the training data (:meth:`data_key`) plus
-        ``parts`` (configs as dataclasses or plain values; dataclasses are turned into dicts)."""
+        """The reuse key of a stage: what decides the training data (:meth:`data_key`), the
+        method's :attr:`Method.revision` (when not 0) and ``parts`` (configs as dataclasses or
+        plain values; dataclasses are turned into dicts)."""
+        from zeroseg.methods import METHODS
+
+        revision = METHODS[self.cfg.method].revision if self.cfg.method in METHODS else 0
         return {
             "data": self.data_key(),
+            **({"revision": revision} if revision else {}),
             **{k: _plain(v) for k, v in sorted(parts.items())},
         }
 
@@ -361,6 +366,11 @@ class Method(nn.Module):
     tiny: ClassVar[tuple[str, ...]] = ()
     # The image and text towers come from one CLIP checkpoint (``model.pretrained``) on real data.
     loads_clip: ClassVar[bool] = False
+    # Raised by one whenever a code change alters what the method trains (its weights or
+    # figures from the same config): it enters the demo's run fingerprint and every stage key
+    # of the method's runs, so stages finished by older code are never reused as current.
+    # 0 adds nothing to either (runs of methods never revised keep their fingerprints).
+    revision: ClassVar[int] = 0
 
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):
         super().__init__()

@@ -229,6 +229,9 @@ class ZegCLIP(Method):
         "probabilities"  # sigmoid (or softmax) mask scores, for the shared calibration rule
     )
     protocol = "inductive"
+    # 1: the decoder's dropout masks from zeroseg.models.dropout (not bernoulli_), the
+    # foundation's unit tokens not normalised a second time
+    revision = 1
     tiny = (
         "model.encoder=tiny",
         "model.decoder.width=32",
@@ -331,9 +334,9 @@ class ZegCLIP(Method):
     def _image_side(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, H, W) uint8 -> unit patch embeddings (B, h, w, D) and image embeddings (B, D)."""
         if isinstance(self.encoder, FoundationEncoder):
-            with torch.no_grad():  # frozen, as CLIP: tokens, global embedding
+            with torch.no_grad():  # frozen, as CLIP: unit tokens, unit global embedding
                 feats = self.encoder.forward_features(images.float())
-            return F.normalize(feats["patch_proj"].float(), dim=-1), feats["cls_proj"].float()
+            return feats["patch_proj"].float(), feats["cls_proj"].float()
         x = (images.float() - self.mean) / self.std
         if self.cfg.input_scale != 1.0:
             x = F.interpolate(

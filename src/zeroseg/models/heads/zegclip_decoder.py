@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.models.dropout import Dropout
+
 __all__ = ["TextSideCache", "ZegCLIPDecoder", "ZegCLIPDecoderConfig", "relationship_descriptor"]
 
 
@@ -46,7 +48,9 @@ class ZegCLIPDecoderConfig:
     layers: int = 3  # cross-attention layers (each gives a mask map)
     heads: int = 8  # attention heads (width must divide evenly)
     mlp_ratio: float = 4.0  # hidden width of each layer's MLP relative to width
-    dropout: float = 0.1  # dropout on attention weights and residual branches (as the release)
+    # dropout on attention weights and residual branches (as the release); its CPU mask is
+    # zeroseg.models.dropout's, not bernoulli_'s (the same distribution, cheaper)
+    dropout: float = 0.1
     input_proj: bool = (
         True  # Linear + LayerNorm on the patch tokens (release presets: off, width = 512)
     )
@@ -84,7 +88,7 @@ class _CrossAttention(nn.Module):
         self.k = nn.Linear(width, width)
         self.v = nn.Linear(width, width)
         self.proj = nn.Linear(width, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, query: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Args:
@@ -141,10 +145,10 @@ class _DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, width)
+            nn.Linear(width, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, width)
         )
         self.norm2 = nn.LayerNorm(width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, query: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
         out, logits = self.attn(query, memory)
