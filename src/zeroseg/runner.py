@@ -313,11 +313,14 @@ def train(
     """Trains ``cfg.method`` into ``directory`` and saves ``model.safetensors``.
 
     A directory started with the same resolved config resumes (finished stages are loaded, an
-    interrupted stage continues from its newest step checkpoint); one started with another config
-    is refused (:class:`zeroseg.engine.rundir.RunDirError`) unless ``overwrite`` discards it.
+    interrupted stage continues from its newest step checkpoint); one started with another config,
+    or by the method's code at another :attr:`~zeroseg.methods.base.Method.revision`, is refused (:class:`zeroseg.engine.rundir.RunDirError`) unless ``overwrite`` discards it.
     A lock stops a second concurrent run into the same directory.
     """
     resolved = check_config(cfg)
+    revision = method_class(cfg).revision
+    if revision:  # a code change that alters the weights: older runs are not this config's
+        resolved = {**resolved, "revision": revision}
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     directory = Path(directory)
@@ -362,6 +365,7 @@ def _train(
         progress=progress,
         world=data.world,
         train_transform=getattr(data.train, "train_transform", None) or hflip,
+        revision=method_class(cfg).revision,
     )
     if isinstance(train_set, SeenOnly) and train_set.dropped:
         ctx.notes.append(

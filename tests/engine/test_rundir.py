@@ -88,3 +88,27 @@ def test_hash_and_diff_ignore_tuples_vs_lists_and_cadence():
     b = {"train": {"lr": 0.1, "ckpt_every": 50}, "size": [1, 2]}
     assert config_hash(a) == config_hash(b) and config_diff(a, b) == []
     assert config_diff(a, {**b, "seed": 3}) == ["seed: (absent) -> 3"]
+
+
+def test_a_method_revision_refuses_the_old_run_and_keys_the_new_stages(
+    tiny_world, tmp_path, monkeypatch
+):
+    from zeroseg.methods import METHODS
+
+    run = tmp_path / "run"
+    runner.train(_cfg(tiny_world), run, progress=False)
+    assert "revision" not in json.loads((run / "run.json").read_text())["config"]  # 0: nothing
+    monkeypatch.setattr(METHODS["projection"], "revision", 3)
+    with pytest.raises(RunDirError, match=r"revision: .* -> 3\).*--overwrite"):
+        runner.train(_cfg(tiny_world), run, progress=False)
+    made = []
+
+    class Recording(runner.RunContext):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(runner, "RunContext", Recording)
+    runner.train(_cfg(tiny_world), tmp_path / "new", progress=False)
+    assert json.loads((tmp_path / "new" / "run.json").read_text())["config"]["revision"] == 3
+    assert [ctx.revision for ctx in made] == [3]  # so the run's stage keys carry it

@@ -118,6 +118,7 @@ class RunContext:
     foundation: dict | None = None
     unseen_name_stages: list[str] = field(default_factory=list)
     encoders: list[dict] = field(default_factory=list)
+    revision: int = 0  # the method's :attr:`Method.revision`, for the stage keys
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
@@ -148,12 +149,9 @@ class RunContext:
         """The reuse key of a stage: what decides the training data (:meth:`data_key`), the
         method's :attr:`Method.revision` (when not 0) and ``parts`` (configs as dataclasses or
         plain values; dataclasses are turned into dicts)."""
-        from zeroseg.methods import METHODS
-
-        revision = METHODS[self.cfg.method].revision if self.cfg.method in METHODS else 0
         return {
             "data": self.data_key(),
-            **({"revision": revision} if revision else {}),
+            **({"revision": self.revision} if self.revision else {}),
             **{k: _plain(v) for k, v in sorted(parts.items())},
         }
 
