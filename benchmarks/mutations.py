@@ -245,7 +245,7 @@ MUTATIONS = (
         "stale-stages",
         "a method's code revision left out of its stage keys (older code's stages reused)",
         "src/zeroseg/methods/base.py",
-        '**({"revision": self.revision} if self.revision else {}),',
+        "**revision_key(self.revision),",
         "",
         (
             "tests/test_stages.py::test_a_method_revision_enters_the_demo_fingerprint_and_its_stage_keys",

@@ -39,7 +39,13 @@ from zeroseg.engine.checkpoint import (
 from zeroseg.engine.inference import evaluate_semantic
 from zeroseg.engine.rundir import check_run_dir, clear_run_dir, run_lock, write_record
 from zeroseg.methods import METHODS
-from zeroseg.methods.base import OWN_CALIBRATION_FIELDS, Method, RunContext, Stage
+from zeroseg.methods.base import (
+    OWN_CALIBRATION_FIELDS,
+    Method,
+    RunContext,
+    Stage,
+    revision_key,
+)
 from zeroseg.metrics.boundary import BoundaryFScore
 from zeroseg.metrics.calibration import GAMMAS, CalibrationSweep, ausuc, choose_gamma
 from zeroseg.metrics.calibration import RULE as CALIBRATION_RULE
@@ -314,13 +320,12 @@ def train(
 
     A directory started with the same resolved config resumes (finished stages are loaded, an
     interrupted stage continues from its newest step checkpoint); one started with another config,
-    or by the method's code at another :attr:`~zeroseg.methods.base.Method.revision`, is refused (:class:`zeroseg.engine.rundir.RunDirError`) unless ``overwrite`` discards it.
+    or by the method's code at another :attr:`~zeroseg.methods.base.Method.revision`, is refused
+    (:class:`zeroseg.engine.rundir.RunDirError`) unless ``overwrite`` discards it.
     A lock stops a second concurrent run into the same directory.
     """
-    resolved = check_config(cfg)
-    revision = method_class(cfg).revision
-    if revision:  # a code change that alters the weights: older runs are not this config's
-        resolved = {**resolved, "revision": revision}
+    # a code change that alters the weights: runs of older code are not this config's
+    resolved = {**check_config(cfg), **revision_key(method_class(cfg).revision)}
     device = resolve_device(cfg.device)
     dist.init_from_env(device)
     directory = Path(directory)
@@ -365,7 +370,7 @@ def _train(
         progress=progress,
         world=data.world,
         train_transform=getattr(data.train, "train_transform", None) or hflip,
-        revision=method_class(cfg).revision,
+        revision=method.revision,
     )
     if isinstance(train_set, SeenOnly) and train_set.dropped:
         ctx.notes.append(

@@ -151,7 +151,7 @@ class RunContext:
         plain values; dataclasses are turned into dicts)."""
         return {
             "data": self.data_key(),
-            **({"revision": self.revision} if self.revision else {}),
+            **revision_key(self.revision),
             **{k: _plain(v) for k, v in sorted(parts.items())},
         }
 
@@ -345,6 +345,12 @@ class RunContext:
             self.encoders.append(entry)
 
 
+def revision_key(revision: int) -> dict:
+    """What a method's :attr:`Method.revision` adds to a reuse key (a stage key, the demo's run
+    fingerprint, the run record): nothing at 0, so runs of methods never revised keep their keys."""
+    return {"revision": revision} if revision else {}
+
+
 class Method(nn.Module):
     """Base class of the methods in ``zeroseg.methods.METHODS``."""
 
@@ -366,8 +372,8 @@ class Method(nn.Module):
     loads_clip: ClassVar[bool] = False
     # Raised by one whenever a code change alters what the method trains (its weights or
     # figures from the same config): it enters the demo's run fingerprint and every stage key
-    # of the method's runs, so stages finished by older code are never reused as current.
-    # 0 adds nothing to either (runs of methods never revised keep their fingerprints).
+    # of the method's runs, so stages finished by older code are never reused as current
+    # (:func:`revision_key`).
     revision: ClassVar[int] = 0
 
     def __init__(self, cfg, *, split: ClassSplit, embed_dim: int):

@@ -1,9 +1,10 @@
 """Dropout whose random mask is cheap on the CPU.
 
-``torch.dropout`` draws its mask with ``bernoulli_``, which on the CPU costs several times a
-uniform 32-bit integer per element, and more than the softmax before it many times over
-(``benchmarks/bench_dropout.py`` prints the ratios). Attention-weight dropout over a
-(batch, heads, queries, tokens) map was then the largest single cost of a ZegCLIP training step.
+``torch.dropout`` draws its mask with ``bernoulli_``, which on the CPU costs more than drawing one
+uniform 32-bit integer per element (``benchmarks/bench_dropout.py`` times the two side by side).
+ZegCLIP drops out a whole (batch, heads, queries, tokens) attention map per layer: with these
+masks (and one token normalisation fewer) its training step ran 1.12x faster
+(``zeroseg bench --train --methods zegclip``, docs/benchmarks.md).
 :class:`Dropout` draws one integer ``r`` uniform on [0, 2^31) per element and keeps the element
 when ``r >= round(p * 2^31)``, so an element is dropped with probability ``p`` to within 2^-31,
 kept ones are scaled by ``1 / (1 - p)`` as inverted dropout, and the random numbers come from

@@ -43,6 +43,11 @@ def _check_shapes(name: str, logits: Tensor, shift: Tensor | None) -> tuple[int,
     return b, k
 
 
+def _shift_or_zeros(shift: Tensor | None, k: int, device: torch.device) -> Tensor:
+    """(K,) fp32 shift on ``device``; zeros for None (nothing subtracted)."""
+    return torch.zeros(k, device=device) if shift is None else shift.to(device, torch.float32)
+
+
 def sigmoid_scores(
     logits: Tensor,
     size: tuple[int, int],
@@ -108,7 +113,7 @@ def sigmoid_labels(
     b, k = _check_shapes("sigmoid_labels", logits, shift)
     height, width = int(size[0]), int(size[1])
     x = logits.float()
-    shift = torch.zeros(k, device=x.device) if shift is None else shift.to(x.device, torch.float32)
+    shift = _shift_or_zeros(shift, k, x.device)
     step = max(1, block_bytes // (height * width * 4))
     out = torch.empty(b, height, width, dtype=torch.long, device=x.device)
     for i in range(b):
@@ -131,7 +136,7 @@ def candidate_classes(x: Tensor, shift: Tensor | None = None) -> Tensor:
     ``sigmoid(bilinear(x)) - shift`` at some output pixel (a superset: see :func:`sigmoid_labels`;
     ``shift`` None: nothing subtracted)."""
     k = x.shape[0]
-    shift = torch.zeros(k, device=x.device) if shift is None else shift.to(x.device, torch.float32)
+    shift = _shift_or_zeros(shift, k, x.device)
     # Cell (r, c): rows {r, min(r + 1, h - 1)} x columns {c, min(c + 1, w - 1)}, which hold the
     # taps of every output pixel, at any output size (align_corners=False, source clamped at 0).
     padded = torch.nn.functional.pad(x[None], (0, 1, 0, 1), mode="replicate")[0]
