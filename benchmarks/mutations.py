@@ -259,6 +259,14 @@ MUTATIONS = (
         "keep = (draws < round(p * _RANGE))",
         ("tests/models/test_dropout.py",),
     ),
+    Mutation(
+        "projection-norm-cross-term",
+        "the projection head's pixel norm drops the bias cross term 2 b . W g",
+        "src/zeroseg/models/heads/projection.py",
+        "(w.T @ w)[..., None, None], 2.0 * (w.T @ b))",
+        "(w.T @ w)[..., None, None])",
+        ("tests/models/test_projection_head.py",),
+    ),
 )
 
 

@@ -162,8 +162,8 @@ def test_a_method_revision_enters_the_demo_fingerprint_and_its_stage_keys(monkey
     from zeroseg.demo import fingerprint
     from zeroseg.methods.base import RunContext
 
-    cfg = demo_config("projection", world=None, quick=True)
-    assert METHODS["projection"].revision == 0
+    cfg = demo_config("mask-projection", world=None, quick=True)
+    assert METHODS["mask-projection"].revision == 0
     # revision 0 adds nothing: the fingerprint of runs made before revisions existed
     run = {k: v for k, v in to_dict(cfg).items() if k != "demo"}
     blob = json.dumps({"cfg": run, "world": "w"}, sort_keys=True, default=str)
@@ -173,7 +173,7 @@ def test_a_method_revision_enters_the_demo_fingerprint_and_its_stage_keys(monkey
     assert "revision" not in key
     shared = ctx.shared_stage_dir("segmenter", key)
 
-    monkeypatch.setattr(METHODS["projection"], "revision", 2)
+    monkeypatch.setattr(METHODS["mask-projection"], "revision", 2)
     assert fingerprint(cfg, "w") != hashlib.sha256(blob.encode()).hexdigest()[:10]
     ctx.revision = 2  # as runner.train sets it from the method class
     revised = ctx.stage_key(model={"width": 8})

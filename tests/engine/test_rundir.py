@@ -97,9 +97,10 @@ def test_a_method_revision_refuses_the_old_run_and_keys_the_new_stages(
 
     run = tmp_path / "run"
     runner.train(_cfg(tiny_world), run, progress=False)
-    assert "revision" not in json.loads((run / "run.json").read_text())["config"]  # 0: nothing
-    monkeypatch.setattr(METHODS["projection"], "revision", 3)
-    with pytest.raises(RunDirError, match=r"revision: .* -> 3\).*--overwrite"):
+    current = METHODS["projection"].revision
+    assert json.loads((run / "run.json").read_text())["config"].get("revision", 0) == current
+    monkeypatch.setattr(METHODS["projection"], "revision", current + 3)
+    with pytest.raises(RunDirError, match=rf"revision: .* -> {current + 3}\).*--overwrite"):
         runner.train(_cfg(tiny_world), run, progress=False)
     made = []
 
@@ -110,5 +111,7 @@ def test_a_method_revision_refuses_the_old_run_and_keys_the_new_stages(
 
     monkeypatch.setattr(runner, "RunContext", Recording)
     runner.train(_cfg(tiny_world), tmp_path / "new", progress=False)
-    assert json.loads((tmp_path / "new" / "run.json").read_text())["config"]["revision"] == 3
-    assert [ctx.revision for ctx in made] == [3]  # so the run's stage keys carry it
+    assert (
+        json.loads((tmp_path / "new" / "run.json").read_text())["config"]["revision"] == current + 3
+    )
+    assert [ctx.revision for ctx in made] == [current + 3]  # so the run's stage keys carry it

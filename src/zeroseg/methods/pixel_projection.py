@@ -36,6 +36,10 @@ class PixelProjection(Method):
     each of them writes its own ``fit`` and ``scores``.
     """
 
+    # 1: the head's scores computed in its hidden space (ProjectionHead.forward), equal to the
+    # D-dim cosine up to rounding, which changes what a run trains.
+    revision = 1
+
     def __init__(self, cfg: ProjectionConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
         self.backbone = SmallUNet(cfg.backbone)

@@ -47,11 +47,28 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.proj(features), dim=1)
 
     def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
-        """Args: features (B, C, h, w); class_embeddings (K, D). Returns (B, K, h, w) logits."""
-        pix = self.embed(features)
-        text = class_embeddings.to(pix.dtype)
-        if self.text_proj is not None:
-            text = self.text_proj(text)
-        text = F.normalize(text, dim=-1)
-        scale = self.log_scale.exp().clamp(1.0, 100.0)
-        return scale * torch.einsum("bdhw,kd->bkhw", pix, text)
+        """Args: features (B, C, h, w); class_embeddings (K, D). Returns (B, K, h, w) fp32 logits.
+
+        The same scores as ``scale * cos(embed(features), text)``, computed without the D-dim
+        pixel embedding: with z = W g + b the last 1x1 layer applied to the C-dim hidden map g,
+        ``z . t = g . (W^T t) + b . t`` and ``|z|^2 = g . (W^T W g + 2 W^T b) + |b|^2``, two 1x1
+        convolutions to K and C channels instead of one to D (384 against 64: the D-dim map and
+        its normalisation were most of a projection training step). Computed in fp32 outside
+        autocast, so the norm's cross terms keep their precision.
+        """
+        hidden = self.proj[:-1](features)
+        last: nn.Conv2d = self.proj[-1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            g = hidden.float()
+            w = last.weight.float().flatten(1)  # (D, C)
+            b = last.bias.float()
+            text = class_embeddings.float()
+            if self.text_proj is not None:
+                text = F.linear(text, self.text_proj.weight.float())
+            text = F.normalize(text, dim=-1)
+            dot = F.conv2d(g, (text @ w)[..., None, None], text @ b)  # (B, K, h, w)
+            gram = F.conv2d(g, (w.T @ w)[..., None, None], 2.0 * (w.T @ b))  # (B, C, h, w)
+            sq_norm = (g * gram).sum(1, keepdim=True) + b @ b
+            norm = sq_norm.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's eps
+            scale = self.log_scale.float().exp().clamp(1.0, 100.0)
+            return scale * dot / norm

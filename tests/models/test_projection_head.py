@@ -1,0 +1,67 @@
+"""The projection head's scores, computed in the hidden space, equal the cosine of its unit pixel
+embeddings with the unit text embeddings (the definition), in value and in gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zeroseg.models.heads.projection import ProjectionHead
+
+
+def definition(head: ProjectionHead, features, text):
+    """scale * cos(embed(features), text_proj(text)), through the D-dim pixel embedding."""
+    pix = head.embed(features).float()
+    t = head.text_proj(text) if head.text_proj is not None else text
+    scale = head.log_scale.exp().clamp(1.0, 100.0)
+    return scale * torch.einsum("bdhw,kd->bkhw", pix, F.normalize(t.float(), dim=-1))
+
+
+def make_head(text_proj: bool) -> ProjectionHead:
+    torch.manual_seed(0)
+    head = ProjectionHead(16, 48, text_proj=text_proj)
+    with torch.no_grad():  # away from the identity / zero-bias initialisation
+        if head.text_proj is not None:
+            head.text_proj.weight.add_(0.1 * torch.randn(48, 48))
+        head.proj[-1].bias.normal_(0.0, 0.5)
+        head.log_scale.fill_(2.5)
+    return head.eval()
+
+
+@pytest.mark.parametrize("text_proj", [True, False])
+def test_scores_and_gradients_equal_the_cosine_definition(text_proj):
+    head = make_head(text_proj)
+    features = torch.randn(2, 16, 6, 5)
+    text = torch.randn(7, 48)
+    want = definition(head, features, text)
+    got = head(features, text)
+    assert got.dtype == torch.float32 and got.shape == (2, 7, 6, 5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    weights = torch.randn_like(want)
+    grads_want = torch.autograd.grad((want * weights).sum(), list(head.parameters()))
+    grads_got = torch.autograd.grad((head(features, text) * weights).sum(), list(head.parameters()))
+    for name, g_want, g_got in zip(
+        [n for n, _ in head.named_parameters()], grads_want, grads_got, strict=True
+    ):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_keeps_the_scores_in_fp32_close_to_the_definition():
+    head = make_head(True)
+    features = torch.randn(2, 16, 6, 5)
+    text = torch.randn(7, 48)
+    want = definition(head, features, text)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(features, text)
+    assert got.dtype == torch.float32
+    # only the 3x3 convolution before the last layer runs in bf16
+    torch.testing.assert_close(got, want, rtol=0.0, atol=0.1)
+
+
+def test_a_pixel_whose_embedding_vanishes_scores_zero_not_nan():
+    head = make_head(False)
+    with torch.no_grad():  # the last layer maps everything to 0: z = 0 at every pixel
+        head.proj[-1].weight.zero_()
+        head.proj[-1].bias.zero_()
+    got = head(torch.randn(1, 16, 3, 3), torch.randn(4, 48))
+    assert torch.equal(got, torch.zeros_like(got))
