@@ -267,6 +267,14 @@ MUTATIONS = (
         "(w.T @ w)[..., None, None])",
         ("tests/models/test_projection_head.py",),
     ),
+    Mutation(
+        "mmd-batched-pooled",
+        "the batched MMD pools the kernel means of all class pairs into one",
+        "src/zeroseg/generators/mmd.py",
+        "torch.exp(sq / (-2.0 * s)).mean((-2, -1))",
+        "torch.exp(sq / (-2.0 * s)).mean()",
+        ("tests/generators/test_mmd.py",),
+    ),
 )
 
 

@@ -83,6 +83,33 @@ def test_input_errors():
         mmd_loss(torch.zeros(1, 2), torch.zeros(3, 2), (0.0,))
 
 
+def test_batched_sets_give_each_pair_its_own_mmd_and_gradient():
+    """(C, n, d) against (C, m, d): C values, each the MMD of its own pair (PADing's generator
+    loss over the seen classes), with the same gradients as the loop over pairs."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(4, 6, 5, generator=g) * 2).requires_grad_()
+    y = torch.randn(4, 3, 5, generator=g) + torch.arange(4.0).view(4, 1, 1)
+    for root in (False, True):
+        got = mmd_loss(x, y, root=root)
+        assert got.shape == (4,)
+        loop = torch.stack([mmd_loss(x[c], y[c], root=root) for c in range(4)])
+        torch.testing.assert_close(got, loop, rtol=1e-6, atol=1e-7)
+        assert got[0].item() == pytest.approx(
+            math.sqrt(_mmd_loop(x[0].detach(), y[0], ZS3_BANDWIDTHS))
+            if root
+            else _mmd_loop(x[0].detach(), y[0], ZS3_BANDWIDTHS),
+            abs=1e-5,
+        )
+        w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+        (grad_got,) = torch.autograd.grad((got * w).sum(), x)
+        (grad_loop,) = torch.autograd.grad((loop * w).sum(), x)
+        torch.testing.assert_close(grad_got, grad_loop, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"\(4, 6, 5\) and \(3, 3, 5\)"):
+        mmd_loss(x, y[:3])
+    with pytest.raises(ValueError, match=r"\(4, 6, 5\) and \(3, 5\)"):
+        mmd_loss(x, y[0])
+
+
 def test_class_conditional_is_mean_of_per_class_mmd():
     g = torch.Generator().manual_seed(2)
     real = torch.randn(10, 3, generator=g)

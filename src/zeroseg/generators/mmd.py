@@ -29,16 +29,17 @@ ZS3_BANDWIDTHS: tuple[float, ...] = (2.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 
 
 def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise squared Euclidean distances (n, m) from two matrix products, clamped at 0
-    because |a|^2 + |b|^2 - 2 a.b can come out slightly negative in floating point."""
-    a2 = a.pow(2).sum(dim=1, keepdim=True)  # (n, 1)
-    b2 = b.pow(2).sum(dim=1, keepdim=True)  # (m, 1)
-    return (a2 + b2.T - 2.0 * (a @ b.T)).clamp_min_(0.0)
+    """Pairwise squared Euclidean distances (..., n, m) of (..., n, d) and (..., m, d), from two
+    matrix products, clamped at 0 because |a|^2 + |b|^2 - 2 a.b can come out slightly negative
+    in floating point."""
+    a2 = a.pow(2).sum(dim=-1, keepdim=True)  # (..., n, 1)
+    b2 = b.pow(2).sum(dim=-1, keepdim=True)  # (..., m, 1)
+    return (a2 + b2.mT - 2.0 * (a @ b.mT)).clamp_min_(0.0)
 
 
 def _kernel_mean(sq: Tensor, bandwidths: Sequence[float]) -> Tensor:
-    """Mean over all pairs of the summed Gaussian kernels."""
-    return sum(torch.exp(sq / (-2.0 * s)).mean() for s in bandwidths)  # type: ignore[return-value]
+    """Mean over all pairs (the last two dimensions) of the summed Gaussian kernels."""
+    return sum(torch.exp(sq / (-2.0 * s)).mean((-2, -1)) for s in bandwidths)  # type: ignore[return-value]
 
 
 def mmd_loss(
@@ -48,30 +49,37 @@ def mmd_loss(
     *,
     root: bool = False,
 ) -> Tensor:
-    """Biased squared MMD between two samples with a sum of Gaussian kernels.
+    """Biased squared MMD between two samples with a sum of Gaussian kernels, or between C pairs
+    of samples at once (one batched matrix product instead of a loop over classes).
 
     Args:
-        x: Samples (n, d), e.g. generated features.
-        y: Samples (m, d), e.g. real features; n and m may differ.
+        x: Samples (n, d), e.g. generated features; or (C, n, d), C sets.
+        y: Samples (m, d), e.g. real features; n and m may differ; or (C, m, d).
         bandwidths: Kernel variances s in exp(-||a - b||^2 / (2 s)), summed.
         root: Return sqrt(MMD^2) as the ZS3 reference does (clamped away from 0 so the
             gradient stays finite) instead of MMD^2.
 
     Returns:
-        A scalar tensor; >= 0 up to rounding, and 0 when x and y are the same set.
+        A scalar tensor, or (C,) for C pairs; >= 0 up to rounding, and 0 when x and y are the
+        same set.
     """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    if (
+        x.ndim not in (2, 3)
+        or y.ndim != x.ndim
+        or x.shape[-1] != y.shape[-1]
+        or x.shape[:-2] != y.shape[:-2]
+    ):
         raise ValueError(
-            f"mmd_loss expects (n, d) and (m, d) with the same d, got {tuple(x.shape)} and "
-            f"{tuple(y.shape)}"
+            f"mmd_loss expects (n, d) and (m, d), or (C, n, d) and (C, m, d), with the same d "
+            f"(and C), got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    if x.shape[0] == 0 or y.shape[0] == 0:
-        raise ValueError(f"mmd_loss needs non-empty samples, got {x.shape[0]} and {y.shape[0]}")
+    if x.shape[-2] == 0 or y.shape[-2] == 0:
+        raise ValueError(f"mmd_loss needs non-empty samples, got {x.shape[-2]} and {y.shape[-2]}")
     if len(bandwidths) == 0 or any(s <= 0 for s in bandwidths):
         raise ValueError(f"bandwidths must be positive and non-empty, got {list(bandwidths)}")
     # MMD is translation invariant; centring first keeps |a|^2 + |b|^2 - 2 a.b from cancelling
     # catastrophically in float32 when features sit far from the origin.
-    center = torch.cat([x, y]).mean(dim=0, keepdim=True).detach()
+    center = torch.cat([x, y], dim=-2).mean(dim=-2, keepdim=True).detach()
     x, y = x - center, y - center
     mmd2 = (
         _kernel_mean(_sq_dists(x, x), bandwidths)
