@@ -52,9 +52,10 @@ class ProjectionHead(nn.Module):
         The same scores as ``scale * cos(embed(features), text)``, computed without the D-dim
         pixel embedding: with z = W g + b the last 1x1 layer applied to the C-dim hidden map g,
         ``z . t = g . (W^T t) + b . t`` and ``|z|^2 = g . (W^T W g + 2 W^T b) + |b|^2``, two 1x1
-        convolutions to K and C channels instead of one to D (384 against 64: the D-dim map and
-        its normalisation were most of a projection training step). Computed in fp32 outside
-        autocast, so the norm's cross terms keep their precision.
+        convolutions to K and C channels instead of one to D (384 against C = 64 in the
+        ShapeWorld presets, where this made the projection training step 1.58x faster:
+        docs/benchmarks.md). Computed in fp32 outside autocast, so the norm's cross terms keep
+        their precision.
         """
         hidden = self.proj[:-1](features)
         last: nn.Conv2d = self.proj[-1]
