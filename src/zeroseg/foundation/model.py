@@ -55,10 +55,7 @@ class Foundation(nn.Module):
 
     def class_side(self, class_embeddings: torch.Tensor) -> torch.Tensor:
         """(K, D) text embeddings -> (K, D) unit class vectors the pixels are matched against."""
-        text = class_embeddings.float()
-        if self.head.text_proj is not None:
-            text = self.head.text_proj(text)
-        return F.normalize(text, dim=-1)
+        return self.head.text_side(class_embeddings)
 
     def pixel_logits(self, pixels: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) unit pixels, (K, D) -> (B, K, h, w) ``scale * cos``."""
@@ -102,10 +99,7 @@ class FoundationEncoder(nn.Module):
 
     def text_side(self, class_embeddings: torch.Tensor) -> torch.Tensor:
         """(K, D) text embeddings -> (K, D) unit vectors in the image tokens' space."""
-        text = class_embeddings.float()
-        if self.head.text_proj is not None:
-            text = self.head.text_proj(text)
-        return F.normalize(text, dim=-1)
+        return self.head.text_side(class_embeddings)
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) 0-255 -> ``patch_proj`` (B, h, w, D) unit tokens, ``cls_proj`` (B, D)."""

@@ -46,6 +46,14 @@ class ProjectionHead(nn.Module):
         """(B, C, h, w) -> (B, D, h, w) unit pixel embeddings."""
         return F.normalize(self.proj(features), dim=1)
 
+    def text_side(self, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """(K, D) class embeddings -> (K, D) unit vectors the pixel embeddings are matched against
+        (through the shared text map when there is one)."""
+        text = class_embeddings.float()
+        if self.text_proj is not None:
+            text = self.text_proj(text)
+        return F.normalize(text, dim=-1)
+
     def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
         """Args: features (B, C, h, w); class_embeddings (K, D). Returns (B, K, h, w) fp32 logits.
 
@@ -63,10 +71,7 @@ class ProjectionHead(nn.Module):
             g = hidden.float()
             w = last.weight.float().flatten(1)  # (D, C)
             b = last.bias.float()
-            text = class_embeddings.float()
-            if self.text_proj is not None:
-                text = F.linear(text, self.text_proj.weight.float())
-            text = F.normalize(text, dim=-1)
+            text = self.text_side(class_embeddings)  # fp32 parameters, outside autocast
             dot = F.conv2d(g, (text @ w)[..., None, None], text @ b)  # (B, K, h, w)
             gram = F.conv2d(g, (w.T @ w)[..., None, None], 2.0 * (w.T @ b))  # (B, C, h, w)
             sq_norm = (g * gram).sum(1, keepdim=True) + b @ b
