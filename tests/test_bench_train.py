@@ -81,3 +81,9 @@ def test_bench_config_cuts_every_stage_of_a_demo_preset():
         assert sched.iters == 4 and sched.ckpt_every == 0, path
     with pytest.raises(ValueError, match=">= 3 steps"):
         bench_config("zs3net", steps=2)
+
+
+def test_bench_config_applies_overrides_on_top_of_the_cut_schedules():
+    cfg = bench_config("zegclip", steps=4, overrides=["model.token_pool=1"])
+    assert model_config(cfg).token_pool == 1 and cfg.train.iters == 4
+    assert model_config(bench_config("zegclip", steps=4)).token_pool == 2

@@ -192,7 +192,7 @@ def cmd_serve(args) -> int:
             raise
         print(
             "zeroseg: error: zeroseg serve needs Gradio: pip install 'zeroseg[web]' "
-            "(make .venv installs it)",
+            "(make venv installs it)",
             file=sys.stderr,
         )
         return 2
@@ -203,10 +203,14 @@ def cmd_serve(args) -> int:
 def cmd_bench(args) -> int:
     from zeroseg.bench import bench_presets, run_bench
 
+    if args.set and not args.train:
+        raise SystemExit("zeroseg bench: --set applies to --train only")
     if args.train:
         from zeroseg.bench_train import bench_train
 
-        rows = bench_train(args.methods, steps=args.steps, world=args.world)
+        rows = bench_train(
+            args.methods, steps=args.steps, world=args.world, overrides=args.set or ()
+        )
     elif args.presets is not None:
         rows = bench_presets(args.presets or None, crop=args.crop)
     else:
@@ -556,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--steps", type=int, default=5, help="--train: steps per stage (1 warm-up, 1 counted)"
+    )
+    b.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="--train: override a preset value (repeatable), e.g. model.token_pool=1",
     )
 
     data = sub.add_parser("data", help="check or prepare a real dataset in its standard layout")

@@ -100,6 +100,40 @@ def test_focal_and_dice_hand_checked():
     assert out["dice"].item() == pytest.approx(0.2, rel=1e-5)
 
 
+def test_deep_supervision_sums_every_layer_and_off_keeps_the_last(tiny_world, monkeypatch):
+    """The loss is the mask loss of every decoder layer, or of the last only (the release)."""
+    torch.manual_seed(0)
+    layers = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    labels = torch.randint(0, 3, (2, 32, 32))
+    labels[0, :4] = 255
+
+    def parts(m):
+        m = torch.nn.functional.interpolate(m, size=(16, 16), mode="bilinear", align_corners=False)
+        target = labels[:, ::2, ::2]  # loss_stride 2: the labels subsampled
+        out = mask_losses(
+            m,
+            target,
+            num_classes=3,
+            ignore_index=255,
+            focal_weight=100.0,
+            dice_weight=1.0,
+            alpha=0.25,
+            gamma=2.0,
+        )
+        return sum(out.values())
+
+    totals = {}
+    for deep in (True, False):
+        cfg = tiny_cfg(tiny_world, extra=[f"model.deep_supervision={str(deep).lower()}"])
+        m = build_method(cfg, load_spec_split(tiny_world), 384)
+        monkeypatch.setattr(m, "mask_logits", lambda images, emb: layers)
+        out = m.loss(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), labels, torch.randn(3, 384))
+        totals[deep] = out["loss"]
+        assert out["focal"] + out["dice"] == pytest.approx(parts(layers[-1]).item(), rel=1e-5)
+    assert totals[True].item() == pytest.approx(sum(parts(x) for x in layers).item(), rel=1e-5)
+    assert totals[False].item() == pytest.approx(parts(layers[-1]).item(), rel=1e-5)
+
+
 def test_seen_score_reduction():
     logits = torch.zeros(1, 3, 1, 1)
     seen = torch.tensor([True, False, True])
