@@ -275,6 +275,14 @@ MUTATIONS = (
         "torch.exp(sq / (-2.0 * s)).mean()",
         ("tests/generators/test_mmd.py",),
     ),
+    Mutation(
+        "zegclip-deep-supervision-ignored",
+        "ZegCLIP supervises every decoder layer whatever model.deep_supervision says",
+        "src/zeroseg/methods/zegclip.py",
+        "if i < last and not cfg.deep_supervision:",
+        "if False:",
+        ("tests/methods/test_zegclip.py",),
+    ),
 )
 
 
