@@ -279,7 +279,7 @@ MUTATIONS = (
         "zegclip-deep-supervision-ignored",
         "ZegCLIP supervises every decoder layer whatever model.deep_supervision says",
         "src/zeroseg/methods/zegclip.py",
-        "if i < last and not cfg.deep_supervision:",
+        "if not cfg.deep_supervision:",
         "if False:",
         ("tests/methods/test_zegclip.py",),
     ),

@@ -87,3 +87,10 @@ def test_bench_config_applies_overrides_on_top_of_the_cut_schedules():
     cfg = bench_config("zegclip", steps=4, overrides=["model.token_pool=1"])
     assert model_config(cfg).token_pool == 1 and cfg.train.iters == 4
     assert model_config(bench_config("zegclip", steps=4)).token_pool == 2
+
+
+def test_bench_set_without_train_is_refused_in_one_line():
+    from zeroseg.cli import main
+
+    with pytest.raises(SystemExit, match="--set applies to --train only"):
+        main(["bench", "--set", "model.token_pool=1"])

@@ -51,6 +51,20 @@ def tiny_cfg(world: Path, method: str = "zegclip", extra=()):
     return load_config(preset, [f"data.world={world}", *TINY, *extra])
 
 
+def paper_mask_losses(logits, labels, *, num_classes: int) -> dict:
+    """``mask_losses`` with the paper's weights (focal x100, dice x1, alpha 0.25, gamma 2)."""
+    return mask_losses(
+        logits,
+        labels,
+        num_classes=num_classes,
+        ignore_index=255,
+        focal_weight=100.0,
+        dice_weight=1.0,
+        alpha=0.25,
+        gamma=2.0,
+    )
+
+
 def test_relationship_descriptor_hand_case():
     text = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # K=2
     cls = torch.tensor([[10.0, 0.5]])  # B=1
@@ -85,16 +99,7 @@ def test_focal_and_dice_hand_checked():
     # Two pixels: class 0, then ignored. K = 2, one ground-truth mask (class 0 in image 0).
     logits = torch.zeros(1, 2, 1, 2)
     labels = torch.tensor([[[0, 255]]])
-    out = mask_losses(
-        logits,
-        labels,
-        num_classes=2,
-        ignore_index=255,
-        focal_weight=100.0,
-        dice_weight=1.0,
-        alpha=0.25,
-        gamma=2.0,
-    )
+    out = paper_mask_losses(logits, labels, num_classes=2)
     # focal: (0.0625 + 0.1875) ln 2 over 1 mask, x100; dice of class 0 only: 1 - (2*.5+1)/(.5+1+1) = 0.2
     assert out["focal"].item() == pytest.approx(25 * math.log(2), rel=1e-5)
     assert out["dice"].item() == pytest.approx(0.2, rel=1e-5)
@@ -110,17 +115,7 @@ def test_deep_supervision_sums_every_layer_and_off_keeps_the_last(tiny_world, mo
     def parts(m):
         m = torch.nn.functional.interpolate(m, size=(16, 16), mode="bilinear", align_corners=False)
         target = labels[:, ::2, ::2]  # loss_stride 2: the labels subsampled
-        out = mask_losses(
-            m,
-            target,
-            num_classes=3,
-            ignore_index=255,
-            focal_weight=100.0,
-            dice_weight=1.0,
-            alpha=0.25,
-            gamma=2.0,
-        )
-        return sum(out.values())
+        return sum(paper_mask_losses(m, target, num_classes=3).values())
 
     totals = {}
     for deep in (True, False):

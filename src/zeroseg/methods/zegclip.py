@@ -13,7 +13,7 @@ CVPR 2023): one-stage zero-shot segmentation on a frozen CLIP image encoder.
   summed over (image, class) masks and divided by the number of ground-truth masks; dice over the
   classes present in each image), on every decoder layer (deep supervision). The released code
   supervises the last layer only (``deep_supervision: false``); on ShapeWorld's ``val`` that
-  learns about half as fast at the demo's budget (docs/methods.md). NEL off = softmax
+  reached less than half the hIoU at the demo's budget (docs/methods.md). NEL off = softmax
   cross-entropy over the classes (the ablation).
 - **Seen-score reduction** at inference: scores = sigmoid(masks), minus ``seen_reduction`` (0.1)
   on the seen classes, for inductive models only; the released code applies no reduction after
@@ -426,10 +426,9 @@ class ZegCLIP(Method):
         out: dict[str, Tensor] = {}
         total = 0
         masks = self.mask_logits(images, class_embeddings)
-        last = len(masks) - 1
+        if not cfg.deep_supervision:
+            masks = masks[-1:]
         for i, m in enumerate(masks):
-            if i < last and not cfg.deep_supervision:
-                continue
             m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
             if cfg.nel:
                 parts = mask_losses(
@@ -445,7 +444,7 @@ class ZegCLIP(Method):
             else:
                 parts = {"ce": F.cross_entropy(m, target, ignore_index=ignore)}
             total = total + sum(parts.values())
-            if i == last:
+            if i == len(masks) - 1:
                 out.update(parts)
         out["loss"] = total
         return out
