@@ -207,7 +207,7 @@ class AlignZegModel(MaskClassifier):
             else:
                 x = (images.float() - self.clip_mean) / self.clip_std
                 tokens = self.clip.forward_features(x)["patch_tokens"]  # (B, h, w, width)
-        return tokens.permute(0, 3, 1, 2).contiguous()
+        return tokens.permute(0, 3, 1, 2)  # a view: forward makes it contiguous in one copy
 
     def forward(self, images: Tensor) -> AlignZegOutputs:
         """(B, 3, H, W) uint8 images -> :class:`AlignZegOutputs`."""
@@ -219,9 +219,9 @@ class AlignZegModel(MaskClassifier):
         for i in range(3):
             f = self.input_proj[i](feats[i])
             if clip is not None:  # Z = Z_enc + P(Z_clip), resized to this level
-                z = F.interpolate(
-                    clip.to(f.dtype), size=f.shape[-2:], mode="bilinear", align_corners=False
-                )
+                # one copy into the levels' dtype, contiguous (a no-op from the second level)
+                clip = clip.to(f.dtype, memory_format=torch.contiguous_format)
+                z = F.interpolate(clip, size=f.shape[-2:], mode="bilinear", align_corners=False)
                 f = f + self.clip_proj[i](z)
             levels.append(self._level(i, f))
         sizes, poss, mems = (list(x) for x in zip(*levels))
