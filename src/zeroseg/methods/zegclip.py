@@ -423,12 +423,11 @@ class ZegCLIP(Method):
         cfg, ignore = self.cfg, self.split.ignore_index
         size = (images.shape[-2] // cfg.loss_stride, images.shape[-1] // cfg.loss_stride)
         target = downsample_labels(labels, size)
-        out: dict[str, Tensor] = {}
         total = 0
         masks = self.mask_logits(images, class_embeddings)
         if not cfg.deep_supervision:
             masks = masks[-1:]
-        for i, m in enumerate(masks):
+        for m in masks:
             m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
             if cfg.nel:
                 parts = mask_losses(
@@ -444,10 +443,7 @@ class ZegCLIP(Method):
             else:
                 parts = {"ce": F.cross_entropy(m, target, ignore_index=ignore)}
             total = total + sum(parts.values())
-            if i == len(masks) - 1:
-                out.update(parts)
-        out["loss"] = total
-        return out
+        return {**parts, "loss": total}  # the named terms of the last layer, the summed loss
 
     def _stage0(self, ctx: RunContext) -> None:
         if self.cfg.encoder == "foundation":
