@@ -23,6 +23,7 @@ from zeroseg import runner
 from zeroseg._yaml import safe_load
 from zeroseg.config import PRESET_DIR, ConfigError, _set_path, to_dict
 from zeroseg.data.shapeworld import load_spec
+from zeroseg.engine.rundir import without_neutral
 from zeroseg.methods.base import revision_key
 from zeroseg.report import _fmt
 
@@ -105,6 +106,7 @@ def fingerprint(cfg, world_key: str) -> str:
     """The run directory's hash: the config (without the row's metadata), the world and the
     method's code revision (:attr:`zeroseg.methods.base.Method.revision`, when not 0)."""
     run = {k: v for k, v in to_dict(cfg).items() if k != "demo"}  # the row's metadata: no effect
+    run = without_neutral(run)  # an option at its neutral default keeps earlier fingerprints
     key = {"cfg": run, "world": world_key, **revision_key(runner.method_class(cfg).revision)}
     blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]

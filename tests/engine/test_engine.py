@@ -109,6 +109,56 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(v, w), k
 
 
+class TinyConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.drop = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.relu(self.conv(x))))
+
+
+def image_batches(start, stop):
+    for step in range(start, stop):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(2, 3, 8, 8, generator=g)
+        yield step, {"x": x, "y": x.mean(1, keepdim=True)}
+
+
+def test_channels_last_trains_in_nhwc_saves_the_usual_layout_and_resumes_exactly(tmp_path):
+    layouts = []
+
+    def conv_step(model, batch):
+        layouts.append(model.conv.weight.is_contiguous(memory_format=torch.channels_last))
+        return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
+
+    cfg = TrainConfig(iters=20, lr=1e-2, ckpt_every=5, seed=1, channels_last=True)
+    torch.manual_seed(0)
+    full = TinyConv()
+    kw = dict(stage="s", step_fn=conv_step, cfg=cfg, progress=False)
+    train_stage(model=full, batches=image_batches, directory=tmp_path / "a", **kw)
+    assert layouts == [True] * 20  # every step ran with NHWC weights
+    assert all(p.is_contiguous() for p in full.parameters())  # back to the usual layout
+    saved, _ = load_checkpoint(tmp_path / "a" / "final.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in full.state_dict().items())
+
+    def interrupted(start, stop):
+        for step, b in image_batches(start, stop):
+            if step == 12:
+                raise KeyboardInterrupt
+            yield step, b
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(model=TinyConv(), batches=interrupted, directory=tmp_path / "b", **kw)
+    resumed = TinyConv()
+    train_stage(model=resumed, batches=image_batches, directory=tmp_path / "b", **kw)
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
 def test_nan_loss_stops_with_step_and_batch(tmp_path):
     def nan_fn(model, batch):
         return {"loss": model(batch["x"]).sum() * float("nan")}

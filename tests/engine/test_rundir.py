@@ -115,3 +115,38 @@ def test_a_method_revision_refuses_the_old_run_and_keys_the_new_stages(
         json.loads((tmp_path / "new" / "run.json").read_text())["config"]["revision"] == current + 3
     )
     assert [ctx.revision for ctx in made] == [current + 3]  # so the run's stage keys carry it
+
+
+def test_an_option_at_its_neutral_default_keeps_the_identities_it_had_before_it_existed(
+    tiny_world, tmp_path
+):
+    from dataclasses import asdict
+
+    from zeroseg.demo import fingerprint
+
+    resolved = asdict(_cfg(tiny_world))
+    before = json.loads(json.dumps(resolved))  # as recorded before ``channels_last`` existed
+    del before["train"]["channels_last"]
+    assert config_hash(resolved) == config_hash(before) and config_diff(before, resolved) == []
+    on = asdict(_cfg(tiny_world, "train.channels_last=true"))
+    assert config_hash(on) != config_hash(resolved)
+    assert config_diff(before, on) == ["train.channels_last: (absent) -> true"]
+    assert fingerprint(_cfg(tiny_world), "w") != fingerprint(
+        _cfg(tiny_world, "train.channels_last=true"), "w"
+    )
+    # a run recorded without the key resumes; the option set refuses it, naming the key
+    run = tmp_path / "run"
+    runner.train(_cfg(tiny_world), run, progress=False)
+    record = json.loads((run / "run.json").read_text())
+    del record["config"]["train"]["channels_last"]
+    (run / "run.json").write_text(json.dumps(record))
+    runner.train(_cfg(tiny_world), run, progress=False)
+    with pytest.raises(RunDirError, match="train.channels_last"):
+        runner.train(_cfg(tiny_world, "train.channels_last=true"), run, progress=False)
+    # the shared stages' keys: the same rule
+    ctx = runner.RunContext.__new__(runner.RunContext)
+    ctx.cfg, ctx.world, ctx.revision = _cfg(tiny_world), None, 0
+    from zeroseg.engine.trainer import TrainConfig
+
+    assert "channels_last" not in ctx.stage_key(train=TrainConfig())["train"]
+    assert ctx.stage_key(train=TrainConfig(channels_last=True))["train"]["channels_last"] is True

@@ -26,6 +26,24 @@ RECORD = "run.json"
 # Keys that change how often progress is saved or logged, never the weights: a resumed run may
 # change them (e.g. to checkpoint more often after a crash).
 CADENCE_KEYS = frozenset({"ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every"})
+# Options added after runs were recorded, each at the value that reproduces the code before it.
+# At that value they are left out of every identity (run.json's hash, the demo's run
+# fingerprints, shared stage keys), so adding an option keeps earlier runs reusable; set to
+# anything else, they enter it.
+NEUTRAL_DEFAULTS: dict[str, Any] = {"channels_last": False}
+
+
+def without_neutral(obj: Any) -> Any:
+    """``obj`` (nested dicts and lists) without the keys that hold their neutral default."""
+    if isinstance(obj, dict):
+        return {
+            k: without_neutral(v)
+            for k, v in obj.items()
+            if not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+        }
+    if isinstance(obj, list):
+        return [without_neutral(v) for v in obj]
+    return obj
 
 
 class RunDirError(ConfigError):
@@ -33,9 +51,10 @@ class RunDirError(ConfigError):
 
 
 def _strip_cadence(obj: Any) -> Any:
-    """JSON-normalised (tuples as lists) ``obj`` without the cadence keys."""
+    """JSON-normalised (tuples as lists) ``obj`` without the cadence keys and the options at their
+    neutral default."""
     obj = json.loads(json.dumps(obj, default=str))
-    return _without_cadence(obj)
+    return without_neutral(_without_cadence(obj))
 
 
 def _without_cadence(obj: Any) -> Any:

@@ -58,6 +58,10 @@ class TrainConfig:
     ckpt_minutes: float = 5.0
     keep_ckpts: int = 2  # step checkpoints kept per stage
     seed: int = 0
+    # Convolution weights in channels-last (NHWC) layout while the stage trains (back to the usual
+    # layout for the saved weights and inference). On this CPU oneDNN's NHWC kernels make a U-Net
+    # step faster, but they round differently, so it changes trained figures (docs/benchmarks.md).
+    channels_last: bool = False
 
 
 # Observers of training steps (benchmarks, profilers): each is called as
@@ -245,6 +249,8 @@ def train_stage(
         main = dist.is_main()
         torch.manual_seed(cfg.seed)
         model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         opt = build_optimizer(params if params is not None else model.parameters(), cfg)
         base_lrs = [g["lr"] for g in opt.param_groups]
         start = 0
@@ -352,6 +358,8 @@ def train_stage(
             hooks.close()
             bar.close()
             logger.close()
+            if cfg.channels_last:  # saved weights and inference in the usual layout
+                model.to(memory_format=torch.contiguous_format)
         if main:
             save_checkpoint(
                 directory / "final.safetensors",

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from zeroseg.data.classes import ClassSplit
+from zeroseg.engine.rundir import without_neutral
 from zeroseg.metrics.calibration import class_probabilities
 
 
@@ -152,7 +153,7 @@ class RunContext:
         return {
             "data": self.data_key(),
             **revision_key(self.revision),
-            **{k: _plain(v) for k, v in sorted(parts.items())},
+            **{k: without_neutral(_plain(v)) for k, v in sorted(parts.items())},
         }
 
     def run_stage(
