@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from zeroseg.data.loader import StepLoader, StepSampler, hflip
 from zeroseg.data.shapeworld import ShapeWorldDataset
+from zeroseg.engine.rundir import without_neutral
 from zeroseg.engine.trainer import TrainConfig, load_stage, stage_done, train_stage
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_STD, CLIPVisionConfig, VisionTransformer
 from zeroseg.paths import cache_dir
@@ -89,8 +90,9 @@ class PretrainConfig:
         )
 
     def key(self) -> str:
-        """Hash of every field (architecture and schedule decide the weights)."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Hash of every field (architecture and schedule decide the weights; options at their
+        neutral default are left out, ``zeroseg.engine.rundir``)."""
+        blob = json.dumps(without_neutral(dataclasses.asdict(self)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -150,3 +150,20 @@ def test_an_option_at_its_neutral_default_keeps_the_identities_it_had_before_it_
 
     assert "channels_last" not in ctx.stage_key(train=TrainConfig())["train"]
     assert ctx.stage_key(train=TrainConfig(channels_last=True))["train"]["channels_last"] is True
+
+
+def test_the_pretraining_keys_follow_the_same_rule():
+    import dataclasses
+    import hashlib
+
+    from zeroseg.foundation.train import FoundationConfig
+    from zeroseg.pretrain import PretrainConfig
+
+    cfg = PretrainConfig()
+    before = dataclasses.asdict(cfg)  # the stage-0 cache key before ``channels_last`` existed
+    del before["train"]["channels_last"]
+    blob = json.dumps(before, sort_keys=True).encode()
+    assert cfg.key() == hashlib.sha256(blob).hexdigest()[:10]
+    for c in (cfg, FoundationConfig()):  # (the shipped foundation's sidecar checks its own key)
+        on = dataclasses.replace(c, train=dataclasses.replace(c.train, channels_last=True))
+        assert on.key() != c.key()

@@ -28,8 +28,8 @@ RECORD = "run.json"
 CADENCE_KEYS = frozenset({"ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every"})
 # Options added after runs were recorded, each at the value that reproduces the code before it.
 # At that value they are left out of every identity (run.json's hash, the demo's run
-# fingerprints, shared stage keys), so adding an option keeps earlier runs reusable; set to
-# anything else, they enter it.
+# fingerprints, shared stage keys, the foundation's and stage 0's pretraining keys), so adding an
+# option keeps earlier runs reusable; set to anything else, they enter it.
 NEUTRAL_DEFAULTS: dict[str, Any] = {"channels_last": False}
 
 

@@ -59,8 +59,9 @@ class TrainConfig:
     keep_ckpts: int = 2  # step checkpoints kept per stage
     seed: int = 0
     # Convolution weights in channels-last (NHWC) layout while the stage trains (back to the usual
-    # layout for the saved weights and inference). On this CPU oneDNN's NHWC kernels make a U-Net
-    # step faster, but they round differently, so it changes trained figures (docs/benchmarks.md).
+    # layout for the saved weights and inference). On this CPU oneDNN's NHWC kernels made some
+    # presets' steps faster and others slower, and they round differently, so turning it on
+    # changes trained figures (docs/benchmarks.md, "Convolutions in channels-last layout").
     channels_last: bool = False
 
 
