@@ -1,4 +1,4 @@
-"""Deliberate protocol and metric bugs that the test suite must catch (issue 18, item 7).
+"""Deliberate protocol, metric and run-identity bugs that the test suite must catch (issue 18, item 7).
 
 Each mutation is an exact text replacement in one source file. For each, the script copies
 ``src/`` and ``tests/`` to a temporary directory, applies the replacement there (the working tree
@@ -282,6 +282,24 @@ MUTATIONS = (
         "if not cfg.deep_supervision:",
         "if False:",
         ("tests/methods/test_zegclip.py",),
+    ),
+    Mutation(
+        "neutral-option-always-dropped",
+        "an option set away from its neutral default stays out of run identities, so a run with "
+        "train.channels_last on would reuse stages trained without it",
+        "src/zeroseg/engine/rundir.py",
+        "if not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])",
+        "if k not in NEUTRAL_DEFAULTS",
+        ("tests/engine/test_rundir.py",),
+    ),
+    Mutation(
+        "channels-last-kept-after-training",
+        "a channels-last stage leaves its weights in NHWC, so a freshly trained model is evaluated "
+        "with other kernels than the same weights reloaded",
+        "src/zeroseg/engine/trainer.py",
+        "model.to(memory_format=torch.contiguous_format)",
+        "pass",
+        ("tests/engine/test_engine.py",),
     ),
 )
 
