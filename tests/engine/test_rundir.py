@@ -144,9 +144,9 @@ def test_an_option_at_its_neutral_default_keeps_the_identities_it_had_before_it_
     with pytest.raises(RunDirError, match="train.channels_last"):
         runner.train(_cfg(tiny_world, "train.channels_last=true"), run, progress=False)
     # the shared stages' keys: the same rule
-    ctx = runner.RunContext.__new__(runner.RunContext)
-    ctx.cfg, ctx.world, ctx.revision = _cfg(tiny_world), None, 0
     from zeroseg.engine.trainer import TrainConfig
+
+    ctx = runner.RunContext(_cfg(tiny_world), run, None, None, None, None, torch.device("cpu"))
 
     assert "channels_last" not in ctx.stage_key(train=TrainConfig())["train"]
     assert ctx.stage_key(train=TrainConfig(channels_last=True))["train"]["channels_last"] is True

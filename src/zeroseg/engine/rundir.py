@@ -50,9 +50,9 @@ class RunDirError(ConfigError):
     """A run directory that belongs to another config, or that another run is writing."""
 
 
-def _strip_cadence(obj: Any) -> Any:
-    """JSON-normalised (tuples as lists) ``obj`` without the cadence keys and the options at their
-    neutral default."""
+def identity_view(obj: Any) -> Any:
+    """What of ``obj`` decides a run's identity: JSON-normalised (tuples as lists), without the
+    cadence keys and the options at their neutral default."""
     obj = json.loads(json.dumps(obj, default=str))
     return without_neutral(_without_cadence(obj))
 
@@ -69,7 +69,7 @@ def config_hash(resolved: dict) -> str:
     """sha256 of a resolved config (every default filled in), cadence keys and the demo row
     (which never changes a run) left out."""
     resolved = {k: v for k, v in resolved.items() if k != "demo"}
-    blob = json.dumps(_strip_cadence(resolved), sort_keys=True, default=str)
+    blob = json.dumps(identity_view(resolved), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -84,7 +84,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_diff(old: dict, new: dict) -> list[str]:
     """``["train.lr: 0.001 -> 0.01", ...]`` for every leaf key that differs."""
-    a, b = _flatten(_strip_cadence(old)), _flatten(_strip_cadence(new))
+    a, b = _flatten(identity_view(old)), _flatten(identity_view(new))
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):

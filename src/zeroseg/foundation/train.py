@@ -35,7 +35,7 @@ from zeroseg.data.loader import StepLoader, StepSampler, hflip
 from zeroseg.data.shapeworld import ShapeWorldDataset
 from zeroseg.data.shapeworld.render import make_caption
 from zeroseg.data.shapeworld.spec import WorldSpec
-from zeroseg.engine.rundir import without_neutral
+from zeroseg.engine.rundir import identity_view
 from zeroseg.engine.trainer import TrainConfig
 from zeroseg.foundation.model import Foundation, FoundationModelConfig
 
@@ -76,12 +76,9 @@ class FoundationConfig:
     train: TrainConfig = field(default_factory=_schedule)
 
     def key(self) -> str:
-        """Hash of every field that decides the weights (logging and checkpoint cadence do not;
-        options at their neutral default are left out, ``zeroseg.engine.rundir``)."""
-        fields = dataclasses.asdict(self)
-        for cadence in ("log_every", "ckpt_every", "ckpt_minutes", "keep_ckpts"):
-            fields["train"].pop(cadence, None)
-        blob = json.dumps(without_neutral(fields), sort_keys=True, default=list)
+        """Hash of every field that decides the weights (``zeroseg.engine.rundir.identity_view``:
+        logging and checkpoint cadence do not, nor options at their neutral default)."""
+        blob = json.dumps(identity_view(dataclasses.asdict(self)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
