@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-ablations benchmark test lint format bench clean venv serve
+.PHONY: demo demo-ablations benchmark test lint format bench clean venv .venv serve
 
 # Stamps: what is installed in .venv (make demo needs only the first).
 CORE := $(VENV)/.installed-core
@@ -31,7 +31,7 @@ $(FULL): $(CORE)
 	$(BIN)/python -m pip install --quiet -e '.[dev,web]'
 	@touch $@
 
-venv: $(FULL)
+venv .venv: $(FULL)
 
 demo: $(CORE)
 	$(BIN)/zeroseg demo --quick --out runs/demo --refine spectral --refine-on projection zs3net
