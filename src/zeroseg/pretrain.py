@@ -91,7 +91,9 @@ class PretrainConfig:
 
     def key(self) -> str:
         """Hash of every field (architecture and schedule decide the weights; options at their
-        neutral default are left out, ``zeroseg.engine.rundir``)."""
+        neutral default are left out, ``zeroseg.engine.rundir``). Unlike the foundation's key it
+        keeps the cadence fields, as it always has: dropping them would orphan cached stage-0
+        encoders for no change in their weights."""
         blob = json.dumps(without_neutral(dataclasses.asdict(self)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -10,8 +12,12 @@ import torch
 from zeroseg import runner
 from zeroseg.cli import main
 from zeroseg.config import PRESET_DIR, load_config
+from zeroseg.demo import fingerprint
 from zeroseg.engine.checkpoint import load_checkpoint
 from zeroseg.engine.rundir import RunDirError, config_diff, config_hash, run_lock
+from zeroseg.engine.trainer import TrainConfig
+from zeroseg.foundation.train import FoundationConfig
+from zeroseg.pretrain import PretrainConfig
 
 QUICK = [
     "text.encoder=attributes",
@@ -120,15 +126,11 @@ def test_a_method_revision_refuses_the_old_run_and_keys_the_new_stages(
 def test_an_option_at_its_neutral_default_keeps_the_identities_it_had_before_it_existed(
     tiny_world, tmp_path
 ):
-    from dataclasses import asdict
-
-    from zeroseg.demo import fingerprint
-
-    resolved = asdict(_cfg(tiny_world))
+    resolved = dataclasses.asdict(_cfg(tiny_world))
     before = json.loads(json.dumps(resolved))  # as recorded before ``channels_last`` existed
     del before["train"]["channels_last"]
     assert config_hash(resolved) == config_hash(before) and config_diff(before, resolved) == []
-    on = asdict(_cfg(tiny_world, "train.channels_last=true"))
+    on = dataclasses.asdict(_cfg(tiny_world, "train.channels_last=true"))
     assert config_hash(on) != config_hash(resolved)
     assert config_diff(before, on) == ["train.channels_last: (absent) -> true"]
     assert fingerprint(_cfg(tiny_world), "w") != fingerprint(
@@ -144,21 +146,12 @@ def test_an_option_at_its_neutral_default_keeps_the_identities_it_had_before_it_
     with pytest.raises(RunDirError, match="train.channels_last"):
         runner.train(_cfg(tiny_world, "train.channels_last=true"), run, progress=False)
     # the shared stages' keys: the same rule
-    from zeroseg.engine.trainer import TrainConfig
-
     ctx = runner.RunContext(_cfg(tiny_world), run, None, None, None, None, torch.device("cpu"))
-
     assert "channels_last" not in ctx.stage_key(train=TrainConfig())["train"]
     assert ctx.stage_key(train=TrainConfig(channels_last=True))["train"]["channels_last"] is True
 
 
 def test_the_pretraining_keys_follow_the_same_rule():
-    import dataclasses
-    import hashlib
-
-    from zeroseg.foundation.train import FoundationConfig
-    from zeroseg.pretrain import PretrainConfig
-
     cfg = PretrainConfig()
     before = dataclasses.asdict(cfg)  # the stage-0 cache key before ``channels_last`` existed
     del before["train"]["channels_last"]
