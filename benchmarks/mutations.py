@@ -301,6 +301,24 @@ MUTATIONS = (
         "pass",
         ("tests/engine/test_engine.py",),
     ),
+    Mutation(
+        "seen-fit-reads-raw-train-labels",
+        "the training-split fit check reads the training labels directly instead of through the "
+        "protocol, so unseen pixels' labels reach a figure",
+        "src/zeroseg/runner.py",
+        "dataset = SeenOnly(data.train, split, cfg.data.protocol)",
+        "dataset = data.train",
+        ("tests/test_seen_fit.py",),
+    ),
+    Mutation(
+        "seen-fit-lets-unseen-win",
+        "the seen-only fit check lets unseen classes win pixels, so it is no longer a seen-class "
+        "figure",
+        "src/zeroseg/runner.py",
+        'return scores.masked_fill(~seen_mask[None, :, None, None], float("-inf"))',
+        "return scores",
+        ("tests/test_seen_fit.py",),
+    ),
 )
 
 

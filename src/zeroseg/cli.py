@@ -93,6 +93,12 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from zeroseg import runner
 
+    seen_only = args.seen_only or args.split == "train"  # train has no unseen side to report
+    if seen_only and args.refine:
+        raise ValueError("--refine is not available with --seen-only (or --split train)")
+    if not seen_only and args.limit is not None:
+        raise ValueError("--limit is for --seen-only; use --set data.val_limit=N for val and test")
+
     sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
     method, cfg, split, _ = runner.load_model(args.checkpoint, device=args.device, overrides=sets)
     data = runner.build_data(cfg, progress=not args.no_progress)
@@ -102,6 +108,22 @@ def cmd_eval(args) -> int:
             f"the evaluation data has {data.split.num_classes}: use the same world or dataset"
         )
     embed = runner.Embedder(cfg.text, world=data.world)
+    if seen_only:
+        out = runner.evaluate_seen(
+            method,
+            cfg,
+            data,
+            embed,
+            eval_split=args.split,
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
+        per_class = out.pop("per_class_iou")
+        out.update(eval_split=args.split, vocabulary="seen")
+        if args.per_class:
+            out["per_class_iou"] = {k: v for k, v in per_class.items() if v is not None}
+        print(json.dumps(out, indent=2))
+        return 0
     post = None
     if args.refine:
         from zeroseg.demo import build_refinement
@@ -119,6 +141,8 @@ def cmd_eval(args) -> int:
     )
     out = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     out.update(eval_split=args.split, tuned_on="val", infer_ms_per_image=spi * 1000)
+    if args.per_class:
+        out["per_class_iou"] = metrics["per_class_iou"]
     # Segment-producing methods (PADing, AlignZeg) add PQ and AP50 on panoptic data (test).
     if args.split == "test" and len(data.test) and "panoptic" in data.test[0]:
         out.update(method.extra_metrics(cfg, data, embed, progress=not args.no_progress))
@@ -476,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a trained model on the test split of the data it was trained on "
         "(or --world), with the calibration gamma chosen on its val split, and print seen / "
         "unseen / harmonic mIoU as JSON (PQ and AP50 too for segment-producing methods on "
-        "panoptic data). Writes nothing.",
+        "panoptic data). --seen-only (and --split train) is a fit check over the seen classes "
+        "alone. Writes nothing.",
         overrides=True,
     )
     model_args(e)
@@ -484,10 +509,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refine", choices=["spectral"], help="refine predictions at inference")
     e.add_argument(
         "--split",
-        choices=["test", "val"],
+        choices=["test", "val", "train"],
         default="test",
-        help="split to report (default test; the calibration gamma is always chosen on val)",
+        help="split to report (default test; the calibration gamma is always chosen on val); "
+        "train implies --seen-only",
     )
+    e.add_argument(
+        "--seen-only",
+        action="store_true",
+        help="a fit check: each pixel's best seen class, scored on seen pixels only (no unseen "
+        "label is read; on train the images as the run's protocol gave them). Compare train "
+        "with val: both low is underfitting, train high and val low is overfitting",
+    )
+    e.add_argument(
+        "--limit",
+        type=_positive_int,
+        help="with --seen-only: evaluate the first N images of the split",
+    )
+    e.add_argument("--per-class", action="store_true", help="also print each class's IoU")
 
     pr = command(
         sub,

@@ -540,6 +540,68 @@ def evaluate(
     )
 
 
+def evaluate_seen(
+    method: Method,
+    cfg: ExperimentConfig,
+    data: Data,
+    embed: Embedder,
+    *,
+    eval_split: str = "val",
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """A fit check over the seen classes alone, on any split, the training images included.
+
+    Each pixel gets the seen class with the highest score (the method's own scores, every class
+    in the vocabulary; unseen classes cannot win), and only pixels whose label is a seen class
+    count. The images are seen through the protocol (:class:`SeenOnly`; on ``train`` the run's
+    own protocol, as the method trained on them), so no unseen label is read and the figures
+    have no unseen side. Comparing ``train`` with ``val`` tells a model that cannot fit its seen
+    classes (both low) from one that does not generalise (``train`` high, ``val`` low). No
+    calibration: a shift of the seen scores does not change which seen class wins.
+
+    Args:
+        eval_split: ``train``, ``val`` or ``test``.
+        limit: the first ``limit`` images of the split (all when None).
+
+    Returns:
+        ``seen_miou``, ``pixel_acc`` (over seen pixels) and ``per_class_iou`` (None for classes
+        that never occur, the unseen ones among them), in percent.
+    """
+    split = data.split
+    if eval_split == "train":
+        dataset = SeenOnly(data.train, split, cfg.data.protocol)
+    else:
+        dataset = SeenOnly(data.eval_split(eval_split), split, "ignore")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive number of images, got {limit}")
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    if not len(dataset):
+        raise ValueError(f"split {eval_split!r} has no images to evaluate")
+    device = next(method.parameters()).device
+    emb = embed(split.names).to(device)
+    seen_mask = _seen_mask(split, device)
+    evaluator = SemanticEvaluator(
+        split.num_classes, split.seen, (), split.names, split.ignore_index
+    )
+    method.eval()
+
+    def fn(images):
+        scores = method.scores(images.to(device), emb, seen_mask)
+        return scores.masked_fill(~seen_mask[None, :, None, None], float("-inf"))
+
+    metrics, _, _ = evaluate_semantic(
+        fn, dataset, evaluator, cfg.eval, progress=progress, desc=f"seen fit {eval_split}"
+    )
+    return {
+        "seen_miou": metrics["seen_miou"],
+        "pixel_acc": metrics["pixel_acc"],
+        "per_class_iou": metrics["per_class_iou"],
+        "images": len(dataset),
+    }
+
+
 def _seen_mask(split: ClassSplit, device) -> torch.Tensor:
     seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
     seen_mask[list(split.seen)] = True
