@@ -1,0 +1,84 @@
+"""Print README's 3-seed tables from the reports ``zeroseg demo --seeds`` writes.
+
+    python benchmarks/readme_tables.py runs/benchmark/default runs/benchmark/second
+
+Each argument is the ``--out`` of a seed run (its ``report.json``: per method each metric's mean
+and ``<metric>_std``, and the gaps to its baselines). The first table has a column group per
+run (mIoU(S), mIoU(U), hIoU, AUSUC as mean ± std); the second the like-for-like gaps on unseen
+mIoU and hIoU, **bold** where the gap exceeds the two rows' standard deviations added (given in
+brackets), "=" where it does not. With ``--rows`` only those methods are printed, in that order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+METRICS = ("seen_miou", "unseen_miou", "hiou", "ausuc")
+GAP_METRICS = ("unseen_miou", "hiou")
+
+
+def load(run: Path) -> dict:
+    path = run / "report.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found (the --out of a `zeroseg demo --seeds` run)")
+    report = json.loads(path.read_text())
+    if "seeds" not in report:
+        raise SystemExit(f"{path}: not a seed report (no 'seeds'); run zeroseg demo --seeds")
+    return report
+
+
+def cell(row: dict, metric: str, bold: bool = False) -> str:
+    text = f"{row[metric]:.1f} ± {row[metric + '_std']:.1f}"
+    return f"**{text}**" if bold else text
+
+
+def gap_cell(gap: dict) -> str:
+    text = f"{gap['value']:+.1f}"
+    return (
+        f"**{text}** ({gap['spread']:.1f})"
+        if gap["exceeds_spread"]
+        else (f"= {text} ({gap['spread']:.1f})")
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="--out directories of seed runs")
+    parser.add_argument("--rows", nargs="+", help="methods to print (default: all, report order)")
+    args = parser.parse_args(argv)
+    reports = [load(r) for r in args.runs]
+    names = args.rows or list(reports[0]["methods"])
+    for name in names:
+        for run, rep in zip(args.runs, reports):
+            if name not in rep["methods"]:
+                raise SystemExit(f"{run / 'report.json'} has no method {name!r}")
+    header = ["method"]
+    for rep in reports:
+        header += [f"{rep['world']}: mIoU(S)", "mIoU(U)", "hIoU", "AUSUC"]
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for name in names:
+        cells = [name]
+        for rep in reports:
+            row = rep["methods"][name]
+            cells += [cell(row, m, bold=m == "hiou") if m in row else "–" for m in METRICS]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    header = ["method", "vs"]
+    for rep in reports:
+        header += [f"{rep['world']}: Δ mIoU(U)", "Δ hIoU"]
+    print("| " + " | ".join(header) + " |")
+    print("|---|---|" + "---:|" * (len(header) - 2))
+    for name in names:
+        for base in reports[0]["methods"][name].get("comparisons", {}):
+            cells = [name, base]
+            for rep in reports:
+                gaps = rep["methods"][name].get("comparisons", {}).get(base, {})
+                cells += [gap_cell(gaps[m]) if m in gaps else "–" for m in GAP_METRICS]
+            print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

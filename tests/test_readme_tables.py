@@ -1,0 +1,60 @@
+"""benchmarks/readme_tables.py: README's 3-seed tables from seed reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
+
+
+def _row(s, u, h, a, std, comparisons=None):
+    row = {"seen_miou": s, "unseen_miou": u, "hiou": h, "ausuc": a}
+    row.update({f"{k}_std": std for k in list(row)})
+    if comparisons:
+        row["comparisons"] = comparisons
+    return row
+
+
+def _report(world, rows):
+    return {"world": world, "seeds": [0, 1, 2], "methods": rows}
+
+
+def test_tables_mark_only_gaps_beyond_the_spread(tmp_path):
+    gap = {
+        "projection": {
+            "unseen_miou": {"value": -32.94, "spread": 4.31, "exceeds_spread": True},
+            "hiou": {"value": 0.04, "spread": 3.3, "exceeds_spread": False},
+        }
+    }
+    for world, shift in (("default", 0.0), ("second", 10.0)):
+        rows = {
+            "projection": _row(73.94 - shift, 61.5, 67.14, 38.5, 1.26),
+            "zs3net": _row(55.5, 28.6, 37.7, 14.1, 1.7, gap),
+        }
+        (tmp_path / world).mkdir()
+        (tmp_path / world / "report.json").write_text(json.dumps(_report(world, rows)))
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "default"), str(tmp_path / "second")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].startswith("| method | default: mIoU(S) |") and "second: mIoU(S)" in out[0]
+    assert out[2] == (
+        "| projection | 73.9 ± 1.3 | 61.5 ± 1.3 | **67.1 ± 1.3** | 38.5 ± 1.3 "
+        "| 63.9 ± 1.3 | 61.5 ± 1.3 | **67.1 ± 1.3** | 38.5 ± 1.3 |"
+    )
+    assert out[-1] == (
+        "| zs3net | projection | **-32.9** (4.3) | = +0.0 (3.3) | **-32.9** (4.3) | = +0.0 (3.3) |"
+    )
+
+
+def test_a_report_without_seeds_is_refused(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"world": "default", "methods": {}}))
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "not a seed report" in res.stderr
