@@ -79,6 +79,10 @@ def test_val_seen_only_matches_the_reference_and_bad_options_fail(demo_run, caps
     ]
     assert out["seen_miou"] == pytest.approx(_seen_miou(preds, hidden, split.seen)[0], abs=1e-6)
     assert "unseen_miou" not in out and "per_class_iou" not in out
+    # --per-class on the usual evaluation: every class's IoU beside the calibrated figures
+    assert main(["eval", str(run), "--split", "val", "--per-class", "--no-progress"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert set(full["per_class_iou"]) == set(split.names) and "hiou" in full
 
     assert main(["eval", str(run), "--split", "train", "--refine", "spectral"]) == 2
     assert "--refine is not available" in capsys.readouterr().err
