@@ -43,7 +43,7 @@ demo-ablations: $(CORE)
 	$(BIN)/zeroseg demo --quick --out runs/demo-ablations --ablations --refine spectral --refine-on projection zs3net
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
-# 1 h 15 min on 2 cores in session 15, 1 h 31 min in session 14: over the 60 min the evaluation
+# 1 h 2 min on 2 cores in session 16, 1 h 15 min in session 15: just over the 60 min the evaluation
 # issue asks):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
 benchmark: $(CORE)
