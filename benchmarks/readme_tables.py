@@ -35,12 +35,8 @@ def cell(row: dict, metric: str, bold: bool = False) -> str:
 
 
 def gap_cell(gap: dict) -> str:
-    text = f"{gap['value']:+.1f}"
-    return (
-        f"**{text}** ({gap['spread']:.1f})"
-        if gap["exceeds_spread"]
-        else (f"= {text} ({gap['spread']:.1f})")
-    )
+    text, spread = f"{gap['value']:+.1f}", f"({gap['spread']:.1f})"
+    return f"**{text}** {spread}" if gap["exceeds_spread"] else f"= {text} {spread}"
 
 
 def main(argv: list[str] | None = None) -> None:

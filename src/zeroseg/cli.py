@@ -470,8 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one config (a preset name or a YAML file)",
         description="Train one config and evaluate it on its test split, with the calibration "
         "gamma chosen on its val split (zeroseg eval --split val gives the val figures). The "
-        "model lands in OUT/<name>/model.safetensors (<name>: the config's name, else its method) with "
-        "metrics.json, run.json (the resolved config and its hash) and one directory per "
+        "model lands in OUT/<name>/model.safetensors (<name>: the config's name, else its "
+        "method) with metrics.json, run.json (the resolved config and its hash) and one directory per "
         "training stage. Re-running the same config into the same OUT resumes: finished stages "
         "are loaded, an interrupted stage continues from its newest checkpoint (written every "
         "train.ckpt_minutes minutes and every train.ckpt_every steps). Another config into the "

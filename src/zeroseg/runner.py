@@ -506,12 +506,14 @@ def evaluate(
     post=None,
     boundary: bool = True,
     gamma: float | None = None,
+    seen_only: bool = False,
 ) -> tuple[dict, float, list[torch.Tensor]]:
     """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary).
 
     Args:
         gamma: ``None``: the method's own scores (its config's test-time constants); a number:
             the shared calibration rule at that ``gamma`` (:meth:`Method.calibrated_scores`).
+        seen_only: unseen classes never win a pixel (each pixel gets its best seen class).
     """
     device = next(method.parameters()).device
     emb = embed(split.names).to(device)
@@ -524,8 +526,12 @@ def evaluate(
 
     def fn(images):
         if gamma is None:
-            return method.scores(images.to(device), emb, seen_mask)
-        return method.calibrated_scores(images.to(device), emb, seen_mask, gamma)
+            scores = method.scores(images.to(device), emb, seen_mask)
+        else:
+            scores = method.calibrated_scores(images.to(device), emb, seen_mask, gamma)
+        if seen_only:
+            return scores.masked_fill(~seen_mask[None, :, None, None], float("-inf"))
+        return scores
 
     return evaluate_semantic(
         fn,
@@ -579,20 +585,8 @@ def evaluate_seen(
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     if not len(dataset):
         raise ValueError(f"split {eval_split!r} has no images to evaluate")
-    device = next(method.parameters()).device
-    emb = embed(split.names).to(device)
-    seen_mask = _seen_mask(split, device)
-    evaluator = SemanticEvaluator(
-        split.num_classes, split.seen, (), split.names, split.ignore_index
-    )
-    method.eval()
-
-    def fn(images):
-        scores = method.scores(images.to(device), emb, seen_mask)
-        return scores.masked_fill(~seen_mask[None, :, None, None], float("-inf"))
-
-    metrics, _, _ = evaluate_semantic(
-        fn, dataset, evaluator, cfg.eval, progress=progress, desc=f"seen fit {eval_split}"
+    metrics, _, _ = evaluate(
+        method, cfg, dataset, split, embed, progress=progress, boundary=False, seen_only=True
     )
     return {
         "seen_miou": metrics["seen_miou"],
