@@ -101,9 +101,12 @@ def _trained_scale(decoder: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("relationship", [True, False])
 @pytest.mark.parametrize("input_proj", [True, False])
-def test_decoder_predict_equals_the_last_layer_of_forward(relationship, input_proj):
+@pytest.mark.parametrize("mask_scale", [1.0, 4.0])
+def test_decoder_predict_equals_the_last_layer_of_forward(relationship, input_proj, mask_scale):
     torch.manual_seed(0)
-    cfg = ZegCLIPDecoderConfig(width=32, layers=3, heads=4, input_proj=input_proj)
+    cfg = ZegCLIPDecoderConfig(
+        width=32, layers=3, heads=4, input_proj=input_proj, mask_scale=mask_scale
+    )
     dec = ZegCLIPDecoder(cfg, visual_dim=32, text_dim=32, relationship=relationship).eval()
     _trained_scale(dec)
     patches = 5 * F.normalize(torch.randn(2, 4, 5, 32), dim=-1)  # logits of order 1
@@ -113,10 +116,35 @@ def test_decoder_predict_equals_the_last_layer_of_forward(relationship, input_pr
         expected = dec(patches, cls, text)[-1]
     got = dec.predict(patches, cls, dec.text_side(text))
     assert got.shape == expected.shape == (2, 9, 4, 5)
-    assert expected.abs().max() > 0.5  # masks of a real scale, so 1e-5 is a tight bound
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert expected.abs().max() > 0.5 * mask_scale  # masks of a real scale: a tight bound
+    torch.testing.assert_close(got, expected, atol=1e-5 * mask_scale, rtol=0)
     with pytest.raises(RuntimeError, match="eval mode"):
         dec.train().predict(patches, cls, dec.text_side(text))
+
+
+def test_mask_scale_multiplies_every_layers_masks_and_nothing_else():
+    """mask_scale scales the masks only: the attention (so the queries each layer passes on) is
+    the paper's, so every layer's masks are exactly the factor times the unscaled decoder's."""
+    torch.manual_seed(0)
+    plain = ZegCLIPDecoder(
+        ZegCLIPDecoderConfig(width=32, layers=3, heads=4), visual_dim=32, text_dim=32
+    ).eval()
+    _trained_scale(plain)
+    scaled = ZegCLIPDecoder(
+        ZegCLIPDecoderConfig(width=32, layers=3, heads=4, mask_scale=4.0),
+        visual_dim=32,
+        text_dim=32,
+    ).eval()
+    scaled.load_state_dict(plain.state_dict())  # no new parameter: the same weights load
+    patches = 5 * F.normalize(torch.randn(2, 4, 5, 32), dim=-1)
+    cls = F.normalize(torch.randn(2, 32), dim=-1)
+    text = F.normalize(torch.randn(9, 32), dim=-1)
+    with torch.no_grad():
+        for a, b in zip(plain(patches, cls, text), scaled(patches, cls, text), strict=True):
+            assert a.abs().max() > 0.5
+            torch.testing.assert_close(b, 4.0 * a, atol=1e-5, rtol=1e-6)
+    with pytest.raises(ValueError, match="mask_scale"):
+        ZegCLIPDecoder(ZegCLIPDecoderConfig(mask_scale=0.0), visual_dim=512, text_dim=512)
 
 
 def _tiny_zegclip(nel: bool = True) -> ZegCLIP:

@@ -14,7 +14,8 @@ class k is the attention logit map of the layer's cross-attention averaged over 
     M_k^b = mean_heads( (W_Q q_k)(W_K F)^T / sqrt(d_head) )   (before the softmax)
 
 so each layer gives (B, K, h, w) mask logits; the last one is the prediction and the earlier
-ones are deeply supervised.
+ones are deeply supervised. ``ZegCLIPDecoderConfig.mask_scale`` multiplies M (not the attention's
+softmax, so the queries are the paper's); 1 is the paper's mask.
 
 Inference (``ZegCLIPDecoder.predict``) computes the same last-layer masks with less work per
 class: the vocabulary-only half of eq. 3, W_q^t t_k + b, and the normalised text are computed
@@ -54,6 +55,11 @@ class ZegCLIPDecoderConfig:
     input_proj: bool = (
         True  # Linear + LayerNorm on the patch tokens (release presets: off, width = 512)
     )
+    # A fixed factor on the head-averaged logits that are the masks (not on the attention's own
+    # softmax): 1 is the paper's mask. The ShapeWorld presets use 4, chosen on val: at 1 the
+    # sigmoid masks of the 128-wide decoder stay too flat to fit the small classes in the demo's
+    # budget (docs/methods.md, "ZegCLIP and the ShapeWorld CLIP-style encoder").
+    mask_scale: float = 1.0
 
 
 def relationship_descriptor(text: Tensor, cls: Tensor) -> Tensor:
@@ -77,13 +83,15 @@ def relationship_descriptor(text: Tensor, cls: Tensor) -> Tensor:
 class _CrossAttention(nn.Module):
     """Multi-head cross-attention that also returns its head-averaged logits (the masks)."""
 
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
+    def __init__(self, width: int, heads: int, dropout: float, mask_scale: float = 1.0) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(
                 f"ZegCLIPDecoderConfig: width {width} is not divisible by heads {heads}"
             )
-        self.heads = heads
+        if not mask_scale > 0:
+            raise ValueError(f"ZegCLIPDecoderConfig: mask_scale must be > 0, got {mask_scale}")
+        self.heads, self.mask_scale = heads, mask_scale
         self.q = nn.Linear(width, width)
         self.k = nn.Linear(width, width)
         self.v = nn.Linear(width, width)
@@ -96,7 +104,8 @@ class _CrossAttention(nn.Module):
             memory: (B, N, C) patch tokens.
 
         Returns:
-            (B, K, C) attended values and (B, K, N) logits averaged over heads.
+            (B, K, C) attended values and (B, K, N) logits averaged over heads, times
+            ``mask_scale`` (the masks).
         """
         b, k, c = query.shape
         n, hs = memory.shape[1], c // self.heads
@@ -106,7 +115,8 @@ class _CrossAttention(nn.Module):
         logits = (q @ key.transpose(-2, -1)) * hs**-0.5  # (B, nh, K, N)
         attn = self.drop(logits.softmax(-1))
         out = (attn @ v).transpose(1, 2).reshape(b, k, c)
-        return self.proj(out), logits.mean(1)
+        masks = logits.mean(1)
+        return self.proj(out), masks * self.mask_scale if self.mask_scale != 1 else masks
 
     def attend(self, query: Tensor, memory: Tensor) -> Tensor:
         """Inference only: the attended values of :meth:`forward`, without the masks.
@@ -126,22 +136,24 @@ class _CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, k, c))
 
     def mean_logits(self, query: Tensor, memory: Tensor) -> Tensor:
-        """Inference only: the head-averaged logits of :meth:`forward`, (B, K, N).
+        """Inference only: the masks of :meth:`forward`, (B, K, N).
 
         The mean over heads of Q_h K_h^T is the full-width Q K^T divided by the head count, so
         one (K, C) x (C, N) matmul gives it.
         """
         hs = query.shape[-1] // self.heads
-        q = self.q(query) * (hs**-0.5 / self.heads)  # scale the (K, C) side, not the (K, N) one
+        q = self.q(query) * (hs**-0.5 / self.heads * self.mask_scale)  # scale the (K, C) side, not the (K, N) one
         return q @ self.k(memory).transpose(-2, -1)
 
 
 class _DecoderLayer(nn.Module):
     """Cross-attention and MLP, each residual then LayerNorm (post-norm)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, dropout: float, mask_scale: float = 1.0
+    ) -> None:
         super().__init__()
-        self.attn = _CrossAttention(width, heads, dropout)
+        self.attn = _CrossAttention(width, heads, dropout, mask_scale)
         self.norm1 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -250,7 +262,9 @@ class ZegCLIPDecoder(nn.Module):
             self.input_proj, self.input_norm = nn.Identity(), nn.Identity()
         self.q_proj = nn.Linear(2 * text_dim if relationship else text_dim, config.width)
         self.layers = nn.ModuleList(
-            _DecoderLayer(config.width, config.heads, config.mlp_ratio, config.dropout)
+            _DecoderLayer(
+                config.width, config.heads, config.mlp_ratio, config.dropout, config.mask_scale
+            )
             for _ in range(config.layers)
         )
         for m in self.modules():
