@@ -142,7 +142,8 @@ class _CrossAttention(nn.Module):
         one (K, C) x (C, N) matmul gives it.
         """
         hs = query.shape[-1] // self.heads
-        q = self.q(query) * (hs**-0.5 / self.heads * self.mask_scale)  # scale the (K, C) side, not the (K, N) one
+        # scale the (K, C) side, not the (K, N) one
+        q = self.q(query) * (hs**-0.5 / self.heads * self.mask_scale)
         return q @ self.k(memory).transpose(-2, -1)
 
 
