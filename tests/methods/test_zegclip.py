@@ -443,3 +443,29 @@ def test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_toke
         blind = method.decoder(patches, torch.ones_like(cls), method._unit_text(emb))[-1]
     assert torch.allclose(fast, full, atol=1e-5)
     assert not torch.allclose(blind, full, atol=1e-4)  # the CLS token does move the logits
+
+
+@pytest.mark.parametrize("pseudo_seen", [False, True])
+def test_self_training_pseudo_labels_seen_classes_only_with_pseudo_seen(
+    tiny_world, monkeypatch, pseudo_seen
+):
+    """Pixels predicted as a seen class get that class with ``pseudo_seen``, are ignored without."""
+    split = load_spec_split(tiny_world)
+    flag = str(pseudo_seen).lower()
+    cfg = tiny_cfg(
+        tiny_world,
+        "zegclip-st",
+        [f"model.self_training.pseudo_seen={flag}", "model.self_training.pseudo_percent=100"],
+    )
+    m = build_method(cfg, split, 384)
+    s, u = sorted(split.seen)[0], sorted(split.unseen)[0]
+    logits = torch.full((1, split.num_classes, 4, 4), -8.0)
+    logits[0, s, :, :2] = 8.0  # left half: a confident seen class
+    logits[0, u, :, 2:] = 8.0  # right half: a confident unseen class
+    monkeypatch.setattr(m, "mask_logits", lambda images, emb: [logits])
+    seen_mask = torch.zeros(split.num_classes, dtype=torch.bool)
+    seen_mask[list(split.seen)] = True
+    images = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    pseudo = m.pseudo_labels(images, torch.randn(split.num_classes, 384), seen_mask, (4, 4))
+    assert (pseudo[0, :, 2:] == u).all()
+    assert (pseudo[0, :, :2] == (s if pseudo_seen else 255)).all()

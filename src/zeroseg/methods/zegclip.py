@@ -23,7 +23,8 @@ Inductive ``zegclip`` trains with the seen names only (``ctx.seen_embeddings()``
 Transductive ``zegclip-st`` then self-trains: each step adds a batch of *unlabelled* training
 images whose pseudo-labels the current model gives over all class names: pixels predicted as an
 unseen class (after the seen-score reduction), the top ``pseudo_percent`` % most confident per
-class. The released code instead pseudo-labels exactly the pixels whose ground truth is an unseen
+class (with ``self_training.pseudo_seen``, the pixels predicted as seen classes too, so that their
+loss pushes the unseen masks down there as well). The released code instead pseudo-labels exactly the pixels whose ground truth is an unseen
 class (its ``st_mask`` / ``gt == -1``), i.e. it reads where the unseen objects are; we never do.
 Ignored pixels (255: void, and unseen pixels under the ``ignore`` protocol) are left out of both
 loss terms; the release counts them as negatives of every class in the focal term.
@@ -86,6 +87,10 @@ class SelfTrainingConfig:
     train: TrainConfig = field(default_factory=_st_schedule)  # the self-training schedule
     pseudo_percent: float = 75.0  # top p% most confident pixels kept per unseen class
     pseudo_weight: float = 1.0  # weight of the unlabelled images' loss
+    # also pseudo-label the pixels predicted as seen classes (top pseudo_percent % of each), so the
+    # unlabelled images' loss also pushes the unseen masks down where the model sees seen classes,
+    # as every pixel of the release's self-training images has a target (False: unseen only)
+    pseudo_seen: bool = False
 
 
 @dataclass
@@ -535,8 +540,9 @@ class ZegCLIPST(ZegCLIP):
             size: (h, w) of the returned map.
 
         Returns:
-            (B, h, w) int64: an unseen class where a pixel is among the top ``pseudo_percent`` %
-            most confident of the pixels predicted as it, ``ignore_index`` elsewhere.
+            (B, h, w) int64: an unseen class (any class with ``pseudo_seen``) where a pixel is
+            among the top ``pseudo_percent`` % most confident of the pixels predicted as it,
+            ``ignore_index`` elsewhere.
         """
         was = self.training
         self.eval()
@@ -546,10 +552,9 @@ class ZegCLIPST(ZegCLIP):
         logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         probs = reduce_seen(logits, seen_mask, self.cfg.seen_reduction, sigmoid=self.cfg.nel)
         conf, pred = probs.max(1)
-        unseen = [int(c) for c in torch.nonzero(~seen_mask).flatten()]
-        return select_top_percent(
-            pred, conf, unseen, self.cfg.self_training.pseudo_percent, self.split.ignore_index
-        )
+        st = self.cfg.self_training
+        classes = [int(c) for c in torch.nonzero(~seen_mask | st.pseudo_seen).flatten()]
+        return select_top_percent(pred, conf, classes, st.pseudo_percent, self.split.ignore_index)
 
     def fit(self, ctx: RunContext) -> None:
         self.fit_inductive(ctx)
