@@ -30,6 +30,7 @@ def test_demo_writes_report_with_the_headline_keys(demo_run):
     assert report["methods"]["projection"]["protocol"] == "inductive"
     assert report["methods"]["oracle"]["protocol"] == "supervised"
     assert report["eval_split"] == "test" and report["tuned_on"] == "val"
+    assert report["cpu"]["model"] and "Machine: " in (demo_run / "report.md").read_text()
     assert report["test_images"] == report["val_images"] == 96  # the tiny world's splits
     assert (demo_run / "report.md").read_text().startswith("# zeroseg report")
     for fig in ("bars.png", "predictions.png", "seen_unseen.png"):

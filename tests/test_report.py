@@ -156,3 +156,19 @@ def test_every_shipped_baseline_is_a_demo_row_of_the_same_family():
     for name, row in rows.items():
         if row.kind == "ablation":
             assert row.baselines and name.startswith(row.baselines[0].split("-")[0]), name
+
+
+def test_cpu_info_reads_the_model_and_the_bf16_flags():
+    from zeroseg.report import cpu_info
+
+    text = (
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    assert cpu_info(text) == {
+        "model": "Intel(R) Xeon(R) Processor",
+        "bf16_isa": ["amx_bf16", "avx512_bf16", "avx512f"],
+    }
+    amd = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 avx512f\n"
+    assert cpu_info(amd) == {"model": "AMD EPYC 7B13", "bf16_isa": ["avx512f"]}

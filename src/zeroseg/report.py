@@ -114,18 +114,52 @@ def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
     )
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f")  # oneDNN's bf16 kernels differ by these
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """The CPU model and its bf16-relevant ISA flags (training figures depend on them).
+
+    Args:
+        cpuinfo: the text of ``/proc/cpuinfo`` (read when None; empty where it does not exist).
+
+    Returns:
+        ``{"model": str, "bf16_isa": [flag, ...]}``: the first ``model name`` (else
+        ``platform.processor()``) and which of :data:`BF16_FLAGS` the first ``flags`` line has.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name") or platform.processor() or platform.machine(),
+        "bf16_isa": [f for f in BF16_FLAGS if f in flags],
+    }
+
+
+def _machine() -> dict:
+    return {
+        "zeroseg_version": __version__,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_info(),
+    }
+
+
 def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     """Writes ``report.json`` (the data) and ``report.md`` (tables) under ``out``.
 
     ``summary`` holds ``world``, ``split`` (names, seen, unseen), ``methods`` (name -> row with
     metric keys in percent, ``protocol``, times, ``per_class_iou``, notes) and ``figures``.
     """
-    summary = {
-        "zeroseg_version": __version__,
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        **summary,
-    }
+    summary = {**_machine(), **summary}
     write_text_atomic(
         out / "report.json", json.dumps(summary, indent=2, sort_keys=False, default=float)
     )
@@ -147,6 +181,9 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         " (docs/methods.md, 'Calibration').",
         "'train (s)': training wall time in this run; 'reused': every stage was loaded from an"
         " earlier run in the same output directory.",
+        f"Machine: {summary['cpu']['model']} ({', '.join(summary['cpu']['bf16_isa']) or 'no bf16 ISA'}"
+        f"), {summary['machine']}, torch {summary['torch']}, {summary.get('threads', '?')} threads:"
+        " training figures repeat on one CPU type at one thread count, not across CPU types.",
     ]
     found = summary.get("foundation")
     if found:
@@ -248,12 +285,7 @@ def write_seed_summary(out: Path, summary: dict) -> tuple[Path, Path]:
     ``<metric>_std``; a method's gap to its baseline is marked in the table only where it
     exceeds the spread (``summary["gap_rule"]``), and shown as "within spread" otherwise.
     """
-    summary = {
-        "zeroseg_version": __version__,
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        **summary,
-    }
+    summary = {**_machine(), **summary}
     write_text_atomic(out / "report.json", json.dumps(summary, indent=2, default=float))
     seeds = summary["seeds"]
     lines = [
