@@ -24,6 +24,7 @@ from zeroseg.foundation.build import pretrain_foundation
 from zeroseg.foundation.train import FoundationConfig, caption_tables, excluded_classes
 from zeroseg.foundation.web import check_world_in_range, web_spec
 from zeroseg.models.backbones.small import SmallUNetConfig
+from zeroseg.report import cpu_info
 
 TINY_WEB = """\
 name: tiny-web
@@ -130,6 +131,7 @@ def test_pretraining_is_deterministic_and_writes_a_checked_sidecar(tmp_path, tin
     assert file_sha256(path) == a["sha256"] == read_sidecar(path)["sha256"]
     for key in ("command", "config", "config_hash", "quality", "architecture", "train_seconds"):
         assert key in a
+    assert a["cpu"] == cpu_info()  # the CPU type the weights were made on
     quality = a["quality"][str(tiny_world)]
     assert (quality["eval_split"], quality["eval_images"]) == ("test", 96)
     model = load_foundation(path)

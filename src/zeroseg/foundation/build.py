@@ -17,6 +17,7 @@ from zeroseg.foundation.train import FoundationConfig, foundation_report, train_
 from zeroseg.foundation.web import world_path
 from zeroseg.paths import cache_dir
 from zeroseg.pretrain import PROBE_STEPS
+from zeroseg.report import cpu_info
 
 # The benchmark worlds the sidecar's quality figures are measured on.
 REPORT_WORLDS = ("default", "second")
@@ -98,6 +99,7 @@ def pretrain_foundation(
         "train_seconds": None if already else round(seconds, 1),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "cpu": cpu_info(),  # the weights (and sha256) repeat per CPU type and thread count
         "excluded": meta.get("excluded", []),
         "web_key": meta.get("web_key"),
         "quality": figures,

@@ -24,8 +24,9 @@ Transductive ``zegclip-st`` then self-trains: each step adds a batch of *unlabel
 images whose pseudo-labels the current model gives over all class names: pixels predicted as an
 unseen class (after the seen-score reduction), the top ``pseudo_percent`` % most confident per
 class (with ``self_training.pseudo_seen``, the pixels predicted as seen classes too, so that their
-loss pushes the unseen masks down there as well). The released code instead pseudo-labels exactly the pixels whose ground truth is an unseen
-class (its ``st_mask`` / ``gt == -1``), i.e. it reads where the unseen objects are; we never do.
+loss pushes the unseen masks down there as well). The released code instead pseudo-labels exactly
+the pixels whose ground truth is an unseen class (its ``st_mask`` / ``gt == -1``), i.e. it reads
+where the unseen objects are; we never do.
 Ignored pixels (255: void, and unseen pixels under the ``ignore`` protocol) are left out of both
 loss terms; the release counts them as negatives of every class in the focal term.
 
