@@ -263,6 +263,9 @@ def test_word_vector_embeddings(tiny_world, tmp_path, reference_semantic_metrics
         "data.train_limit=64",
         "data.val_limit=16",
         f"text.encoder=wordvec:{path}",
+        # the paper's linear classifier: the foundation's projection head is for 384-d MiniLM
+        # embeddings, not these 8-d vectors (the backbone still starts from the foundation)
+        "model.head=linear",
         "train.iters=5",
         "model.generator_train.iters=5",
         "model.classifier_train.iters=5",
@@ -419,3 +422,25 @@ def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path):
         assert int(note.split()[2]) > 0, note
         weights.append({k: v.clone() for k, v in method.segmenter.state_dict().items()})
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_projection_head_stage_1_trains_the_projection_baselines_weights(
+    runs, tiny_world, tmp_path
+):
+    """With `model.head: projection` (the ShapeWorld presets) ZS3Net's segmenter is the projection
+    baseline's model trained as the baseline trains it: the same images, step and schedule give
+    the same backbone and head weights, so ZS3Net and its baseline differ only in stages 2-3."""
+    zs3 = runs["zs3net"][0].method
+    assert zs3.projection_head and zs3.cfg.foundation
+    cfg = load_config(
+        "projection_unet-small_2k_shapeworld",
+        [f"data.world={tiny_world}", *TINY[:3]],
+    )
+    zs3_cfg = load_config("zs3net_unet-small_shapeworld", [f"data.world={tiny_world}", *TINY])
+    assert cfg.train == zs3_cfg.train and cfg.data == zs3_cfg.data
+    base = runner.train(cfg, tmp_path, progress=False, data=runs["data"]).method
+    for part in ("backbone", "head"):
+        mine, theirs = getattr(zs3.segmenter, part).state_dict(), getattr(base, part).state_dict()
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            assert torch.equal(mine[k], theirs[k]), (part, k)

@@ -65,3 +65,26 @@ def test_a_pixel_whose_embedding_vanishes_scores_zero_not_nan():
         head.proj[-1].bias.zero_()
     got = head(torch.randn(1, 16, 3, 3), torch.randn(4, 48))
     assert torch.equal(got, torch.zeros_like(got))
+
+
+def test_cosine_classifier_starts_from_the_heads_scores_and_trains_apart_from_it():
+    """ZS3Net's stage-3 classifier (head: projection): built from a trained head it scores every
+    class as the head does (any subset of rows too); training it leaves the head untouched."""
+    from zeroseg.models.heads.projection import CosineClassifier
+
+    head = make_head(True)
+    features = torch.randn(2, 16, 6, 5)
+    text = torch.randn(7, 48)
+    clf = CosineClassifier(head, text)
+    hidden = head.proj[:-1](features)
+    torch.testing.assert_close(clf(hidden), head(features, text), rtol=1e-5, atol=1e-5)
+    rows = torch.tensor([4, 0, 6])
+    torch.testing.assert_close(clf(hidden, rows), head(features, text)[:, rows])
+
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    opt = torch.optim.SGD(clf.parameters(), lr=1.0)
+    clf(hidden.detach()).logsumexp(1).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in clf.parameters())
+    opt.step()
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())
+    assert not torch.allclose(clf(hidden), head(features, text))

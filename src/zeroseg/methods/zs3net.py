@@ -19,6 +19,14 @@ ZS3Net turns zero-shot segmentation into supervised learning on synthetic featur
    over *all* classes and trained with (weighted) cross-entropy on real seen features + generated
    unseen features; ``unseen_weight`` and ``fake_per_unseen`` set how much the unseen classes count.
 
+**On a text-aligned backbone** (``model.head: projection``, the ShapeWorld presets): stage 1 is the
+projection baseline's model (the U-Net and the foundation's projection head, trained on the seen
+names exactly as ``projection``); the GMMN imitates the head's hidden map g (the input of its last
+1x1 embedding layer); and stage 3 retrains a cosine classifier over g (the head's last layer and
+scale, and one vector per class) whose class vectors start from the head's text side of every name,
+so the retrained classifier starts from the baseline's scores instead of from random weights. The
+paper's DeepLab, trained with a plain classifier, has no such head (``model.head: linear``).
+
 Stages 2-3 use the unseen class *names* (their embeddings), never their pixels: the published
 setting of generative methods, recorded in the report through ``ctx.all_embeddings(reason=...)``.
 Stages 1-3 are shared between ``zs3net`` and ``zs5net`` (``ctx.shared_stage_dir``): trained once.
@@ -46,8 +54,9 @@ GMMN features for every other name, exactly as stage 3 does for the training voc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -69,7 +78,8 @@ from zeroseg.methods.base import (
     calibrate,
 )
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
-from zeroseg.models.backbones.small import SmallUNetConfig, UNetSegmenter
+from zeroseg.models.backbones.small import ProjectionSegmenter, SmallUNetConfig, UNetSegmenter
+from zeroseg.models.heads.projection import CosineClassifier
 
 __all__ = [
     "FeatureGenerator",
@@ -113,6 +123,12 @@ class ZS3NetConfig:
     segmenter_overrides: dict = field(
         default_factory=dict
     )  # DeepLabConfig fields, e.g. feature_dim
+    # linear: the paper's segmenter, a 1x1 classifier on the features, retrained from scratch in
+    # stage 3. projection (unet-small only): the projection baseline's model, stage 1 trained as
+    # the baseline on the seen names, the GMMN imitating its head's hidden map, and stage 3
+    # retraining a cosine classifier whose class vectors start from the head's text side of
+    # every name (so it starts from the baseline's scores).
+    head: str = "linear"
     pretrained_backbone: str | None = None  # torchvision-format ResNet .pth for the backbone
     foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
     # Images are resized by this factor before the segmenter (2: a 64 px ShapeWorld image gives a
@@ -236,6 +252,10 @@ class ZS3Net(Method):
                 f"unknown segmenter preset {cfg.segmenter!r}; valid: "
                 f"{sorted(DEEPLAB_PRESETS) + ['unet-small']}"
             )
+        if cfg.head not in ("linear", "projection"):
+            raise ValueError(f"model.head must be 'linear' or 'projection', not {cfg.head!r}")
+        if cfg.head == "projection" and cfg.segmenter != "unet-small":
+            raise ValueError("model.head 'projection' needs segmenter 'unet-small'")
         if cfg.foundation and cfg.segmenter != "unet-small":
             raise ValueError("model.foundation needs segmenter 'unet-small' (the foundation's)")
         overrides = dict(cfg.segmenter_overrides)
@@ -245,8 +265,14 @@ class ZS3Net(Method):
             )
         # The tuple fields of DeepLabConfig arrive from YAML as lists.
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        if cfg.segmenter == "unet-small":
-            self.segmenter: DeepLabV3Plus | UNetSegmenter = UNetSegmenter(
+        if cfg.head == "projection":
+            self.segmenter: DeepLabV3Plus | UNetSegmenter | ProjectionSegmenter = (
+                ProjectionSegmenter(
+                    SmallUNetConfig(**overrides), embed_dim=embed_dim, num_classes=split.num_classes
+                )
+            )
+        elif cfg.segmenter == "unet-small":
+            self.segmenter = UNetSegmenter(
                 SmallUNetConfig(**overrides), num_classes=split.num_classes
             )
         else:
@@ -283,7 +309,7 @@ class ZS3Net(Method):
     def segmenter_input(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) uint8 -> the normalised (and ``input_scale``-resized) segmenter input."""
         x = images.float()
-        if not isinstance(self.segmenter, UNetSegmenter):  # the U-Net normalises itself
+        if isinstance(self.segmenter, DeepLabV3Plus):  # the U-Net normalises itself
             x = (x - self.pixel_mean) / self.pixel_std
         if self.cfg.input_scale != 1.0:
             x = F.interpolate(
@@ -294,6 +320,10 @@ class ZS3Net(Method):
     def features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) uint8 -> (B, F, h, w) pre-classifier features (h = H * input_scale / 4)."""
         return self.segmenter.forward_features(self.segmenter_input(images))
+
+    @property
+    def projection_head(self) -> bool:
+        return isinstance(self.segmenter, ProjectionSegmenter)
 
     @property
     def seen_t(self) -> Tensor:
@@ -315,6 +345,7 @@ class ZS3Net(Method):
             "train": ctx.cfg.train,
             **({"foundation": c.foundation} if c.foundation else {}),
             **({"input_scale": c.input_scale} if c.input_scale != 1.0 else {}),
+            **({"head": c.head} if c.head != "linear" else {}),
         }
 
     def _parts2(self, ctx: RunContext) -> dict:
@@ -360,8 +391,10 @@ class ZS3Net(Method):
         self.fit_classifier(ctx)
 
     def fit_segmenter(self, ctx: RunContext) -> None:
-        """Stage 1: DeepLabv3+ with cross-entropy over the seen classes."""
-        self.segmenter.reset_classifier(len(self.split.seen))
+        """Stage 1: DeepLabv3+ with cross-entropy over the seen classes (or, with ``head:
+        projection``, the projection baseline's model on the seen names)."""
+        if not self.projection_head:
+            self.segmenter.reset_classifier(len(self.split.seen))
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
         self._shared_stage(ctx, "segmenter", self.segmenter, self._parts1, self._segmenter_plan)
@@ -371,10 +404,24 @@ class ZS3Net(Method):
             from zeroseg.models.backbones.resnet import load_torchvision_resnet
 
             load_torchvision_resnet(self.segmenter.backbone, self.cfg.pretrained_backbone)
+        seg = self.segmenter
         if self.cfg.foundation:
-            ctx.start_from_foundation(self.cfg.foundation, self.segmenter.backbone)
+            head = seg.head if isinstance(seg, ProjectionSegmenter) else None
+            ctx.start_from_foundation(self.cfg.foundation, seg.backbone, head)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
+        if isinstance(seg, ProjectionSegmenter):
+            # exactly the projection baseline's stage (methods/projection.py: its loader, without
+            # the flip the paper's segmenter trains with, and its step): seen names only
+            loader = ctx.loader(cfg)
+            emb_seen = ctx.seen_embeddings().to(ctx.device)
+
+            def projection_step(model, batch):
+                out = model(self.segmenter_input(batch["image"].to(ctx.device)), emb_seen)
+                target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
+                return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
+
+            return StagePlan(projection_step, loader, cfg)
         loader = ctx.loader(cfg, transform=ctx.train_transform or hflip)
 
         def step(seg, batch):
@@ -500,8 +547,12 @@ class ZS3Net(Method):
         return out
 
     def fit_classifier(self, ctx: RunContext) -> None:
-        """Stage 3: the 1x1 classifier over all classes, on real seen + generated unseen features."""
-        self.segmenter.reset_classifier(self.split.num_classes)
+        """Stage 3: the 1x1 classifier over all classes, on real seen + generated unseen features
+        (with ``head: projection``, the cosine classifier starting from the head's text side)."""
+        if self.projection_head:
+            self.segmenter.reset_classifier(self.train_embeddings)
+        else:
+            self.segmenter.reset_classifier(self.split.num_classes)
         self._shared_stage(
             ctx, "classifier", self.segmenter.classifier, self._parts3, self._classifier_plan
         )
@@ -543,12 +594,13 @@ class ZS3Net(Method):
         best, idx = sim.max(1)
         return torch.where(best >= _SAME_CLASS_COS, idx, torch.full_like(idx, -1))
 
-    def classifier_for(self, class_embeddings: Tensor, seen_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """(K, F) weights and (K,) biases of a 1x1 classifier over the given vocabulary."""
+    def classifier_for(
+        self, class_embeddings: Tensor, seen_mask: Tensor
+    ) -> Callable[[Tensor], Tensor]:
+        """A classifier over the given vocabulary: (B, F, h, w) features -> (B, K, h, w) logits."""
         rows = self._match_training_rows(class_embeddings)
-        clf = self.segmenter.classifier
         if bool((rows >= 0).all()) and len(set(rows.tolist())) == len(rows):
-            return clf.weight[rows, :, 0, 0], clf.bias[rows]
+            return partial(_classify, self.segmenter.classifier, rows)
         key = hashlib.sha256(class_embeddings.detach().float().cpu().numpy().tobytes()).hexdigest()
         key += hashlib.sha256(seen_mask.cpu().numpy().tobytes()).hexdigest()
         if key not in self._vocab_cache:
@@ -558,7 +610,7 @@ class ZS3Net(Method):
     @torch.enable_grad()
     def _retrain_for_vocabulary(
         self, class_embeddings: Tensor, seen_mask: Tensor, rows: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    ) -> Callable[[Tensor], Tensor]:
         """Stage 3 for a new vocabulary: real bank features for the classes that are seen training
         classes, GMMN features for all others."""
         device = class_embeddings.device
@@ -572,7 +624,10 @@ class ZS3Net(Method):
                 fake_cls.append(k)
         c = self.cfg
         kcls = len(rows)
-        clf = nn.Conv2d(self.segmenter.feature_dim, kcls, 1).to(device)
+        if self.projection_head:
+            clf: nn.Module = CosineClassifier(self.segmenter.head, class_embeddings)
+        else:
+            clf = nn.Conv2d(self.segmenter.feature_dim, kcls, 1).to(device)
         opt = torch.optim.AdamW(clf.parameters(), lr=c.classifier_train.lr, weight_decay=0.0)
         weight = torch.ones(kcls, device=device)
         weight[torch.tensor(fake_cls, dtype=torch.int64, device=device)] = c.unseen_weight
@@ -603,7 +658,8 @@ class ZS3Net(Method):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return clf.weight.detach()[:, :, 0, 0], clf.bias.detach()
+        clf.requires_grad_(False)
+        return partial(_classify, clf, torch.arange(kcls, device=device))
 
     def _fake_only_batch(self, classes: Tensor, emb: Tensor, n: int, gen: torch.Generator) -> dict:
         out = self._classifier_batch(classes[:0], classes[:0], classes, emb, 0, n, gen)
@@ -613,17 +669,25 @@ class ZS3Net(Method):
         self, images: Tensor, class_embeddings: Tensor, seen_mask: Tensor, *, upsample: bool = True
     ) -> Tensor:
         """(B, 3, H, W) uint8 -> (B, K, H, W) logits (feature resolution if not ``upsample``)."""
-        w, b = self.classifier_for(class_embeddings, seen_mask)
-        feats = self.features(images).float()
-        out = F.conv2d(feats, w.float()[:, :, None, None], b.float())
+        classify = self.classifier_for(class_embeddings, seen_mask)
+        out = classify(self.features(images).float())
         if upsample:
-            out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=True)
+            # DeepLab's corner-aligned upsampling; the projection head upsamples as the baseline
+            corners = not self.projection_head
+            out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=corners)
         return out
 
     def scores(self, images, class_embeddings, seen_mask):
         return calibrate(
             self.logits(images, class_embeddings, seen_mask), seen_mask, self.cfg.calibration
         )
+
+
+def _classify(clf: nn.Module, rows: Tensor, feats: Tensor) -> Tensor:
+    """(B, F, h, w) features -> (B, len(rows), h, w) logits of classifier rows ``rows``."""
+    if isinstance(clf, CosineClassifier):
+        return clf(feats, rows)
+    return F.conv2d(feats, clf.weight[rows].float(), clf.bias[rows].float())
 
 
 def _linear_ce(clf: nn.Module, batch: dict, weight: Tensor, device: torch.device) -> Tensor:

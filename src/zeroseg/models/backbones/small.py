@@ -106,3 +106,46 @@ class UNetSegmenter(nn.Module):
         old = self.classifier
         new = nn.Conv2d(old.in_channels, num_classes, 1)
         self.classifier = new.to(device=old.weight.device, dtype=old.weight.dtype)
+
+
+class ProjectionSegmenter(nn.Module):
+    """The projection baseline's model (a SmallUNet and a ``ProjectionHead``) behind the segmenter
+    interface ZS3Net uses, so ZS3Net can be built on the baseline's text-aligned head.
+
+    ``forward(images, class_embeddings)`` is the projection baseline's scoring (stage 1 trains it on
+    the seen names); ``forward_features`` is the head's hidden map g (the features the GMMN
+    imitates); ``classifier`` is a :class:`~zeroseg.models.heads.projection.CosineClassifier` over g
+    whose class vectors :meth:`reset_classifier` sets from the trained head's text side.
+
+    Args:
+        cfg: the U-Net's widths.
+        embed_dim: dimension of the class embeddings.
+        num_classes: classes of the initial classifier (replaced by :meth:`reset_classifier`).
+    """
+
+    def __init__(self, cfg: SmallUNetConfig | None = None, *, embed_dim: int, num_classes: int):
+        super().__init__()
+        from zeroseg.models.heads.projection import CosineClassifier, ProjectionHead
+
+        self.backbone = SmallUNet(cfg)
+        self.head = ProjectionHead(self.backbone.out_dim, embed_dim)
+        self.classifier = CosineClassifier(self.head, torch.zeros(num_classes, embed_dim))
+        self.classifier.requires_grad_(False)  # a placeholder until reset_classifier
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.out_dim
+
+    def forward(self, images: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) 0-255, (K, D) -> (B, K, H/2, W/2) the projection head's logits."""
+        return self.head(self.backbone(images), class_embeddings)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) 0-255 -> (B, C, H/2, W/2) the head's hidden map (post-ReLU)."""
+        return self.head.proj[:-1](self.backbone(images))
+
+    def reset_classifier(self, class_embeddings: torch.Tensor) -> None:
+        """A classifier over ``class_embeddings`` that scores exactly as the head does."""
+        from zeroseg.models.heads.projection import CosineClassifier
+
+        self.classifier = CosineClassifier(self.head, class_embeddings)

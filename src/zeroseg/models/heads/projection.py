@@ -66,15 +66,68 @@ class ProjectionHead(nn.Module):
         their precision.
         """
         hidden = self.proj[:-1](features)
-        last: nn.Conv2d = self.proj[-1]
         with torch.autocast(hidden.device.type, enabled=False):
-            g = hidden.float()
-            w = last.weight.float().flatten(1)  # (D, C)
-            b = last.bias.float()
             text = self.text_side(class_embeddings)  # fp32 parameters, outside autocast
-            dot = F.conv2d(g, (text @ w)[..., None, None], text @ b)  # (B, K, h, w)
-            gram = F.conv2d(g, (w.T @ w)[..., None, None], 2.0 * (w.T @ b))  # (B, C, h, w)
-            sq_norm = (g * gram).sum(1, keepdim=True) + b @ b
-            norm = sq_norm.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's eps
-            scale = self.log_scale.float().exp().clamp(1.0, 100.0)
-            return scale * dot / norm
+        return cosine_scores(hidden, self.proj[-1], text, self.log_scale)
+
+
+def cosine_scores(
+    hidden: torch.Tensor, last: nn.Conv2d, text: torch.Tensor, log_scale
+) -> torch.Tensor:
+    """``scale * cos(last(hidden), text)`` per pixel and class, without the D-dim pixel embedding.
+
+    Args:
+        hidden: (B, C, h, w) the hidden map g that the 1x1 conv ``last`` (C -> D) embeds.
+        last: the 1x1 embedding conv, z = W g + b.
+        text: (K, D) unit class vectors.
+        log_scale: the logit scale's log (clamped to [1, 100] after exp).
+
+    Returns:
+        (B, K, h, w) fp32 logits, computed in fp32 outside autocast.
+    """
+    with torch.autocast(hidden.device.type, enabled=False):
+        g = hidden.float()
+        w = last.weight.float().flatten(1)  # (D, C)
+        b = last.bias.float()
+        text = text.float()
+        dot = F.conv2d(g, (text @ w)[..., None, None], text @ b)  # (B, K, h, w)
+        gram = F.conv2d(g, (w.T @ w)[..., None, None], 2.0 * (w.T @ b))  # (B, C, h, w)
+        sq_norm = (g * gram).sum(1, keepdim=True) + b @ b
+        norm = sq_norm.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's eps
+        scale = log_scale.float().exp().clamp(1.0, 100.0)
+        return scale * dot / norm
+
+
+class CosineClassifier(nn.Module):
+    """A projection head's scoring part with its own learnable class vectors: the classifier over
+    the head's hidden map g (``ProjectionHead.proj[:-1]``'s output) that ZS3Net retrains.
+
+    ``scale * cos(W g + b, v_k / |v_k|)``; built from a trained head with the class vectors set to
+    the head's text side of the given class embeddings, it scores exactly as the head does.
+
+    Args:
+        head: the trained projection head (its last 1x1 conv and scale are copied).
+        class_embeddings: (K, D) the classes the vectors start from.
+    """
+
+    def __init__(self, head: ProjectionHead, class_embeddings: torch.Tensor):
+        super().__init__()
+        last: nn.Conv2d = head.proj[-1]
+        self.last = nn.Conv2d(last.in_channels, last.out_channels, 1)
+        self.last.load_state_dict(last.state_dict())
+        with torch.no_grad():
+            vectors = head.text_side(class_embeddings.to(last.weight.device)).detach().clone()
+        self.weight = nn.Parameter(vectors)  # (K, D): the class vectors
+        self.log_scale = nn.Parameter(head.log_scale.detach().clone())
+        self.to(device=last.weight.device)
+
+    @property
+    def in_channels(self) -> int:
+        return self.last.in_channels
+
+    def forward(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, h, w) hidden map -> (B, K, h, w) fp32 logits (of classes ``rows`` if given)."""
+        vectors = self.weight if rows is None else self.weight[rows]
+        with torch.autocast(hidden.device.type, enabled=False):
+            text = F.normalize(vectors.float(), dim=-1)
+        return cosine_scores(hidden, self.last, text, self.log_scale)
