@@ -411,8 +411,8 @@ class ZS3Net(Method):
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
         if isinstance(seg, ProjectionSegmenter):
-            # exactly the projection baseline's stage (methods/projection.py: its loader, without
-            # the flip the paper's segmenter trains with, and its step): seen names only
+            # exactly the projection baseline's stage (methods/projection.py: its loader, with the
+            # run's training augmentation, and its step): seen names only
             loader = ctx.loader(cfg)
             emb_seen = ctx.seen_embeddings().to(ctx.device)
 
