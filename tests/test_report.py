@@ -172,3 +172,12 @@ def test_cpu_info_reads_the_model_and_the_bf16_flags():
     }
     amd = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 avx512f\n"
     assert cpu_info(amd) == {"model": "AMD EPYC 7B13", "bf16_isa": ["avx512f"]}
+
+
+def test_native_bf16_needs_amx_or_avx512_bf16_not_avx512f_alone():
+    from zeroseg.report import native_bf16_cpu
+
+    assert native_bf16_cpu("flags\t: fpu avx512f amx_tile amx_bf16\n")
+    assert native_bf16_cpu("flags\t: fpu avx512f avx512_bf16\n")
+    assert not native_bf16_cpu("flags\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not native_bf16_cpu("")

@@ -16,7 +16,8 @@ CPU-second against a matmul peak also measured in CPU time, so that other jobs s
 
 Per stage: samples per step, images/s (samples/s for stages whose batches are not images, such
 as a generator's), GFLOP per step, achieved GFLOP/s and its fraction of a measured matmul peak
-in the stage's precision (bf16 under ``amp: bf16``, else fp32), and the peak RSS of the process
+in the stage's precision (bf16 under ``amp: bf16``, or ``auto`` on a CPU that multiplies bf16
+natively; else fp32), and the peak RSS of the process
 while the stage ran.
 """
 
@@ -35,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from zeroseg.engine.trainer import resolve_amp
 
 __all__ = [
     "StageTimer",
@@ -140,7 +143,7 @@ class StageTimer:
     def __call__(self, stage: str, step: int, batch: object, cfg) -> Iterator[None]:
         if not self.stages or self.stages[-1].name != stage or step == 0:
             _reset_peak_rss()
-            self.stages.append(_Stage(stage, cfg.amp, cfg.iters))
+            self.stages.append(_Stage(stage, resolve_amp(cfg.amp, torch.device("cpu")), cfg.iters))
             self._last_end = None
         s = self.stages[-1]
         s.samples, s.unit = batch_size(batch)

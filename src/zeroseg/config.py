@@ -341,7 +341,13 @@ def check_train(t: TrainConfig, *, where: str, key: str) -> None:
         "poly, cosine or constant",
         t.scheduler,
     )
-    _check(t.amp in ("none", "bf16", "fp16"), where, f"{k}amp", "none, bf16 or fp16", t.amp)
+    _check(
+        t.amp in ("none", "bf16", "fp16", "auto"),
+        where,
+        f"{k}amp",
+        "none, bf16, fp16 or auto",
+        t.amp,
+    )
     _check(
         _int_in(t.warmup_iters, 0, MAX_ITERS),
         where,

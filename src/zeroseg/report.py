@@ -115,6 +115,10 @@ def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
 
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f")  # oneDNN's bf16 kernels differ by these
+# With one of these the CPU multiplies bf16 natively; without, oneDNN emulates bf16 (measured in
+# session 20 on an Ice Lake-class Xeon with AVX-512 but neither: a 2048^3 matmul at 53 GFLOP/s in
+# bf16 against 181 in fp32, a ShapeWorld training step 2x slower under bf16 autocast).
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict:
@@ -144,12 +148,19 @@ def cpu_info(cpuinfo: str | None = None) -> dict:
     }
 
 
+def native_bf16_cpu(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 natively (:data:`NATIVE_BF16_FLAGS`; see :func:`cpu_info`)."""
+    return any(f in NATIVE_BF16_FLAGS for f in cpu_info(cpuinfo)["bf16_isa"])
+
+
 def _machine() -> dict:
     return {
         "zeroseg_version": __version__,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "cpu": cpu_info(),
+        # what ``train.amp: auto`` (the ShapeWorld presets) trained in on this CPU
+        "amp_auto": "bf16" if native_bf16_cpu() else "none",
     }
 
 
@@ -182,8 +193,9 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         "'train (s)': training wall time in this run; 'reused': every stage was loaded from an"
         " earlier run in the same output directory.",
         f"Machine: {summary['cpu']['model']} ({', '.join(summary['cpu']['bf16_isa']) or 'no bf16 ISA'}"
-        f"), {summary['machine']}, torch {summary['torch']}, {summary.get('threads', '?')} threads:"
-        " training figures repeat on one CPU type at one thread count, not across CPU types.",
+        f"), {summary['machine']}, torch {summary['torch']}, {summary.get('threads', '?')} threads,"
+        f" amp auto = {summary.get('amp_auto', '?')}: training figures repeat on one CPU type at"
+        " one thread count, not across CPU types.",
     ]
     found = summary.get("foundation")
     if found:

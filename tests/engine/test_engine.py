@@ -193,3 +193,29 @@ def test_slide_inference_matches_whole_for_a_pixelwise_model():
     assert torch.allclose(out, fn(images))
     small = slide_scores(fn, images[:, :, :10, :10], crop=16, stride=12)  # padded, then cropped
     assert torch.allclose(small, fn(images[:, :, :10, :10]))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_trains_in_bf16_only_on_a_cpu_that_multiplies_it_natively(
+    tmp_path, monkeypatch, native
+):
+    import zeroseg.report
+    from zeroseg.engine.trainer import resolve_amp
+
+    monkeypatch.setattr(zeroseg.report, "native_bf16_cpu", lambda cpuinfo=None: native)
+    expected = "bf16" if native else "none"
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == expected
+    assert [resolve_amp(a, cpu) for a in ("none", "bf16")] == ["none", "bf16"]  # explicit stays
+    dtypes = []
+
+    def typed_step(model, batch):
+        out = model(batch["x"])
+        dtypes.append(out.dtype)
+        return {"loss": ((out.float() - batch["y"]) ** 2).mean()}
+
+    kw = dict(stage="s", model=Tiny(), step_fn=typed_step, batches=batches, progress=False)
+    train_stage(cfg=TrainConfig(iters=3, amp="auto"), directory=tmp_path, **kw)
+    assert dtypes == [torch.bfloat16 if native else torch.float32] * 3
+    _, meta = load_checkpoint(tmp_path / "final.safetensors")
+    assert meta["amp_resolved"] == expected and meta["train"]["amp"] == "auto"

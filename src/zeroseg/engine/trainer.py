@@ -49,7 +49,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     scheduler: str = "poly"  # poly (power 0.9, as DeepLab) | cosine | constant
     warmup_iters: int = 0  # linear warm-up steps
-    amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA)
+    amp: str = "none"  # none | bf16 | fp16 (fp16 only on CUDA) | auto (see resolve_amp)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     log_every: int = 25  # CSV/TensorBoard interval (steps)
     ckpt_every: int = 0  # step-checkpoint interval; 0 = by wall time only
@@ -129,8 +129,29 @@ def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
 
 
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``amp`` with ``auto`` resolved: bf16 where ``device`` multiplies bf16 natively, else none.
+
+    Natively: a CUDA GPU that supports bf16, or a CPU with AMX-BF16 or AVX512-BF16. Elsewhere
+    bf16 autocast is emulated and slower than fp32 (a ShapeWorld training step took 2x as long on
+    a CPU with AVX-512 but neither), so ``auto`` trains in fp32 there. The two precisions give
+    different numbers: a run's log and report say which one ``auto`` became.
+    """
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    if device.type == "cpu":
+        from zeroseg.report import native_bf16_cpu
+
+        return "bf16" if native_bf16_cpu() else "none"
+    return "none"
+
+
 def autocast(amp: str, device: torch.device):
-    """The autocast context for ``amp`` on ``device`` (bf16 is the big speed lever on this CPU)."""
+    """The autocast context for ``amp`` on ``device`` (bf16 is the big speed lever on CPUs that
+    multiply it natively; ``auto`` picks it only there, see :func:`resolve_amp`)."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return nullcontext()
     if amp == "bf16":
@@ -139,7 +160,7 @@ def autocast(amp: str, device: torch.device):
         if device.type != "cuda":
             raise ValueError("fp16 autocast is only supported on CUDA; use amp=bf16 on CPU")
         return torch.autocast("cuda", dtype=torch.float16)
-    raise ValueError(f"unknown amp mode {amp!r}; valid: none, bf16, fp16")
+    raise ValueError(f"unknown amp mode {amp!r}; valid: none, bf16, fp16, auto")
 
 
 class _Logger:
@@ -303,6 +324,7 @@ def train_stage(
                     "step": step,
                     "optimizer": opt_m,
                     "train": asdict(cfg),
+                    "amp_resolved": resolve_amp(cfg.amp, device),
                     **(meta or {}),
                 },
             )
@@ -365,7 +387,13 @@ def train_stage(
             save_checkpoint(
                 directory / "final.safetensors",
                 model.state_dict(),
-                {"stage": stage, "step": cfg.iters, "train": asdict(cfg), **(meta or {})},
+                {
+                    "stage": stage,
+                    "step": cfg.iters,
+                    "train": asdict(cfg),
+                    "amp_resolved": resolve_amp(cfg.amp, device),
+                    **(meta or {}),
+                },
             )
         dist.barrier()
         model.eval()
