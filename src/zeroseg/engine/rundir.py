@@ -54,14 +54,16 @@ def identity_view(obj: Any) -> Any:
     """What of ``obj`` decides a run's identity: JSON-normalised (tuples as lists), without the
     cadence keys and the options at their neutral default."""
     obj = json.loads(json.dumps(obj, default=str))
-    return without_neutral(_without_cadence(obj))
+    return without_neutral(without_cadence(obj))
 
 
-def _without_cadence(obj: Any) -> Any:
+def without_cadence(obj: Any) -> Any:
+    """``obj`` (nested dicts and lists) without the checkpoint and log cadence keys, which do not
+    change what a run or a stage trains."""
     if isinstance(obj, dict):
-        return {k: _without_cadence(v) for k, v in obj.items() if k not in CADENCE_KEYS}
+        return {k: without_cadence(v) for k, v in obj.items() if k not in CADENCE_KEYS}
     if isinstance(obj, list):
-        return [_without_cadence(v) for v in obj]
+        return [without_cadence(v) for v in obj]
     return obj
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from zeroseg.data.classes import ClassSplit
-from zeroseg.engine.rundir import without_neutral
+from zeroseg.engine.rundir import without_cadence, without_neutral
 from zeroseg.metrics.calibration import class_probabilities
 
 
@@ -149,11 +149,12 @@ class RunContext:
     def stage_key(self, **parts) -> dict:
         """The reuse key of a stage: what decides the training data (:meth:`data_key`), the
         method's :attr:`Method.revision` (when not 0) and ``parts`` (configs as dataclasses or
-        plain values; dataclasses are turned into dicts)."""
+        plain values; dataclasses are turned into dicts), without the cadence keys (checkpoint
+        and log intervals), which change no weight, as in a run's identity."""
         return {
             "data": self.data_key(),
             **revision_key(self.revision),
-            **{k: without_neutral(_plain(v)) for k, v in sorted(parts.items())},
+            **{k: without_neutral(without_cadence(_plain(v))) for k, v in sorted(parts.items())},
         }
 
     def run_stage(
