@@ -319,6 +319,17 @@ MUTATIONS = (
         "return scores",
         ("tests/test_seen_fit.py",),
     ),
+    Mutation(
+        "shared-segmenter-ignores-labels",
+        "the projection model's shared stage key leaves out which labels it trained on, so the "
+        "baseline (or ZS3Net) can load the oracle's weights, trained on unseen labels",
+        "src/zeroseg/methods/pixel_projection.py",
+        '"classes": classes,',
+        '"classes": "seen",',
+        (
+            "tests/methods/test_zs3net.py::test_zs3net_loads_the_baselines_stage_1_and_nobody_loads_the_oracles",
+        ),
+    ),
 )
 
 

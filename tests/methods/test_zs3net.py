@@ -430,7 +430,7 @@ def test_projection_head_stage_1_trains_the_projection_baselines_weights(
     """With `model.head: projection` (the ShapeWorld presets) ZS3Net's segmenter is the projection
     baseline's model trained as the baseline trains it: the same images, step and schedule give
     the same backbone and head weights, so ZS3Net and its baseline differ only in stages 2-3."""
-    zs3 = runs["zs3net"][0].method
+    zs3 = runs["zs3net"][0].method  # trained in a directory of its own
     assert zs3.projection_head and zs3.cfg.foundation
     cfg = load_config(
         "projection_unet-small_2k_shapeworld",
@@ -444,3 +444,49 @@ def test_projection_head_stage_1_trains_the_projection_baselines_weights(
         assert mine.keys() == theirs.keys()
         for k in mine:
             assert torch.equal(mine[k], theirs[k]), (part, k)
+
+
+def test_zs3net_loads_the_baselines_stage_1_and_nobody_loads_the_oracles(
+    runs, tiny_world, tmp_path
+):
+    """So in one output directory that stage is trained once: ZS3Net loads the baseline's. The
+    oracle (every label, the same schedule) trains its own, and the baseline trained after it
+    does not load the oracle's (a stage key without the label classes would hand it over)."""
+    data = runs["data"]
+    short = [f"data.world={tiny_world}", *TINY[:3], "train.iters=8"]
+    oracle = runner.train(
+        load_config("oracle_unet-small_2k_shapeworld", short),
+        tmp_path / "oracle",
+        progress=False,
+        data=data,
+    )
+    base = runner.train(
+        load_config("projection_unet-small_2k_shapeworld", short),
+        tmp_path / "projection",
+        progress=False,
+        data=data,
+    )
+    assert oracle.trained_stages == ["segmenter"] and base.trained_stages == ["segmenter"]
+    zs3_cfg = load_config("zs3net_unet-small_shapeworld", [*short, *TINY[3:]])
+    zs3 = runner.build_method(zs3_cfg, data.split, base.method.embed_dim)
+    ctx = RunContext(
+        cfg=zs3_cfg,
+        directory=tmp_path / "zs3net",
+        split=data.split,
+        train_set=SeenOnly(data.train, data.split, "ignore"),
+        train_images=runner.ImagesOnly(data.train),
+        embed=base.embed,
+        device=torch.device("cpu"),
+        progress=False,
+        world=data.world,
+    )
+    zs3.fit_segmenter(ctx)
+    assert ctx.trained == []  # loaded from the baseline's stage, not trained again
+    for part in ("backbone", "head"):
+        theirs = getattr(base.method, part).state_dict()
+        mine = getattr(zs3.segmenter, part).state_dict()
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            assert torch.equal(mine[k], theirs[k]), (part, k)
+    head = "head.proj.0.weight"
+    assert not torch.equal(oracle.method.state_dict()[head], base.method.state_dict()[head])

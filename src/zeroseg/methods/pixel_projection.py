@@ -29,6 +29,33 @@ class ProjectionConfig:
     )
 
 
+def segmenter_stage_parts(
+    ctx, backbone: SmallUNetConfig, foundation: str | None, *, classes: str, frozen: bool
+) -> dict:
+    """The shared-stage key parts of the projection model's training on pixel labels.
+
+    Every run that trains this model the same way (the projection baseline, and ZS3Net/ZS5Net's
+    stage 1 with ``head: projection``) trains it once per output directory, in
+    ``_shared/projection-segmenter-<digest>``. ``classes`` ("seen" or "all": the oracle) and
+    ``frozen`` (the head alone on a frozen backbone) keep the other rows' weights apart; the
+    model revision is written in, so the key does not depend on which method computes it.
+    """
+    return {
+        "revision": PixelProjection.revision,
+        "model": "pixel-projection",
+        "backbone": backbone,
+        "foundation": foundation,
+        "classes": classes,
+        "frozen": frozen,
+        "train": ctx.cfg.train,
+        "text": ctx.cfg.text,
+    }
+
+
+# The shared directory name of that stage (``RunContext.run_stage(directory=...)``).
+SEGMENTER_STAGE_DIR = "projection-segmenter"
+
+
 class PixelProjection(Method):
     """A dense backbone whose pixel embeddings are scored against class text embeddings.
 

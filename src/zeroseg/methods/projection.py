@@ -18,7 +18,12 @@ import torch.nn.functional as F
 
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
 from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
-from zeroseg.methods.pixel_projection import PixelProjection, ProjectionConfig
+from zeroseg.methods.pixel_projection import (
+    SEGMENTER_STAGE_DIR,
+    PixelProjection,
+    ProjectionConfig,
+    segmenter_stage_parts,
+)
 
 
 class Projection(PixelProjection):
@@ -28,6 +33,9 @@ class Projection(PixelProjection):
     Config = ProjectionConfig
     stages = (Stage("segmenter", "train"),)
     protocol = "inductive"
+    # the labels the segmenter trains on: "seen" (the baseline), "all" (the oracle); part of the
+    # shared stage's key, so a zero-shot row never loads weights trained on unseen labels
+    label_classes = "seen"
 
     def training_classes(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Class embeddings the loss runs over and the label -> class-position table."""
@@ -36,8 +44,18 @@ class Projection(PixelProjection):
     def fit(self, ctx: RunContext) -> None:
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
+        # Shared with every run in the output directory that trains this model the same way
+        # (ZS3Net/ZS5Net's stage 1 with the projection head): trained once.
         ctx.run_stage(
             "segmenter",
+            directory=SEGMENTER_STAGE_DIR,
+            key=segmenter_stage_parts(
+                ctx,
+                self.cfg.backbone,
+                self.cfg.foundation,
+                classes=self.label_classes,
+                frozen=self.frozen_backbone,
+            ),
             model=self,
             prepare=lambda: self._plan(ctx),
             guard=self.guard_split() is not None,
@@ -75,6 +93,7 @@ class Oracle(Projection):
 
     name = "oracle"
     protocol = "supervised"
+    label_classes = "all"
 
     def training_classes(self, ctx: RunContext):
         table = torch.full((256,), self.split.ignore_index, dtype=torch.int64)

@@ -77,6 +77,7 @@ from zeroseg.methods.base import (
     StagePlan,
     calibrate,
 )
+from zeroseg.methods.pixel_projection import SEGMENTER_STAGE_DIR, segmenter_stage_parts
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
 from zeroseg.models.backbones.small import ProjectionSegmenter, SmallUNetConfig, UNetSegmenter
 from zeroseg.models.heads.projection import CosineClassifier
@@ -266,9 +267,10 @@ class ZS3Net(Method):
         # The tuple fields of DeepLabConfig arrive from YAML as lists.
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         if cfg.head == "projection":
+            self.unet_cfg = SmallUNetConfig(**overrides)
             self.segmenter: DeepLabV3Plus | UNetSegmenter | ProjectionSegmenter = (
                 ProjectionSegmenter(
-                    SmallUNetConfig(**overrides), embed_dim=embed_dim, num_classes=split.num_classes
+                    self.unet_cfg, embed_dim=embed_dim, num_classes=split.num_classes
                 )
             )
         elif cfg.segmenter == "unet-small":
@@ -397,7 +399,32 @@ class ZS3Net(Method):
             self.segmenter.reset_classifier(len(self.split.seen))
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
+        if self.baseline_stage_1:
+            # The projection baseline's own stage (same key): one training per output directory,
+            # the same weights the baseline row has (its backbone and head: the view below).
+            seg = self.segmenter
+            ctx.run_stage(
+                "segmenter",
+                directory=SEGMENTER_STAGE_DIR,
+                key=segmenter_stage_parts(
+                    ctx, self.unet_cfg, self.cfg.foundation, classes="seen", frozen=False
+                ),
+                model=nn.ModuleDict({"backbone": seg.backbone, "head": seg.head}),
+                prepare=lambda: self._segmenter_plan(ctx),
+                meta={"method": "projection"},
+            )
+            return
         self._shared_stage(ctx, "segmenter", self.segmenter, self._parts1, self._segmenter_plan)
+
+    @property
+    def baseline_stage_1(self) -> bool:
+        """Whether stage 1 is exactly the projection baseline's training (``head: projection`` at
+        input scale 1 with no torchvision weights), so it is that row's shared stage."""
+        return (
+            self.projection_head
+            and self.cfg.input_scale == 1.0
+            and self.cfg.pretrained_backbone is None
+        )
 
     def _segmenter_plan(self, ctx: RunContext) -> StagePlan:
         if self.cfg.pretrained_backbone:
@@ -417,7 +444,7 @@ class ZS3Net(Method):
             emb_seen = ctx.seen_embeddings().to(ctx.device)
 
             def projection_step(model, batch):
-                out = model(self.segmenter_input(batch["image"].to(ctx.device)), emb_seen)
+                out = seg(self.segmenter_input(batch["image"].to(ctx.device)), emb_seen)
                 target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
                 return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
