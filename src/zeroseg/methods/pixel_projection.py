@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from zeroseg.methods.base import Method
+from zeroseg.data.labels import downsample_labels
+from zeroseg.methods.base import Method, StagePlan
 from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 from zeroseg.models.heads.projection import ProjectionHead
 
@@ -54,6 +55,36 @@ def segmenter_stage_parts(
 
 # The shared directory name of that stage (``RunContext.run_stage(directory=...)``).
 SEGMENTER_STAGE_DIR = "projection-segmenter"
+
+
+def segmenter_plan(
+    ctx,
+    backbone: SmallUNet,
+    head: ProjectionHead,
+    foundation: str | None,
+    class_embeddings: torch.Tensor,
+    lookup: torch.Tensor,
+    ignore_index: int,
+) -> StagePlan:
+    """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set) trained with
+    cross-entropy over ``class_embeddings`` on the run's loader, ``lookup`` mapping labels to
+    their positions (the ignore index for labels outside them). The one step of the projection
+    baseline, the oracle and ZS3Net/ZS5Net's stage 1."""
+    emb = class_embeddings.to(ctx.device)
+    lookup = lookup.to(ctx.device)
+    cfg = ctx.cfg.train
+    loader = ctx.loader(cfg)
+    if foundation:
+        ctx.start_from_foundation(foundation, backbone, head)
+
+    def step(model, batch):
+        # The loss runs at the stride-2 feature resolution (labels subsampled, nearest): the
+        # upsampling of K-channel logits would otherwise dominate a CPU training step.
+        out = head(backbone(batch["image"].to(ctx.device)), emb).float()
+        target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
+        return {"loss": F.cross_entropy(out, target, ignore_index=ignore_index)}
+
+    return StagePlan(step, loader, cfg)
 
 
 class PixelProjection(Method):

@@ -14,14 +14,14 @@ zero-shot result is compared with (not a zero-shot method; reported as "supervis
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from zeroseg.data.labels import downsample_labels, seen_position_lookup
+from zeroseg.data.labels import seen_position_lookup
 from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
 from zeroseg.methods.pixel_projection import (
     SEGMENTER_STAGE_DIR,
     PixelProjection,
     ProjectionConfig,
+    segmenter_plan,
     segmenter_stage_parts,
 )
 
@@ -64,22 +64,9 @@ class Projection(PixelProjection):
 
     def _plan(self, ctx: RunContext) -> StagePlan:
         emb, lookup = self.training_classes(ctx)
-        emb = emb.to(ctx.device)
-        lookup = lookup.to(ctx.device)
-        cfg = ctx.cfg.train
-        loader = ctx.loader(cfg)
-
-        if self.cfg.foundation:
-            ctx.start_from_foundation(self.cfg.foundation, self.backbone, self.head)
-
-        def step(model, batch):
-            # The loss runs at the stride-2 feature resolution (labels subsampled, nearest): the
-            # upsampling of K-channel logits would otherwise dominate a CPU training step.
-            out = model.logits(batch["image"].to(ctx.device), emb, upsample=False)
-            target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
-            return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
-
-        return StagePlan(step, loader, cfg)
+        return segmenter_plan(
+            ctx, self.backbone, self.head, self.cfg.foundation, emb, lookup, self.split.ignore_index
+        )
 
     def guard_split(self):
         return self.split

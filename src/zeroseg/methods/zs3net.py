@@ -77,7 +77,11 @@ from zeroseg.methods.base import (
     StagePlan,
     calibrate,
 )
-from zeroseg.methods.pixel_projection import SEGMENTER_STAGE_DIR, segmenter_stage_parts
+from zeroseg.methods.pixel_projection import (
+    SEGMENTER_STAGE_DIR,
+    segmenter_plan,
+    segmenter_stage_parts,
+)
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
 from zeroseg.models.backbones.small import ProjectionSegmenter, SmallUNetConfig, UNetSegmenter
 from zeroseg.models.heads.projection import CosineClassifier
@@ -257,6 +261,12 @@ class ZS3Net(Method):
             raise ValueError(f"model.head must be 'linear' or 'projection', not {cfg.head!r}")
         if cfg.head == "projection" and cfg.segmenter != "unet-small":
             raise ValueError("model.head 'projection' needs segmenter 'unet-small'")
+        if cfg.head == "projection" and (cfg.input_scale != 1.0 or cfg.pretrained_backbone):
+            # its stage 1 is the projection baseline's, which has neither
+            raise ValueError(
+                "model.head 'projection' needs input_scale 1 and no pretrained_backbone, got "
+                f"{cfg.input_scale} and {cfg.pretrained_backbone!r}"
+            )
         if cfg.foundation and cfg.segmenter != "unet-small":
             raise ValueError("model.foundation needs segmenter 'unet-small' (the foundation's)")
         overrides = dict(cfg.segmenter_overrides)
@@ -399,9 +409,9 @@ class ZS3Net(Method):
             self.segmenter.reset_classifier(len(self.split.seen))
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
-        if self.baseline_stage_1:
-            # The projection baseline's own stage (same key): one training per output directory,
-            # the same weights the baseline row has (its backbone and head: the view below).
+        if self.projection_head:
+            # The projection baseline's own stage (same key and training): one training per
+            # output directory, the baseline row's weights (its backbone and head: the view).
             seg = self.segmenter
             ctx.run_stage(
                 "segmenter",
@@ -410,21 +420,19 @@ class ZS3Net(Method):
                     ctx, self.unet_cfg, self.cfg.foundation, classes="seen", frozen=False
                 ),
                 model=nn.ModuleDict({"backbone": seg.backbone, "head": seg.head}),
-                prepare=lambda: self._segmenter_plan(ctx),
+                prepare=lambda: segmenter_plan(
+                    ctx,
+                    seg.backbone,
+                    seg.head,
+                    self.cfg.foundation,
+                    ctx.seen_embeddings(),
+                    seen_position_lookup(self.split),
+                    self.split.ignore_index,
+                ),
                 meta={"method": "projection"},
             )
             return
         self._shared_stage(ctx, "segmenter", self.segmenter, self._parts1, self._segmenter_plan)
-
-    @property
-    def baseline_stage_1(self) -> bool:
-        """Whether stage 1 is exactly the projection baseline's training (``head: projection`` at
-        input scale 1 with no torchvision weights), so it is that row's shared stage."""
-        return (
-            self.projection_head
-            and self.cfg.input_scale == 1.0
-            and self.cfg.pretrained_backbone is None
-        )
 
     def _segmenter_plan(self, ctx: RunContext) -> StagePlan:
         if self.cfg.pretrained_backbone:
@@ -433,22 +441,9 @@ class ZS3Net(Method):
             load_torchvision_resnet(self.segmenter.backbone, self.cfg.pretrained_backbone)
         seg = self.segmenter
         if self.cfg.foundation:
-            head = seg.head if isinstance(seg, ProjectionSegmenter) else None
-            ctx.start_from_foundation(self.cfg.foundation, seg.backbone, head)
+            ctx.start_from_foundation(self.cfg.foundation, seg.backbone)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         cfg = ctx.cfg.train
-        if isinstance(seg, ProjectionSegmenter):
-            # exactly the projection baseline's stage (methods/projection.py: its loader, with the
-            # run's training augmentation, and its step): seen names only
-            loader = ctx.loader(cfg)
-            emb_seen = ctx.seen_embeddings().to(ctx.device)
-
-            def projection_step(model, batch):
-                out = seg(self.segmenter_input(batch["image"].to(ctx.device)), emb_seen)
-                target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
-                return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
-
-            return StagePlan(projection_step, loader, cfg)
         loader = ctx.loader(cfg, transform=ctx.train_transform or hflip)
 
         def step(seg, batch):
