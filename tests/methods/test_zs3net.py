@@ -490,3 +490,18 @@ def test_zs3net_loads_the_baselines_stage_1_and_nobody_loads_the_oracles(
             assert torch.equal(mine[k], theirs[k]), (part, k)
     head = "head.proj.0.weight"
     assert not torch.equal(oracle.method.state_dict()[head], base.method.state_dict()[head])
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("model.input_scale=2.0", "input_scale 1 and no pretrained_backbone, got 2.0 and None"),
+        ("model.pretrained_backbone=r.pth", "got 1.0 and 'r.pth'"),
+    ],
+)
+def test_the_projection_head_refuses_what_the_baselines_stage_1_lacks(runs, override, says):
+    """With `head: projection` stage 1 is the projection baseline's stage, which neither resizes
+    its input nor loads torchvision weights: asking for either is an error, not a silent skip."""
+    cfg = load_config("zs3net_unet-small_shapeworld", [override])
+    with pytest.raises(ValueError, match=f"model.head 'projection' needs .*{says}"):
+        runner.build_method(cfg, runs["data"].split, runs["zs3net"][0].method.embed_dim)
