@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
 from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
-from zeroseg.methods.pixel_projection import PixelProjection
+from zeroseg.methods.pixel_projection import PixelProjection, full_resolution_cross_entropy
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.shape.fusion import RefineConfig, refine
 from zeroseg.shape.refine import default_refine_config
@@ -280,7 +280,11 @@ class Sazs(PixelProjection):
             # Boundaries from the seen-only labels (unseen pixels are ignore: no boundary there).
             edges = boundary_targets(labels, radius=mcfg.edge_radius, ignore_index=ignore)
             target = lookup[labels]
-            ce = F.cross_entropy(logits, target, ignore_index=ignore)
+            # The segmentation term at the labels' full resolution, as the projection baseline's
+            # (revision 2); the boundary terms stay at the logits' resolution.
+            ce = full_resolution_cross_entropy(
+                logits, batch["label"].to(ctx.device), lookup, ignore
+            )
             bce = balanced_edge_bce(edge, edges, ignore_index=ignore)
             att = edge_attention_loss(
                 logits, target, edge, threshold=mcfg.attention_logit, ignore_index=ignore

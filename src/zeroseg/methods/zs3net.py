@@ -239,6 +239,9 @@ class ZS3Net(Method):
     name = "zs3net"
     Config = ZS3NetConfig
     protocol = "inductive"
+    # 2: stage 1 (head: projection) is the pixel-projection model's, whose loss runs at full
+    # resolution since its revision 2; the run's identity follows it.
+    revision = 2
     stages = (Stage("segmenter", "train"), *GENERATIVE_STAGES)
     tiny = (
         "model.segmenter=deeplabv3plus-small",
