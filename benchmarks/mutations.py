@@ -330,6 +330,15 @@ MUTATIONS = (
             "tests/methods/test_zs3net.py::test_zs3net_loads_the_baselines_stage_1_and_nobody_loads_the_oracles",
         ),
     ),
+    Mutation(
+        "projection-loss-at-stride-2",
+        "the projection model's loss back at the logits' stride-2 resolution on nearest-subsampled "
+        "labels (revision 1), so labels off that grid train nothing",
+        "src/zeroseg/methods/pixel_projection.py",
+        'up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)',
+        "up, labels = logits.float(), F.interpolate(labels[:, None].float(), size=logits.shape[-2:])[:, 0]",
+        ("tests/methods/test_pixel_projection.py",),
+    ),
 )
 
 
