@@ -11,6 +11,13 @@ from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 from zeroseg.models.heads.projection import ProjectionHead
 
 
+def _lookup() -> torch.Tensor:
+    """Labels 0-2 are the classes (positions 0-2); every other label maps to ignore (255)."""
+    lookup = torch.full((256,), 255, dtype=torch.long)
+    lookup[:3] = torch.arange(3)
+    return lookup
+
+
 def _labels(k: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, k, (2, 8, 8), generator=torch.Generator().manual_seed(seed))
 
@@ -20,8 +27,7 @@ def test_every_labelled_pixel_counts_not_only_the_stride_2_grid():
     nearest-subsampled labels would not see it."""
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 4, 4)
-    lookup = torch.full((256,), 255, dtype=torch.long)
-    lookup[:3] = torch.arange(3)
+    lookup = _lookup()
     labels = _labels(3)
     moved = labels.clone()
     moved[0, 1, 1] = (labels[0, 1, 1] + 1) % 3
@@ -37,8 +43,7 @@ def test_ignored_and_unmapped_pixels_carry_no_loss():
     the visible pixels' alone."""
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 4, 4)
-    lookup = torch.full((256,), 255, dtype=torch.long)
-    lookup[:3] = torch.arange(3)  # label 3 is outside the classes: mapped to ignore
+    lookup = _lookup()  # label 3 is outside the classes: mapped to ignore
     labels = _labels(3, seed=1)
     up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
     visible = F.cross_entropy(up[..., 4:], labels[..., 4:])
@@ -61,8 +66,7 @@ def test_the_projection_models_stage_trains_on_full_resolution_labels():
         cfg=SimpleNamespace(train=TrainConfig(iters=1)),
         loader=lambda cfg: None,
     )
-    lookup = torch.full((256,), 255, dtype=torch.long)
-    lookup[:3] = torch.arange(3)
+    lookup = _lookup()
     plan = segmenter_plan(ctx, backbone, head, None, torch.randn(3, 6), lookup, 255)
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     labels = _labels(3)

@@ -92,9 +92,8 @@ def full_resolution_cross_entropy(
     label to its logit's position (``ignore_index`` outside them).
 
     Until revision 2 of :class:`PixelProjection` the loss ran at the stride-2 feature resolution
-    with the labels nearest-subsampled, to spare the upsampling on a CPU; on `val` the full
-    resolution gave the oracle 78.6 mIoU against 76.1 and the projection baseline 69.7 hIoU
-    against 67.1 (500 steps, seed 0), with no measurable change in step time (docs/methods.md).
+    on nearest-subsampled labels; why it changed, with the `val` figures: docs/methods.md,
+    "Projection baseline and oracle".
     """
     up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
     return F.cross_entropy(up, lookup[labels.long().clamp(0, 255)], ignore_index=ignore_index)

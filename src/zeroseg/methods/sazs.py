@@ -276,15 +276,14 @@ class Sazs(PixelProjection):
 
         def step(model, batch):
             logits, edge = model.forward_train(batch["image"].to(ctx.device), emb)
-            labels = downsample_labels(batch["label"].to(ctx.device), logits.shape[-2:])
+            full = batch["label"].to(ctx.device)
+            labels = downsample_labels(full, logits.shape[-2:])
             # Boundaries from the seen-only labels (unseen pixels are ignore: no boundary there).
             edges = boundary_targets(labels, radius=mcfg.edge_radius, ignore_index=ignore)
             target = lookup[labels]
             # The segmentation term at the labels' full resolution, as the projection baseline's
             # (revision 2); the boundary terms stay at the logits' resolution.
-            ce = full_resolution_cross_entropy(
-                logits, batch["label"].to(ctx.device), lookup, ignore
-            )
+            ce = full_resolution_cross_entropy(logits, full, lookup, ignore)
             bce = balanced_edge_bce(edge, edges, ignore_index=ignore)
             att = edge_attention_loss(
                 logits, target, edge, threshold=mcfg.attention_logit, ignore_index=ignore
