@@ -339,6 +339,15 @@ MUTATIONS = (
         "up, labels = logits.float(), F.interpolate(labels[:, None].float(), size=logits.shape[-2:])[:, 0]",
         ("tests/methods/test_pixel_projection.py",),
     ),
+    Mutation(
+        "zs3net-stage-3-trains-the-shared-layer",
+        "ZS3Net's stage 3 (head: projection) also trains the head's last layer and logit scale "
+        "although the preset says cosine_train_shared: false",
+        "src/zeroseg/methods/zs3net.py",
+        "self.train_embeddings, train_shared=self.cfg.cosine_train_shared",
+        "self.train_embeddings, train_shared=True",
+        ("tests/methods/test_zs3net.py",),
+    ),
 )
 
 

@@ -505,3 +505,17 @@ def test_the_projection_head_refuses_what_the_baselines_stage_1_lacks(runs, over
     cfg = load_config("zs3net_unet-small_shapeworld", [override])
     with pytest.raises(ValueError, match=f"model.head 'projection' needs .*{says}"):
         runner.build_method(cfg, runs["data"].split, runs["zs3net"][0].method.embed_dim)
+
+
+def test_stage_3_trains_the_class_vectors_and_keeps_the_shared_layer(runs):
+    """`cosine_train_shared: false` (the ShapeWorld presets): stage 3 moves the class vectors only;
+    the head's last layer and logit scale, which every class shares, stay as stage 1 left them."""
+    zs3 = runs["zs3net"][0].method
+    assert zs3.projection_head and not zs3.cfg.cosine_train_shared
+    clf, head = zs3.segmenter.classifier, zs3.segmenter.head
+    last = head.proj[-1]
+    assert torch.equal(clf.last.weight, last.weight) and torch.equal(clf.last.bias, last.bias)
+    assert torch.equal(clf.log_scale, head.log_scale)
+    with torch.no_grad():
+        start = head.text_side(zs3.train_embeddings)
+    assert not torch.allclose(clf.weight, start)  # the vectors did train

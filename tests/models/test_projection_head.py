@@ -88,3 +88,15 @@ def test_cosine_classifier_starts_from_the_heads_scores_and_trains_apart_from_it
     opt.step()
     assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())
     assert not torch.allclose(clf(hidden), head(features, text))
+
+
+def test_cosine_classifier_without_train_shared_trains_the_class_vectors_only():
+    from zeroseg.models.heads.projection import CosineClassifier
+
+    head = make_head(True)
+    clf = CosineClassifier(head, torch.randn(5, 48), train_shared=False)
+    trained = [n for n, p in clf.named_parameters() if p.requires_grad]
+    assert trained == ["weight"]
+    clf(head.proj[:-1](torch.randn(2, 16, 4, 4))).logsumexp(1).mean().backward()
+    assert clf.weight.grad.abs().sum() > 0
+    assert clf.last.weight.grad is None and clf.log_scale.grad is None

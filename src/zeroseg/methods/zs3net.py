@@ -24,8 +24,8 @@ projection baseline's model (the U-Net and the foundation's projection head, tra
 names exactly as ``projection``); the GMMN imitates the head's hidden map g (the input of its last
 1x1 embedding layer); and stage 3 retrains a cosine classifier over g (the head's last layer and
 scale, and one vector per class) whose class vectors start from the head's text side of every name,
-so the retrained classifier starts from the baseline's scores instead of from random weights. The
-paper's DeepLab, trained with a plain classifier, has no such head (``model.head: linear``).
+so the retrained classifier starts from the baseline's scores instead of from random weights; by
+default only those vectors train (``cosine_train_shared``). The paper's DeepLab, trained with a plain classifier, has no such head (``model.head: linear``).
 
 Stages 2-3 use the unseen class *names* (their embeddings), never their pixels: the published
 setting of generative methods, recorded in the report through ``ctx.all_embeddings(reason=...)``.
@@ -153,6 +153,10 @@ class ZS3NetConfig:
     real_per_step: int = 2048  # real seen features per stage-3 step (drawn from the bank)
     fake_per_unseen: int = 128  # generated features per unseen class per stage-3 step
     unseen_weight: float = 1.0  # cross-entropy weight of unseen classes in stage 3 (ZS3 code: 100)
+    # head: projection only. Stage 3 trains the class vectors (the classifier's weights); True also
+    # trains the head's last 1x1 layer and logit scale, which every class shares (docs/methods.md:
+    # on val the class vectors alone keep more of the seen classes).
+    cosine_train_shared: bool = False
     calibration: float = 0.0  # calibrated stacking gamma at test time (0 = off)
     vocab_retrain_iters: int = 300  # steps of on-the-fly classifier retraining for a new vocabulary
 
@@ -379,6 +383,8 @@ class ZS3Net(Method):
             "real_per_step": c.real_per_step,
             "fake_per_unseen": c.fake_per_unseen,
             "unseen_weight": c.unseen_weight,
+            # The key gains the field only where it acts, so linear-head stages keep their keys.
+            **({"cosine_train_shared": c.cosine_train_shared} if self.projection_head else {}),
         }
 
     # ------------------------------------------------------------------ stages
@@ -575,7 +581,9 @@ class ZS3Net(Method):
         """Stage 3: the 1x1 classifier over all classes, on real seen + generated unseen features
         (with ``head: projection``, the cosine classifier starting from the head's text side)."""
         if self.projection_head:
-            self.segmenter.reset_classifier(self.train_embeddings)
+            self.segmenter.reset_classifier(
+                self.train_embeddings, train_shared=self.cfg.cosine_train_shared
+            )
         else:
             self.segmenter.reset_classifier(self.split.num_classes)
         self._shared_stage(
@@ -650,10 +658,13 @@ class ZS3Net(Method):
         c = self.cfg
         kcls = len(rows)
         if self.projection_head:
-            clf: nn.Module = CosineClassifier(self.segmenter.head, class_embeddings)
+            clf: nn.Module = CosineClassifier(
+                self.segmenter.head, class_embeddings, train_shared=c.cosine_train_shared
+            )
         else:
             clf = nn.Conv2d(self.segmenter.feature_dim, kcls, 1).to(device)
-        opt = torch.optim.AdamW(clf.parameters(), lr=c.classifier_train.lr, weight_decay=0.0)
+        trained = [p for p in clf.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=c.classifier_train.lr, weight_decay=0.0)
         weight = torch.ones(kcls, device=device)
         weight[torch.tensor(fake_cls, dtype=torch.int64, device=device)] = c.unseen_weight
         real_cls_t, real_pos_t = (

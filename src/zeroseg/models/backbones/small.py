@@ -144,8 +144,11 @@ class ProjectionSegmenter(nn.Module):
         """(B, 3, H, W) 0-255 -> (B, C, H/2, W/2) the head's hidden map (post-ReLU)."""
         return self.head.proj[:-1](self.backbone(images))
 
-    def reset_classifier(self, class_embeddings: torch.Tensor) -> None:
-        """A classifier over ``class_embeddings`` that scores exactly as the head does."""
+    def reset_classifier(
+        self, class_embeddings: torch.Tensor, *, train_shared: bool = True
+    ) -> None:
+        """A classifier over ``class_embeddings`` that scores exactly as the head does (see
+        :class:`~zeroseg.models.heads.projection.CosineClassifier` for ``train_shared``)."""
         from zeroseg.models.heads.projection import CosineClassifier
 
-        self.classifier = CosineClassifier(self.head, class_embeddings)
+        self.classifier = CosineClassifier(self.head, class_embeddings, train_shared=train_shared)

@@ -108,9 +108,13 @@ class CosineClassifier(nn.Module):
     Args:
         head: the trained projection head (its last 1x1 conv and scale are copied).
         class_embeddings: (K, D) the classes the vectors start from.
+        train_shared: whether the copied last conv and logit scale (shared by every class) are
+            trained too; False trains the class vectors only.
     """
 
-    def __init__(self, head: ProjectionHead, class_embeddings: torch.Tensor):
+    def __init__(
+        self, head: ProjectionHead, class_embeddings: torch.Tensor, *, train_shared: bool = True
+    ):
         super().__init__()
         last: nn.Conv2d = head.proj[-1]
         self.last = nn.Conv2d(last.in_channels, last.out_channels, 1)
@@ -119,6 +123,9 @@ class CosineClassifier(nn.Module):
             vectors = head.text_side(class_embeddings.to(last.weight.device)).detach().clone()
         self.weight = nn.Parameter(vectors)  # (K, D): the class vectors
         self.log_scale = nn.Parameter(head.log_scale.detach().clone())
+        if not train_shared:
+            self.last.requires_grad_(False)
+            self.log_scale.requires_grad_(False)
         self.to(device=last.weight.device)
 
     @property
