@@ -7,6 +7,9 @@ and ``<metric>_std``, and the gaps to its baselines). The first table has a colu
 run (mIoU(S), mIoU(U), hIoU, AUSUC as mean ± std); the second the like-for-like gaps on unseen
 mIoU and hIoU, **bold** where the gap exceeds the two rows' standard deviations added (given in
 brackets), "=" where it does not. With ``--rows`` only those methods are printed, in that order.
+With ``--by-seed`` a third table gives each of those gaps seed by seed (read from the runs'
+``seed-<s>/report.json``): descriptive, for pairs whose rows vary together (a method that loads
+its baseline's stage 1 per seed); the rule above still decides which gaps count.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="--out directories of seed runs")
     parser.add_argument("--rows", nargs="+", help="methods to print (default: all, report order)")
+    parser.add_argument(
+        "--by-seed", action="store_true", help="also print each gap seed by seed (third table)"
+    )
     args = parser.parse_args(argv)
     reports = [load(r) for r in args.runs]
     names = args.rows or list(reports[0]["methods"])
@@ -73,6 +79,38 @@ def main(argv: list[str] | None = None) -> None:
             for rep in reports:
                 gaps = rep["methods"][name].get("comparisons", {}).get(base, {})
                 cells += [gap_cell(gaps[m]) if m in gaps else "–" for m in GAP_METRICS]
+            print("| " + " | ".join(cells) + " |")
+    if args.by_seed:
+        print()
+        print_by_seed(args.runs, reports, names)
+
+
+def seed_methods(run: Path, seeds: list) -> dict[str, dict]:
+    """Each seed's ``methods`` (``run/seed-<s>/report.json``)."""
+    out = {}
+    for s in seeds:
+        path = run / f"seed-{s}" / "report.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found (--by-seed reads each seed's own report)")
+        out[s] = json.loads(path.read_text())["methods"]
+    return out
+
+
+def print_by_seed(runs: list[Path], reports: list[dict], names: list[str]) -> None:
+    """The gaps of the second table, seed by seed (method minus baseline in each seed)."""
+    per_run = [seed_methods(run, rep["seeds"]) for run, rep in zip(runs, reports)]
+    header = ["method", "vs"]
+    for rep in reports:
+        header += [f"{rep['world']}: Δ mIoU(U) by seed", "Δ hIoU by seed"]
+    print("| " + " | ".join(header) + " |")
+    print("|---|---|" + "---:|" * (len(header) - 2))
+    for name in names:
+        for base in reports[0]["methods"][name].get("comparisons", {}):
+            cells = [name, base]
+            for by_seed in per_run:
+                for m in GAP_METRICS:
+                    diffs = [rows[name][m] - rows[base][m] for rows in by_seed.values()]
+                    cells.append(", ".join(f"{d:+.1f}" for d in diffs))
             print("| " + " | ".join(cells) + " |")
 
 

@@ -530,10 +530,28 @@ def seed_rows(rows_by_seed: dict[int, dict[str, dict]], spread: dict[str, dict])
     for name, row in rows.items():
         present = [b for b in baselines_of(name) if b in rows]
         if present:
+            comparisons = {b: seed_gaps(row, rows[b]) for b in present}
+            for b, gaps in comparisons.items():
+                _add_seed_differences(gaps, spread[name], spread[b])
             row["baseline"] = present[0]
-            row["gap"] = seed_gaps(row, rows[present[0]])
-            row["comparisons"] = {b: seed_gaps(row, rows[b]) for b in present}
+            row["gap"] = comparisons[present[0]]
+            row["comparisons"] = comparisons
     return rows
+
+
+def _add_seed_differences(gaps: dict[str, dict], row: dict, base: dict) -> None:
+    """Adds to each metric's gap ``by_seed`` (the row minus its baseline, seed by seed) and
+    ``same_sign`` (whether every seed's difference has the sign of the mean's). Descriptive
+    only: which gaps count is :data:`GAP_RULE`'s; the paired view tells the reader whether a gap
+    the rule calls no difference still held in every seed (rows sharing a stage per seed, such
+    as ZS3Net and the baseline whose stage 1 it loads, vary together)."""
+    for m, gap in gaps.items():
+        values, base_values = row[m]["values"], base[m]["values"]
+        diffs = {s: values[s] - base_values[s] for s in values if s in base_values}
+        gap["by_seed"] = diffs
+        gap["same_sign"] = bool(diffs) and all(
+            (d > 0) == (gap["value"] > 0) and d != 0 for d in diffs.values()
+        )
 
 
 def seed_spread(rows_by_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:

@@ -99,13 +99,17 @@ def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
     def cell(g: dict | None) -> str:
         if g is None:
             return "–"
+        seeds = ""
+        if g.get("by_seed"):
+            seeds = "; by seed " + ", ".join(f"{d:+.1f}" for d in g["by_seed"].values())
         if g["exceeds_spread"]:
-            return f"**{g['value']:+.1f}** (± {g['spread']:.1f})"
-        return f"{g['value']:+.1f} (± {g['spread']:.1f}, no difference)"
+            return f"**{g['value']:+.1f}** (± {g['spread']:.1f}{seeds})"
+        return f"{g['value']:+.1f} (± {g['spread']:.1f}, no difference{seeds})"
 
     return _like_for_like(
         f"Difference of means, method minus the row it is compared with; **bold** where it "
-        f"exceeds the spread ({gap_rule}), 'no difference' where it does not.",
+        f"exceeds the spread ({gap_rule}), 'no difference' where it does not. 'by seed': the "
+        f"same difference seed by seed (descriptive; the rule decides what counts).",
         [
             (n, b, [cell(gaps.get(k)) for k, _ in COMPARED])
             for n, r in rows.items()
