@@ -68,18 +68,12 @@ def main(argv: list[str] | None = None) -> None:
             cells += [cell(row, m, bold=m == "hiou") if m in row else "–" for m in METRICS]
         print("| " + " | ".join(cells) + " |")
     print()
-    header = ["method", "vs"]
-    for rep in reports:
-        header += [f"{rep['world']}: Δ mIoU(U)", "Δ hIoU"]
-    print("| " + " | ".join(header) + " |")
-    print("|---|---|" + "---:|" * (len(header) - 2))
-    for name in names:
-        for base in reports[0]["methods"][name].get("comparisons", {}):
-            cells = [name, base]
-            for rep in reports:
-                gaps = rep["methods"][name].get("comparisons", {}).get(base, {})
-                cells += [gap_cell(gaps[m]) if m in gaps else "–" for m in GAP_METRICS]
-            print("| " + " | ".join(cells) + " |")
+
+    def mean_gap(i: int, name: str, base: str, m: str) -> str:
+        gaps = reports[i]["methods"][name].get("comparisons", {}).get(base, {})
+        return gap_cell(gaps[m]) if m in gaps else "–"
+
+    print_gap_table(reports, names, ("Δ mIoU(U)", "Δ hIoU"), mean_gap)
     if args.by_seed:
         print()
         print_by_seed(args.runs, reports, names)
@@ -96,22 +90,30 @@ def seed_methods(run: Path, seeds: list) -> dict[str, dict]:
     return out
 
 
-def print_by_seed(runs: list[Path], reports: list[dict], names: list[str]) -> None:
-    """The gaps of the second table, seed by seed (method minus baseline in each seed)."""
-    per_run = [seed_methods(run, rep["seeds"]) for run, rep in zip(runs, reports)]
+def print_gap_table(reports: list[dict], names: list[str], labels: tuple, cell_of) -> None:
+    """A table with a row per (method, baseline) of the first report and, per report, a column
+    per gap metric: ``cell_of(report_index, method, baseline, metric)``."""
     header = ["method", "vs"]
     for rep in reports:
-        header += [f"{rep['world']}: Δ mIoU(U) by seed", "Δ hIoU by seed"]
+        header += [f"{rep['world']}: {labels[0]}", *labels[1:]]
     print("| " + " | ".join(header) + " |")
     print("|---|---|" + "---:|" * (len(header) - 2))
     for name in names:
         for base in reports[0]["methods"][name].get("comparisons", {}):
             cells = [name, base]
-            for by_seed in per_run:
-                for m in GAP_METRICS:
-                    diffs = [rows[name][m] - rows[base][m] for rows in by_seed.values()]
-                    cells.append(", ".join(f"{d:+.1f}" for d in diffs))
+            for i in range(len(reports)):
+                cells += [cell_of(i, name, base, m) for m in GAP_METRICS]
             print("| " + " | ".join(cells) + " |")
+
+
+def print_by_seed(runs: list[Path], reports: list[dict], names: list[str]) -> None:
+    """The gaps of the second table, seed by seed (method minus baseline in each seed)."""
+    per_run = [seed_methods(run, rep["seeds"]) for run, rep in zip(runs, reports)]
+
+    def by_seed(i: int, name: str, base: str, m: str) -> str:
+        return ", ".join(f"{r[name][m] - r[base][m]:+.1f}" for r in per_run[i].values())
+
+    print_gap_table(reports, names, ("Δ mIoU(U) by seed", "Δ hIoU by seed"), by_seed)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ names exactly as ``projection``); the GMMN imitates the head's hidden map g (the
 1x1 embedding layer); and stage 3 retrains a cosine classifier over g (the head's last layer and
 scale, and one vector per class) whose class vectors start from the head's text side of every name,
 so the retrained classifier starts from the baseline's scores instead of from random weights; by
-default only those vectors train (``cosine_train_shared``). The paper's DeepLab, trained with a plain classifier, has no such head (``model.head: linear``).
+default only those vectors train (``cosine_train_shared``). The paper's DeepLab, trained with a
+plain classifier, has no such head (``model.head: linear``).
 
 Stages 2-3 use the unseen class *names* (their embeddings), never their pixels: the published
 setting of generative methods, recorded in the report through ``ctx.all_embeddings(reason=...)``.
