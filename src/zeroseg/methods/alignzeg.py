@@ -79,7 +79,7 @@ from zeroseg.config import ConfigError
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
-from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
+from zeroseg.methods.mask_model import MASK_MODEL_QUICK, MaskModelMethod, MaskProjectionConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
 from zeroseg.models.heads.mask_decoder import semantic_inference
 from zeroseg.models.matching import batch_targets, hungarian_match, set_loss
@@ -290,7 +290,9 @@ class AlignZeg(MaskModelMethod):
         # stage 0, when the fused encoder is the stage-0 one (a cached encoder shared by
         # presets); quick=1.0: --quick has never shortened it, so the quick demo's numbers stay
         Stage("pretrain", "model.pretrain.train", quick=1.0),
-        Stage("alignzeg-model", "train"),
+        # the mask family's quick length (MASK_MODEL_QUICK): on val, 250 -> 500 steps took
+        # AlignZeg from 23.9/32.7 to 47.0/50.4 hIoU (seeds 0/1), from below PADing to above it
+        Stage("alignzeg-model", "train", quick=MASK_MODEL_QUICK),
     )
 
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
