@@ -291,7 +291,8 @@ class AlignZeg(MaskModelMethod):
         # presets); quick=1.0: --quick has never shortened it, so the quick demo's numbers stay
         Stage("pretrain", "model.pretrain.train", quick=1.0),
         # the mask family's quick length (MASK_MODEL_QUICK): on val, 250 -> 500 steps took
-        # AlignZeg from 23.9/32.7 to 47.0/50.4 hIoU (seeds 0/1), from below PADing to above it
+        # AlignZeg from 23.9/32.7 to 47.0/50.4 hIoU (seeds 0/1); below PADing at 250 steps,
+        # level with it at 500 (test, 3 seeds, README)
         Stage("alignzeg-model", "train", quick=MASK_MODEL_QUICK),
     )
 
