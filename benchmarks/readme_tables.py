@@ -7,9 +7,10 @@ and ``<metric>_std``, and the gaps to its baselines). The first table has a colu
 run (mIoU(S), mIoU(U), hIoU, AUSUC as mean ± std); the second the like-for-like gaps on unseen
 mIoU and hIoU, **bold** where the gap exceeds the two rows' standard deviations added (given in
 brackets), "=" where it does not. With ``--rows`` only those methods are printed, in that order.
-With ``--by-seed`` a third table gives each of those gaps seed by seed (read from the runs'
-``seed-<s>/report.json``): descriptive, for pairs whose rows vary together (a method that loads
-its baseline's stage 1 per seed); the rule above still decides which gaps count.
+With ``--by-seed`` a third table gives each of those gaps seed by seed (each gap's ``by_seed``,
+which ``zeroseg demo --seeds`` records beside it): descriptive, for pairs whose rows vary together
+(a method that loads its baseline's stage 1 per seed); the rule above still decides which gaps
+count.
 """
 
 from __future__ import annotations
@@ -79,17 +80,6 @@ def main(argv: list[str] | None = None) -> None:
         print_by_seed(args.runs, reports, names)
 
 
-def seed_methods(run: Path, seeds: list) -> dict[str, dict]:
-    """Each seed's ``methods`` (``run/seed-<s>/report.json``)."""
-    out = {}
-    for s in seeds:
-        path = run / f"seed-{s}" / "report.json"
-        if not path.is_file():
-            raise SystemExit(f"{path}: not found (--by-seed reads each seed's own report)")
-        out[s] = json.loads(path.read_text())["methods"]
-    return out
-
-
 def print_gap_table(reports: list[dict], names: list[str], labels: tuple, cell_of) -> None:
     """A table with a row per (method, baseline) of the first report and, per report, a column
     per gap metric: ``cell_of(report_index, method, baseline, metric)``."""
@@ -108,10 +98,16 @@ def print_gap_table(reports: list[dict], names: list[str], labels: tuple, cell_o
 
 def print_by_seed(runs: list[Path], reports: list[dict], names: list[str]) -> None:
     """The gaps of the second table, seed by seed (method minus baseline in each seed)."""
-    per_run = [seed_methods(run, rep["seeds"]) for run, rep in zip(runs, reports)]
 
     def by_seed(i: int, name: str, base: str, m: str) -> str:
-        return ", ".join(f"{r[name][m] - r[base][m]:+.1f}" for r in per_run[i].values())
+        gap = reports[i]["methods"][name].get("comparisons", {}).get(base, {}).get(m)
+        if gap is None:
+            return "–"
+        if "by_seed" not in gap:
+            raise SystemExit(
+                f"{runs[i]}/report.json: no per-seed gaps ('by_seed'); re-run zeroseg demo --seeds"
+            )
+        return ", ".join(f"{d:+.1f}" for d in gap["by_seed"].values())
 
     print_gap_table(reports, names, ("Δ mIoU(U) by seed", "Δ hIoU by seed"), by_seed)
 

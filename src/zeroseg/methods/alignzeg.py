@@ -290,9 +290,7 @@ class AlignZeg(MaskModelMethod):
         # stage 0, when the fused encoder is the stage-0 one (a cached encoder shared by
         # presets); quick=1.0: --quick has never shortened it, so the quick demo's numbers stay
         Stage("pretrain", "model.pretrain.train", quick=1.0),
-        # the mask family's quick length (MASK_MODEL_QUICK): on val, 250 -> 500 steps took
-        # AlignZeg from 23.9/32.7 to 47.0/50.4 hIoU (seeds 0/1); below PADing at 250 steps,
-        # level with it at 500 (test, 3 seeds, README)
+        # the mask family's quick length (MASK_MODEL_QUICK, where the val figures are)
         Stage("alignzeg-model", "train", quick=MASK_MODEL_QUICK),
     )
 

@@ -55,7 +55,12 @@ def _flat_losses(model: MaskClassifier, images, batch, class_emb, lookup, weight
     return {"loss": total, **logs}
 
 
-MASK_MODEL_QUICK = 0.5  # the mask family's main stage under --quick (MaskModelMethod.stages)
+# The share of its 1000 steps the mask family's main stage (mask-projection/PADing's `mask-model`,
+# AlignZeg's `alignzeg-model`) runs under --quick: 500, not the default quarter, which left every
+# mask row under-trained. On val (500 images, seeds 0 / 1) hIoU at 250 -> 500 steps:
+# mask-projection 19.0/29.8 -> 33.8/44.9, PADing 33.2/39.1 -> 43.8/49.0, AlignZeg 23.9/32.7 ->
+# 47.0/50.4 (docs/methods.md, "The whole mask family at 250 and 500 stage-1 steps").
+MASK_MODEL_QUICK = 0.5
 
 
 class MaskModelMethod(Method):
@@ -66,9 +71,6 @@ class MaskModelMethod(Method):
     """
 
     Config = MaskProjectionConfig
-    # quick=0.5: 500 of the presets' 1000 steps under --quick. At 250 (the default quarter) every
-    # mask row was under-trained: on val (500 images, seeds 0 and 1) mask-projection rose from
-    # 19.0/29.8 to 33.8/44.9 hIoU at 500 steps and PADing from 33.2/39.1 to 43.8/49.0.
     stages = (Stage("mask-model", "train", quick=MASK_MODEL_QUICK),)
     tiny = (
         "model.mask.backbone=unet-small",
