@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -198,3 +199,63 @@ def test_instance_inference_topk_things_only():
     s = torch.sigmoid(torch.tensor(4.0)).item()
     assert scores.tolist() == pytest.approx([0.7 * s, 0.1 * s], rel=1e-5)
     assert masks.tolist() == [[[True, False]], [[True, True]]]
+
+
+def _adamw_step(model: MaskClassifier, lr: float = 1e-3):
+    """One AdamW step of the stage's optimiser on a loss that reaches every part of the model;
+    returns each parameter's and batch-norm buffer's value before it, by name."""
+    from zeroseg.config import TrainConfig
+    from zeroseg.engine.trainer import build_optimizer
+
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    groups = model.param_groups(model.parameters(), lr)
+    opt = build_optimizer(groups if groups is not None else model.parameters(), TrainConfig(lr=lr))
+    model.train()
+    out = model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    (out.masks.square().mean() + out.embeddings.square().mean()).backward()
+    opt.step()
+    return before
+
+
+def _moved(model, before, prefix: str, *, inside: bool) -> float:
+    """The largest change of the model's float weights (not buffers) inside / outside ``prefix``."""
+    names = {n for n, _ in model.named_parameters()}
+    state = model.state_dict()
+    return max(
+        (state[k] - before[k]).abs().max().item() for k in names if k.startswith(prefix) == inside
+    )
+
+
+def test_backbone_lr_mult_puts_the_pretrained_backbone_in_its_own_group():
+    torch.manual_seed(0)
+    assert (
+        MaskClassifier(TINY, embed_dim=12).param_groups([], 1e-3) is None
+    )  # 1: one group, as before
+    model = MaskClassifier(dataclasses.replace(TINY, backbone_lr_mult=0.1), embed_dim=12)
+    groups = model.param_groups(model.parameters(), 1e-3)
+    unet = {id(p) for p in model.backbone.unet.parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert {id(p) for p in groups[1]["params"]} == unet
+    assert not unet & {id(p) for p in groups[0]["params"]}
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    # AdamW's first step moves each weight by about its group's lr: the U-Net by a tenth
+    before = _adamw_step(model)
+    assert _moved(model, before, "backbone.unet.", inside=True) == pytest.approx(1e-4, rel=0.02)
+    assert _moved(model, before, "backbone.unet.", inside=False) == pytest.approx(1e-3, rel=0.02)
+
+
+def test_backbone_lr_mult_zero_freezes_weights_and_batch_norm_statistics():
+    torch.manual_seed(0)
+    model = MaskClassifier(dataclasses.replace(TINY, backbone_lr_mult=0.0), embed_dim=12)
+    groups = model.param_groups(model.parameters(), 1e-3)
+    assert len(groups) == 1 and not {id(p) for p in model.backbone.unet.parameters()} & {
+        id(p) for p in groups[0]["params"]
+    }
+    before = _adamw_step(model)
+    assert not model.backbone.unet.training and model.mask_features.training
+    unet = {k for k in before if k.startswith("backbone.unet.")}
+    assert any("running_mean" in k for k in unet)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in unet)  # weights and BN stats
+    assert _moved(model, before, "backbone.unet.", inside=False) == pytest.approx(1e-3, rel=0.02)
+    with pytest.raises(ValueError, match="backbone_lr_mult must be >= 0"):
+        MaskClassifier(dataclasses.replace(TINY, backbone_lr_mult=-1.0), embed_dim=12)

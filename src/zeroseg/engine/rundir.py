@@ -30,7 +30,12 @@ CADENCE_KEYS = frozenset({"ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every
 # At that value they are left out of every identity (run.json's hash, the demo's run
 # fingerprints, shared stage keys, the foundation's and stage 0's pretraining keys), so adding an
 # option keeps earlier runs reusable; set to anything else, they enter it.
-NEUTRAL_DEFAULTS: dict[str, Any] = {"channels_last": False, "mask_scale": 1.0, "pseudo_seen": False}
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "channels_last": False,
+    "mask_scale": 1.0,
+    "pseudo_seen": False,
+    "backbone_lr_mult": 1.0,
+}
 
 
 def without_neutral(obj: Any) -> Any:

@@ -112,7 +112,14 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """AdamW or SGD over ``params``: parameters, or optimiser groups (dicts with ``params`` and
+    their own ``lr``); parameters that need no gradient are left out."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in groups if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters in this stage")
     # The multi-tensor implementations: fewer per-parameter dispatches than torch's CPU default

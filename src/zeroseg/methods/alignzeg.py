@@ -464,7 +464,7 @@ class AlignZeg(MaskModelMethod):
             gen = _batch_generator(batch, tc.seed)
             return self.losses(batch["image"].to(ctx.device), batch, seen_emb, lookup, gen)
 
-        return StagePlan(step, loader, tc)
+        return StagePlan(step, loader, tc, params=self.model.param_groups(self.parameters(), tc.lr))
 
     # inference -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -138,7 +138,7 @@ class MaskModelMethod(Method):
         def step(m, batch):
             return _flat_losses(model, batch["image"].to(ctx.device), batch, emb, lookup, weights)
 
-        return StagePlan(step, loader, cfg)
+        return StagePlan(step, loader, cfg, params=model.param_groups(model.parameters(), cfg.lr))
 
     def fit(self, ctx: RunContext) -> None:
         self.fit_mask_model(ctx)

@@ -73,6 +73,10 @@ class MaskModelConfig:
     ffn_dim: int = 128  # FFN hidden width (Mask2Former: 2048)
     dropout: float = 0.0  # attention / FFN dropout (Mask2Former: 0.0)
     init_temperature: float = 0.07  # initial 1/s of the cosine classifier (CLIP's init)
+    # The pretrained backbone's learning rate over the stage's (Mask2Former's BACKBONE_MULTIPLIER,
+    # 0.1 in its and PADing's configs); 0 freezes it (weights and batch-norm statistics). The
+    # pyramid's new layers, the pixel and transformer decoders train at the stage's rate.
+    backbone_lr_mult: float = 1.0
 
 
 @dataclass
@@ -270,6 +274,35 @@ class MaskClassifier(nn.Module):
         )
         self.class_embed = nn.Linear(c, embed_dim)
         self.classifier = TextClassifier(embed_dim, cfg.init_temperature)
+        if cfg.backbone_lr_mult < 0:
+            raise ValueError(f"mask.backbone_lr_mult must be >= 0, got {cfg.backbone_lr_mult}")
+        if cfg.backbone_lr_mult == 0:
+            self.pretrained_backbone().requires_grad_(False)
+
+    # -- the pretrained part and its learning rate --------------------------------------------
+    def pretrained_backbone(self) -> nn.Module:
+        """The part of the backbone that starts from pretrained weights (the U-Net / the ResNet)."""
+        b = self.backbone
+        return b.unet if isinstance(b, UNetPyramid) else b.resnet
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cfg.backbone_lr_mult == 0:
+            self.pretrained_backbone().eval()  # frozen: batch-norm statistics stay pretrained
+        return self
+
+    def param_groups(self, params, lr: float) -> list | None:
+        """``params`` (a stage's trainable parameters) as optimiser groups: the pretrained
+        backbone's at ``lr * backbone_lr_mult``, the rest at ``lr``; None (one group) at 1."""
+        mult = self.cfg.backbone_lr_mult
+        if mult == 1:
+            return None
+        pretrained = {id(p) for p in self.pretrained_backbone().parameters()}
+        params = [p for p in params if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) not in pretrained], "lr": lr}]
+        if mult > 0:
+            groups.append({"params": [p for p in params if id(p) in pretrained], "lr": lr * mult})
+        return groups
 
     # -- forward -----------------------------------------------------------------------------
     def _level(self, i: int, f: Tensor) -> tuple[tuple[int, int], Tensor, Tensor]:

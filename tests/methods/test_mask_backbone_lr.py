@@ -1,0 +1,66 @@
+"""``model.mask.backbone_lr_mult`` reaches the optimiser of the mask family's main stage:
+mask-projection's (and so PADing's) stage 1 and AlignZeg's, with the pretrained U-Net in a
+group of its own at the multiplied learning rate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zeroseg import runner
+from zeroseg.config import load_config
+from zeroseg.engine import trainer
+
+
+def _cfg(world, method: str, mult: float):
+    model = {
+        "mask": {
+            "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
+            "hidden_dim": 16,
+            "mask_dim": 16,
+            "num_queries": 4,
+            "layers": 1,
+            "heads": 2,
+            "ffn_dim": 16,
+            "backbone_lr_mult": mult,
+        },
+    }
+    if method == "alignzeg":
+        model |= {"clip_fusion": False, "background_prototypes": 2, "virtual_per_batch": 8}
+    return load_config(
+        {
+            "method": method,
+            "device": "cpu",
+            "data": {"dataset": "shapeworld", "world": str(world), "protocol": "strict"},
+            "text": {"encoder": "attributes", "templates": "none"},
+            "train": {"iters": 2, "batch_size": 4, "lr": 0.002, "log_every": 1},
+            "eval": {"batch_size": 48},
+            "model": model,
+        }
+    )
+
+
+@pytest.mark.parametrize("method", ["mask-projection", "alignzeg"])
+def test_the_main_stage_trains_the_backbone_at_its_multiplied_rate(
+    tiny_world, tmp_path, monkeypatch, method
+):
+    torch.set_num_threads(1)
+    made = []  # (groups' parameter ids, their learning rates) of each optimiser built
+    real = trainer.build_optimizer
+
+    def spy(params, cfg):
+        opt = real(params, cfg)
+        made.append(
+            (
+                [{id(p) for p in g["params"]} for g in opt.param_groups],
+                [g["lr"] for g in opt.param_groups],
+            )
+        )
+        return opt
+
+    monkeypatch.setattr(trainer, "build_optimizer", spy)
+    result = runner.train(_cfg(tiny_world, method, 0.25), tmp_path / method, progress=False)
+    ((groups, lrs),) = made  # the one stage
+    unet = {id(p) for p in result.method.model.backbone.unet.parameters()}
+    assert groups[1] == unet and not groups[0] & unet and len(groups) == 2
+    assert lrs == [0.002, pytest.approx(0.0005)]
