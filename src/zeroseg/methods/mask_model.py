@@ -59,7 +59,9 @@ def _flat_losses(model: MaskClassifier, images, batch, class_emb, lookup, weight
 # AlignZeg's `alignzeg-model`) runs under --quick: 500, not the default quarter, which left every
 # mask row under-trained. On val (500 images, seeds 0 / 1) hIoU at 250 -> 500 steps:
 # mask-projection 19.0/29.8 -> 33.8/44.9, PADing 33.2/39.1 -> 43.8/49.0, AlignZeg 23.9/32.7 ->
-# 47.0/50.4 (docs/methods.md, "The whole mask family at 250 and 500 stage-1 steps").
+# 47.0/50.4 (docs/methods.md, "The whole mask family at 250 and 500 stage-1 steps"). Re-checked
+# with session 24's learning rates (the U-Net at a tenth): mask-projection 30.1/37.5 at 250 steps,
+# 55.1/53.1 at 500.
 MASK_MODEL_QUICK = 0.5
 
 
