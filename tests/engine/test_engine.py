@@ -109,6 +109,59 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(v, w), k
 
 
+def test_optimiser_groups_keep_their_rates_and_resume_exactly(tmp_path):
+    """Parameter groups with their own lr (the mask family's backbone multiplier): each group
+    follows the schedule at its own rate, and a resumed run ends with the uninterrupted weights."""
+    cfg = TrainConfig(iters=30, lr=1e-2, ckpt_every=10, keep_ckpts=2, seed=3)
+
+    def run(directory, model, batches_fn):
+        groups = [
+            {"params": list(model.a.parameters()), "lr": cfg.lr},
+            {"params": list(model.b.parameters()), "lr": cfg.lr * 0.1},
+        ]
+        return train_stage(
+            stage="s",
+            model=model,
+            step_fn=step_fn,
+            batches=batches_fn,
+            cfg=cfg,
+            directory=directory,
+            params=groups,
+            progress=False,
+        )
+
+    torch.manual_seed(0)
+    full = Tiny()
+    run(tmp_path / "a", full, batches)
+    # the groups' rates are used: one group at the full rate trains other weights
+    torch.manual_seed(0)
+    one = Tiny()
+    train_stage(
+        stage="s",
+        model=one,
+        step_fn=step_fn,
+        batches=batches,
+        cfg=cfg,
+        directory=tmp_path / "one",
+        progress=False,
+    )
+    assert not torch.equal(one.b.weight, full.b.weight)
+
+    def interrupted(start, stop):
+        for step, b in batches(start, stop):
+            if step == 15:
+                raise KeyboardInterrupt
+            yield step, b
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", Tiny(), interrupted)
+    resumed = Tiny()
+    run(tmp_path / "b", resumed, batches)
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
 class TinyConv(torch.nn.Module):
     def __init__(self):
         super().__init__()
