@@ -33,6 +33,20 @@ def step_fn(model, batch):
     return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
 
 
+def _train(model, directory, cfg, batches_fn=batches, **kwargs):
+    """``train_stage`` of stage "s" with this file's loss, without progress bars."""
+    return train_stage(
+        stage="s",
+        model=model,
+        step_fn=step_fn,
+        batches=batches_fn,
+        cfg=cfg,
+        directory=directory,
+        progress=False,
+        **kwargs,
+    )
+
+
 def test_checkpoint_round_trip_and_strict_errors(tmp_path):
     m = Tiny()
     path = save_checkpoint(tmp_path / "m.safetensors", m.state_dict(), {"hello": 1})
@@ -61,15 +75,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     cfg = TrainConfig(iters=40, lr=1e-2, ckpt_every=10, keep_ckpts=2, seed=3)
     torch.manual_seed(0)
     full = Tiny()
-    train_stage(
-        stage="s",
-        model=full,
-        step_fn=step_fn,
-        batches=batches,
-        cfg=cfg,
-        directory=tmp_path / "a",
-        progress=False,
-    )
+    _train(full, tmp_path / "a", cfg)
 
     torch.manual_seed(0)
     part = Tiny()
@@ -82,29 +88,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             yield step, b
 
     with pytest.raises(KeyboardInterrupt):
-        train_stage(
-            stage="s",
-            model=part,
-            step_fn=step_fn,
-            batches=interrupted,
-            cfg=half,
-            directory=tmp_path / "b",
-            progress=False,
-        )
+        _train(part, tmp_path / "b", half, interrupted)
     assert sorted(p.name for p in (tmp_path / "b").glob("step-*.safetensors")) == [
         "step-0000010.safetensors",
         "step-0000020.safetensors",
     ]
     resumed = Tiny()  # fresh weights: everything must come from the checkpoint
-    train_stage(
-        stage="s",
-        model=resumed,
-        step_fn=step_fn,
-        batches=batches,
-        cfg=cfg,
-        directory=tmp_path / "b",
-        progress=False,
-    )
+    _train(resumed, tmp_path / "b", cfg)
     for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
 
@@ -119,16 +109,7 @@ def test_optimiser_groups_keep_their_rates_and_resume_exactly(tmp_path):
             {"params": list(model.a.parameters()), "lr": cfg.lr},
             {"params": list(model.b.parameters()), "lr": cfg.lr * 0.1},
         ]
-        return train_stage(
-            stage="s",
-            model=model,
-            step_fn=step_fn,
-            batches=batches_fn,
-            cfg=cfg,
-            directory=directory,
-            params=groups,
-            progress=False,
-        )
+        return _train(model, directory, cfg, batches_fn, params=groups)
 
     torch.manual_seed(0)
     full = Tiny()
@@ -136,15 +117,7 @@ def test_optimiser_groups_keep_their_rates_and_resume_exactly(tmp_path):
     # the groups' rates are used: one group at the full rate trains other weights
     torch.manual_seed(0)
     one = Tiny()
-    train_stage(
-        stage="s",
-        model=one,
-        step_fn=step_fn,
-        batches=batches,
-        cfg=cfg,
-        directory=tmp_path / "one",
-        progress=False,
-    )
+    _train(one, tmp_path / "one", cfg)
     assert not torch.equal(one.b.weight, full.b.weight)
 
     def interrupted(start, stop):

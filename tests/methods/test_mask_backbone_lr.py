@@ -4,6 +4,9 @@ group of its own at the multiplied learning rate."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,20 +14,12 @@ from zeroseg import runner
 from zeroseg.config import load_config
 from zeroseg.engine import trainer
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_mask import TINY_MASK  # noqa: E402
+
 
 def _cfg(world, method: str, mult: float):
-    model = {
-        "mask": {
-            "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
-            "hidden_dim": 16,
-            "mask_dim": 16,
-            "num_queries": 4,
-            "layers": 1,
-            "heads": 2,
-            "ffn_dim": 16,
-            "backbone_lr_mult": mult,
-        },
-    }
+    model = {"mask": {**TINY_MASK, "backbone_lr_mult": mult}}
     if method == "alignzeg":
         model |= {"clip_fusion": False, "background_prototypes": 2, "virtual_per_batch": 8}
     return load_config(

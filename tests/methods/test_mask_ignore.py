@@ -4,6 +4,8 @@ batch, unseen pixels arrive as ignore (255) and the set loss treats them as unkn
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import torch
 
@@ -13,18 +15,13 @@ from zeroseg.data import protocol
 from zeroseg.engine import trainer
 from zeroseg.models import matching
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_mask import TINY_MASK  # noqa: E402
+
 
 def _cfg(world, method: str):
     model = {
-        "mask": {
-            "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
-            "hidden_dim": 16,
-            "mask_dim": 16,
-            "num_queries": 4,
-            "layers": 1,
-            "heads": 2,
-            "ffn_dim": 16,
-        },
+        "mask": TINY_MASK,
         "object_threshold": 0.5,
     }
     if method == "pading":

@@ -292,13 +292,14 @@ class MaskClassifier(nn.Module):
         return self
 
     def param_groups(self, params, lr: float) -> list | None:
-        """``params`` (a stage's trainable parameters) as optimiser groups: the pretrained
-        backbone's at ``lr * backbone_lr_mult``, the rest at ``lr``; None (one group) at 1."""
+        """``params`` (a stage's parameters) as optimiser groups: the pretrained backbone's at
+        ``lr * backbone_lr_mult`` (none when frozen), the rest at ``lr``; None (one group) at 1.
+        ``build_optimizer`` leaves out the parameters that need no gradient."""
         mult = self.cfg.backbone_lr_mult
         if mult == 1:
             return None
         pretrained = {id(p) for p in self.pretrained_backbone().parameters()}
-        params = [p for p in params if p.requires_grad]
+        params = list(params)
         groups = [{"params": [p for p in params if id(p) not in pretrained], "lr": lr}]
         if mult > 0:
             groups.append({"params": [p for p in params if id(p) in pretrained], "lr": lr * mult})

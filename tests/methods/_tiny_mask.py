@@ -1,0 +1,11 @@
+"""The tiny mask-model sizes the mask family's fit tests train with (``model.mask``)."""
+
+TINY_MASK = {
+    "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
+    "hidden_dim": 16,
+    "mask_dim": 16,
+    "num_queries": 4,
+    "layers": 1,
+    "heads": 2,
+    "ffn_dim": 16,
+}
