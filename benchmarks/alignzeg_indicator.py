@@ -1,0 +1,113 @@
+"""Does AlignZeg's class indicator find the unseen-class proposals? (docs/methods.md, AlignZeg)
+
+Runs a trained ``alignzeg`` model on the ``val`` split (never ``test``) and looks at its proposals
+before the post-process: every proposal whose background probability is below 0.5 and whose mask
+(sigmoid > 0.5 at image resolution) covers at least ``--min-area`` labelled pixels is assigned the
+ground-truth class that covers most of its mask. For the proposals of unseen against those of seen
+classes it prints
+
+- the indicator's AUC (0.5: chance) and the fraction flagged at the model's ``bias_threshold``,
+  which is what the post-process acts on;
+- for comparison, the AUC of the classifier's own probability mass on the unseen names, and how
+  often an unseen proposal's most probable class is a seen one (the bias to correct).
+
+Usage: python benchmarks/alignzeg_indicator.py RUN [RUN ...] [--min-area 10]
+(RUN: a run directory or checkpoint of an ``alignzeg`` model, e.g. ``runs/demo/seed-0/alignzeg``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import mannwhitneyu
+
+from zeroseg import runner
+from zeroseg.data.loader import collate
+
+
+@dataclass
+class Proposals:
+    """One row per kept proposal."""
+
+    indicator: np.ndarray  # indicator probability u_q
+    unseen_mass: np.ndarray  # share of the class probability on unseen names
+    top_is_seen: np.ndarray  # bool: the most probable class is a seen one
+    is_unseen: np.ndarray  # bool: the ground-truth class covering most of the mask is unseen
+
+
+def collect(run: str, min_area: int) -> tuple[Proposals, float]:
+    """The proposals of ``run``'s model on ``val``, and its ``bias_threshold``."""
+    method, cfg, split, _ = runner.load_model(run)
+    if not method.name.startswith("alignzeg"):
+        raise SystemExit(f"{run}: holds a {method.name!r} model, not an alignzeg one")
+    data = runner.build_data(cfg, progress=False)
+    embed = runner.Embedder(cfg.text, world=data.world)
+    emb = embed(split.names)
+    seen = torch.zeros(split.num_classes, dtype=torch.bool)
+    seen[list(split.seen)] = True
+    rows: dict[str, list] = {k: [] for k in ("u", "mass", "top", "gt")}
+    loader = torch.utils.data.DataLoader(
+        data.val, batch_size=cfg.eval.batch_size, collate_fn=collate
+    )
+    with torch.no_grad():
+        for batch in loader:
+            images, labels = batch["image"], batch["label"]
+            out = method.model(images)
+            probs = method.model.classify(out.embeddings, emb).float().softmax(-1)
+            u = method.model.indicator(out.hidden).sigmoid()
+            masks = F.interpolate(
+                out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
+            masks = masks.sigmoid() > 0.5
+            for b in range(len(images)):
+                for q in range(probs.shape[1]):
+                    if probs[b, q, -1] >= 0.5:
+                        continue
+                    covered = labels[b][masks[b, q]]
+                    covered = covered[covered != split.ignore_index]
+                    if len(covered) < min_area:
+                        continue
+                    gt = torch.bincount(covered, minlength=split.num_classes).argmax()
+                    cls = probs[b, q, :-1]
+                    rows["u"].append(u[b, q].item())
+                    rows["mass"].append((cls[~seen].sum() / cls.sum()).item())
+                    rows["top"].append(bool(seen[cls.argmax()]))
+                    rows["gt"].append(not bool(seen[gt]))
+    found = Proposals(*(np.asarray(rows[k]) for k in ("u", "mass", "top", "gt")))
+    return found, method.cfg.bias_threshold
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties one half (Mann-Whitney U / n1 n2)."""
+    pos, neg = score[positive], score[~positive]
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--min-area", type=int, default=10)
+    args = ap.parse_args()
+    print(
+        "| run | proposals (unseen) | indicator AUC | flagged: seen / unseen | "
+        "unseen-mass AUC | unseen proposals with a seen top class |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for run in args.runs:
+        p, threshold = collect(run, args.min_area)
+        if p.is_unseen.all() or not p.is_unseen.any():
+            raise SystemExit(f"{run}: the val proposals are all of one kind; no AUC to compute")
+        flagged = p.indicator > threshold
+        print(
+            f"| {run} | {len(p.is_unseen)} ({p.is_unseen.sum()}) | {auc(p.indicator, p.is_unseen):.3f} | "
+            f"{flagged[~p.is_unseen].mean():.3f} / {flagged[p.is_unseen].mean():.3f} | "
+            f"{auc(p.unseen_mass, p.is_unseen):.3f} | {p.top_is_seen[p.is_unseen].mean():.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
