@@ -8,8 +8,11 @@ classes it prints
 
 - the indicator's AUC (0.5: chance) and the fraction flagged at the model's ``bias_threshold``,
   which is what the post-process acts on;
-- for comparison, the AUC of the classifier's own probability mass on the unseen names, and how
-  often an unseen proposal's most probable class is a seen one (the bias to correct).
+- for comparison, two scores the indicator could have been: the seen-only doubt, one minus the
+  largest seen-class probability over the training vocabulary (seen classes and background, no
+  unseen name), and the classifier's probability mass on the unseen names (what the shared
+  calibration rule acts on); and how often an unseen proposal's most probable class is a seen one
+  (the bias to correct).
 
 Usage: python benchmarks/alignzeg_indicator.py RUN [RUN ...] [--min-area 10]
 (RUN: a run directory or checkpoint of an ``alignzeg`` model, e.g. ``runs/demo/seed-0/alignzeg``.)
@@ -34,6 +37,7 @@ class Proposals:
     """One row per kept proposal."""
 
     indicator: np.ndarray  # indicator probability u_q
+    seen_doubt: np.ndarray  # 1 - the largest seen-class probability (seen classes + background)
     unseen_mass: np.ndarray  # share of the class probability on unseen names
     top_is_seen: np.ndarray  # bool: the most probable class is a seen one
     is_unseen: np.ndarray  # bool: the ground-truth class covering most of the mask is unseen
@@ -49,7 +53,8 @@ def collect(run: str, min_area: int) -> tuple[Proposals, float]:
     emb = embed(split.names)
     seen = torch.zeros(split.num_classes, dtype=torch.bool)
     seen[list(split.seen)] = True
-    rows: dict[str, list] = {k: [] for k in ("u", "mass", "top", "gt")}
+    seen_cols = torch.cat([seen.nonzero().flatten(), torch.tensor([split.num_classes])])
+    rows: dict[str, list] = {k: [] for k in ("u", "doubt", "mass", "top", "gt")}
     loader = torch.utils.data.DataLoader(
         data.val, batch_size=cfg.eval.batch_size, collate_fn=collate
     )
@@ -57,7 +62,9 @@ def collect(run: str, min_area: int) -> tuple[Proposals, float]:
         for batch in loader:
             images, labels = batch["image"], batch["label"]
             out = method.model(images)
-            probs = method.model.classify(out.embeddings, emb).float().softmax(-1)
+            logits = method.model.classify(out.embeddings, emb).float()
+            probs = logits.softmax(-1)
+            seen_probs = logits[..., seen_cols].softmax(-1)[..., :-1]  # the training vocabulary
             u = method.model.indicator(out.hidden).sigmoid()
             masks = F.interpolate(
                 out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
@@ -74,10 +81,11 @@ def collect(run: str, min_area: int) -> tuple[Proposals, float]:
                     gt = torch.bincount(covered, minlength=split.num_classes).argmax()
                     cls = probs[b, q, :-1]
                     rows["u"].append(u[b, q].item())
+                    rows["doubt"].append(1.0 - seen_probs[b, q].max().item())
                     rows["mass"].append((cls[~seen].sum() / cls.sum()).item())
                     rows["top"].append(bool(seen[cls.argmax()]))
                     rows["gt"].append(not bool(seen[gt]))
-    found = Proposals(*(np.asarray(rows[k]) for k in ("u", "mass", "top", "gt")))
+    found = Proposals(*(np.asarray(rows[k]) for k in ("u", "doubt", "mass", "top", "gt")))
     return found, method.cfg.bias_threshold
 
 
@@ -94,9 +102,9 @@ def main() -> None:
     args = ap.parse_args()
     print(
         "| run | proposals (unseen) | indicator AUC | flagged: seen / unseen | "
-        "unseen-mass AUC | unseen proposals with a seen top class |"
+        "seen-doubt AUC | unseen-mass AUC | unseen proposals with a seen top class |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
         p, threshold = collect(run, args.min_area)
         if p.is_unseen.all() or not p.is_unseen.any():
@@ -105,7 +113,8 @@ def main() -> None:
         print(
             f"| {run} | {len(p.is_unseen)} ({p.is_unseen.sum()}) | {auc(p.indicator, p.is_unseen):.3f} | "
             f"{flagged[~p.is_unseen].mean():.3f} / {flagged[p.is_unseen].mean():.3f} | "
-            f"{auc(p.unseen_mass, p.is_unseen):.3f} | {p.top_is_seen[p.is_unseen].mean():.3f} |"
+            f"{auc(p.seen_doubt, p.is_unseen):.3f} | {auc(p.unseen_mass, p.is_unseen):.3f} | "
+            f"{p.top_is_seen[p.is_unseen].mean():.3f} |"
         )
 
 
