@@ -43,8 +43,8 @@ demo-ablations: $(CORE)
 	$(BIN)/zeroseg demo --quick --out runs/demo-ablations --ablations --refine spectral --refine-on projection zs3net
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
-# 55 min on 2 cores in session 18, 1 h 2 min in session 16 on another VM type: the 60 min the
-# evaluation issue asks is met on some VMs, not all):
+# about 1 h 36 min on 2 cores with AVX512-BF16 in session 26, about 2 h without native bf16;
+# 55 min in session 18, before the mask family's longer quick stage 1: README, "Over 3 seeds"):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
 benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --seeds 0 1 2 --out runs/benchmark/default
