@@ -1,25 +1,11 @@
 """benchmarks/alignzeg_indicator.py: the AUC docs/methods.md quotes for AlignZeg's indicator."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "alignzeg_indicator", ROOT / "benchmarks" / "alignzeg_indicator.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_auc_is_the_share_of_positive_negative_pairs_ranked_right_ties_half():
-    auc = _script().auc
+def test_auc_is_the_share_of_positive_negative_pairs_ranked_right_ties_half(benchmark_script):
+    auc = benchmark_script("alignzeg_indicator").auc
     score = np.array([0.9, 0.5, 0.5, 0.1])
     positive = np.array([True, True, False, False])
     # pairs (pos, neg): (0.9, 0.5) 1, (0.9, 0.1) 1, (0.5, 0.5) 1/2, (0.5, 0.1) 1 -> 3.5 / 4

@@ -1,24 +1,10 @@
 """benchmarks/zegclip_mask_magnitude.py: the figures docs/methods.md quotes come from the decoder."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "zegclip_mask_magnitude", ROOT / "benchmarks" / "zegclip_mask_magnitude.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_masks_start_small_and_scale_with_mask_scale():
-    script = _script()
+def test_the_masks_start_small_and_scale_with_mask_scale(benchmark_script):
+    script = benchmark_script("zegclip_mask_magnitude")
     plain = script.mean_abs_masks(128, 4, 1.0, seed=0)
     scaled = script.mean_abs_masks(128, 4, 64.0, seed=0)
     assert len(plain) == 3
