@@ -16,6 +16,7 @@ from zeroseg.methods.alignzeg import (
     correct_bias,
     mixup_virtual,
     norm_auc,
+    unseen_mass,
     virtual_class_embeddings,
     virtual_loss,
 )
@@ -48,6 +49,26 @@ def test_bias_correction_flips_flagged_unseen_proposal_and_leaves_clear_seen_alo
     assert torch.allclose(
         correct_bias(probs, unseen_prob, torch.ones(3, dtype=torch.bool), 0.5, 0.6), probs
     )
+
+
+def test_unseen_mass_indicator_by_hand_background_left_out():
+    seen = torch.tensor([True, True, False, False])
+    probs = torch.tensor(
+        [
+            [[0.3, 0.1, 0.2, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0, 1.0]],  # classes 0.8, 0.4 unseen
+            [[0.45, 0.45, 0.0, 0.0, 0.1], [0.0, 0.0, 0.9, 0.0, 0.1]],
+        ]
+    )
+    u = unseen_mass(probs, seen)
+    assert u.shape == (2, 2)
+    # 0.4 / 0.8; a background-only proposal has no class mass: 0; no unseen mass; all unseen.
+    assert torch.allclose(u, torch.tensor([[0.5, 0.0], [0.0, 1.0]]))
+    # With it as the indicator, the first proposal (half its class mass unseen) is corrected at a
+    # threshold below one half and left alone above it.
+    flagged = correct_bias(probs, u, seen, threshold=0.4, strength=0.5)
+    assert flagged[0, 0, 2] > probs[0, 0, 2] and flagged[0, 0, 0] < probs[0, 0, 0]
+    kept = correct_bias(probs, u, seen, threshold=0.6, strength=0.5)
+    assert torch.allclose(kept[0, 0], probs[0, 0], atol=1e-6)
 
 
 def test_mixup_virtual_features_by_hand_rescaled_to_real_norms():
@@ -262,6 +283,9 @@ def test_rows_registered_and_flags_checked():
         METHODS["alignzeg"](bad, split=split, embed_dim=4)
     bad = METHODS["alignzeg"].Config(bias_strength=1.5)
     with pytest.raises(ConfigError, match=r"model.bias_strength must be in \[0, 1\]"):
+        METHODS["alignzeg"](bad, split=split, embed_dim=4)
+    bad = METHODS["alignzeg"].Config(indicator="oracle")
+    with pytest.raises(ConfigError, match="model.indicator must be one of"):
         METHODS["alignzeg"](bad, split=split, embed_dim=4)
 
 
