@@ -6,8 +6,9 @@ before the post-process: every proposal whose background probability is below 0.
 ground-truth class that covers most of its mask. For the proposals of unseen against those of seen
 classes it prints
 
-- the indicator's AUC (0.5: chance) and the fraction flagged at the model's ``bias_threshold``,
-  which is what the post-process acts on;
+- the learned indicator's AUC (0.5: chance), and the fractions the post-process flags: by the
+  model's ``indicator`` (the learned one, or ``unseen_mass``, the ShapeWorld preset's since
+  session 27) above its ``bias_threshold``;
 - for comparison, two scores the indicator could have been: the seen-only doubt, one minus the
   largest seen-class probability over the training vocabulary (seen classes and background, no
   unseen name), and the classifier's probability mass on the unseen names (what the shared
@@ -43,8 +44,8 @@ class Proposals:
     is_unseen: np.ndarray  # bool: the ground-truth class covering most of the mask is unseen
 
 
-def collect(run: str, min_area: int) -> tuple[Proposals, float]:
-    """The proposals of ``run``'s model on ``val``, and its ``bias_threshold``."""
+def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
+    """The proposals of ``run``'s model on ``val``, its ``indicator`` and its ``bias_threshold``."""
     method, cfg, split, _ = runner.load_model(run)
     if not method.name.startswith("alignzeg"):
         raise SystemExit(f"{run}: holds a {method.name!r} model, not an alignzeg one")
@@ -86,7 +87,7 @@ def collect(run: str, min_area: int) -> tuple[Proposals, float]:
                     rows["top"].append(bool(seen[cls.argmax()]))
                     rows["gt"].append(not bool(seen[gt]))
     found = Proposals(*(np.asarray(rows[k]) for k in ("u", "doubt", "mass", "top", "gt")))
-    return found, method.cfg.bias_threshold
+    return found, method.cfg.indicator, method.cfg.bias_threshold
 
 
 def auc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -101,17 +102,18 @@ def main() -> None:
     ap.add_argument("--min-area", type=int, default=10)
     args = ap.parse_args()
     print(
-        "| run | proposals (unseen) | indicator AUC | flagged: seen / unseen | "
+        "| run | proposals (unseen) | indicator AUC | flagged by (threshold): seen / unseen | "
         "seen-doubt AUC | unseen-mass AUC | unseen proposals with a seen top class |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run in args.runs:
-        p, threshold = collect(run, args.min_area)
+        p, indicator, threshold = collect(run, args.min_area)
         if p.is_unseen.all() or not p.is_unseen.any():
             raise SystemExit(f"{run}: the val proposals are all of one kind; no AUC to compute")
-        flagged = p.indicator > threshold
+        flagged = (p.unseen_mass if indicator == "unseen_mass" else p.indicator) > threshold
         print(
             f"| {run} | {len(p.is_unseen)} ({p.is_unseen.sum()}) | {auc(p.indicator, p.is_unseen):.3f} | "
+            f"{indicator} ({threshold:g}): "
             f"{flagged[~p.is_unseen].mean():.3f} / {flagged[p.is_unseen].mean():.3f} | "
             f"{auc(p.seen_doubt, p.is_unseen):.3f} | {auc(p.unseen_mass, p.is_unseen):.3f} | "
             f"{p.top_is_seen[p.is_unseen].mean():.3f} |"
