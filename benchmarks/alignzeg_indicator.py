@@ -31,6 +31,7 @@ from scipy.stats import mannwhitneyu
 
 from zeroseg import runner
 from zeroseg.data.loader import collate
+from zeroseg.methods.alignzeg import unseen_mass
 
 
 @dataclass
@@ -67,6 +68,7 @@ def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
             probs = logits.softmax(-1)
             seen_probs = logits[..., seen_cols].softmax(-1)[..., :-1]  # the training vocabulary
             u = method.model.indicator(out.hidden).sigmoid()
+            mass = unseen_mass(probs, seen)  # what indicator: unseen_mass flags by
             masks = F.interpolate(
                 out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
             )
@@ -83,7 +85,7 @@ def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
                     cls = probs[b, q, :-1]
                     rows["u"].append(u[b, q].item())
                     rows["doubt"].append(1.0 - seen_probs[b, q].max().item())
-                    rows["mass"].append((cls[~seen].sum() / cls.sum()).item())
+                    rows["mass"].append(mass[b, q].item())
                     rows["top"].append(bool(seen[cls.argmax()]))
                     rows["gt"].append(not bool(seen[gt]))
     found = Proposals(*(np.asarray(rows[k]) for k in ("u", "doubt", "mass", "top", "gt")))
