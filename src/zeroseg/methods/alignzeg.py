@@ -130,7 +130,7 @@ class AlignZegConfig(MaskProjectionConfig):
     vir_weight: float = 1.0  # lambda3, weight of L_vir
     # What flags a proposal for the correction (inference only): "learned", the class indicator
     # trained by L_bc; "unseen_mass", the share of the proposal's class probability on the unseen
-    # names (no training; see indicator_scores)
+    # names (no training; see unseen_mass)
     indicator: str = "learned"
     bias_threshold: float = 0.5  # a proposal with indicator probability above this is corrected
     bias_strength: float = 0.5  # fraction of a flagged proposal's seen-class probability removed
