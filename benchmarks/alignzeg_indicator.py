@@ -41,6 +41,7 @@ class Proposals:
     indicator: np.ndarray  # indicator probability u_q
     seen_doubt: np.ndarray  # 1 - the largest seen-class probability (seen classes + background)
     unseen_mass: np.ndarray  # share of the class probability on unseen names
+    flag_score: np.ndarray  # what the model's post-process flags by (AlignZeg.indicator_scores)
     top_is_seen: np.ndarray  # bool: the most probable class is a seen one
     is_unseen: np.ndarray  # bool: the ground-truth class covering most of the mask is unseen
 
@@ -56,7 +57,7 @@ def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
     seen = torch.zeros(split.num_classes, dtype=torch.bool)
     seen[list(split.seen)] = True
     seen_cols = torch.cat([seen.nonzero().flatten(), torch.tensor([split.num_classes])])
-    rows: dict[str, list] = {k: [] for k in ("u", "doubt", "mass", "top", "gt")}
+    rows: dict[str, list] = {k: [] for k in ("u", "doubt", "mass", "flag", "top", "gt")}
     loader = torch.utils.data.DataLoader(
         data.val, batch_size=cfg.eval.batch_size, collate_fn=collate
     )
@@ -68,7 +69,8 @@ def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
             probs = logits.softmax(-1)
             seen_probs = logits[..., seen_cols].softmax(-1)[..., :-1]  # the training vocabulary
             u = method.model.indicator(out.hidden).sigmoid()
-            mass = unseen_mass(probs, seen)  # what indicator: unseen_mass flags by
+            mass = unseen_mass(probs, seen)
+            flag = method.indicator_scores(probs, out.hidden, seen)
             masks = F.interpolate(
                 out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
             )
@@ -86,9 +88,11 @@ def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
                     rows["u"].append(u[b, q].item())
                     rows["doubt"].append(1.0 - seen_probs[b, q].max().item())
                     rows["mass"].append(mass[b, q].item())
+                    rows["flag"].append(flag[b, q].item())
                     rows["top"].append(bool(seen[cls.argmax()]))
                     rows["gt"].append(not bool(seen[gt]))
-    found = Proposals(*(np.asarray(rows[k]) for k in ("u", "doubt", "mass", "top", "gt")))
+    keys = ("u", "doubt", "mass", "flag", "top", "gt")
+    found = Proposals(*(np.asarray(rows[k]) for k in keys))
     return found, method.cfg.indicator, method.cfg.bias_threshold
 
 
@@ -112,7 +116,7 @@ def main() -> None:
         p, indicator, threshold = collect(run, args.min_area)
         if p.is_unseen.all() or not p.is_unseen.any():
             raise SystemExit(f"{run}: the val proposals are all of one kind; no AUC to compute")
-        flagged = (p.unseen_mass if indicator == "unseen_mass" else p.indicator) > threshold
+        flagged = p.flag_score > threshold
         print(
             f"| {run} | {len(p.is_unseen)} ({p.is_unseen.sum()}) | {auc(p.indicator, p.is_unseen):.3f} | "
             f"{indicator} ({threshold:g}): "

@@ -97,9 +97,9 @@ __all__ = [
     "AlignZegNoBC",
     "AlignZegNoGen",
     "AlignZegNoRefine",
+    "INDICATORS",
     "VIRTUAL_TARGETS",
     "VirtualFeatures",
-    "INDICATORS",
     "correct_bias",
     "mixup_virtual",
     "norm_auc",
@@ -320,16 +320,13 @@ class AlignZeg(MaskModelMethod):
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
         # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.
         Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
-        if cfg.virtual_target not in VIRTUAL_TARGETS:
-            raise ConfigError(
-                f"model.virtual_target must be one of {list(VIRTUAL_TARGETS)}, got {cfg.virtual_target!r}"
-            )
+        for key, choices in (("virtual_target", VIRTUAL_TARGETS), ("indicator", INDICATORS)):
+            if getattr(cfg, key) not in choices:
+                raise ConfigError(
+                    f"model.{key} must be one of {list(choices)}, got {getattr(cfg, key)!r}"
+                )
         if not 0.0 <= cfg.bias_strength <= 1.0:
             raise ConfigError(f"model.bias_strength must be in [0, 1], got {cfg.bias_strength}")
-        if cfg.indicator not in INDICATORS:
-            raise ConfigError(
-                f"model.indicator must be one of {list(INDICATORS)}, got {cfg.indicator!r}"
-            )
         have = (cfg.refine, cfg.generalise, cfg.bias_correction)
         if have != self.row:
             raise ValueError(
@@ -513,10 +510,7 @@ class AlignZeg(MaskModelMethod):
                         f"{class_embeddings.shape[0]} classes (the split has {self.split.num_classes})"
                     )
                 seen_mask = self.split_seen
-            if self.cfg.indicator == "unseen_mass":
-                u = unseen_mass(probs, seen_mask)
-            else:
-                u = self.model.indicator(out.hidden).sigmoid()
+            u = self.indicator_scores(probs, out.hidden, seen_mask)
             probs = correct_bias(
                 probs, u, seen_mask, self.cfg.bias_threshold, self.cfg.bias_strength
             )
@@ -524,6 +518,13 @@ class AlignZeg(MaskModelMethod):
             out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
         )
         return probs, masks
+
+    def indicator_scores(self, probs: Tensor, hidden: Tensor, seen_mask: Tensor) -> Tensor:
+        """(B, N) the score ``model.indicator`` flags proposals by (above ``bias_threshold``):
+        the learned indicator's probability, or the unseen mass of the (B, N, K+1) ``probs``."""
+        if self.cfg.indicator == "unseen_mass":
+            return unseen_mass(probs, seen_mask)
+        return self.model.indicator(hidden).sigmoid()
 
     def scores(self, images, class_embeddings, seen_mask):
         probs, masks = self.predict(images, class_embeddings, seen_mask)
