@@ -207,7 +207,7 @@ class AlignZegModel(MaskClassifier):
             else:
                 x = (images.float() - self.clip_mean) / self.clip_std
                 tokens = self.clip.forward_features(x)["patch_tokens"]  # (B, h, w, width)
-        return tokens.permute(0, 3, 1, 2)  # a view: forward makes it contiguous in one copy
+        return tokens.permute(0, 3, 1, 2)  # a view, in the encoder's layout
 
     def forward(self, images: Tensor) -> AlignZegOutputs:
         """(B, 3, H, W) uint8 images -> :class:`AlignZegOutputs`."""
@@ -219,8 +219,11 @@ class AlignZegModel(MaskClassifier):
         for i in range(3):
             f = self.input_proj[i](feats[i])
             if clip is not None:  # Z = Z_enc + P(Z_clip), resized to this level
-                # one copy into the levels' dtype, contiguous (a no-op from the second level)
-                clip = clip.to(f.dtype, memory_format=torch.contiguous_format)
+                # one copy into the levels' dtype (a no-op from the second level), in the
+                # encoder's own layout: channels-last when the stage trains so (the layout of
+                # the levels' convolutions, which would otherwise convert it at every level,
+                # forward and backward), else the usual one
+                clip = clip.to(f.dtype)
                 z = F.interpolate(clip, size=f.shape[-2:], mode="bilinear", align_corners=False)
                 f = f + self.clip_proj[i](z)
             levels.append(self._level(i, f))
