@@ -195,7 +195,9 @@ def mask_losses(
     logits = logits.float().flatten(2)  # (B, K, P)
     labels = labels.flatten(1)  # (B, P)
     valid = labels != ignore_index
-    onehot = F.one_hot(labels.clamp(0, num_classes - 1), num_classes).permute(0, 2, 1).float()
+    onehot = F.one_hot(labels.clamp(0, num_classes - 1), num_classes).permute(0, 2, 1)
+    # (B, K, P) laid out as such: every elementwise term below then runs on contiguous memory
+    onehot = onehot.to(torch.float32, memory_format=torch.contiguous_format)
     onehot = onehot * valid[:, None]
     present = onehot.sum(-1) > 0  # (B, K)
     num_masks = present.sum().clamp_min(1).float()
