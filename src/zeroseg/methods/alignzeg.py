@@ -89,6 +89,7 @@ from zeroseg.methods.mask_model import MASK_MODEL_QUICK, MaskModelMethod, MaskPr
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
 from zeroseg.models.heads.mask_decoder import semantic_inference
 from zeroseg.models.matching import batch_targets, hungarian_match, set_loss
+from zeroseg.models.upsample import bilinear
 from zeroseg.pretrain import PretrainConfig
 
 __all__ = [
@@ -514,9 +515,7 @@ class AlignZeg(MaskModelMethod):
             probs = correct_bias(
                 probs, u, seen_mask, self.cfg.bias_threshold, self.cfg.bias_strength
             )
-        masks = F.interpolate(
-            out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
+        masks = bilinear(out.masks.float(), images.shape[-2:])
         return probs, masks
 
     def indicator_scores(self, probs: Tensor, hidden: Tensor, seen_mask: Tensor) -> Tensor:

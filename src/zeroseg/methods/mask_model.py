@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval, size_groups
@@ -24,6 +23,7 @@ from zeroseg.models.heads.mask_decoder import (
     semantic_inference,
 )
 from zeroseg.models.matching import MatchWeights, batch_targets, hungarian_match, set_loss
+from zeroseg.models.upsample import bilinear
 
 
 @dataclass
@@ -159,9 +159,7 @@ class MaskModelMethod(Method):
         """(B,3,H,W) uint8 -> class probabilities (B,N,K+1) and mask logits (B,N,H,W) at image size."""
         out = self.model(images)
         probs = self.query_logits(out.embeddings, class_embeddings).float().softmax(-1)
-        masks = F.interpolate(
-            out.masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
+        masks = bilinear(out.masks.float(), images.shape[-2:])
         return probs, masks
 
     def scores(self, images, class_embeddings, seen_mask):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from zeroseg.methods.base import Method, StagePlan
 from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 from zeroseg.models.heads.projection import ProjectionHead
+from zeroseg.models.upsample import bilinear
 
 
 @dataclass
@@ -133,4 +134,4 @@ class PixelProjection(Method):
         out = self.head(self.backbone(images), class_embeddings).float()
         if not upsample:
             return out
-        return F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return bilinear(out, images.shape[-2:])

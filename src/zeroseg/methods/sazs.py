@@ -56,6 +56,7 @@ from zeroseg.data.labels import downsample_labels, seen_position_lookup
 from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
 from zeroseg.methods.pixel_projection import PixelProjection, full_resolution_cross_entropy
 from zeroseg.models.backbones.small import SmallUNetConfig
+from zeroseg.models.upsample import bilinear
 from zeroseg.shape.fusion import RefineConfig, refine
 from zeroseg.shape.refine import default_refine_config
 from zeroseg.shape.spectral import spectral_decomposition
@@ -301,7 +302,7 @@ class Sazs(PixelProjection):
     def _logits(self, images, class_embeddings):
         feats = self.backbone(images)
         logits = self.head(feats, class_embeddings).float()
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        logits = bilinear(logits, images.shape[-2:])
         return feats, logits
 
     def scores(self, images, class_embeddings, seen_mask):

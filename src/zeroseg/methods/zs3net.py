@@ -86,6 +86,7 @@ from zeroseg.methods.pixel_projection import (
 from zeroseg.models.backbones.deeplab import DEEPLAB_PRESETS, DeepLabV3Plus, build_deeplab
 from zeroseg.models.backbones.small import ProjectionSegmenter, SmallUNetConfig, UNetSegmenter
 from zeroseg.models.heads.projection import CosineClassifier
+from zeroseg.models.upsample import bilinear
 
 __all__ = [
     "FeatureGenerator",
@@ -711,7 +712,7 @@ class ZS3Net(Method):
         if upsample:
             # DeepLab's corner-aligned upsampling; the projection head upsamples as the baseline
             corners = not self.projection_head
-            out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=corners)
+            out = bilinear(out, images.shape[-2:], align_corners=corners)
         return out
 
     def scores(self, images, class_embeddings, seen_mask):
