@@ -75,6 +75,32 @@ def test_figures_are_on_test_at_the_gamma_chosen_on_val(demo_run, tiny_world):
     assert "seen classes only" in detail["training_labels"]
 
 
+def test_the_test_sweep_riding_on_the_evaluation_equals_a_pass_of_its_own(demo_run):
+    # evaluate_protocol feeds the AUSUC sweep from the calibrated evaluation's forward passes
+    # (one pass over test); a separate sweep pass gives the very same curve, and the reported
+    # figures are that curve's at the chosen gamma
+    from zeroseg import runner
+    from zeroseg.methods.sazs import Sazs
+
+    row = json.loads((demo_run / "report.json").read_text())["methods"]["projection"]
+    run = next((demo_run / "runs").glob("projection-*"))
+    method, cfg, split, _ = runner.load_model(run)
+    assert runner.one_pass_calibration(method) and not runner.one_pass_calibration(
+        Sazs.__new__(Sazs)
+    )
+    data = runner.build_data(cfg, progress=False)
+    embed = runner.Embedder(cfg.text, world=data.world)
+    apart = runner.calibration_curve(
+        method, cfg, data.eval_split("test"), split, embed, progress=False
+    )
+    assert row["calibration_curve"] == json.loads(json.dumps(apart))
+    metrics, _, _ = runner.evaluate_protocol(
+        method, cfg, data, embed, progress=False, calibration=row["calibration"]
+    )
+    assert metrics["calibration_curve"] == apart
+    assert metrics["hiou"] == row["hiou"] and metrics["ausuc"] == row["ausuc"]
+
+
 def test_a_rerun_reuses_finished_stages_and_says_so(demo_run, tiny_world, tmp_path, capsys):
     first = json.loads((demo_run / "report.json").read_text())["methods"]["projection"]
     assert first["reused"] is False

@@ -507,6 +507,7 @@ def evaluate(
     boundary: bool = True,
     gamma: float | None = None,
     seen_only: bool = False,
+    sweep: CalibrationSweep | None = None,
 ) -> tuple[dict, float, list[torch.Tensor]]:
     """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary).
 
@@ -514,7 +515,15 @@ def evaluate(
         gamma: ``None``: the method's own scores (its config's test-time constants); a number:
             the shared calibration rule at that ``gamma`` (:meth:`Method.calibrated_scores`).
         seen_only: unseen classes never win a pixel (each pixel gets its best seen class).
+        sweep: also feed each batch's probabilities before calibration to this sweep (the AUSUC
+            curve), from the same forward pass as the calibrated prediction. Needs ``gamma``, no
+            ``post`` or ``seen_only``, and a method whose calibrated scores are the shared rule's
+            subtraction itself (:func:`one_pass_calibration`).
     """
+    if sweep is not None and (gamma is None or post is not None or seen_only):
+        raise ValueError("evaluate: a sweep needs gamma, and neither post nor seen_only")
+    if sweep is not None and not one_pass_calibration(method):
+        raise ValueError(f"evaluate: {method.name} calibrates its own way; sweep it apart")
     device = next(method.parameters()).device
     emb = embed(split.names).to(device)
     seen_mask = _seen_mask(split, device)
@@ -527,13 +536,25 @@ def evaluate(
     def fn(images):
         if gamma is None:
             scores = method.scores(images.to(device), emb, seen_mask)
+        elif sweep is not None:  # the probabilities; post_sweep calibrates them
+            scores = method.calibration_scores(images.to(device), emb, seen_mask)
         else:
             scores = method.calibrated_scores(images.to(device), emb, seen_mask, gamma)
         if seen_only:
             return scores.masked_fill(~seen_mask[None, :, None, None], float("-inf"))
         return scores
 
-    return evaluate_semantic(
+    swept = {"seconds": 0.0, "images": 0}
+
+    def post_sweep(probs, batch):
+        t = time.perf_counter()
+        sweep.process(probs, batch["label"])
+        swept["seconds"] += time.perf_counter() - t
+        swept["images"] += len(probs)
+        # Method.calibrated_scores's own subtraction, so the argmax is the same bit for bit
+        return (probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)).argmax(1)
+
+    metrics, spi, kept = evaluate_semantic(
         fn,
         dataset,
         evaluator,
@@ -541,9 +562,12 @@ def evaluate(
         progress=progress,
         desc=f"eval {method.name}",
         keep=keep,
-        post=post,
+        post=post_sweep if sweep is not None else post,
         extras=extras,
     )
+    if swept["images"]:  # the seconds per image are the prediction's, not the sweep's
+        spi -= swept["seconds"] / swept["images"]
+    return metrics, spi, kept
 
 
 def evaluate_seen(
@@ -695,6 +719,13 @@ def evaluate_protocol(
             "val_hiou": val_curve["hiou"][val_curve["gamma"].index(gamma)],
             "replaces": own_calibration(method),
         }
+    # The AUSUC sweep of eval_split rides on the calibrated evaluation's forward passes when the
+    # method calibrates by the rule's subtraction alone; else it is a pass of its own.
+    along = (
+        CalibrationSweep(split.num_classes, split.seen, split.unseen, GAMMAS, split.ignore_index)
+        if curve and sweep and post is None and one_pass_calibration(method)
+        else None
+    )
     metrics, spi, kept = evaluate(
         method,
         cfg,
@@ -706,13 +737,27 @@ def evaluate_protocol(
         post=post,
         boundary=boundary,
         gamma=calibration["gamma"],
+        sweep=along,
     )
     metrics["calibration"] = calibration
     if curve and sweep:
-        test_curve = calibration_curve(method, cfg, dataset, split, embed, progress=progress)
+        if along is not None:
+            if dist.is_dist():
+                dist.all_reduce_sum(along.hist_seen)
+                dist.all_reduce_sum(along.hist_unseen)
+            test_curve = along.curve()
+        else:
+            test_curve = calibration_curve(method, cfg, dataset, split, embed, progress=progress)
         metrics["ausuc"] = ausuc(test_curve)
         metrics["calibration_curve"] = test_curve
     return metrics, spi, kept
+
+
+def one_pass_calibration(method: Method) -> bool:
+    """Whether ``method``'s calibrated scores are its probabilities minus the rule's ``gamma`` on
+    the seen classes (:meth:`Method.calibrated_scores` not overridden, as SAZS's fusion does), so
+    one forward pass gives both the calibrated prediction and the AUSUC sweep."""
+    return type(method).calibrated_scores is Method.calibrated_scores
 
 
 def replace(cfg: ExperimentConfig, **changes) -> ExperimentConfig:
