@@ -89,6 +89,7 @@ def test_the_test_sweep_riding_on_the_evaluation_equals_a_pass_of_its_own(demo_r
         Sazs.__new__(Sazs)
     )
     data = runner.build_data(cfg, progress=False)
+    assert data.eval_split("test").max_image_side == 32  # the tiny world's: scored whole
     embed = runner.Embedder(cfg.text, world=data.world)
     apart = runner.calibration_curve(
         method, cfg, data.eval_split("test"), split, embed, progress=False

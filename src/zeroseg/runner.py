@@ -36,7 +36,7 @@ from zeroseg.engine.checkpoint import (
     load_state_dict_strict,
     save_checkpoint,
 )
-from zeroseg.engine.inference import evaluate_semantic
+from zeroseg.engine.inference import evaluate_semantic, scored_whole
 from zeroseg.engine.rundir import check_run_dir, clear_run_dir, run_lock, write_record
 from zeroseg.methods import METHODS
 from zeroseg.methods.base import (
@@ -518,7 +518,9 @@ def evaluate(
         sweep: also feed each batch's probabilities before calibration to this sweep (the AUSUC
             curve), from the same forward pass as the calibrated prediction. Needs ``gamma``, no
             ``post`` or ``seen_only``, and a method whose calibrated scores are the shared rule's
-            subtraction itself (:func:`one_pass_calibration`).
+            subtraction itself (:func:`one_pass_calibration`). Every image is then scored whole
+            (no tiles above :data:`~zeroseg.engine.inference.WHOLE_MAX`: see
+            :func:`~zeroseg.engine.inference.scored_whole`).
     """
     if sweep is not None and (gamma is None or post is not None or seen_only):
         raise ValueError("evaluate: a sweep needs gamma, and neither post nor seen_only")
@@ -720,10 +722,15 @@ def evaluate_protocol(
             "replaces": own_calibration(method),
         }
     # The AUSUC sweep of eval_split rides on the calibrated evaluation's forward passes when the
-    # method calibrates by the rule's subtraction alone; else it is a pass of its own.
+    # method calibrates by the rule's subtraction alone and no image is labelled tile by tile
+    # (ShapeWorld); else it is a pass of its own, and the evaluation as before.
     along = (
         CalibrationSweep(split.num_classes, split.seen, split.unseen, GAMMAS, split.ignore_index)
-        if curve and sweep and post is None and one_pass_calibration(method)
+        if curve
+        and sweep
+        and post is None
+        and one_pass_calibration(method)
+        and scored_whole(dataset)
         else None
     )
     metrics, spi, kept = evaluate(

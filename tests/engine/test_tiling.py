@@ -86,3 +86,16 @@ def test_a_4000_pixel_image_stays_within_2_gib(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     peak_kib = int(done.stdout.split()[-1])
     assert peak_kib < 2 * 2**20, f"peak RSS {peak_kib / 2**20:.2f} GiB"
+
+
+def test_only_datasets_known_to_fit_are_scored_whole():
+    # evaluate_protocol rides the AUSUC sweep on the evaluation's passes only where no image would
+    # be labelled tile by tile: a dataset must state its longest side, and it must fit
+    from types import SimpleNamespace
+
+    from zeroseg.engine.inference import WHOLE_MAX, scored_whole
+
+    assert scored_whole(SimpleNamespace(max_image_side=64))
+    assert scored_whole(SimpleNamespace(max_image_side=WHOLE_MAX))
+    assert not scored_whole(SimpleNamespace(max_image_side=WHOLE_MAX + 1))
+    assert not scored_whole(SimpleNamespace())  # real data: sizes unknown up front

@@ -29,6 +29,13 @@ TILE = 512
 TILE_MARGIN = 64
 
 
+def scored_whole(dataset) -> bool:
+    """Whether every image of ``dataset`` is known to be scored whole in evaluation (its
+    ``max_image_side``, where the dataset states one, is at most :data:`WHOLE_MAX`)."""
+    side = getattr(dataset, "max_image_side", None)
+    return side is not None and side <= WHOLE_MAX
+
+
 @dataclass
 class InferenceConfig:
     """How a model is applied to an image at test time."""

@@ -186,6 +186,11 @@ class ShapeWorldDataset(torch.utils.data.Dataset):
     def class_split(self) -> ClassSplit:
         return self.spec.class_split()
 
+    @property
+    def max_image_side(self) -> int:
+        """The longest image side in the split (every ShapeWorld image is S x S)."""
+        return self.spec.image_size
+
     def __len__(self) -> int:
         return len(self.indices)
 
