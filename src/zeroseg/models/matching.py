@@ -121,27 +121,18 @@ def targets_from_panoptic(
     return out
 
 
-def _mask_terms(masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The per-pixel terms of the mask costs, for every image at once: (B, N, P) BCE against
-    foreground, BCE against background, and sigmoid of the flattened mask logits."""
-    x = masks.float().flatten(2)
-    pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
-    return pos, neg, x.sigmoid()
-
-
-def _pair_costs(
-    logits: Tensor, terms: tuple[Tensor, Tensor, Tensor], t: Target, w: MatchWeights
-) -> Tensor:
-    """(N, M) matching cost of one image's predictions against its targets (``terms``: that
-    image's :func:`_mask_terms`)."""
+def _pair_costs(logits: Tensor, masks: Tensor, t: Target, w: MatchWeights) -> Tensor:
+    """(N, M) matching cost of one image's predictions against its targets."""
     prob = logits.float().softmax(-1)
     cost_class = -prob[:, t.labels]
-    pos, neg, s = terms
+    x = masks.float().flatten(1)  # (N, P)
     g = t.masks.float().flatten(1)  # (M, P)
-    p = pos.shape[1]
+    p = x.shape[1]
+    pos = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
+    s = x.sigmoid()
     if t.valid is not None:  # unknown pixels count neither as foreground nor as background
-        v = t.valid.float().flatten().to(pos.device)
+        v = t.valid.float().flatten().to(x.device)
         pos, neg, s, g = pos * v, neg * v, s * v, g * v
         p = max(float(v.sum()), 1.0)
         cost_mask = (pos @ g.T + neg @ (v[:, None] - g.T)) / p
@@ -166,14 +157,13 @@ def hungarian_match(
         B pairs ``(query_idx, target_idx)`` of int64 tensors of length min(N, M_b).
     """
     w = weights or MatchWeights()
-    pos, neg, s = _mask_terms(masks)  # elementwise: batched, the same values as per image
     out = []
     for b, t in enumerate(targets):
         if len(t.labels) == 0:
             empty = torch.zeros(0, dtype=torch.int64)
             out.append((empty, empty))
             continue
-        c = _pair_costs(logits[b], (pos[b], neg[b], s[b]), t, w).cpu().numpy()
+        c = _pair_costs(logits[b], masks[b], t, w).cpu().numpy()
         qi, ti = linear_sum_assignment(np.nan_to_num(c, nan=1e6))
         out.append((torch.as_tensor(qi, dtype=torch.int64), torch.as_tensor(ti, dtype=torch.int64)))
     return out
