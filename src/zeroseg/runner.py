@@ -45,6 +45,7 @@ from zeroseg.methods.base import (
     RunContext,
     Stage,
     revision_key,
+    subtract_seen,
 )
 from zeroseg.metrics.boundary import BoundaryFScore
 from zeroseg.metrics.calibration import GAMMAS, CalibrationSweep, ausuc, choose_gamma
@@ -522,10 +523,13 @@ def evaluate(
             (no tiles above :data:`~zeroseg.engine.inference.WHOLE_MAX`: see
             :func:`~zeroseg.engine.inference.scored_whole`).
     """
-    if sweep is not None and (gamma is None or post is not None or seen_only):
-        raise ValueError("evaluate: a sweep needs gamma, and neither post nor seen_only")
-    if sweep is not None and not one_pass_calibration(method):
-        raise ValueError(f"evaluate: {method.name} calibrates its own way; sweep it apart")
+    if sweep is not None and (
+        gamma is None or post is not None or seen_only or not one_pass_calibration(method)
+    ):
+        raise ValueError(
+            f"evaluate: a sweep needs gamma, no post or seen_only, and a method calibrated by the "
+            f"rule's subtraction alone ({method.name})"
+        )
     device = next(method.parameters()).device
     emb = embed(split.names).to(device)
     seen_mask = _seen_mask(split, device)
@@ -553,8 +557,7 @@ def evaluate(
         sweep.process(probs, batch["label"])
         swept["seconds"] += time.perf_counter() - t
         swept["images"] += len(probs)
-        # Method.calibrated_scores's own subtraction, so the argmax is the same bit for bit
-        return (probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)).argmax(1)
+        return subtract_seen(probs, seen_mask, gamma).argmax(1)  # as Method.calibrated_scores
 
     metrics, spi, kept = evaluate_semantic(
         fn,
@@ -664,6 +667,11 @@ def calibration_curve(
             sweep.process(infer_scores(fn, part["image"], cfg.eval), part["label"])
             bar.update(len(part["label"]))
     bar.close()
+    return reduced_curve(sweep)
+
+
+def reduced_curve(sweep: CalibrationSweep) -> dict[str, list[float]]:
+    """The sweep's curve over every rank's pixels (its histograms summed across ranks first)."""
     if dist.is_dist():
         dist.all_reduce_sum(sweep.hist_seen)
         dist.all_reduce_sum(sweep.hist_unseen)
@@ -749,10 +757,7 @@ def evaluate_protocol(
     metrics["calibration"] = calibration
     if curve and sweep:
         if along is not None:
-            if dist.is_dist():
-                dist.all_reduce_sum(along.hist_seen)
-                dist.all_reduce_sum(along.hist_unseen)
-            test_curve = along.curve()
+            test_curve = reduced_curve(along)
         else:
             test_curve = calibration_curve(method, cfg, dataset, split, embed, progress=progress)
         metrics["ausuc"] = ausuc(test_curve)

@@ -481,8 +481,9 @@ class Method(nn.Module):
         """(B, K, H, W) scores under the shared rule: class probabilities minus ``gamma`` on the
         seen classes (their argmax is the calibrated prediction). Methods that decode after
         calibrating (SAZS's shape-aware fusion) override this."""
-        probs = self.calibration_scores(images, class_embeddings, seen_mask)
-        return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
+        return subtract_seen(
+            self.calibration_scores(images, class_embeddings, seen_mask), seen_mask, gamma
+        )
 
 
 # Test-time calibration constants of method configs that the shared rule replaces.
@@ -502,6 +503,12 @@ def own_calibration_off(method: Method) -> Iterator[None]:
         method.cfg = cfg
 
 
+def subtract_seen(probs: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The shared rule's step: (B, K, H, W) class probabilities minus ``gamma`` on the seen
+    classes (``seen_mask``: (K,) bool). Every calibrated prediction is this tensor's argmax."""
+    return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
+
+
 def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Calibrated stacking (Chao et al. 2016): subtract ``gamma`` from seen-class probabilities.
 
@@ -511,5 +518,4 @@ def calibrate(scores: torch.Tensor, seen_mask: torch.Tensor, gamma: float) -> to
     """
     if gamma == 0:
         return scores
-    probs = scores.float().softmax(1)
-    return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)
+    return subtract_seen(scores.float().softmax(1), seen_mask, gamma)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
-from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate
+from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate, subtract_seen
 from zeroseg.methods.pixel_projection import PixelProjection, full_resolution_cross_entropy
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.models.upsample import bilinear
@@ -318,7 +318,7 @@ class Sazs(PixelProjection):
 
     def calibrated_scores(self, images, class_embeddings, seen_mask, gamma):
         feats, logits = self._logits(images, class_embeddings)
-        probs = logits.softmax(1) - gamma * seen_mask.to(logits).view(1, -1, 1, 1)
+        probs = subtract_seen(logits.softmax(1), seen_mask, gamma)
         if not self.fuse_at_inference:
             return probs
         fused = self.fuse(images, probs, feats)
