@@ -17,25 +17,14 @@ are noisy.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+from bench_dropout import _median_ms  # the benchmarks' shared timer (this script's directory)
 
 from zeroseg.models.matching import Target, hungarian_match
 from zeroseg.models.upsample import bilinear
-
-
-def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
