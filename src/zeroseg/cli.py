@@ -75,16 +75,22 @@ def cmd_train(args) -> int:
     name = cfg.name or cfg.method
     out = Path(args.out) / name
     result = runner.train(cfg, out, progress=not args.no_progress, overwrite=args.overwrite)
-    # gamma chosen on val, figures on test (docs/methods.md, "Evaluation")
+    # gamma chosen on val, figures on --split: test, or val for a choice (test is then never read)
     metrics, spi, _ = runner.evaluate_protocol(
-        result.method, cfg, result.data, result.embed, progress=not args.no_progress
+        result.method,
+        cfg,
+        result.data,
+        result.embed,
+        eval_split=args.split,
+        progress=not args.no_progress,
     )
-    metrics.update(eval_split="test", tuned_on="val", protocol_detail=result.protocol_detail)
+    metrics.update(eval_split=args.split, tuned_on="val", protocol_detail=result.protocol_detail)
     summary = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     summary.update(train_seconds=result.train_seconds, infer_ms_per_image=spi * 1000)
     from zeroseg.report import write_text_atomic
 
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    name = "metrics.json" if args.split == "test" else "metrics-val.json"
+    write_text_atomic(out / name, json.dumps(metrics, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"model: {out / 'model.safetensors'}")
     return 0
@@ -469,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_train,
         help="train one config (a preset name or a YAML file)",
         description="Train one config and evaluate it on its test split, with the calibration "
-        "gamma chosen on its val split (zeroseg eval --split val gives the val figures). The "
+        "gamma chosen on its val split (--split val evaluates val instead, for choices). The "
         "model lands in OUT/<name>/model.safetensors (<name>: the config's name, else its "
         "method) with metrics.json, run.json (the resolved config and its hash) and one directory per "
         "training stage. Re-running the same config into the same OUT resumes: finished stages "
@@ -491,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="discard what OUT/<name> holds from a run with another config, instead of refusing",
+    )
+    t.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="where the trained model is evaluated (default: test, written to metrics.json); "
+        "val, for a choice between settings, writes metrics-val.json and never reads test",
     )
 
     e = command(

@@ -160,3 +160,38 @@ def test_the_pretraining_keys_follow_the_same_rule():
     for c in (cfg, FoundationConfig()):  # (the shipped foundation's sidecar checks its own key)
         on = dataclasses.replace(c, train=dataclasses.replace(c.train, channels_last=True))
         assert on.key() != c.key()
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    """A split that fails the test the moment anything looks at it."""
+
+    def __len__(self):
+        raise AssertionError("the test split was read")
+
+    def __getitem__(self, i):
+        raise AssertionError("the test split was read")
+
+
+def test_train_with_split_val_evaluates_val_and_never_reads_test(
+    tiny_world, tmp_path, monkeypatch, capsys
+):
+    build = runner.build_data
+
+    def without_test(cfg, **kw):
+        return dataclasses.replace(build(cfg, **kw), test=_Unreadable())
+
+    monkeypatch.setattr(runner, "build_data", without_test)
+    sets = [x for s in [f"data.world={tiny_world}", *QUICK] for x in ("--set", s)]
+    args = ["train", "projection_unet-small_2k_shapeworld", "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, *sets, "--split", "val"]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\nmodel:")[0])
+    run = tmp_path / "projection"
+    written = json.loads((run / "metrics-val.json").read_text())
+    assert printed["eval_split"] == written["eval_split"] == "val"
+    assert printed["hiou"] == written["hiou"]
+    assert not (run / "metrics.json").exists()
+    # the same model evaluated by zeroseg eval --split val gives the same figures
+    assert main(["eval", str(run), "--split", "val", "--no-progress", *sets]) == 0
+    assert json.loads(capsys.readouterr().out)["hiou"] == written["hiou"]
+    with pytest.raises(AssertionError, match="the test split was read"):
+        main([*args, *sets])  # the default, test, reads it: the stand-in does catch a reader
