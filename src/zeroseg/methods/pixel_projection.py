@@ -28,10 +28,17 @@ class ProjectionConfig:
     freeze_backbone: bool = (
         False  # train the head only (ZegCLIP's baseline on the frozen foundation)
     )
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to the head's
 
 
 def segmenter_stage_parts(
-    ctx, backbone: SmallUNetConfig, foundation: str | None, *, classes: str, frozen: bool
+    ctx,
+    backbone: SmallUNetConfig,
+    foundation: str | None,
+    *,
+    classes: str,
+    frozen: bool,
+    backbone_lr_mult: float = 1.0,
 ) -> dict:
     """The shared-stage key parts of the projection model's training on pixel labels.
 
@@ -41,7 +48,7 @@ def segmenter_stage_parts(
     ``frozen`` (the head alone on a frozen backbone) keep the other rows' weights apart; the
     model revision is written in, so the key does not depend on which method computes it.
     """
-    return {
+    parts = {
         "revision": PixelProjection.revision,
         "model": "pixel-projection",
         "backbone": backbone,
@@ -51,6 +58,9 @@ def segmenter_stage_parts(
         "train": ctx.cfg.train,
         "text": ctx.cfg.text,
     }
+    if backbone_lr_mult != 1:  # absent at 1: the stages trained before the option keep their key
+        parts["backbone_lr_mult"] = backbone_lr_mult
+    return parts
 
 
 # The shared directory name of that stage (``RunContext.run_stage(directory=...)``).
@@ -65,6 +75,8 @@ def segmenter_plan(
     class_embeddings: torch.Tensor,
     lookup: torch.Tensor,
     ignore_index: int,
+    *,
+    backbone_lr_mult: float = 1.0,
 ) -> StagePlan:
     """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set) trained with
     cross-entropy over ``class_embeddings`` on the run's loader, ``lookup`` mapping labels to
@@ -82,7 +94,26 @@ def segmenter_plan(
         labels = batch["label"].to(ctx.device)
         return {"loss": full_resolution_cross_entropy(out, labels, lookup, ignore_index)}
 
-    return StagePlan(step, loader, cfg)
+    params = [*backbone.parameters(), *head.parameters()]
+    return StagePlan(
+        step, loader, cfg, params=backbone_lr_groups(params, backbone, cfg.lr, backbone_lr_mult)
+    )
+
+
+def backbone_lr_groups(params, backbone: torch.nn.Module, lr: float, mult: float) -> list | None:
+    """``params`` (a stage's parameters) as optimiser groups: ``backbone``'s at ``lr * mult``,
+    the rest (projection head, boundary head) at ``lr``; None (one group, every parameter at
+    ``lr``) when ``mult`` is 1. The pretrained backbone at a fraction of the rate, as DeepLab
+    and SPNet train their new classifier at 10x the backbone's (docs/methods.md, "Projection
+    baseline and oracle")."""
+    if mult == 1:
+        return None
+    inside = {id(p) for p in backbone.parameters()}
+    params = list(params)
+    return [
+        {"params": [p for p in params if id(p) not in inside], "lr": lr},
+        {"params": [p for p in params if id(p) in inside], "lr": lr * mult},
+    ]
 
 
 def full_resolution_cross_entropy(

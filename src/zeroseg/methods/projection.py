@@ -55,6 +55,7 @@ class Projection(PixelProjection):
                 self.cfg.foundation,
                 classes=self.label_classes,
                 frozen=self.frozen_backbone,
+                backbone_lr_mult=self.cfg.backbone_lr_mult,
             ),
             model=self,
             prepare=lambda: self._plan(ctx),
@@ -65,7 +66,14 @@ class Projection(PixelProjection):
     def _plan(self, ctx: RunContext) -> StagePlan:
         emb, lookup = self.training_classes(ctx)
         return segmenter_plan(
-            ctx, self.backbone, self.head, self.cfg.foundation, emb, lookup, self.split.ignore_index
+            ctx,
+            self.backbone,
+            self.head,
+            self.cfg.foundation,
+            emb,
+            lookup,
+            self.split.ignore_index,
+            backbone_lr_mult=self.cfg.backbone_lr_mult,
         )
 
     def guard_split(self):

@@ -54,7 +54,11 @@ import torch.nn.functional as F
 from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
 from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate, subtract_seen
-from zeroseg.methods.pixel_projection import PixelProjection, full_resolution_cross_entropy
+from zeroseg.methods.pixel_projection import (
+    PixelProjection,
+    backbone_lr_groups,
+    full_resolution_cross_entropy,
+)
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.models.upsample import bilinear
 from zeroseg.shape.fusion import RefineConfig, refine
@@ -78,6 +82,7 @@ class SazsConfig:
     affinity_features: str = "backbone"  # graph features at fusion: backbone | colour (none)
     refine: RefineConfig = field(default_factory=default_refine_config)  # eigen-segment fusion
     foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
+    backbone_lr_mult: float = 1.0  # the U-Net's learning rate relative to the heads'
 
     def __post_init__(self) -> None:
         if self.affinity_features not in AFFINITY_FEATURES:
@@ -251,6 +256,8 @@ class Sazs(PixelProjection):
         model = dataclasses.asdict(self.cfg)
         for k in ("refine", "affinity_features", "calibration"):
             model.pop(k)
+        if model["backbone_lr_mult"] == 1:  # the key of the stages trained before the option
+            model.pop("backbone_lr_mult")
         return {"text": ctx.cfg.text, "train": ctx.cfg.train, "model": model}
 
     def fit(self, ctx: RunContext) -> None:
@@ -297,7 +304,8 @@ class Sazs(PixelProjection):
                 "edge_att": att.detach(),
             }
 
-        return StagePlan(step, loader, cfg)
+        params = backbone_lr_groups(self.parameters(), self.backbone, cfg.lr, mcfg.backbone_lr_mult)
+        return StagePlan(step, loader, cfg, params=params)
 
     def _logits(self, images, class_embeddings):
         feats = self.backbone(images)

@@ -80,6 +80,7 @@ from zeroseg.methods.base import (
 )
 from zeroseg.methods.pixel_projection import (
     SEGMENTER_STAGE_DIR,
+    backbone_lr_groups,
     segmenter_plan,
     segmenter_stage_parts,
 )
@@ -138,6 +139,9 @@ class ZS3NetConfig:
     head: str = "linear"
     pretrained_backbone: str | None = None  # torchvision-format ResNet .pth for the backbone
     foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
+    # stage 1's backbone learning rate relative to the head's (with head: projection, the
+    # projection baseline's model.backbone_lr_mult: the two agree for the shared stage 1)
+    backbone_lr_mult: float = 1.0
     # Images are resized by this factor before the segmenter (2: a 64 px ShapeWorld image gives a
     # 32x32 stride-4 feature map, as DeepLab's 513 px VOC crops give 33x33 at stride 16).
     input_scale: float = 1.0
@@ -367,6 +371,7 @@ class ZS3Net(Method):
             **({"foundation": c.foundation} if c.foundation else {}),
             **({"input_scale": c.input_scale} if c.input_scale != 1.0 else {}),
             **({"head": c.head} if c.head != "linear" else {}),
+            **({"backbone_lr_mult": c.backbone_lr_mult} if c.backbone_lr_mult != 1 else {}),
         }
 
     def _parts2(self, ctx: RunContext) -> dict:
@@ -428,7 +433,12 @@ class ZS3Net(Method):
                 "segmenter",
                 directory=SEGMENTER_STAGE_DIR,
                 key=segmenter_stage_parts(
-                    ctx, self.unet_cfg, self.cfg.foundation, classes="seen", frozen=False
+                    ctx,
+                    self.unet_cfg,
+                    self.cfg.foundation,
+                    classes="seen",
+                    frozen=False,
+                    backbone_lr_mult=self.cfg.backbone_lr_mult,
                 ),
                 model=nn.ModuleDict({"backbone": seg.backbone, "head": seg.head}),
                 prepare=lambda: segmenter_plan(
@@ -439,6 +449,7 @@ class ZS3Net(Method):
                     ctx.seen_embeddings(),
                     seen_position_lookup(self.split),
                     self.split.ignore_index,
+                    backbone_lr_mult=self.cfg.backbone_lr_mult,
                 ),
                 meta={"method": "projection"},
             )
@@ -465,7 +476,13 @@ class ZS3Net(Method):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        return StagePlan(step, loader, cfg)
+        mult = self.cfg.backbone_lr_mult
+        return StagePlan(
+            step,
+            loader,
+            cfg,
+            params=backbone_lr_groups(seg.parameters(), seg.backbone, cfg.lr, mult),
+        )
 
     @torch.no_grad()
     def build_feature_bank(self, dataset, *, device: torch.device, seed: int = 0) -> None:
