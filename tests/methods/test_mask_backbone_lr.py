@@ -12,9 +12,9 @@ import torch
 
 from zeroseg import runner
 from zeroseg.config import load_config
-from zeroseg.engine import trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _optimisers import spy_optimisers  # noqa: E402
 from _tiny_mask import TINY_MASK  # noqa: E402
 
 
@@ -40,20 +40,7 @@ def test_the_main_stage_trains_the_backbone_at_its_multiplied_rate(
     tiny_world, tmp_path, monkeypatch, method
 ):
     torch.set_num_threads(1)
-    made = []  # (groups' parameter ids, their learning rates) of each optimiser built
-    real = trainer.build_optimizer
-
-    def spy(params, cfg):
-        opt = real(params, cfg)
-        made.append(
-            (
-                [{id(p) for p in g["params"]} for g in opt.param_groups],
-                [g["lr"] for g in opt.param_groups],
-            )
-        )
-        return opt
-
-    monkeypatch.setattr(trainer, "build_optimizer", spy)
+    made = spy_optimisers(monkeypatch)
     result = runner.train(_cfg(tiny_world, method, 0.25), tmp_path / method, progress=False)
     ((groups, lrs),) = made  # the one stage
     unet = {id(p) for p in result.method.model.backbone.unet.parameters()}

@@ -5,12 +5,18 @@ paper's linear head its own stage 1 takes the multiplier too."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from zeroseg import runner
 from zeroseg.config import load_config
 from zeroseg.engine import trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _optimisers import spy_optimisers  # noqa: E402
 
 TINY = [
     "text.encoder=attributes",
@@ -36,29 +42,10 @@ PRESETS = {
 }
 
 
-def _spy_optimisers(monkeypatch) -> list:
-    """Every optimiser built from now on, as (groups' parameter ids, their learning rates)."""
-    made = []
-    real = trainer.build_optimizer
-
-    def spy(params, cfg):
-        opt = real(params, cfg)
-        made.append(
-            (
-                [{id(p) for p in g["params"]} for g in opt.param_groups],
-                [g["lr"] for g in opt.param_groups],
-            )
-        )
-        return opt
-
-    monkeypatch.setattr(trainer, "build_optimizer", spy)
-    return made
-
-
 @pytest.mark.parametrize("method", sorted(PRESETS))
 def test_the_unet_trains_at_its_multiplied_rate(tiny_world, tmp_path, monkeypatch, method):
     torch.set_num_threads(1)
-    made = _spy_optimisers(monkeypatch)
+    made = spy_optimisers(monkeypatch)
     sets = [f"data.world={tiny_world}", *TINY]
     cfg = load_config(PRESETS[method], [*sets, "model.backbone_lr_mult=0.25"])
     result = runner.train(cfg, tmp_path / "quarter", progress=False)
@@ -110,7 +97,7 @@ def test_zs3net_linear_head_trains_its_backbone_at_the_multiplied_rate(
 ):
     """The paper's linear head (its own stage 1, not the baseline's) takes the multiplier too."""
     torch.set_num_threads(1)
-    made = _spy_optimisers(monkeypatch)
+    made = spy_optimisers(monkeypatch)
     sets = [f"data.world={tiny_world}", *TINY, *ZS3, "model.head=linear"]
     cfg = load_config("zs3net_unet-small_shapeworld", [*sets, "model.backbone_lr_mult=0.25"])
     result = runner.train(cfg, tmp_path / "run", progress=False)
