@@ -107,3 +107,21 @@ def test_zs3net_linear_head_trains_its_backbone_at_the_multiplied_rate(
     assert groups[1] == unet and not groups[0] & unet and len(groups) == 2
     assert len(groups[0]) == len(list(seg.parameters())) - len(unet)
     assert lrs == [0.002, pytest.approx(0.0005)]
+
+
+def test_zs5net_self_training_trains_the_unet_at_its_multiplied_rate(
+    tiny_world, tmp_path, monkeypatch
+):
+    torch.set_num_threads(1)
+    made = spy_optimisers(monkeypatch)
+    sets = [f"data.world={tiny_world}", *TINY, *ZS3, "model.self_train.iters=2"]
+    sets += ["model.self_train.lr=0.004", "model.pseudo_images=8"]
+    cfg = load_config(
+        "zs5net_unet-small_shapeworld", [*sets, "model.self_train_backbone_lr_mult=0.25"]
+    )
+    result = runner.train(cfg, tmp_path / "run", progress=False)
+    groups, lrs = made[-1]  # stage 5
+    seg = result.method.segmenter
+    unet = {id(p) for p in seg.backbone.parameters()}
+    assert groups[1] == unet and groups[0] and not groups[0] & unet and len(groups) == 2
+    assert lrs == [0.004, pytest.approx(0.001)]

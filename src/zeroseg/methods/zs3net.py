@@ -177,6 +177,7 @@ class ZS5NetConfig(ZS3NetConfig):
         default_factory=lambda: _stage(300, 3e-4, scheduler="poly", optimizer="adamw")
     )
     pseudo_loss_weight: float = 1.0  # weight of the pseudo-label term relative to the seen term
+    self_train_backbone_lr_mult: float = 1.0  # stage 5's backbone lr relative to the head's
 
 
 class FeatureGenerator(nn.Module):
@@ -887,4 +888,6 @@ class ZS5Net(ZS3Net):
             loss = loss_seen + c.pseudo_loss_weight * loss_pseudo
             return {"loss": loss, "seen": loss_seen.detach(), "pseudo": loss_pseudo.detach()}
 
-        return StagePlan(step, batches, cfg)
+        seg, mult = self.segmenter, c.self_train_backbone_lr_mult
+        params = backbone_lr_groups(seg.parameters(), seg.backbone, cfg.lr, mult)
+        return StagePlan(step, batches, cfg, params=params)
