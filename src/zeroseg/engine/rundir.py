@@ -35,6 +35,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "mask_scale": 1.0,
     "pseudo_seen": False,
     "backbone_lr_mult": 1.0,
+    "self_train_backbone_lr_mult": 1.0,
 }
 
 

@@ -256,8 +256,6 @@ class Sazs(PixelProjection):
         model = dataclasses.asdict(self.cfg)
         for k in ("refine", "affinity_features", "calibration"):
             model.pop(k)
-        if model["backbone_lr_mult"] == 1:  # the key of the stages trained before the option
-            model.pop("backbone_lr_mult")
         return {"text": ctx.cfg.text, "train": ctx.cfg.train, "model": model}
 
     def fit(self, ctx: RunContext) -> None:
