@@ -125,3 +125,19 @@ def test_zs5net_self_training_trains_the_unet_at_its_multiplied_rate(
     unet = {id(p) for p in seg.backbone.parameters()}
     assert groups[1] == unet and groups[0] and not groups[0] & unet and len(groups) == 2
     assert lrs == [0.004, pytest.approx(0.001)]
+
+
+@pytest.mark.parametrize(
+    "preset, key",
+    [
+        ("projection_unet-small_2k_shapeworld", "ProjectionConfig.backbone_lr_mult"),
+        ("sazs_unet-small_2k_shapeworld", "SazsConfig.backbone_lr_mult"),
+        ("zs3net_unet-small_shapeworld", "ZS3NetConfig.backbone_lr_mult"),
+        ("zs5net_unet-small_shapeworld", "ZS5NetConfig.self_train_backbone_lr_mult"),
+    ],
+)
+def test_a_multiplier_of_zero_or_below_is_refused_before_work_starts(preset, key):
+    field = key.split(".")[1]
+    for value in (0, -0.5):
+        with pytest.raises(ValueError, match=rf"^{key} must be > 0, got {float(value)}$"):
+            runner.check_config(load_config(preset, [f"model.{field}={value}"]))

@@ -111,6 +111,22 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     raise ValueError(f"unknown scheduler {cfg.scheduler!r}; valid: poly, cosine, constant")
 
 
+def scaled_lr_groups(
+    params: Iterable, part: torch.nn.Module, lr: float, mult: float
+) -> list[dict] | None:
+    """``params`` (a stage's parameters) as optimiser groups for :func:`build_optimizer`: those
+    outside ``part`` at ``lr``, ``part``'s (a pretrained backbone) at ``lr * mult``, left out when
+    ``mult`` is 0 (frozen); None, one group at ``lr``, when ``mult`` is 1."""
+    if mult == 1:
+        return None
+    inside = {id(p) for p in part.parameters()}
+    params = list(params)
+    groups = [{"params": [p for p in params if id(p) not in inside], "lr": lr}]
+    if mult > 0:
+        groups.append({"params": [p for p in params if id(p) in inside], "lr": lr * mult})
+    return groups
+
+
 def build_optimizer(params: Iterable, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over ``params``: parameters, or optimiser groups (dicts with ``params`` and
     their own ``lr``); parameters that need no gradient are left out."""

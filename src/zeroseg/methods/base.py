@@ -154,7 +154,7 @@ class RunContext:
         return {
             "data": self.data_key(),
             **revision_key(self.revision),
-            **{k: without_neutral(without_cadence(_plain(v))) for k, v in sorted(parts.items())},
+            **without_neutral({k: without_cadence(_plain(v)) for k, v in sorted(parts.items())}),
         }
 
     def run_stage(

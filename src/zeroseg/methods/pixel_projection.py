@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from zeroseg._checks import check_minimum
+from zeroseg.engine.trainer import scaled_lr_groups
 from zeroseg.methods.base import Method, StagePlan
 from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 from zeroseg.models.heads.projection import ProjectionHead
@@ -29,6 +31,9 @@ class ProjectionConfig:
         False  # train the head only (ZegCLIP's baseline on the frozen foundation)
     )
     backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to the head's
+
+    def __post_init__(self) -> None:
+        check_minimum(self, ("backbone_lr_mult",), 0, strict=True)  # frozen: freeze_backbone
 
 
 def segmenter_stage_parts(
@@ -48,19 +53,17 @@ def segmenter_stage_parts(
     ``frozen`` (the head alone on a frozen backbone) keep the other rows' weights apart; the
     model revision is written in, so the key does not depend on which method computes it.
     """
-    parts = {
+    return {
         "revision": PixelProjection.revision,
         "model": "pixel-projection",
         "backbone": backbone,
         "foundation": foundation,
         "classes": classes,
         "frozen": frozen,
+        "backbone_lr_mult": backbone_lr_mult,  # left out of the key at 1 (NEUTRAL_DEFAULTS)
         "train": ctx.cfg.train,
         "text": ctx.cfg.text,
     }
-    if backbone_lr_mult != 1:  # absent at 1: the stages trained before the option keep their key
-        parts["backbone_lr_mult"] = backbone_lr_mult
-    return parts
 
 
 # The shared directory name of that stage (``RunContext.run_stage(directory=...)``).
@@ -96,24 +99,8 @@ def segmenter_plan(
 
     params = [*backbone.parameters(), *head.parameters()]
     return StagePlan(
-        step, loader, cfg, params=backbone_lr_groups(params, backbone, cfg.lr, backbone_lr_mult)
+        step, loader, cfg, params=scaled_lr_groups(params, backbone, cfg.lr, backbone_lr_mult)
     )
-
-
-def backbone_lr_groups(params, backbone: torch.nn.Module, lr: float, mult: float) -> list | None:
-    """``params`` (a stage's parameters) as optimiser groups: ``backbone``'s at ``lr * mult``,
-    the rest (projection head, boundary head) at ``lr``; None (one group, every parameter at
-    ``lr``) when ``mult`` is 1. The pretrained backbone at a fraction of the rate, as DeepLab
-    and SPNet train their new classifier at 10x the backbone's (docs/methods.md, "Projection
-    baseline and oracle")."""
-    if mult == 1:
-        return None
-    inside = {id(p) for p in backbone.parameters()}
-    params = list(params)
-    return [
-        {"params": [p for p in params if id(p) not in inside], "lr": lr},
-        {"params": [p for p in params if id(p) in inside], "lr": lr * mult},
-    ]
 
 
 def full_resolution_cross_entropy(

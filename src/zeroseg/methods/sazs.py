@@ -53,12 +53,9 @@ import torch.nn.functional as F
 
 from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup
+from zeroseg.engine.trainer import scaled_lr_groups
 from zeroseg.methods.base import RunContext, Stage, StagePlan, calibrate, subtract_seen
-from zeroseg.methods.pixel_projection import (
-    PixelProjection,
-    backbone_lr_groups,
-    full_resolution_cross_entropy,
-)
+from zeroseg.methods.pixel_projection import PixelProjection, full_resolution_cross_entropy
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.models.upsample import bilinear
 from zeroseg.shape.fusion import RefineConfig, refine
@@ -91,6 +88,7 @@ class SazsConfig:
                 f"got {self.affinity_features!r}"
             )
         check_minimum(self, ("edge_radius",), 1)
+        check_minimum(self, ("backbone_lr_mult",), 0, strict=True)
         check_minimum(self, ("seg_weight", "edge_weight", "attention_weight"), 0)
 
 
@@ -302,7 +300,7 @@ class Sazs(PixelProjection):
                 "edge_att": att.detach(),
             }
 
-        params = backbone_lr_groups(self.parameters(), self.backbone, cfg.lr, mcfg.backbone_lr_mult)
+        params = scaled_lr_groups(self.parameters(), self.backbone, cfg.lr, mcfg.backbone_lr_mult)
         return StagePlan(step, loader, cfg, params=params)
 
     def _logits(self, images, class_embeddings):

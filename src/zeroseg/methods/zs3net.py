@@ -64,10 +64,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
 from zeroseg.data.loader import hflip, iterate_eval
 from zeroseg.data.protocol import assert_seen_only
-from zeroseg.engine.trainer import TrainConfig, autocast
+from zeroseg.engine.trainer import TrainConfig, autocast, scaled_lr_groups
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
 from zeroseg.generators.mmd import ZS3_BANDWIDTHS
 from zeroseg.methods.base import (
@@ -80,7 +81,6 @@ from zeroseg.methods.base import (
 )
 from zeroseg.methods.pixel_projection import (
     SEGMENTER_STAGE_DIR,
-    backbone_lr_groups,
     segmenter_plan,
     segmenter_stage_parts,
 )
@@ -166,6 +166,9 @@ class ZS3NetConfig:
     calibration: float = 0.0  # calibrated stacking gamma at test time (0 = off)
     vocab_retrain_iters: int = 300  # steps of on-the-fly classifier retraining for a new vocabulary
 
+    def __post_init__(self) -> None:
+        check_minimum(self, ("backbone_lr_mult",), 0, strict=True)
+
 
 @dataclass
 class ZS5NetConfig(ZS3NetConfig):
@@ -178,6 +181,10 @@ class ZS5NetConfig(ZS3NetConfig):
     )
     pseudo_loss_weight: float = 1.0  # weight of the pseudo-label term relative to the seen term
     self_train_backbone_lr_mult: float = 1.0  # stage 5's backbone lr relative to the head's
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_minimum(self, ("self_train_backbone_lr_mult",), 0, strict=True)
 
 
 class FeatureGenerator(nn.Module):
@@ -372,7 +379,7 @@ class ZS3Net(Method):
             **({"foundation": c.foundation} if c.foundation else {}),
             **({"input_scale": c.input_scale} if c.input_scale != 1.0 else {}),
             **({"head": c.head} if c.head != "linear" else {}),
-            **({"backbone_lr_mult": c.backbone_lr_mult} if c.backbone_lr_mult != 1 else {}),
+            "backbone_lr_mult": c.backbone_lr_mult,  # left out of the key at 1 (NEUTRAL_DEFAULTS)
         }
 
     def _parts2(self, ctx: RunContext) -> dict:
@@ -477,13 +484,8 @@ class ZS3Net(Method):
             target = lookup[downsample_labels(batch["label"].to(ctx.device), out.shape[-2:])]
             return {"loss": F.cross_entropy(out, target, ignore_index=self.split.ignore_index)}
 
-        mult = self.cfg.backbone_lr_mult
-        return StagePlan(
-            step,
-            loader,
-            cfg,
-            params=backbone_lr_groups(seg.parameters(), seg.backbone, cfg.lr, mult),
-        )
+        params = scaled_lr_groups(seg.parameters(), seg.backbone, cfg.lr, self.cfg.backbone_lr_mult)
+        return StagePlan(step, loader, cfg, params=params)
 
     @torch.no_grad()
     def build_feature_bank(self, dataset, *, device: torch.device, seed: int = 0) -> None:
@@ -889,5 +891,5 @@ class ZS5Net(ZS3Net):
             return {"loss": loss, "seen": loss_seen.detach(), "pseudo": loss_pseudo.detach()}
 
         seg, mult = self.segmenter, c.self_train_backbone_lr_mult
-        params = backbone_lr_groups(seg.parameters(), seg.backbone, cfg.lr, mult)
+        params = scaled_lr_groups(seg.parameters(), seg.backbone, cfg.lr, mult)
         return StagePlan(step, batches, cfg, params=params)

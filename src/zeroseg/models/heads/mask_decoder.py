@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from zeroseg.engine.trainer import scaled_lr_groups
 from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 
 __all__ = [
@@ -295,15 +296,7 @@ class MaskClassifier(nn.Module):
         """``params`` (a stage's parameters) as optimiser groups: the pretrained backbone's at
         ``lr * backbone_lr_mult`` (none when frozen), the rest at ``lr``; None (one group) at 1.
         ``build_optimizer`` leaves out the parameters that need no gradient."""
-        mult = self.cfg.backbone_lr_mult
-        if mult == 1:
-            return None
-        pretrained = {id(p) for p in self.pretrained_backbone().parameters()}
-        params = list(params)
-        groups = [{"params": [p for p in params if id(p) not in pretrained], "lr": lr}]
-        if mult > 0:
-            groups.append({"params": [p for p in params if id(p) in pretrained], "lr": lr * mult})
-        return groups
+        return scaled_lr_groups(params, self.pretrained_backbone(), lr, self.cfg.backbone_lr_mult)
 
     # -- forward -----------------------------------------------------------------------------
     def _level(self, i: int, f: Tensor) -> tuple[tuple[int, int], Tensor, Tensor]:
