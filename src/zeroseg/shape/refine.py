@@ -18,8 +18,10 @@ from zeroseg.shape.spectral import EigenCache, SpectralConfig, precompute
 def default_refine_config() -> RefineConfig:
     """The refinement SAZS fuses with and the demo's ``--refine spectral`` applies."""
     # A 32-pixel graph: on 64-pixel ShapeWorld images it measured ~4x faster than a 64-pixel one
-    # and the fusion's segments are upsampled to image size anyway.
-    return RefineConfig(spectral=SpectralConfig(max_side=32))
+    # and the fusion's segments are upsampled to image size anyway. 16 eigenvectors clustered into
+    # 24 segments, chosen on ShapeWorld's val (session 30; docs/methods.md, "SAZS"): the eigengap's
+    # count of 8 eigenvectors left segments spanning several objects, and the fusion lowered hIoU.
+    return RefineConfig(spectral=SpectralConfig(max_side=32, num_eigenvectors=16), num_segments=24)
 
 
 PostFn = Callable[[torch.Tensor, dict], torch.Tensor]
