@@ -258,6 +258,16 @@ def test_presets_parse_and_build(preset):
     assert isinstance(method, SazsNoFusion) == (cfg.method == "sazs-nofusion")
 
 
+def test_shapeworld_fusion_is_the_refine_spectral_default():
+    """SAZS's ShapeWorld fusion and ``--refine spectral`` are one setting (chosen on val), so a
+    refined baseline row and SAZS differ by their training only."""
+    from zeroseg.shape.refine import default_refine_config
+
+    own = runner.model_config(load_config("sazs_unet-small_2k_shapeworld")).refine
+    assert own == default_refine_config()
+    assert own.num_segments == 24 and own.spectral.num_eigenvectors == 16
+
+
 def test_config_rejects_unknown_affinity_features():
     with pytest.raises(ValueError, match="affinity_features"):
         SazsConfig(affinity_features="dino")
