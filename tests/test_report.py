@@ -145,6 +145,13 @@ def test_demo_rows_take_baselines_from_the_presets(tmp_path, monkeypatch):
     _preset(tmp_path, "zs5net_x", "{row: default, order: 3, baselines: projection}")
     with pytest.raises(ConfigError, match="must be a list of demo row names"):
         demo.demo_rows()
+    # a row refined at inference may be a baseline; an unknown refinement or row may not
+    _preset(tmp_path, "zs5net_x", "{row: default, order: 3, baselines: [zs3net+spectral]}")
+    assert demo.demo_rows()["zs5net"].baselines == ("zs3net+spectral",)
+    for bad in ("zs3net+crf", "zs4net+spectral", "zs3net+"):
+        _preset(tmp_path, "zs5net_x", f"{{row: default, order: 3, baselines: ['{bad}']}}")
+        with pytest.raises(ConfigError, match="are not other demo rows"):
+            demo.demo_rows()
 
 
 def test_every_shipped_baseline_is_a_demo_row_of_the_same_family():
@@ -154,6 +161,7 @@ def test_every_shipped_baseline_is_a_demo_row_of_the_same_family():
     assert rows["zs5net"].baselines == ("zs3net", "projection")
     assert rows["zegclip"].baselines == ("projection-frozen",)
     assert rows["alignzeg"].baselines == ("mask-projection", "pading")
+    assert rows["sazs"].baselines == ("projection", "projection+spectral")
     assert demo.baselines_of("zs3net+spectral") == ("zs3net",)
     # ablation rows are compared with their full method
     for name, row in rows.items():

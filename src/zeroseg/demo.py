@@ -39,12 +39,16 @@ class DemoRow:
     baselines: tuple[str, ...] = ()
 
 
+REFINEMENTS = ("spectral",)  # the inference-time refinements a demo row may get (--refine)
+
+
 def demo_rows() -> dict[str, DemoRow]:
     """Row name -> its :class:`DemoRow`, from the presets' ``demo:`` entries.
 
     A row is named by its preset's first word (``projection-frozen_unet-small_2k_shapeworld`` ->
     ``projection-frozen``); a method joins the demo by its preset alone. ``demo: {baselines:
-    [...]}`` names the rows it is compared with; each must be a demo row itself.
+    [...]}`` names the rows it is compared with; each must be a demo row itself, or one refined
+    at inference (``projection+spectral``, compared when the run has that row).
     """
     rows: dict[str, DemoRow] = {}
     for path in sorted(PRESET_DIR.glob("*.yaml")):
@@ -67,13 +71,19 @@ def demo_rows() -> dict[str, DemoRow]:
             )
         rows[name] = DemoRow(path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines))
     for name, row in rows.items():
-        unknown = [b for b in row.baselines if b not in rows or b == name]
+        unknown = [b for b in row.baselines if not _is_row(b, rows) or b == name]
         if unknown:
             raise ConfigError(
                 f"{row.preset}: demo.baselines {unknown} are not other demo rows; "
-                f"valid: {sorted(rows)}"
+                f"valid: {sorted(rows)}, each also as ROW+REFINEMENT with one of {list(REFINEMENTS)}"
             )
     return rows
+
+
+def _is_row(name: str, rows: dict[str, DemoRow]) -> bool:
+    """A demo row, or a demo row refined at inference (``projection+spectral``)."""
+    base, plus, refinement = name.partition("+")
+    return base in rows and (not plus or refinement in REFINEMENTS)
 
 
 def _rows_of(rows: dict[str, DemoRow], kind: str) -> tuple[str, ...]:
@@ -134,9 +144,6 @@ def quick_config(cfg):
             _set_path(cfg.model, f"{stage.schedule.removeprefix('model.')}.iters", iters)
     cfg.data.val_limit = QUICK_VAL_IMAGES
     return cfg
-
-
-REFINEMENTS = ("spectral",)
 
 
 def build_refinement(kind: str):
