@@ -91,6 +91,27 @@ def test_protocol_labels_use_the_documented_words():
     assert protocol_label({"protocol": "supervised"}) == "supervised"
 
 
+def test_sazs_is_compared_with_the_refined_baseline_only_when_the_run_has_it():
+    def with_sazs(refined: bool) -> dict:
+        out = {}
+        for s, rows in BY_SEED.items():
+            p = rows["projection"]
+            extra = {"sazs": _row(p["seen_miou"], p["unseen_miou"] + 3, p["hiou"] + 3, 9, 0.2)}
+            if refined:
+                extra["projection+spectral"] = _row(
+                    p["seen_miou"], p["unseen_miou"], p["hiou"] + 3, 9, 0.5
+                )
+            out[s] = {**rows, **extra}
+        return out
+
+    rows = seed_rows(with_sazs(True), seed_spread(with_sazs(True)))
+    assert list(rows["sazs"]["comparisons"]) == ["projection", "projection+spectral"]
+    assert rows["sazs"]["comparisons"]["projection"]["hiou"]["value"] == pytest.approx(3.0)
+    assert rows["sazs"]["comparisons"]["projection+spectral"]["hiou"]["value"] == pytest.approx(0.0)
+    rows = seed_rows(with_sazs(False), seed_spread(with_sazs(False)))
+    assert list(rows["sazs"]["comparisons"]) == ["projection"]
+
+
 def test_seed_report_has_a_like_for_like_table_marking_only_gaps_beyond_the_spread(tmp_path):
     by_seed = {
         s: {**rows, "zs5net": _row(r["seen_miou"], r["unseen_miou"] + 4, r["hiou"] + 4, 9, 0.1)}
