@@ -169,7 +169,7 @@ def test_demo_rows_take_baselines_from_the_presets(tmp_path, monkeypatch):
     # a row refined at inference may be a baseline; an unknown refinement or row may not
     _preset(tmp_path, "zs5net_x", "{row: default, order: 3, baselines: [zs3net+spectral]}")
     assert demo.demo_rows()["zs5net"].baselines == ("zs3net+spectral",)
-    for bad in ("zs3net+crf", "zs4net+spectral", "zs3net+"):
+    for bad in ("zs3net+crf", "zs4net+spectral", "zs3net+", "zs5net+spectral"):
         _preset(tmp_path, "zs5net_x", f"{{row: default, order: 3, baselines: ['{bad}']}}")
         with pytest.raises(ConfigError, match="are not other demo rows"):
             demo.demo_rows()

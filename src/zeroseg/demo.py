@@ -71,7 +71,7 @@ def demo_rows() -> dict[str, DemoRow]:
             )
         rows[name] = DemoRow(path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines))
     for name, row in rows.items():
-        unknown = [b for b in row.baselines if not _is_row(b, rows) or b == name]
+        unknown = [b for b in row.baselines if not _is_row(b, rows) or b.partition("+")[0] == name]
         if unknown:
             raise ConfigError(
                 f"{row.preset}: demo.baselines {unknown} are not other demo rows; "
