@@ -2,7 +2,7 @@
 
 For the first N images of a ShapeWorld split (default: 100 of `val`), builds the eigen-segments of
 each fusion setting exactly as the fusion does (``spectral_decomposition`` on the colour graph,
-``eigen_segments`` with the setting's cluster count and minimum segment size) and prints the mean
+``refine_segments``, the segments ``refine`` fuses with) and prints the mean
 number of segments per image, the mean number of classes per image, and the share of pixels lying
 in *mixed* segments: segments whose most frequent label covers less than ``--purity`` of them
 (one segment that spans a seen object and its neighbours hands them all one class). The labels
@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from zeroseg.data.shapeworld import load_spec, load_split
-from zeroseg.shape.fusion import RefineConfig, eigen_segments
+from zeroseg.shape.fusion import RefineConfig, refine_segments
 from zeroseg.shape.refine import default_refine_config
 from zeroseg.shape.spectral import spectral_decomposition
 
@@ -51,14 +51,8 @@ def measure(images, labels, cfg: RefineConfig, purity: float) -> dict[str, float
     """Mean segments per image, classes per image and mixed-pixel share under ``cfg``."""
     n_seg, n_cls, mixed = [], [], []
     for image, label in zip(images, labels, strict=True):
-        eigen = spectral_decomposition(np.asarray(image), None, cfg.spectral)
-        h, w = label.shape
-        segments = eigen_segments(
-            eigen,
-            num_segments=cfg.num_segments,
-            method=cfg.method,
-            min_size=int(round(cfg.min_segment_fraction * h * w)),
-            seed=cfg.seed,
+        segments = refine_segments(
+            spectral_decomposition(np.asarray(image), None, cfg.spectral), cfg
         )
         n_seg.append(int(segments.max()) + 1)
         n_cls.append(len(np.unique(label)))

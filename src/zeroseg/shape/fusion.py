@@ -257,15 +257,24 @@ def refine(
         eigen = spectral_decomposition(image, features, cfg.spectral)
     elif eigen.image_size != (H, W):
         raise ValueError(f"refine: eigen is for a {eigen.image_size} image, not {(H, W)}")
-    segments = eigen_segments(
+    return fuse(
+        probs,
+        refine_segments(eigen, cfg),
+        agreement_threshold=cfg.agreement_threshold,
+        ignore_mask=ignore_mask,
+    )
+
+
+def refine_segments(eigen: Eigen, cfg: RefineConfig) -> np.ndarray:
+    """The (H, W) eigen-segments :func:`refine` fuses with under ``cfg`` (its cluster count,
+    method, seed and minimum segment share of the image)."""
+    H, W = eigen.image_size
+    return eigen_segments(
         eigen,
         num_segments=cfg.num_segments,
         method=cfg.method,
         min_size=int(round(cfg.min_segment_fraction * H * W)),
         seed=cfg.seed,
-    )
-    return fuse(
-        probs, segments, agreement_threshold=cfg.agreement_threshold, ignore_mask=ignore_mask
     )
 
 
