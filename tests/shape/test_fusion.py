@@ -175,3 +175,65 @@ def test_refine_accepts_precomputed_eigen_and_checks_sizes() -> None:
     assert out.shape == (20, 20)
     with pytest.raises(ValueError, match="probs are"):
         refine(one_hot(np.zeros((10, 20), int), 2), img, None, RefineConfig(), eigen=eigen)
+
+
+# ------------------------------------------------------------------------------- segment memo
+
+
+def _two_colour_image(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((24, 24, 3), np.uint8)
+    img[:, 12:] = (200, 40, 40)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_refine_memo_decomposes_each_image_once(monkeypatch) -> None:
+    from zeroseg.shape import fusion
+
+    calls = []
+
+    def counted(image, features, cfg):
+        calls.append(1)
+        return spectral_decomposition(image, features, cfg)
+
+    monkeypatch.setattr(fusion, "spectral_decomposition", counted)
+    monkeypatch.setattr(fusion, "SEGMENT_MEMO", fusion.SegmentMemo())
+    cfg = RefineConfig(spectral=SpectralConfig(num_eigenvectors=4), num_segments=3)
+    img, other = _two_colour_image(0), _two_colour_image(1)
+    rng = np.random.default_rng(0)
+    probs = [one_hot(rng.integers(0, 2, (24, 24)), 2) for _ in range(2)]
+
+    first = refine(probs[0], img, None, cfg)
+    second = refine(probs[1], img, None, cfg)  # another row's scores on the same image
+    assert len(calls) == 1 and fusion.SEGMENT_MEMO.hits == 1
+    # A hit fuses exactly the segments a fresh decomposition gives.
+    fresh = fusion.refine_segments(spectral_decomposition(img, None, cfg.spectral), cfg)
+    np.testing.assert_array_equal(second.numpy(), fuse(probs[1], fresh).numpy())
+    np.testing.assert_array_equal(first.numpy(), fuse(probs[0], fresh).numpy())
+
+    refine(probs[0], img, None, RefineConfig(cfg.spectral, 3, agreement_threshold=0.9))
+    assert len(calls) == 1  # the vote's threshold does not change the segments
+    refine(probs[0], other, None, cfg)
+    refine(probs[0], img, None, RefineConfig(cfg.spectral, num_segments=4))
+    refine(probs[0], img, None, RefineConfig(SpectralConfig(num_eigenvectors=3), 3))
+    refine(probs[0], img, torch.ones(6, 6, 2), cfg)
+    refine(probs[0], img, torch.zeros(6, 6, 2), cfg)
+    assert len(calls) == 6  # each other image, setting or feature map is a new entry
+    eigen = spectral_decomposition(img, None, cfg.spectral)
+    refine(probs[0], img, None, cfg, eigen=eigen)  # a given decomposition is used, not the memo
+    assert fusion.SEGMENT_MEMO.hits == 2
+
+
+def test_segment_memo_keeps_the_most_recent_within_its_budget() -> None:
+    from zeroseg.shape.fusion import SegmentMemo
+
+    seg = np.zeros((10, 10), np.int64)  # 800 bytes
+    memo = SegmentMemo(max_bytes=2000)
+    memo.put(b"a", seg)
+    memo.put(b"b", seg + 1)
+    assert memo.get(b"a") is not None  # a is now the most recent
+    memo.put(b"c", seg + 2)
+    assert memo.get(b"b") is None and len(memo) == 2
+    np.testing.assert_array_equal(memo.get(b"c"), seg + 2)
+    memo.get(b"c")[0, 0] = 5  # a caller's copy, not the entry
+    np.testing.assert_array_equal(memo.get(b"c"), seg + 2)

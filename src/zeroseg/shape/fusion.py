@@ -25,6 +25,9 @@ prediction alone:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -242,6 +245,8 @@ def refine(
         features: (h_f, w_f, C) self-supervised patch features, or None (colour graph only).
         cfg: refinement settings.
         eigen: a precomputed decomposition (e.g. from ``EigenCache``) to skip the eigensolver.
+            Without it the segments of an image already refined with the same features and
+            settings come from ``SEGMENT_MEMO`` (the same array, not recomputed).
         ignore_mask: (H, W) bool pixels that neither vote nor change.
 
     Returns:
@@ -254,12 +259,18 @@ def refine(
             f"prediction to image size first"
         )
     if eigen is None:
-        eigen = spectral_decomposition(image, features, cfg.spectral)
+        key = _segments_key(image, features, cfg)
+        segments = SEGMENT_MEMO.get(key)
+        if segments is None:
+            segments = refine_segments(spectral_decomposition(image, features, cfg.spectral), cfg)
+            SEGMENT_MEMO.put(key, segments)
     elif eigen.image_size != (H, W):
         raise ValueError(f"refine: eigen is for a {eigen.image_size} image, not {(H, W)}")
+    else:
+        segments = refine_segments(eigen, cfg)
     return fuse(
         probs,
-        refine_segments(eigen, cfg),
+        segments,
         agreement_threshold=cfg.agreement_threshold,
         ignore_mask=ignore_mask,
     )
@@ -276,6 +287,69 @@ def refine_segments(eigen: Eigen, cfg: RefineConfig) -> np.ndarray:
         min_size=int(round(cfg.min_segment_fraction * H * W)),
         seed=cfg.seed,
     )
+
+
+class SegmentMemo:
+    """The eigen-segments of the images refined last, so rows that refine the same images with
+    the same settings (SAZS, ``projection+spectral`` and ``zs3net+spectral`` on one test split)
+    decompose and cluster each image once.
+
+    An entry is keyed by a digest of the image's bytes, its graph features and every setting the
+    segments depend on, so a hit returns exactly what :func:`refine_segments` would compute.
+    Least recently used entries go first once the stored segments pass ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        segments = self._items.get(key)
+        if segments is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return segments.copy()  # a caller's change never reaches the stored entry
+
+    def put(self, key: bytes, segments: np.ndarray) -> None:
+        if key in self._items or segments.nbytes > self.max_bytes:
+            return
+        segments = segments.copy()
+        self._items[key] = segments
+        self._bytes += segments.nbytes
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+
+SEGMENT_MEMO = SegmentMemo()
+
+
+def _segments_key(image: np.ndarray, features: torch.Tensor | None, cfg: RefineConfig) -> bytes:
+    """Digest of everything :func:`refine`'s segments depend on (not the scores they vote on)."""
+    h = hashlib.blake2b(digest_size=20)
+    settings = dataclasses.replace(cfg, agreement_threshold=0.0)  # the vote is not the segments
+    h.update(repr(settings).encode())
+    image = np.ascontiguousarray(image)
+    h.update(f"{image.shape}{image.dtype}".encode())
+    h.update(image.tobytes())
+    if features is not None:
+        f = features.detach().cpu().contiguous()
+        h.update(f"{tuple(f.shape)}{f.dtype}".encode())
+        h.update(f.view(torch.uint8).numpy().tobytes() if f.numel() else b"")
+    return h.digest()
 
 
 # ------------------------------------------------------------------------------------- helpers
