@@ -237,3 +237,34 @@ def test_segment_memo_keeps_the_most_recent_within_its_budget() -> None:
     np.testing.assert_array_equal(memo.get(b"c"), seg + 2)
     memo.get(b"c")[0, 0] = 5  # a caller's copy, not the entry
     np.testing.assert_array_equal(memo.get(b"c"), seg + 2)
+
+
+def test_kmeans_centres_are_exactly_lloyds_member_means() -> None:
+    """The grouped centre update equals the textbook one (each centre the mean of its members,
+    an emptied cluster kept) bit for bit, so a faster update changes no segment."""
+    from zeroseg.shape.fusion import _assign, _kmeans, _kmeans_pp
+
+    def textbook(x, n, seed, iters=100, n_init=4):
+        rng = np.random.default_rng(seed)
+        best, best_inertia = None, np.inf
+        for _ in range(n_init):
+            centres = _kmeans_pp(x, n, rng)
+            for _ in range(iters):
+                labels, _ = _assign(x, centres)
+                new = centres.copy()
+                for c in range(len(centres)):
+                    if (labels == c).any():
+                        new[c] = x[labels == c].mean(axis=0)
+                if np.allclose(new, centres, rtol=0, atol=1e-10):
+                    break
+                centres = new
+            inertia = float(_assign(x, centres)[1].sum())
+            if inertia < best_inertia - 1e-12:
+                best, best_inertia = centres, inertia
+        return best
+
+    rng = np.random.default_rng(0)
+    blobs = rng.normal(size=(12, 5))[rng.integers(12, size=300)] + 0.05 * rng.normal(size=(300, 5))
+    few = np.repeat(rng.normal(size=(4, 5)), 30, axis=0)  # 4 distinct points, 6 clusters
+    for seed, (x, n) in enumerate([(blobs, 8), (rng.normal(size=(200, 3)), 5), (few, 6)]):
+        np.testing.assert_array_equal(_kmeans(x, n, seed=seed), textbook(x, n, seed))

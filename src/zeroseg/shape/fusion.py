@@ -379,10 +379,14 @@ def _kmeans(x: np.ndarray, n: int, *, seed: int, iters: int = 100, n_init: int =
         for _ in range(iters):
             labels, _ = _assign(x, centres, x_sq)
             new = centres.copy()
-            for c in range(len(centres)):
-                members = x[labels == c]
-                if len(members):  # an emptied cluster keeps its centre
-                    new[c] = members.mean(axis=0)
+            # Each cluster's rows are one slice of the stably sorted points, in their original
+            # order, so a slice's sum / count is exactly the mean of the cluster's members.
+            order = np.argsort(labels, kind="stable")
+            counts = np.bincount(labels, minlength=len(centres))
+            ends = np.cumsum(counts)
+            grouped = x[order]
+            for c in np.flatnonzero(counts):  # an emptied cluster keeps its centre
+                new[c] = grouped[ends[c] - counts[c] : ends[c]].sum(axis=0) / counts[c]
             if np.allclose(new, centres, rtol=0, atol=1e-10):
                 break
             centres = new
