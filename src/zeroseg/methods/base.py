@@ -66,7 +66,8 @@ class Stage:
 
 # Stages 2-3 of the generative methods (ZS3Net, PADing): the feature generator, then the classifier
 # retrained on real seen + generated unseen features, each with its schedule in the model config.
-# quick=1.0: --quick has never shortened them, so the quick demo's numbers stay as they were.
+# quick=1.0: --quick has never shortened PADing's (trained until their losses plateau); ZS3Net
+# runs its generator at half length under --quick (ZS3Net.stages).
 GENERATIVE_STAGES = (
     Stage("generator", "model.generator_train", quick=1.0),
     Stage("classifier", "model.classifier_train", quick=1.0),
