@@ -17,8 +17,9 @@ FULL := $(VENV)/.installed-full
 
 # What make demo needs: torch and the package. Re-runs when pyproject.toml changes.
 # --no-compile: pip would byte-compile every installed module (all of torch, transformers,
-# scipy...), about 30 of the set-up's 63 s on a 2-core VM; Python compiles the modules a run
-# imports when it first imports them (and caches them unless PYTHONDONTWRITEBYTECODE is set).
+# scipy...), most of which a demo never imports: make demo's set-up took 55-60 s with it and
+# 26-29 s without (docs/benchmarks.md, session 31); Python compiles the modules a run imports
+# when it first imports them (and caches them unless PYTHONDONTWRITEBYTECODE is set).
 $(CORE): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -68,7 +68,7 @@ class GMMN(nn.Module):
                 nn.Linear(in_dim, config.hidden),
                 nn.LeakyReLU(config.leaky_slope),
                 # nn.Dropout's rate and (empty) state dict, with a mask that is cheaper to draw on
-                # the CPU: ZS3Net's GMMN step spent a quarter of its time in bernoulli_.
+                # the CPU than bernoulli_'s (docs/benchmarks.md, session 31: the step's time).
                 Dropout(config.dropout),
                 nn.Linear(config.hidden, config.feature_dim),
             ]

@@ -304,7 +304,6 @@ class SegmentMemo:
         self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._bytes = 0
         self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -312,7 +311,6 @@ class SegmentMemo:
     def get(self, key: bytes) -> np.ndarray | None:
         segments = self._items.get(key)
         if segments is None:
-            self.misses += 1
             return None
         self._items.move_to_end(key)
         self.hits += 1
@@ -327,11 +325,6 @@ class SegmentMemo:
         while self._bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.nbytes
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
-        self.hits = self.misses = 0
 
 
 SEGMENT_MEMO = SegmentMemo()
