@@ -111,7 +111,8 @@ def test_the_frozen_projection_presets_are_the_projection_preset_plus_a_few_keys
     }
     base = "projection_unet-small_2k_shapeworld"
     assert _changes("projection-frozen_unet-small_2k_shapeworld", base) == frozen | {
-        "demo.order": 5
+        "demo.order": 5,
+        "demo.cost": 97.0,
     }
     assert _changes(
         "projection-frozen-excl_unet-small_2k_shapeworld",
@@ -121,4 +122,5 @@ def test_the_frozen_projection_presets_are_the_projection_preset_plus_a_few_keys
         "demo.row": "ablation",
         "demo.order": 11,
         "demo.baselines": ["projection-frozen"],
+        "demo.cost": 100.0,  # not stated: the default
     }

@@ -175,6 +175,46 @@ def test_demo_rows_take_baselines_from_the_presets(tmp_path, monkeypatch):
             demo.demo_rows()
 
 
+def test_a_parallel_run_starts_the_ready_row_with_the_longest_chain(tmp_path, monkeypatch):
+    import zeroseg.demo as demo
+
+    monkeypatch.setattr(demo, "PRESET_DIR", tmp_path)
+    _preset(tmp_path, "projection_x", "{row: default, order: 1, cost: 10}")
+    _preset(tmp_path, "zs3net_x", "{row: default, order: 2, baselines: [projection], cost: 50}")
+    _preset(tmp_path, "oracle_x", "{row: default, order: 3, cost: 40}")
+    _preset(tmp_path, "sazs_x", "{row: default, order: 4}")  # no cost: a typical row's 100 s
+    monkeypatch.setattr(demo, "DEMO_ROWS", demo.demo_rows())
+    planned = ["projection", "zs3net", "oracle", "sazs"]
+    # projection alone is the cheapest, but zs3net waits for it: 10 + 50 > 40
+    assert demo._rows_to_start(planned, set(), planned) == ["sazs", "projection", "oracle"]
+    assert demo._rows_to_start(["zs3net", "oracle"], {"projection"}, planned) == [
+        "zs3net",
+        "oracle",
+    ]
+    planned = ["projection", "oracle"]  # without zs3net, projection's chain is its own 10 s
+    assert demo._rows_to_start(planned, set(), planned) == ["oracle", "projection"]
+    # two rows waiting for each other: each chain ends where it would repeat
+    _preset(tmp_path, "projection_x", "{row: default, order: 1, baselines: [zs3net], cost: 10}")
+    monkeypatch.setattr(demo, "DEMO_ROWS", demo.demo_rows())
+    assert demo._priority("projection", ["projection", "zs3net"]) == 60
+    for bad in ("-1", "fast", "true", "[3]"):
+        _preset(tmp_path, "oracle_x", f"{{row: default, order: 3, cost: {bad}}}")
+        with pytest.raises(ConfigError, match="oracle_x: demo.cost must be a number of seconds"):
+            demo.demo_rows()
+
+
+def test_the_shipped_rows_start_with_the_longest_chains():
+    """A make demo run with --jobs 2 starts mask-projection (which PADing and then AlignZeg wait
+    for) and projection-frozen (which ZegCLIP waits for), and leaves sazs-nofusion, which
+    reuses every stage of sazs, to the end."""
+    import zeroseg.demo as demo
+
+    planned = list(demo.DEFAULT_METHODS)
+    order = demo._rows_to_start(planned, set(), planned)
+    assert order[:2] == ["mask-projection", "projection-frozen"]
+    assert "sazs-nofusion" not in order and "zs5net" not in order  # waiting for their stages
+
+
 def test_every_shipped_baseline_is_a_demo_row_of_the_same_family():
     import zeroseg.demo as demo
 

@@ -64,6 +64,9 @@ class DemoConfig:
     order: int = 0  # the row's place in the report (ascending)
     # demo rows it is compared with like for like (same backbone, images, budget); first = main
     baselines: list[str] = field(default_factory=list)
+    # the row's training seconds at --quick on one thread, measured on make demo's machine: only
+    # the order in which a --jobs run starts the rows (zeroseg.demo._priority); 100: a typical row
+    cost: float = 100.0
 
 
 @dataclass
@@ -435,6 +438,15 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
         "demo.baselines",
         "a list of demo row names",
         cfg.demo.baselines,
+    )
+    _check(
+        not isinstance(cfg.demo.cost, bool)
+        and isinstance(cfg.demo.cost, (int, float))
+        and cfg.demo.cost >= 0,
+        where,
+        "demo.cost",
+        "a number of seconds >= 0",
+        cfg.demo.cost,
     )
     _check(
         cfg.device in ("auto", "cpu", "cuda")

@@ -21,11 +21,13 @@ import torch
 
 from zeroseg import runner
 from zeroseg._yaml import safe_load
-from zeroseg.config import PRESET_DIR, ConfigError, _set_path, to_dict
+from zeroseg.config import PRESET_DIR, ConfigError, DemoConfig, _set_path, to_dict
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.engine.rundir import without_neutral
 from zeroseg.methods.base import revision_key
 from zeroseg.report import _fmt
+
+DEFAULT_ROW_COST = DemoConfig.cost  # seconds: a row whose preset states no demo.cost
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class DemoRow:
     order: int
     # the rows it is compared with like for like (same backbone, images, budget), first = main
     baselines: tuple[str, ...] = ()
+    cost: float = DEFAULT_ROW_COST  # seconds: only the --jobs start order (DemoConfig.cost)
 
 
 REFINEMENTS = ("spectral",)  # the inference-time refinements a demo row may get (--refine)
@@ -69,7 +72,14 @@ def demo_rows() -> dict[str, DemoRow]:
             raise ConfigError(
                 f"{path.stem}: demo.baselines must be a list of demo row names, got {baselines!r}"
             )
-        rows[name] = DemoRow(path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines))
+        cost = demo.get("cost", DEFAULT_ROW_COST)
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
+            raise ConfigError(
+                f"{path.stem}: demo.cost must be a number of seconds >= 0, got {cost!r}"
+            )
+        rows[name] = DemoRow(
+            path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines), float(cost)
+        )
     for name, row in rows.items():
         unknown = [b for b in row.baselines if not _is_row(b, rows) or b.partition("+")[0] == name]
         if unknown:
@@ -294,10 +304,30 @@ def _ready(name: str, done: set[str], planned: Sequence[str]) -> bool:
     return all(b in done for b in baselines_of(name) if b in planned)
 
 
+def _priority(name: str, planned: Sequence[str], _chain: frozenset[str] = frozenset()) -> float:
+    """The seconds of training on the longest chain of rows that starts with ``name``: its
+    ``demo.cost`` plus that of the longest chain among the planned rows that wait for it
+    (:func:`_ready`). A parallel run starts the ready row with the longest chain first (list
+    scheduling by critical path), so the long rows and the rows they hold up do not end up
+    running alone at the end while the other worker idles."""
+    chain = _chain | {name}  # a cycle among baselines ends the chain
+    waiting = [d for d in planned if d not in chain and name in baselines_of(d)]
+    own = DEMO_ROWS[name].cost if name in DEMO_ROWS else DEFAULT_ROW_COST
+    return own + max((_priority(d, planned, chain) for d in waiting), default=0.0)
+
+
+def _rows_to_start(pending: Sequence[str], done: set[str], planned: Sequence[str]) -> list[str]:
+    """The pending rows that may start (:func:`_ready`), the longest chain first
+    (:func:`_priority`; ties in the report's order)."""
+    ready = [n for n in pending if _ready(n, done, planned)]
+    return sorted(ready, key=lambda n: -_priority(n, planned))
+
+
 def _run_rows_parallel(jobs_args: list[tuple], jobs: int, threads: int) -> dict[str, dict]:
     """Runs ``(name, cfg, directory, grid_images, refine)`` rows in ``jobs`` processes of
-    ``threads`` threads each, a row starting once its baselines have finished (:func:`_ready`).
-    Returns each row's :func:`_run_row` result by name."""
+    ``threads`` threads each, a row starting once its baselines have finished (:func:`_ready`),
+    the ready row with the longest chain first (:func:`_priority`). Returns each row's
+    :func:`_run_row` result by name."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -311,9 +341,9 @@ def _run_rows_parallel(jobs_args: list[tuple], jobs: int, threads: int) -> dict[
         jobs, mp_context=ctx, initializer=_job_init, initargs=(threads,)
     ) as pool:
         while pending or running:
-            for args in [a for a in pending if _ready(a[0], set(results), planned)]:
-                if len(running) >= jobs:
-                    break
+            starting = _rows_to_start([a[0] for a in pending], set(results), planned)
+            for name in starting[: jobs - len(running)]:
+                args = next(a for a in pending if a[0] == name)
                 pending.remove(args)
                 running[pool.submit(_job_row, *args)] = args[0]
             if not running:  # a cycle among baselines: run the next row anyway
@@ -343,8 +373,9 @@ def run_demo(
     ``jobs`` > 1 trains that many rows at once, each in its own process with an equal share of
     this process's threads (``torch.get_num_threads() // jobs``, at least 1); a row starts once
     its baselines have finished. Each row is deterministic for a given thread count, so a
-    ``--jobs 2`` run repeats exactly, but its figures may differ in the last digits from a
-    ``--jobs 1`` run (kernels split their sums by thread).
+    ``--jobs 2`` run repeats exactly, but its figures differ from a ``--jobs 1`` run as another
+    seed's would: kernels split their sums by thread, and training amplifies the last-digit
+    differences (up to a few hIoU points in a row; docs/benchmarks.md).
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
