@@ -41,23 +41,27 @@ $(FULL): $(CORE)
 
 venv .venv: $(FULL)
 
+# SAZS's eigen-segment fusion also applied, at inference, to the projection baseline's and ZS3Net's
+# models (the rows projection+spectral and zs3net+spectral).
+REFINE = --refine spectral --refine-on projection zs3net
+
 # --jobs 2: two rows at once, each on half the threads (docs/benchmarks.md, "Two rows at once").
 demo: $(CORE)
-	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo --refine spectral --refine-on projection zs3net
+	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo $(REFINE)
 
 serve: $(FULL)
 	$(BIN)/zeroseg serve
 
 demo-ablations: $(CORE)
-	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo-ablations --ablations --refine spectral --refine-on projection zs3net
+	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo-ablations --ablations $(REFINE)
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
 # about 1 h 36 min on 2 cores with AVX512-BF16 in session 26, about 2 h without native bf16;
 # 55 min in session 18, before the mask family's longer quick stage 1: README, "Over 3 seeds"):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
 benchmark: $(CORE)
-	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default
-	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second \
+	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
+	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second $(REFINE) \
 		--world src/zeroseg/data/shapeworld/worlds/second.yaml
 
 test: $(FULL)

@@ -296,6 +296,10 @@ def test_demo_jobs_gives_the_one_thread_rows_exactly(tiny_world, tmp_path):
     for name in ("oracle", "projection"):
         for key in ("seen_miou", "unseen_miou", "hiou", "miou", "ausuc", "per_class_iou"):
             assert two["methods"][name][key] == one["methods"][name][key], (name, key)
+        for run in (one, two):  # the process's memory while the row ran (Linux /proc)
+            memory = run["methods"][name]["memory"]
+            assert set(memory) == {"start_rss_mib", "peak_rss_mib"}
+            assert memory["peak_rss_mib"] >= memory["start_rss_mib"] > 0
 
 
 def test_a_parallel_row_waits_for_the_baselines_it_shares_stages_with():

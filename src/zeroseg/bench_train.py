@@ -44,6 +44,7 @@ __all__ = [
     "bench_train",
     "bench_train_one",
     "matmul_peak",
+    "reset_peak_rss",
     "status_mib",
     "train_schedules",
 ]
@@ -80,7 +81,7 @@ def status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     """Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -142,7 +143,7 @@ class StageTimer:
     @contextmanager
     def __call__(self, stage: str, step: int, batch: object, cfg) -> Iterator[None]:
         if not self.stages or self.stages[-1].name != stage or step == 0:
-            _reset_peak_rss()
+            reset_peak_rss()
             self.stages.append(_Stage(stage, resolve_amp(cfg.amp, torch.device("cpu")), cfg.iters))
             self._last_end = None
         s = self.stages[-1]

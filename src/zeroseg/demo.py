@@ -212,6 +212,7 @@ def _run_row(
 
         identity = foundation_identity(started_from)
     print(f"[zeroseg] {name}: training (or loading finished stages) into {directory}", flush=True)
+    memory = _memory_mark()
     result = runner.train(cfg, directory, progress=progress, data=data)
     # gamma of the shared calibration rule chosen on val; figures on test (never tuned on)
     metrics, spi, kept = runner.evaluate_protocol(
@@ -276,7 +277,47 @@ def _run_row(
         f"({took})",
         flush=True,
     )
+    rows[name]["memory"] = _memory_used(memory)
     return {"rows": rows, "grid": grid, "foundation": (started_from, identity)}
+
+
+def _memory_mark() -> float | None:
+    """Resets this process's peak-RSS mark (Linux) and returns its RSS in MiB now (None where
+    /proc cannot tell): the start of a row's :func:`_memory_used`."""
+    from zeroseg.bench_train import reset_peak_rss, status_mib
+
+    try:
+        reset_peak_rss()
+        return status_mib("VmRSS")
+    except (OSError, RuntimeError):
+        return None
+
+
+def _memory_used(start: float | None) -> dict | None:
+    """The row's ``memory`` in report.json: the process's RSS when the row started (what it
+    held already: torch, the world's splits, earlier rows' leftovers) and its peak while the row
+    trained and was evaluated, in MiB."""
+    from zeroseg.bench_train import status_mib
+
+    if start is None:
+        return None
+    return {"start_rss_mib": round(start, 1), "peak_rss_mib": round(status_mib("VmHWM"), 1)}
+
+
+def _release_memory() -> None:
+    """Hands the heap a finished row freed back to the system (glibc's malloc_trim), so a
+    ``--jobs`` worker does not carry its last row's peak into the next one."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def _job_init(threads: int) -> None:
@@ -288,9 +329,13 @@ def _job_row(name: str, cfg, directory: Path, grid_images: int, refine: Sequence
     """A ``--jobs`` worker's row: the world from the cache the parent filled, no progress bars
     (two workers' bars would interleave)."""
     data = runner.build_data(cfg, progress=False)
-    return _run_row(
-        name, cfg, data, directory, progress=False, grid_images=grid_images, refine=refine
-    )
+    try:
+        return _run_row(
+            name, cfg, data, directory, progress=False, grid_images=grid_images, refine=refine
+        )
+    finally:
+        del data
+        _release_memory()
 
 
 def _ready(name: str, done: set[str], planned: Sequence[str]) -> bool:
