@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 import zeroseg.engine.trainer as trainer_mod
 from zeroseg import runner
@@ -519,3 +520,57 @@ def test_stage_3_trains_the_class_vectors_and_keeps_the_shared_layer(runs):
     with torch.no_grad():
         start = head.text_side(zs3.train_embeddings)
     assert not torch.allclose(clf.weight, start)  # the vectors did train
+
+
+def _bank_from_every_feature(method: ZS3Net, dataset, seed: int) -> tuple[Tensor, Tensor]:
+    """The bank as drawn from every seen pixel's feature held at once (what build_feature_bank
+    did before it counted first): per class, ``randperm`` over all its features in image order."""
+    from zeroseg.data.labels import downsample_labels, seen_position_lookup
+    from zeroseg.data.loader import iterate_eval
+
+    g = method.cfg.generator
+    lookup = seen_position_lookup(method.split)
+    order = np.random.default_rng(seed).permutation(len(dataset))[
+        : min(len(dataset), g.bank_images)
+    ]
+    per_class: list[list[Tensor]] = [[] for _ in method.split.seen]
+    method.segmenter.eval()
+    with torch.no_grad():
+        for batch in iterate_eval(torch.utils.data.Subset(dataset, order.tolist()), 50):
+            feats = method.features(batch["image"]).float()
+            pos = lookup[downsample_labels(batch["label"], feats.shape[-2:])].reshape(-1)
+            flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+            for p in torch.unique(pos).tolist():
+                if p != method.split.ignore_index:
+                    per_class[p].append(flat[pos == p])
+    gen = torch.Generator().manual_seed(seed)
+    bank = torch.zeros_like(method.feature_gen.bank)
+    count = torch.zeros_like(method.feature_gen.bank_count)
+    for p, chunks in enumerate(per_class):
+        if chunks:
+            allf = torch.cat(chunks)
+            keep = torch.randperm(len(allf), generator=gen)[: bank.shape[1]]
+            bank[p, : len(keep)] = allf[keep]
+            count[p] = len(keep)
+    return bank, count
+
+
+def test_the_feature_bank_is_the_draw_from_every_seen_feature(runs):
+    """Counting first and keeping only the drawn features gives, bit for bit, the bank drawn
+    from every seen pixel's feature held at once; here some classes have more pixels than the
+    bank keeps (a real draw) and some fewer (all kept)."""
+    method: ZS3Net = runs["zs3net"][0].method
+    data = runs["data"]
+    train = torch.utils.data.Subset(SeenOnly(data.train, data.split, "ignore"), range(6))
+    bank, count = _bank_from_every_feature(method, train, seed=3)
+    assert (count == method.cfg.generator.bank_per_class).any()
+    assert (count < method.cfg.generator.bank_per_class).any()
+    saved = method.feature_gen.bank.clone(), method.feature_gen.bank_count.clone()
+    try:
+        with torch.no_grad():
+            method.build_feature_bank(train, device=torch.device("cpu"), seed=3)
+        assert torch.equal(method.feature_gen.bank_count, count)
+        assert torch.equal(method.feature_gen.bank, bank)
+    finally:
+        method.feature_gen.bank.copy_(saved[0])
+        method.feature_gen.bank_count.copy_(saved[1])

@@ -500,6 +500,13 @@ class ZS3Net(Method):
     def build_feature_bank(self, dataset, *, device: torch.device, seed: int = 0) -> None:
         """Fills the bank with real features of seen classes from the frozen segmenter (eval mode).
 
+        Each seen class keeps ``bank_per_class`` of its pixels' features, drawn uniformly
+        (``randperm`` over all of them, in image order). Drawing needs each class's pixel count
+        first, so a first pass counts labels only (at the feature resolution, known from one
+        image of each size) and a second computes the features and keeps just the drawn ones:
+        the bank's memory, not every seen pixel's feature (1.1 GB at the ShapeWorld preset's
+        4000 images), with the same bank as gathering them all.
+
         Args:
             dataset: labelled data through the protocol (every batch is checked for unseen labels).
         """
@@ -508,29 +515,48 @@ class ZS3Net(Method):
         n_img = min(len(dataset), g.bank_images)
         order = np.random.default_rng(seed).permutation(len(dataset))[:n_img]
         subset = torch.utils.data.Subset(dataset, order.tolist())
-        per_class: list[list[Tensor]] = [[] for _ in self.split.seen]
         self.segmenter.eval()
-        for batch in iterate_eval(subset, 50):
+        feature_size: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def positions(batch) -> Tensor:
+            """(B * h * w,) seen positions of the batch's labels at the feature resolution."""
             assert_seen_only(batch, self.split, stage="feature-bank")
-            feats = self.features(batch["image"].to(device)).float()  # (B, F, h, w)
-            pos = lookup[
-                downsample_labels(batch["label"].to(device), feats.shape[-2:])
-            ]  # (B, h, w)
-            flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
-            pos = pos.reshape(-1)
-            for p in torch.unique(pos).tolist():
-                if p != self.split.ignore_index:
-                    per_class[p].append(flat[pos == p].cpu())
+            shape = tuple(batch["image"].shape[-2:])
+            if shape not in feature_size:
+                one = self.features(batch["image"][:1].to(device))
+                feature_size[shape] = tuple(one.shape[-2:])
+            labels = downsample_labels(batch["label"].to(device), feature_size[shape])
+            return lookup[labels].reshape(-1)
+
+        ignore = self.split.ignore_index
+        count_all = torch.zeros(len(self.split.seen), dtype=torch.int64)
+        for batch in iterate_eval(subset, 50):
+            pos = positions(batch).cpu()
+            count_all += torch.bincount(pos[pos != ignore], minlength=len(count_all))
         gen = torch.Generator().manual_seed(seed)
         bank = torch.zeros_like(self.feature_gen.bank, device="cpu")
         count = torch.zeros_like(self.feature_gen.bank_count, device="cpu")
-        for p, chunks in enumerate(per_class):
-            if not chunks:
-                continue
-            allf = torch.cat(chunks)
-            keep = torch.randperm(len(allf), generator=gen)[: bank.shape[1]]
-            bank[p, : len(keep)] = allf[keep]
-            count[p] = len(keep)
+        slot = []  # per class: each of its pixels' row in the bank, -1 if not drawn
+        for p, n in enumerate(count_all.tolist()):
+            keep = torch.randperm(n, generator=gen)[: bank.shape[1]] if n else None
+            rows = torch.full((n,), -1, dtype=torch.int64)
+            if keep is not None:
+                rows[keep] = torch.arange(len(keep))
+                count[p] = len(keep)
+            slot.append(rows)
+        seen_so_far = [0] * len(slot)
+        for batch in iterate_eval(subset, 50):
+            pos = positions(batch)
+            feats = self.features(batch["image"].to(device)).float()  # (B, F, h, w)
+            flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+            for p in torch.unique(pos).tolist():
+                if p == ignore:
+                    continue
+                mine = flat[pos == p].cpu()
+                rows = slot[p][seen_so_far[p] : seen_so_far[p] + len(mine)]
+                seen_so_far[p] += len(mine)
+                drawn = rows >= 0
+                bank[p, rows[drawn]] = mine[drawn]
         self.feature_gen.bank.copy_(bank)
         self.feature_gen.bank_count.copy_(count)
 
