@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from zeroseg.engine.memory import reset_peak_rss, status_mib
 from zeroseg.engine.trainer import resolve_amp
 
 __all__ = [
@@ -70,21 +71,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5, clock=time.pro
         a @ b
         runs.append(clock() - start)
     return 2 * n**3 / statistics.median(runs) / 1e9
-
-
-def status_mib(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (VmRSS, VmHWM, ...) in MiB (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak_rss() -> None:
-    """Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def batch_size(batch: object) -> tuple[int, str]:

@@ -284,7 +284,7 @@ def _run_row(
 def _memory_mark() -> float | None:
     """Resets this process's peak-RSS mark (Linux) and returns its RSS in MiB now (None where
     /proc cannot tell): the start of a row's :func:`_memory_used`."""
-    from zeroseg.bench_train import reset_peak_rss, status_mib
+    from zeroseg.engine.memory import reset_peak_rss, status_mib
 
     try:
         reset_peak_rss()
@@ -297,7 +297,7 @@ def _memory_used(start: float | None) -> dict | None:
     """The row's ``memory`` in report.json: the process's RSS when the row started (what it
     held already: torch, the world's splits, earlier rows' leftovers) and its peak while the row
     trained and was evaluated, in MiB."""
-    from zeroseg.bench_train import status_mib
+    from zeroseg.engine.memory import status_mib
 
     if start is None:
         return None
