@@ -304,6 +304,9 @@ MAX_CROP = 8192  # pixels per side of a training crop or an inference window
 DATASETS = ("shapeworld", "voc", "coco_stuff", "context", "coco_panoptic", "pascal_5i", "coco_20i")
 
 
+DEMO_COST_EXPECTED = "a number of seconds >= 0"  # demo.cost, checked here and by zeroseg.demo
+
+
 def _check(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
@@ -439,15 +442,7 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
         "a list of demo row names",
         cfg.demo.baselines,
     )
-    _check(
-        not isinstance(cfg.demo.cost, bool)
-        and isinstance(cfg.demo.cost, (int, float))
-        and cfg.demo.cost >= 0,
-        where,
-        "demo.cost",
-        "a number of seconds >= 0",
-        cfg.demo.cost,
-    )
+    _check(_finite(cfg.demo.cost, 0), where, "demo.cost", DEMO_COST_EXPECTED, cfg.demo.cost)
     _check(
         cfg.device in ("auto", "cpu", "cuda")
         or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),

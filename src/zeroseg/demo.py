@@ -21,7 +21,16 @@ import torch
 
 from zeroseg import runner
 from zeroseg._yaml import safe_load
-from zeroseg.config import PRESET_DIR, ConfigError, DemoConfig, _set_path, to_dict
+from zeroseg.config import (
+    DEMO_COST_EXPECTED,
+    PRESET_DIR,
+    ConfigError,
+    DemoConfig,
+    _check,
+    _finite,
+    _set_path,
+    to_dict,
+)
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.engine.rundir import without_neutral
 from zeroseg.methods.base import revision_key
@@ -73,10 +82,7 @@ def demo_rows() -> dict[str, DemoRow]:
                 f"{path.stem}: demo.baselines must be a list of demo row names, got {baselines!r}"
             )
         cost = demo.get("cost", DEFAULT_ROW_COST)
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
-            raise ConfigError(
-                f"{path.stem}: demo.cost must be a number of seconds >= 0, got {cost!r}"
-            )
+        _check(_finite(cost, 0), path.stem, "demo.cost", DEMO_COST_EXPECTED, cost)
         rows[name] = DemoRow(
             path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines), float(cost)
         )
@@ -357,8 +363,7 @@ def _priority(name: str, planned: Sequence[str], _chain: frozenset[str] = frozen
     running alone at the end while the other worker idles."""
     chain = _chain | {name}  # a cycle among baselines ends the chain
     waiting = [d for d in planned if d not in chain and name in baselines_of(d)]
-    own = DEMO_ROWS[name].cost if name in DEMO_ROWS else DEFAULT_ROW_COST
-    return own + max((_priority(d, planned, chain) for d in waiting), default=0.0)
+    return DEMO_ROWS[name].cost + max((_priority(d, planned, chain) for d in waiting), default=0.0)
 
 
 def _rows_to_start(pending: Sequence[str], done: set[str], planned: Sequence[str]) -> list[str]:

@@ -504,8 +504,8 @@ class ZS3Net(Method):
         (``randperm`` over all of them, in image order). Drawing needs each class's pixel count
         first, so a first pass counts labels only (at the feature resolution, known from one
         image of each size) and a second computes the features and keeps just the drawn ones:
-        the bank's memory, not every seen pixel's feature (1.1 GB at the ShapeWorld preset's
-        4000 images), with the same bank as gathering them all.
+        the bank's memory, not every seen pixel's feature, with the same bank as gathering them
+        all (docs/benchmarks.md, session 32: the demo row's peak 1919 -> 1098 MiB).
 
         Args:
             dataset: labelled data through the protocol (every batch is checked for unseen labels).
