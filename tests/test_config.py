@@ -106,7 +106,6 @@ def test_the_frozen_projection_presets_are_the_projection_preset_plus_a_few_keys
         "train.iters": 4000,
         "train.lr": 0.001,
         "train.weight_decay": 0.01,
-        "train.channels_last": True,
         "model.freeze_backbone": True,
     }
     base = "projection_unet-small_2k_shapeworld"

@@ -302,10 +302,56 @@ def test_demo_jobs_gives_the_one_thread_rows_exactly(tiny_world, tmp_path):
             assert memory["peak_rss_mib"] >= memory["start_rss_mib"] > 0
 
 
-def test_a_parallel_row_waits_for_the_baselines_it_shares_stages_with():
-    from zeroseg.demo import _ready
+def test_demo_seeds_with_jobs_pools_the_seeds_rows_and_gives_each_seed_its_own_figures(
+    tiny_world, tmp_path
+):
+    """``--seeds 0 1 --jobs 2`` runs both seeds' rows in one queue of two one-thread workers;
+    each seed's report equals a one-thread run of that seed alone, row for row."""
+    import torch
 
-    planned = ["zs3net", "zs5net", "sazs"]
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "oracle"]
+    args += ["--no-progress", "--set", "train.iters=20", "--set", "eval.batch_size=32"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for seed in (0, 1):
+            alone = [*args, "--out", str(tmp_path / f"alone-{seed}"), "--set", f"seed={seed}"]
+            assert main([*alone, "--set", f"train.seed={seed}"]) == 0
+        torch.set_num_threads(2)
+        assert (
+            main([*args, "--out", str(tmp_path / "pooled"), "--seeds", "0", "1", "--jobs", "2"])
+            == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        alone = json.loads((tmp_path / f"alone-{seed}" / "report.json").read_text())
+        pooled = json.loads((tmp_path / "pooled" / f"seed-{seed}" / "report.json").read_text())
+        assert pooled["jobs"] == 2 and pooled["threads"] == 1
+        assert list(pooled["methods"]) == list(alone["methods"]) == ["projection", "oracle"]
+        for name in ("projection", "oracle"):
+            for key in ("seen_miou", "unseen_miou", "hiou", "miou", "ausuc", "per_class_iou"):
+                assert pooled["methods"][name][key] == alone["methods"][name][key], (seed, name)
+    a, b = (
+        json.loads((tmp_path / "pooled" / f"seed-{s}" / "report.json").read_text()) for s in (0, 1)
+    )
+    assert a["methods"]["projection"]["miou"] != b["methods"]["projection"]["miou"]
+    spread = json.loads((tmp_path / "pooled" / "seeds.json").read_text())
+    assert set(spread["methods"]["oracle"]["hiou"]["values"]) == {"0", "1"}
+
+
+def test_a_parallel_row_waits_for_the_baselines_it_shares_stages_with():
+    from zeroseg.demo import _ready, waits_for
+
+    planned = ["projection", "zs3net", "zs5net", "sazs"]
     assert not _ready("zs5net", set(), planned)  # zs3net trains the stages zs5net reuses
-    assert _ready("zs5net", {"zs3net"}, planned)  # projection is not in this run
+    assert _ready("zs5net", {"zs3net"}, ["zs3net", "zs5net"])  # projection is not in this run
+    assert not _ready("zs3net", set(), planned)  # zs3net's segmenter is projection's
+    # sazs, ZegCLIP and AlignZeg share no stage with their baselines: they start at once
     assert _ready("sazs", set(), planned)
+    assert waits_for("zegclip") == () and waits_for("alignzeg") == ()
+    assert waits_for("pading") == ("mask-projection",)  # PADing's mask model
+    assert waits_for("sazs-nofusion") == ("sazs",) and waits_for("zs5net") == (
+        "zs3net",
+        "projection",
+    )

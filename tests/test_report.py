@@ -203,15 +203,73 @@ def test_a_parallel_run_starts_the_ready_row_with_the_longest_chain(tmp_path, mo
             demo.demo_rows()
 
 
+def test_demo_after_names_the_rows_whose_stages_a_row_reuses(tmp_path, monkeypatch):
+    import zeroseg.demo as demo
+
+    monkeypatch.setattr(demo, "PRESET_DIR", tmp_path)
+    _preset(tmp_path, "projection_x", "{row: default, order: 1, cost: 10}")
+    _preset(tmp_path, "mask_x", "{row: default, order: 2, cost: 20}")
+    _preset(tmp_path, "sazs_x", "{row: default, order: 3, baselines: [projection], after: []}")
+    _preset(
+        tmp_path, "zs3net_x", "{row: default, order: 4, baselines: [projection], after: [mask]}"
+    )
+    monkeypatch.setattr(demo, "DEMO_ROWS", demo.demo_rows())
+    assert demo.waits_for("sazs") == () and demo.waits_for("zs3net") == ("mask",)
+    planned = ["projection", "mask", "sazs", "zs3net"]
+    # sazs is ready though its baseline has not run; zs3net waits for mask (20 + 100 s ahead of
+    # sazs's 100), not for projection
+    assert demo._rows_to_start(planned, set(), planned) == ["mask", "sazs", "projection"]
+    assert demo._rows_to_start(["zs3net"], {"projection"}, planned) == []
+    assert demo._rows_to_start(["zs3net"], {"mask"}, planned) == ["zs3net"]
+    assert demo._priority("mask", planned) == 20 + 100  # zs3net's chain hangs on mask now
+    for bad, match in (
+        ("[zs4net]", r"zs3net_x: demo.after \['zs4net'\] are not other demo rows"),
+        ("[zs3net]", r"demo.after \['zs3net'\] are not other demo rows"),
+        ("mask", "zs3net_x: demo.after must be a list of demo row names"),
+        ("[1]", "demo.after must be a list of demo row names"),
+    ):
+        _preset(tmp_path, "zs3net_x", f"{{row: default, order: 4, after: {bad}}}")
+        with pytest.raises(ConfigError, match=match):
+            demo.demo_rows()
+
+
+def test_pooled_runs_start_the_longest_chain_of_any_run_and_wait_within_their_own_run(
+    tmp_path, monkeypatch
+):
+    import zeroseg.demo as demo
+
+    monkeypatch.setattr(demo, "PRESET_DIR", tmp_path)
+    _preset(tmp_path, "projection_x", "{row: default, order: 1, cost: 10}")
+    _preset(tmp_path, "zs3net_x", "{row: default, order: 2, baselines: [projection], cost: 50}")
+    _preset(tmp_path, "oracle_x", "{row: default, order: 3, cost: 40}")
+    monkeypatch.setattr(demo, "DEMO_ROWS", demo.demo_rows())
+    planned = [["projection", "zs3net", "oracle"], ["projection", "zs3net", "oracle"]]
+    pending = [(r, n) for r in (0, 1) for n in planned[r]]
+    # equal chains: the earlier run first; every projection (60) before any oracle (40)
+    assert demo._start_order(pending, [set(), set()], planned) == [
+        (0, "projection"),
+        (1, "projection"),
+        (0, "oracle"),
+        (1, "oracle"),
+    ]
+    # run 0's projection finished: run 0's zs3net may start, run 1's still waits for its own
+    pending = [(0, "zs3net"), (0, "oracle"), (1, "zs3net"), (1, "oracle")]
+    assert demo._start_order(pending, [{"projection"}, set()], planned) == [
+        (0, "zs3net"),
+        (0, "oracle"),
+        (1, "oracle"),
+    ]
+
+
 def test_the_shipped_rows_start_with_the_longest_chains():
-    """A make demo run with --jobs 2 starts mask-projection (which PADing and then AlignZeg wait
-    for) and projection-frozen (which ZegCLIP waits for), and leaves sazs-nofusion, which
-    reuses every stage of sazs, to the end."""
+    """A make demo run with --jobs 2 starts projection (whose segmenter ZS3Net and then ZS5Net
+    reuse) and AlignZeg, the longest row (it shares no stage with its baselines), and leaves
+    sazs-nofusion, which reuses every stage of sazs, to the end."""
     import zeroseg.demo as demo
 
     planned = list(demo.DEFAULT_METHODS)
     order = demo._rows_to_start(planned, set(), planned)
-    assert order[:2] == ["mask-projection", "projection-frozen"]
+    assert order[:2] == ["projection", "alignzeg"]
     assert "sazs-nofusion" not in order and "zs5net" not in order  # waiting for their stages
 
 

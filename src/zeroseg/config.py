@@ -67,6 +67,10 @@ class DemoConfig:
     # the row's training seconds at --quick on one thread, measured on make demo's machine: only
     # the order in which a --jobs run starts the rows (zeroseg.demo._priority); 100: a typical row
     cost: float = 100.0
+    # the rows whose trained stages this row reuses (ZS5Net: ZS3Net's segmenter): a --jobs run
+    # starts it only after they finish, so no worker idles on another's stage lock. None: its
+    # baselines (the safe default); [] for a row that shares no stage with them
+    after: list[str] | None = None
 
 
 @dataclass
@@ -305,6 +309,7 @@ DATASETS = ("shapeworld", "voc", "coco_stuff", "context", "coco_panoptic", "pasc
 
 
 DEMO_COST_EXPECTED = "a number of seconds >= 0"  # demo.cost, checked here and by zeroseg.demo
+DEMO_AFTER_EXPECTED = "a list of demo row names"  # demo.after, here and in zeroseg.demo
 
 
 def _check(ok: bool, where: str, key: str, expected: str, value: Any) -> None:
@@ -443,6 +448,14 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
         cfg.demo.baselines,
     )
     _check(_finite(cfg.demo.cost, 0), where, "demo.cost", DEMO_COST_EXPECTED, cfg.demo.cost)
+    _check(
+        cfg.demo.after is None
+        or (isinstance(cfg.demo.after, list) and all(isinstance(b, str) for b in cfg.demo.after)),
+        where,
+        "demo.after",
+        DEMO_AFTER_EXPECTED,
+        cfg.demo.after,
+    )
     _check(
         cfg.device in ("auto", "cpu", "cuda")
         or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),

@@ -22,6 +22,7 @@ import torch
 from zeroseg import runner
 from zeroseg._yaml import safe_load
 from zeroseg.config import (
+    DEMO_AFTER_EXPECTED,
     DEMO_COST_EXPECTED,
     PRESET_DIR,
     ConfigError,
@@ -49,6 +50,7 @@ class DemoRow:
     # the rows it is compared with like for like (same backbone, images, budget), first = main
     baselines: tuple[str, ...] = ()
     cost: float = DEFAULT_ROW_COST  # seconds: only the --jobs start order (DemoConfig.cost)
+    after: tuple[str, ...] | None = None  # rows whose stages it reuses (DemoConfig.after)
 
 
 REFINEMENTS = ("spectral",)  # the inference-time refinements a demo row may get (--refine)
@@ -83,8 +85,21 @@ def demo_rows() -> dict[str, DemoRow]:
             )
         cost = demo.get("cost", DEFAULT_ROW_COST)
         _check(_finite(cost, 0), path.stem, "demo.cost", DEMO_COST_EXPECTED, cost)
+        after = demo.get("after")
+        _check(
+            after is None or (isinstance(after, list) and all(isinstance(b, str) for b in after)),
+            path.stem,
+            "demo.after",
+            DEMO_AFTER_EXPECTED,
+            after,
+        )
         rows[name] = DemoRow(
-            path.stem, demo["row"], int(demo.get("order", 0)), tuple(baselines), float(cost)
+            path.stem,
+            demo["row"],
+            int(demo.get("order", 0)),
+            tuple(baselines),
+            float(cost),
+            None if after is None else tuple(after),
         )
     for name, row in rows.items():
         unknown = [b for b in row.baselines if not _is_row(b, rows) or b.partition("+")[0] == name]
@@ -92,6 +107,11 @@ def demo_rows() -> dict[str, DemoRow]:
             raise ConfigError(
                 f"{row.preset}: demo.baselines {unknown} are not other demo rows; "
                 f"valid: {sorted(rows)}, each also as ROW+REFINEMENT with one of {list(REFINEMENTS)}"
+            )
+        unknown = [b for b in row.after or () if b not in rows or b == name]
+        if unknown:
+            raise ConfigError(
+                f"{row.preset}: demo.after {unknown} are not other demo rows; valid: {sorted(rows)}"
             )
     return rows
 
@@ -126,6 +146,15 @@ def baselines_of(name: str) -> tuple[str, ...]:
         return (name.split("+")[0],)
     row = DEMO_ROWS.get(name)
     return row.baselines if row else ()
+
+
+def waits_for(name: str) -> tuple[str, ...]:
+    """The rows a ``--jobs`` run finishes before it starts ``name``: its preset's ``demo.after``
+    (the rows whose trained stages it reuses), else its baselines (:func:`baselines_of`)."""
+    row = DEMO_ROWS.get(name)
+    if row is not None and row.after is not None:
+        return row.after
+    return baselines_of(name)
 
 
 def fingerprint(cfg, world_key: str) -> str:
@@ -203,11 +232,13 @@ def _run_row(
     progress: bool,
     grid_images: int,
     refine: Sequence[str],
+    tag: str = "",
 ) -> dict:
     """Trains (or loads) one demo row and evaluates it, with its refined rows.
 
     Returns ``rows`` (the row and its ``+refinement`` rows), ``grid`` (their kept predictions)
-    and ``foundation`` (the foundation it starts from, or None).
+    and ``foundation`` (the foundation it starts from, or None). ``tag`` follows the row's name
+    in what it prints (``--seeds --jobs``: which seed).
     """
     from zeroseg.methods import METHODS
 
@@ -217,7 +248,9 @@ def _run_row(
         from zeroseg.foundation import foundation_identity
 
         identity = foundation_identity(started_from)
-    print(f"[zeroseg] {name}: training (or loading finished stages) into {directory}", flush=True)
+    print(
+        f"[zeroseg] {name}{tag}: training (or loading finished stages) into {directory}", flush=True
+    )
     memory = _memory_mark()
     result = runner.train(cfg, directory, progress=progress, data=data)
     # gamma of the shared calibration rule chosen on val; figures on test (never tuned on)
@@ -268,7 +301,7 @@ def _run_row(
         )
         grid[f"{name}+{kind}"] = [p.cpu().numpy() for p in r_kept]
         print(
-            f"[zeroseg] {name}+{kind}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "
+            f"[zeroseg] {name}+{kind}{tag}: mIoU(S) {r_metrics['seen_miou']:.1f}  mIoU(U) "
             f"{_fmt(r_metrics['unseen_miou'])}  hIoU {_fmt(r_metrics['hiou'])}  boundary F "
             f"{r_metrics['boundary_f']:.1f}",
             flush=True,
@@ -277,7 +310,7 @@ def _run_row(
         "every stage reused from an earlier run" if reused else f"{result.train_seconds:.0f}s train"
     )
     print(
-        f"[zeroseg] {name}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) "
+        f"[zeroseg] {name}{tag}: mIoU(S) {metrics['seen_miou']:.1f}  mIoU(U) "
         f"{_fmt(metrics['unseen_miou'])}  hIoU {_fmt(metrics['hiou'])}  AUSUC "
         f"{_fmt(metrics.get('ausuc'))}  gamma {metrics['calibration']['gamma']:+.2f} (on val)  "
         f"({took})",
@@ -331,13 +364,22 @@ def _job_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _job_row(name: str, cfg, directory: Path, grid_images: int, refine: Sequence[str]) -> dict:
+def _job_row(
+    name: str, cfg, directory: Path, grid_images: int, refine: Sequence[str], tag: str = ""
+) -> dict:
     """A ``--jobs`` worker's row: the world from the cache the parent filled, no progress bars
     (two workers' bars would interleave)."""
     data = runner.build_data(cfg, progress=False)
     try:
         return _run_row(
-            name, cfg, data, directory, progress=False, grid_images=grid_images, refine=refine
+            name,
+            cfg,
+            data,
+            directory,
+            progress=False,
+            grid_images=grid_images,
+            refine=refine,
+            tag=tag,
         )
     finally:
         del data
@@ -345,14 +387,16 @@ def _job_row(name: str, cfg, directory: Path, grid_images: int, refine: Sequence
 
 
 def _ready(name: str, done: set[str], planned: Sequence[str]) -> bool:
-    """Whether a row may start in a parallel run: its baselines in this run have finished.
+    """Whether a row may start in a parallel run: the rows it waits for (:func:`waits_for`) in
+    this run have finished.
 
-    Rows that share a trained stage (ZS5Net's segmenter is ZS3Net's, PADing's mask model is
-    mask-projection's, sazs-nofusion's segmenter is sazs's, ablations start from their full
-    method) name the row that trains it among their baselines, so waiting for the baselines
-    keeps a worker from idling on another worker's stage lock.
+    Rows that share a trained stage (ZS3Net's segmenter is projection's, ZS5Net's is ZS3Net's,
+    PADing's mask model is mask-projection's, sazs-nofusion's segmenter is sazs's, ablations
+    start from their full method) wait for the row that trains it, so a worker does not idle
+    on another worker's stage lock; rows that share none with their baselines (ZegCLIP, SAZS,
+    AlignZeg) say ``demo.after: []`` and start at once.
     """
-    return all(b in done for b in baselines_of(name) if b in planned)
+    return all(b in done for b in waits_for(name) if b in planned)
 
 
 def _priority(name: str, planned: Sequence[str], _chain: frozenset[str] = frozenset()) -> float:
@@ -362,28 +406,40 @@ def _priority(name: str, planned: Sequence[str], _chain: frozenset[str] = frozen
     scheduling by critical path), so the long rows and the rows they hold up do not end up
     running alone at the end while the other worker idles."""
     chain = _chain | {name}  # a cycle among baselines ends the chain
-    waiting = [d for d in planned if d not in chain and name in baselines_of(d)]
+    waiting = [d for d in planned if d not in chain and name in waits_for(d)]
     return DEMO_ROWS[name].cost + max((_priority(d, planned, chain) for d in waiting), default=0.0)
 
 
+def _start_order(
+    pending: Sequence[tuple[int, str]],
+    done: Sequence[set[str]],
+    planned: Sequence[Sequence[str]],
+) -> list[tuple[int, str]]:
+    """The pending ``(run, row)`` pairs of one or more demo runs that may start (:func:`_ready`
+    within their own run), the longest chain first (:func:`_priority`); ties go to the earlier
+    run, then to the report's order."""
+    ready = [(r, n) for r, n in pending if _ready(n, done[r], planned[r])]
+    return sorted(ready, key=lambda k: (-_priority(k[1], planned[k[0]]), k[0]))
+
+
 def _rows_to_start(pending: Sequence[str], done: set[str], planned: Sequence[str]) -> list[str]:
-    """The pending rows that may start (:func:`_ready`), the longest chain first
-    (:func:`_priority`; ties in the report's order)."""
-    ready = [n for n in pending if _ready(n, done, planned)]
-    return sorted(ready, key=lambda n: -_priority(n, planned))
+    """:func:`_start_order` of a single run's rows."""
+    return [n for _, n in _start_order([(0, n) for n in pending], [done], [planned])]
 
 
-def _run_rows_parallel(jobs_args: list[tuple], jobs: int, threads: int) -> dict[str, dict]:
-    """Runs ``(name, cfg, directory, grid_images, refine)`` rows in ``jobs`` processes of
-    ``threads`` threads each, a row starting once its baselines have finished (:func:`_ready`),
-    the ready row with the longest chain first (:func:`_priority`). Returns each row's
+def _run_rows_parallel(runs: list[list[tuple]], jobs: int, threads: int) -> list[dict[str, dict]]:
+    """Runs the rows of one or more demo runs (each a list of ``(name, cfg, directory,
+    grid_images, refine, tag)``; ``--seeds`` puts all its seeds here, so one seed's last rows
+    overlap the next seed's first) in ``jobs`` processes of ``threads`` threads each, a row
+    starting once the rows it waits for in its own run have finished (:func:`_ready`), the
+    ready row with the longest chain first (:func:`_start_order`). Returns, per run, each row's
     :func:`_run_row` result by name."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    planned = [a[0] for a in jobs_args]
-    pending = list(jobs_args)
-    results: dict[str, dict] = {}
+    planned = [[a[0] for a in run] for run in runs]
+    pending = {(r, a[0]): a for r, run in enumerate(runs) for a in run}
+    results: list[dict[str, dict]] = [{} for _ in runs]
     running = {}
     # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
     ctx = mp.get_context("spawn")
@@ -391,17 +447,16 @@ def _run_rows_parallel(jobs_args: list[tuple], jobs: int, threads: int) -> dict[
         jobs, mp_context=ctx, initializer=_job_init, initargs=(threads,)
     ) as pool:
         while pending or running:
-            starting = _rows_to_start([a[0] for a in pending], set(results), planned)
-            for name in starting[: jobs - len(running)]:
-                args = next(a for a in pending if a[0] == name)
-                pending.remove(args)
-                running[pool.submit(_job_row, *args)] = args[0]
-            if not running:  # a cycle among baselines: run the next row anyway
-                args = pending.pop(0)
-                running[pool.submit(_job_row, *args)] = args[0]
+            done = [set(r) for r in results]
+            starting = _start_order(list(pending), done, planned)
+            if not starting and not running:  # a cycle among the waits: run the next row anyway
+                starting = [next(iter(pending))]
+            for key in starting[: jobs - len(running)]:
+                running[pool.submit(_job_row, *pending.pop(key))] = key
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                results[running.pop(future)] = future.result()
+                run, name = running.pop(future)
+                results[run][name] = future.result()
     return results
 
 
@@ -427,18 +482,75 @@ def run_demo(
     seed's would: kernels split their sums by thread, and training amplifies the last-digit
     differences (up to a few hIoU points in a row; docs/benchmarks.md).
     """
-    if not isinstance(jobs, int) or jobs < 1:
+    _check_jobs(jobs)
+    t_start = time.perf_counter()
+    plan = _plan_demo(
+        out=out,
+        world=world,
+        methods=methods,
+        quick=quick,
+        overrides=overrides,
+        grid_images=grid_images,
+        refine=refine,
+        refine_on=refine_on,
+    )
+    spec = plan.spec
+    print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
+    data = runner.build_data(plan.first_config, progress=progress)
+    threads = max(1, torch.get_num_threads() // jobs)
+    if jobs == 1:
+        results = {
+            a[0]: _run_row(a[0], a[1], data, a[2], progress=progress, grid_images=a[3], refine=a[4])
+            for a in plan.rows_args
+        }
+    else:
+        print(f"[zeroseg] {jobs} jobs of {threads} thread(s) each")
+        results = _run_rows_parallel([plan.rows_args], jobs, threads)[0]
+    return _write_demo(
+        plan, data, results, quick=quick, jobs=jobs, threads=threads, t_start=t_start
+    )
+
+
+def _check_jobs(jobs: object) -> None:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
+
+
+@dataclass(frozen=True)
+class _DemoPlan:
+    """One demo run's rows before any runs: where it writes, the world, each row's arguments."""
+
+    out: Path
+    spec: object  # the world's WorldSpec
+    methods: list[str]
+    rows_args: list[tuple]  # (name, cfg, directory, grid_images, refine, tag) per row
+    grid_images: int
+
+    @property
+    def first_config(self):
+        return self.rows_args[0][1]
+
+
+def _plan_demo(
+    *,
+    out: Path,
+    world: str | None,
+    methods: Sequence[str],
+    quick: bool,
+    overrides: Sequence[str],
+    grid_images: int,
+    refine: Sequence[str],
+    refine_on: Sequence[str] | None,
+    tag: str = "",
+) -> _DemoPlan:
+    """Validates a demo run's settings and builds its rows' configs and run directories."""
     spec = load_spec(world)  # validates before any work
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in DEMO_PRESETS:
             raise ValueError(f"unknown method {m!r}; the demo knows {sorted(DEMO_PRESETS)}")
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
     configs = {n: demo_config(n, world=world, quick=quick, overrides=overrides) for n in methods}
-    print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
-    data = runner.build_data(configs[methods[0]], progress=progress)
     rows_args = [
         (
             name,
@@ -446,18 +558,25 @@ def run_demo(
             out / "runs" / f"{name}-{fingerprint(configs[name], spec.content_key())}",
             grid_images,
             tuple(refine if refine_on is None or name in refine_on else ()),
+            tag,
         )
         for name in methods
     ]
-    threads = max(1, torch.get_num_threads() // jobs)
-    if jobs == 1:
-        results = {
-            a[0]: _run_row(a[0], a[1], data, a[2], progress=progress, grid_images=a[3], refine=a[4])
-            for a in rows_args
-        }
-    else:
-        print(f"[zeroseg] {jobs} jobs of {threads} thread(s) each")
-        results = _run_rows_parallel(rows_args, jobs, threads)
+    return _DemoPlan(out, spec, methods, rows_args, grid_images)
+
+
+def _write_demo(
+    plan: _DemoPlan,
+    data,
+    results: dict[str, dict],
+    *,
+    quick: bool,
+    jobs: int,
+    threads: int,
+    t_start: float,
+) -> dict:
+    """The report of a demo run whose rows have all run: report.md/json and the figures."""
+    out, spec, methods, grid_images = plan.out, plan.spec, plan.methods, plan.grid_images
     rows: dict[str, dict] = {}
     grid_preds: dict[str, list[np.ndarray]] = {}
     foundations: dict[str, dict] = {}
@@ -539,14 +658,19 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
     for key in ("seed", "train.seed"):
         if any(o.split("=", 1)[0].strip() == key for o in overrides):
             raise ValueError(f"--set {key}=... conflicts with --seeds; drop one of them")
+    jobs = kwargs.get("jobs", 1)
+    _check_jobs(jobs)
     runs = {}
-    for seed in seeds:
-        print(f"[zeroseg] seed {seed}")
-        runs[seed] = run_demo(
-            out=out / f"seed-{seed}",
-            overrides=[*overrides, f"seed={seed}", f"train.seed={seed}"],
-            **kwargs,
-        )
+    if jobs == 1:
+        for seed in seeds:
+            print(f"[zeroseg] seed {seed}")
+            runs[seed] = run_demo(
+                out=out / f"seed-{seed}",
+                overrides=[*overrides, f"seed={seed}", f"train.seed={seed}"],
+                **kwargs,
+            )
+    else:
+        runs = _run_seeds_pooled(out=out, seeds=seeds, overrides=overrides, **kwargs)
     spread = seed_spread({s: r["methods"] for s, r in runs.items()})
     summary = {"seeds": seeds, "methods": spread, "title": runs[seeds[0]]["title"]}
     from zeroseg.report import write_seed_report, write_seed_summary
@@ -578,6 +702,58 @@ GAP_RULE = (
     "a method's gap to its baseline counts where |mean difference| > the sum of the two "
     "sample standard deviations over seeds"
 )
+
+
+def _run_seeds_pooled(
+    *,
+    out: Path,
+    seeds: list[int],
+    overrides: Sequence[str],
+    world: str | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    quick: bool = False,
+    progress: bool = True,
+    grid_images: int = 6,
+    refine: Sequence[str] = (),
+    refine_on: Sequence[str] | None = None,
+    jobs: int = 2,
+) -> dict[int, dict]:
+    """:func:`run_seeds` with ``jobs`` > 1: every seed's rows in one queue of ``jobs`` workers
+    (a seed's last rows overlap the next seed's first ones instead of leaving a worker idle),
+    then each seed's report as :func:`run_demo` writes it. Each row runs exactly as in a
+    separate ``run_demo`` of its seed (same config, directory, thread count), so its figures
+    are the same; a seed's ``total_seconds`` counts from the start of all seeds."""
+    t_start = time.perf_counter()
+    plans = {
+        seed: _plan_demo(
+            out=out / f"seed-{seed}",
+            world=world,
+            methods=methods,
+            quick=quick,
+            overrides=[*overrides, f"seed={seed}", f"train.seed={seed}"],
+            grid_images=grid_images,
+            refine=refine,
+            refine_on=refine_on,
+            tag=f" (seed {seed})",
+        )
+        for seed in seeds
+    }
+    spec = plans[seeds[0]].spec
+    print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
+    data = runner.build_data(plans[seeds[0]].first_config, progress=progress)
+    threads = max(1, torch.get_num_threads() // jobs)
+    print(
+        f"[zeroseg] {jobs} jobs of {threads} thread(s) each; seeds {seeds}: their rows in one queue",
+        flush=True,
+    )
+    results = _run_rows_parallel([plans[s].rows_args for s in seeds], jobs, threads)
+    runs = {}
+    for seed, result in zip(seeds, results, strict=True):
+        print(f"[zeroseg] seed {seed}")
+        runs[seed] = _write_demo(
+            plans[seed], data, result, quick=quick, jobs=jobs, threads=threads, t_start=t_start
+        )
+    return runs
 
 
 def seed_gaps(row: dict, base: dict, metrics: Sequence[str] = SEED_METRICS) -> dict[str, dict]:
