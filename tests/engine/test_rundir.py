@@ -31,8 +31,10 @@ QUICK = [
 
 
 def _cfg(world, *extra):
+    # channels_last at its neutral default unless a test turns it on (the preset turns it on)
     return load_config(
-        "projection_unet-small_2k_shapeworld", [f"data.world={world}", *QUICK, *extra]
+        "projection_unet-small_2k_shapeworld",
+        [f"data.world={world}", *QUICK, "train.channels_last=false", *extra],
     )
 
 
