@@ -56,8 +56,8 @@ demo-ablations: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo-ablations --ablations $(REFINE)
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
-# 69 min on 2 cores with AVX512-BF16 in session 32, two rows at once; one row at a time about
-# 1 h 36 min there in session 26: README, "Over 3 seeds"):
+# 63 min on 2 cores with AVX512-BF16 in session 33, every seed's rows in one queue of two
+# one-thread workers; 69 min in session 32: docs/benchmarks.md, "the seeds in one queue"):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
 benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
