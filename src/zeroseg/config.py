@@ -321,6 +321,11 @@ def _int_in(value: Any, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
+def _names(value: Any) -> bool:
+    """A list of strings (demo.baselines, demo.after)."""
+    return isinstance(value, list) and all(isinstance(b, str) for b in value)
+
+
 def _finite(value: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
     return (
         isinstance(value, (int, float))
@@ -440,8 +445,7 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
     _check(_int_in(cfg.seed, 0, 2**63 - 1), where, "seed", "an integer >= 0", cfg.seed)
     _check(cfg.demo.row in DEMO_ROWS, where, "demo.row", "'', default or ablation", cfg.demo.row)
     _check(
-        isinstance(cfg.demo.baselines, list)
-        and all(isinstance(b, str) for b in cfg.demo.baselines),
+        _names(cfg.demo.baselines),
         where,
         "demo.baselines",
         "a list of demo row names",
@@ -449,8 +453,7 @@ def validate_config(cfg: ExperimentConfig, *, where: str = "config") -> None:
     )
     _check(_finite(cfg.demo.cost, 0), where, "demo.cost", DEMO_COST_EXPECTED, cfg.demo.cost)
     _check(
-        cfg.demo.after is None
-        or (isinstance(cfg.demo.after, list) and all(isinstance(b, str) for b in cfg.demo.after)),
+        cfg.demo.after is None or _names(cfg.demo.after),
         where,
         "demo.after",
         DEMO_AFTER_EXPECTED,

@@ -29,6 +29,7 @@ from zeroseg.config import (
     DemoConfig,
     _check,
     _finite,
+    _names,
     _set_path,
     to_dict,
 )
@@ -79,7 +80,7 @@ def demo_rows() -> dict[str, DemoRow]:
                 f"{path.stem}: demo.row must be 'default' or 'ablation', got {demo['row']!r}"
             )
         baselines = demo.get("baselines") or []
-        if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        if not _names(baselines):
             raise ConfigError(
                 f"{path.stem}: demo.baselines must be a list of demo row names, got {baselines!r}"
             )
@@ -87,7 +88,7 @@ def demo_rows() -> dict[str, DemoRow]:
         _check(_finite(cost, 0), path.stem, "demo.cost", DEMO_COST_EXPECTED, cost)
         after = demo.get("after")
         _check(
-            after is None or (isinstance(after, list) and all(isinstance(b, str) for b in after)),
+            after is None or _names(after),
             path.stem,
             "demo.after",
             DEMO_AFTER_EXPECTED,
@@ -340,7 +341,9 @@ def _memory_used(start: float | None) -> dict | None:
 
     if start is None:
         return None
-    return {"start_rss_mib": round(start, 1), "peak_rss_mib": round(status_mib("VmHWM"), 1)}
+    # the kernel's peak mark, reset just before ``start`` was read, can lag it by a page or two
+    peak = max(status_mib("VmHWM"), start)
+    return {"start_rss_mib": round(start, 1), "peak_rss_mib": round(peak, 1)}
 
 
 def _release_memory() -> None:
