@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zeroseg.generators.gmmn import GMMN, GMMNConfig
+from zeroseg.models.attention import MultiheadAttention
 
 
 @dataclass
@@ -44,8 +45,8 @@ class PrimitiveLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, heads)
+        self.cross = MultiheadAttention(dim, heads)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim)
         )

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.models.attention import attention
+
 __all__ = [
     "CLIP",
     "CLIP_MEAN",
@@ -182,7 +184,7 @@ class Attention(nn.Module):
         q, k, v = qkv.view(b, n, 3, self.heads, c // self.heads).permute(
             2, 0, 3, 1, 4
         )  # (B, nh, N, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, nh, N, hs)
+        y = attention(q, k, v, is_causal=causal)  # (B, nh, N, hs)
         return self.out_proj(y.transpose(1, 2).reshape(b, n, c))
 
 

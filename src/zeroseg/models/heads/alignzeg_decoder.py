@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zeroseg.foundation.model import FoundationEncoder
+from zeroseg.models.attention import MultiheadAttention
 from zeroseg.models.heads.mask_decoder import (
     MaskClassifier,
     MaskModelConfig,
@@ -82,9 +83,7 @@ class FeatureRefiner(nn.Module):
 
     def __init__(self, dim: int, query_dim: int, heads: int):
         super().__init__()
-        self.attn = nn.MultiheadAttention(
-            dim, heads, kdim=query_dim, vdim=query_dim, batch_first=True
-        )
+        self.attn = MultiheadAttention(dim, heads, kdim=query_dim, vdim=query_dim)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, feats: Tensor, feats_pos: Tensor, q: Tensor, q_pos: Tensor) -> Tensor:

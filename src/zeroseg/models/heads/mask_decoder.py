@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zeroseg.engine.trainer import scaled_lr_groups
+from zeroseg.models.attention import MultiheadAttention
 from zeroseg.models.backbones.small import SmallUNet, SmallUNetConfig
 
 __all__ = [
@@ -176,8 +177,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.cross = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross = MultiheadAttention(dim, heads, dropout=dropout)
+        self.self_attn = MultiheadAttention(dim, heads, dropout=dropout)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim),
             nn.ReLU(inplace=True),

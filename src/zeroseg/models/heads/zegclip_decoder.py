@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg.models.attention import attention
 from zeroseg.models.dropout import Dropout
 
 __all__ = ["TextSideCache", "ZegCLIPDecoder", "ZegCLIPDecoderConfig", "relationship_descriptor"]
@@ -132,7 +133,7 @@ class _CrossAttention(nn.Module):
         q = self.q(query).view(b, k, self.heads, hs).transpose(1, 2)  # (B, nh, K, hs)
         key = self.k(memory).view(b, n, self.heads, hs).transpose(1, 2)  # (B, nh, N, hs)
         v = self.v(memory).view(b, n, self.heads, hs).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, key, v)  # (B, nh, K, hs)
+        out = attention(q, key, v)  # (B, nh, K, hs)
         return self.proj(out.transpose(1, 2).reshape(b, k, c))
 
     def mean_logits(self, query: Tensor, memory: Tensor) -> Tensor:
