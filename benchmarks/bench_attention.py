@@ -1,0 +1,72 @@
+"""``zeroseg.models.attention.attention`` (fp32 inside bf16 autocast) against
+``F.scaled_dot_product_attention`` on bf16 inputs, forward + backward, on the attention shapes of
+the demo's mask models and of a 64-token encoder.
+
+Prints medians of wall-clock milliseconds and the ratio bf16 SDPA / zeroseg (> 1: zeroseg is
+faster). Run it alone on the machine: timings on 2 shared cores are noisy.
+
+    .venv/bin/python benchmarks/bench_attention.py [--threads 1] [--reps 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from zeroseg.models.attention import attention
+
+# (batch, heads, queries, keys, channels per head)
+SHAPES = {
+    "AlignZeg refiner: 32x32 tokens -> 16 queries": (16, 4, 1024, 16, 16),
+    "mask decoder: 16 queries -> 32x32 tokens": (16, 4, 16, 1024, 16),
+    "encoder self-attention: 65 tokens": (16, 4, 65, 65, 16),
+}
+
+
+def _median_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def _step(fn, shape):
+    b, h, n, length, d = shape
+    q = torch.randn(b, h, n, d, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(b, h, length, d, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(b, h, length, d, dtype=torch.bfloat16, requires_grad=True)
+
+    def run() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(q, k, v)
+        out.float().sum().backward()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(
+        f"forward + backward under bf16 autocast, {args.threads} thread(s), median of {args.reps}"
+    )
+    print(f"{'shape':<46} {'bf16 SDPA ms':>12} {'zeroseg ms':>11} {'ratio':>6}")
+    for name, shape in SHAPES.items():
+        a = _median_ms(_step(F.scaled_dot_product_attention, shape), args.reps)
+        b = _median_ms(_step(attention, shape), args.reps)
+        print(f"{name:<46} {a:12.2f} {b:11.2f} {a / b:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
