@@ -36,7 +36,7 @@ from zeroseg.engine.checkpoint import (
     load_state_dict_strict,
     save_checkpoint,
 )
-from zeroseg.engine.inference import evaluate_semantic, scored_whole
+from zeroseg.engine.inference import evaluate_semantic, inference_layout, scored_whole
 from zeroseg.engine.rundir import check_run_dir, clear_run_dir, run_lock, write_record
 from zeroseg.methods import METHODS
 from zeroseg.methods.base import (
@@ -393,6 +393,7 @@ def _train(
             protocol_detail=detail,
         )
     dist.barrier()
+    inference_layout(method, cfg.eval)
     return TrainResult(method, data, embed, seconds, ctx.notes, ctx.trained, detail)
 
 
@@ -491,7 +492,7 @@ def load_model(
     split = ClassSplit.from_dict(meta["split"])
     method = build_method_checked(cfg, split, int(meta["embed_dim"]), where=f"{path}: config")
     load_state_dict_strict(method, tensors, what=f"checkpoint {path}")
-    method.to(resolve_device(device)).eval()
+    inference_layout(method.to(resolve_device(device)).eval(), cfg.eval)
     return method, cfg, split, meta
 
 

@@ -111,6 +111,11 @@ def test_method_contract(name, tiny_world, runs):
     assert ours.keys() == theirs.keys()
     for key, value in ours.items():
         assert torch.equal(value.cpu(), theirs[key].cpu()), key
+    # both evaluate with the preset's weight layout (eval.channels_last), saved in the usual one
+    fmt = torch.channels_last if cfg.eval.channels_last else torch.contiguous_format
+    for model in (method, loaded):
+        for key, p in model.named_parameters():
+            assert p.dim() != 4 or p.is_contiguous(memory_format=fmt), key
     loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(

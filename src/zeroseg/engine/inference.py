@@ -44,6 +44,22 @@ class InferenceConfig:
     crop: int = 512  # slide window size (pixels)
     stride: int = 426  # slide step (pixels)
     batch_size: int = 16  # images per forward pass in evaluation
+    # Convolution weights in NHWC at test time (see ``inference_layout``); the saved weights keep
+    # the usual layout either way.
+    channels_last: bool = False
+
+
+def inference_layout(model: torch.nn.Module, cfg: InferenceConfig) -> torch.nn.Module:
+    """``model`` with its 4-d weights in the layout ``cfg`` evaluates in (in place).
+
+    NHWC convolutions measured 1.56x faster in fp32 on the CPU (the foundation U-Net on 50
+    64-pixel images, one thread: 0.348 s against 0.542 s; session 34), and fp32 is what
+    evaluation runs in. Kernels of the two layouts sum in other orders, so scores differ in
+    their last bits; a row evaluates the same whether trained or loaded, since both go through
+    here (``runner.train`` after saving, ``runner.load_model``).
+    """
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return model.to(memory_format=fmt)
 
 
 def _starts(length: int, crop: int, stride: int) -> list[int]:
