@@ -41,13 +41,28 @@ def test_many_classes_upsampled_in_channels_last():
     assert torch.equal(got, F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
 
 
-def test_gradient_path_is_interpolate_itself():
-    x = torch.randn(2, 5, 6, 7, requires_grad=True)
-    y = torch.randn(2, 5, 12, 9)
-    (bilinear(x, (12, 9)) * y).sum().backward()
+@settings(max_examples=40, deadline=None)
+@given(
+    c=st.integers(1, 40),
+    h=st.integers(1, 17),
+    w=st.integers(1, 17),
+    out_h=st.integers(1, 40),
+    out_w=st.integers(1, 40),
+    corners=st.booleans(),
+    bf16=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_same_gradients_as_interpolate(c, h, w, out_h, out_w, corners, bf16, seed):
+    # training (the projection loss, ZegCLIP's mask loss) backpropagates through it
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    x = (torch.randn(2, c, h, w, generator=g) * 5).to(dtype).requires_grad_()
+    y = torch.randn(2, c, out_h, out_w, generator=g).to(dtype)
+    (bilinear(x, (out_h, out_w), align_corners=corners) * y).sum().backward()
     got = x.grad.clone()
     x.grad = None
-    (F.interpolate(x, size=(12, 9), mode="bilinear", align_corners=False) * y).sum().backward()
+    want = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=corners)
+    (want * y).sum().backward()
     assert torch.equal(got, x.grad)
 
 

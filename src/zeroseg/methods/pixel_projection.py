@@ -114,7 +114,7 @@ def full_resolution_cross_entropy(
     on nearest-subsampled labels; why it changed, with the `val` figures: docs/methods.md,
     "Projection baseline and oracle".
     """
-    up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    up = bilinear(logits.float(), labels.shape[-2:])
     return F.cross_entropy(up, lookup[labels.long().clamp(0, 255)], ignore_index=ignore_index)
 
 

@@ -56,6 +56,7 @@ from zeroseg.models.heads.zegclip_decoder import (
     ZegCLIPDecoder,
     ZegCLIPDecoderConfig,
 )
+from zeroseg.models.upsample import bilinear
 from zeroseg.pretrain import PretrainConfig
 
 __all__ = [
@@ -436,7 +437,7 @@ class ZegCLIP(Method):
         if not cfg.deep_supervision:
             masks = masks[-1:]
         for m in masks:
-            m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
+            m = bilinear(m.float(), size)
             if cfg.nel:
                 parts = mask_losses(
                     m,
