@@ -56,8 +56,8 @@ demo-ablations: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo-ablations --ablations $(REFINE)
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
-# 63 min on 2 cores with AVX512-BF16 in session 33, every seed's rows in one queue of two
-# one-thread workers; 69 min in session 32: docs/benchmarks.md, "the seeds in one queue"):
+# 58 min on 2 cores with AVX512-BF16 in session 34, every seed's rows in one queue of two
+# one-thread workers; 63 min in session 33, 69 in session 32: docs/benchmarks.md, session 34):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
 benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
