@@ -11,12 +11,11 @@ faster). Run it alone on the machine: timings on 2 shared cores are noisy.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from zeroseg.bench import median_seconds
 from zeroseg.models.attention import attention
 
 # (batch, heads, queries, keys, channels per head)
@@ -28,13 +27,7 @@ SHAPES = {
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, reps, warmup=1) * 1e3
 
 
 def _step(fn, shape):

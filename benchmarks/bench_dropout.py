@@ -10,11 +10,10 @@ faster). Run it alone on the machine: timings on 2 shared cores are noisy.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from zeroseg.bench import median_seconds
 from zeroseg.models.dropout import dropout
 
 # (batch, heads, classes, tokens) of the demo's ZegCLIP decoder: 16 images, 4 heads, the
@@ -23,13 +22,7 @@ SHAPE = (16, 4, 33, 1024)
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, reps, warmup=1) * 1e3
 
 
 def main() -> None:

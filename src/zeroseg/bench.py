@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 
 
-def _time(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int, *, warmup: int = 0) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -56,9 +59,9 @@ def bench_one(method: str, world: str | None = None, batch: int = 16, repeats: i
     with torch.no_grad():
         for _ in range(3):
             model.scores(one, emb, seen)
-        row["ms_per_image"] = _time(lambda: model.scores(one, emb, seen), repeats) * 1000
+        row["ms_per_image"] = median_seconds(lambda: model.scores(one, emb, seen), repeats) * 1000
         model.scores(many, emb, seen)
-        row["images_per_s"] = batch / _time(
+        row["images_per_s"] = batch / median_seconds(
             lambda: model.scores(many, emb, seen), max(3, repeats // 3)
         )
     row.update(model.bench_extra(spec))
