@@ -221,8 +221,8 @@ MUTATIONS = (
         "calibration-ignores-gamma",
         "the shared calibration rule does not subtract gamma",
         "src/zeroseg/methods/base.py",
-        "seen_mask)\n        return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)",
-        "seen_mask)\n        return probs",
+        "    return probs - gamma * seen_mask.to(probs).view(1, -1, 1, 1)",
+        "    return probs",
         ("tests/metrics/test_calibration.py",),
     ),
     Mutation(
@@ -335,7 +335,7 @@ MUTATIONS = (
         "the projection model's loss back at the logits' stride-2 resolution on nearest-subsampled "
         "labels (revision 1), so labels off that grid train nothing",
         "src/zeroseg/methods/pixel_projection.py",
-        'up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)',
+        "up = bilinear(logits.float(), labels.shape[-2:])",
         "up, labels = logits.float(), F.interpolate(labels[:, None].float(), size=logits.shape[-2:])[:, 0]",
         ("tests/methods/test_pixel_projection.py",),
     ),
@@ -409,6 +409,22 @@ def _first_failure(out: str) -> str:
     return "?"
 
 
+def stale(mutations) -> list[str]:
+    """What of ``mutations`` no longer follows the code: a text to replace that does not occur
+    exactly once in its file, or a test file that does not exist (tests/test_mutations.py runs
+    this in the suite, so a change that moves a mutated line is caught at once)."""
+    out = []
+    for m in mutations:
+        path = ROOT / m.path
+        count = path.read_text().count(m.old) if path.is_file() else 0
+        if count != 1:
+            out.append(f"{m.name}: the text to replace occurs {count} times in {m.path}")
+        for test in m.tests:
+            if not (ROOT / test.split("::")[0]).is_file():
+                out.append(f"{m.name}: no test file {test.split('::')[0]}")
+    return out
+
+
 def run(m: Mutation) -> tuple[str, float, str]:
     """Applies ``m`` to a fresh copy and runs its tests: ('killed' | 'survived', seconds, the
     first failing test)."""
@@ -451,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             print(f"{m.name}: {m.what}")
         return 0
+    problems = stale(chosen)
+    if problems:  # before any test runs, not half an hour in
+        raise SystemExit("update benchmarks/mutations.py:\n  " + "\n  ".join(problems))
     if not args.no_baseline:
         seconds = baseline(chosen)
         print(f"{'passed':8s} {'(baseline, unmutated)':36s} {seconds:6.0f}s", flush=True)
