@@ -388,7 +388,7 @@ def test_self_training_never_learns_where_the_ignored_pixels_are(runs, tmp_path)
 
 
 class _GarbageLabels(torch.utils.data.Dataset):
-    """The same images with every label replaced by the unseen class (what a leak would read)."""
+    """The same images with every label replaced by one class (what a leak would read)."""
 
     def __init__(self, dataset, value: int):
         self.dataset, self.value = dataset, value
@@ -408,7 +408,11 @@ def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path):
     only on unseen ground-truth pixels; a leak like that changes the result here)."""
     data, split = runs["data"], runs["data"].split
     weights = []
-    garbage = _GarbageLabels(data.train, int(split.unseen[0]))
+    # every hidden label a seen class: a leak that keeps pseudo-labels only on unseen ground truth
+    # (the released code's) keeps none of them here, and the two runs part (with an unseen class
+    # as the garbage, that leak kept them all and, where the real unseen pixels held every
+    # confident pseudo-label, both runs agreed: the leak went unnoticed until session 34)
+    garbage = _GarbageLabels(data.train, int(split.seen[0]))
     for name, hidden in (("real", data.train), ("garbage", garbage)):
         method, ctx = _self_train(
             runs,
@@ -455,8 +459,10 @@ def test_zs3net_loads_the_baselines_stage_1_and_nobody_loads_the_oracles(
     does not load the oracle's (a stage key without the label classes would hand it over)."""
     data = runs["data"]
     short = [f"data.world={tiny_world}", *TINY[:3], "train.iters=8"]
+    # the baseline's backbone learning rate, so only the label classes tell the two stage keys
+    # apart (with the presets' own, 1 and 0.3, a key without the classes still differed)
     oracle = runner.train(
-        load_config("oracle_unet-small_2k_shapeworld", short),
+        load_config("oracle_unet-small_2k_shapeworld", [*short, "model.backbone_lr_mult=0.3"]),
         tmp_path / "oracle",
         progress=False,
         data=data,
