@@ -52,9 +52,9 @@ class InferenceConfig:
 def inference_layout(model: torch.nn.Module, cfg: InferenceConfig) -> torch.nn.Module:
     """``model`` with its 4-d weights in the layout ``cfg`` evaluates in (in place).
 
-    NHWC convolutions measured 1.56x faster in fp32 on the CPU (the foundation U-Net on 50
-    64-pixel images, one thread: 0.348 s against 0.542 s; session 34), and fp32 is what
-    evaluation runs in. Kernels of the two layouts sum in other orders, so scores differ in
+    NHWC convolutions are faster in fp32 on the CPU, and fp32 is what evaluation runs in: the
+    foundation U-Net's forward on 50 64-pixel images took 382 ms against 542 ms at one thread
+    (``benchmarks/bench_layouts.py``, medians of three runs, session 34). Kernels of the two layouts sum in other orders, so scores differ in
     their last bits; a row evaluates the same whether trained or loaded, since both go through
     here (``runner.train`` after saving, ``runner.load_model``).
     """
