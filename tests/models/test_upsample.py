@@ -8,19 +8,21 @@ from hypothesis import strategies as st
 
 from zeroseg.models.upsample import bilinear
 
+# maps, output sizes and options both properties draw from
+MAPS = {
+    "c": st.integers(1, 50),
+    "h": st.integers(1, 17),
+    "w": st.integers(1, 17),
+    "out_h": st.integers(1, 40),
+    "out_w": st.integers(1, 40),
+    "corners": st.booleans(),
+    "bf16": st.booleans(),
+    "seed": st.integers(0, 2**16),
+}
+
 
 @settings(max_examples=40, deadline=None)
-@given(
-    b=st.integers(1, 3),
-    c=st.integers(1, 50),
-    h=st.integers(1, 17),
-    w=st.integers(1, 17),
-    out_h=st.integers(1, 40),
-    out_w=st.integers(1, 40),
-    corners=st.booleans(),
-    bf16=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
+@given(b=st.integers(1, 3), **MAPS)
 def test_same_values_as_interpolate(b, c, h, w, out_h, out_w, corners, bf16, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, c, h, w, generator=g) * 5
@@ -42,16 +44,7 @@ def test_many_classes_upsampled_in_channels_last():
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    c=st.integers(1, 40),
-    h=st.integers(1, 17),
-    w=st.integers(1, 17),
-    out_h=st.integers(1, 40),
-    out_w=st.integers(1, 40),
-    corners=st.booleans(),
-    bf16=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
+@given(**MAPS)
 def test_same_gradients_as_interpolate(c, h, w, out_h, out_w, corners, bf16, seed):
     # training (the projection loss, ZegCLIP's mask loss) backpropagates through it
     g = torch.Generator().manual_seed(seed)
