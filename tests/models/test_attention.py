@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zeroseg.models.attention import MultiheadAttention, attention
+from zeroseg.models.attention import CHUNKED_MIN_TOKENS, MultiheadAttention, attention
 
 
 def _pair(dim=16, heads=4, **kwargs):
@@ -93,6 +93,51 @@ def test_fp32_inside_cpu_autocast():
     )
     assert torch.equal(got, want.bfloat16())
     assert not torch.equal(plain, got)  # the bf16 kernel rounds differently
+
+
+def _blocked_reference(q, k, v):
+    """The long-sequence path's arithmetic on the whole sequence at once: bf16 logits."""
+    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    return torch.matmul(logits.softmax(-1), v)
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 1035, 1035, 64), (4, 16, 600, 520, 8)])
+def test_long_bf16_inference_goes_a_query_block_at_a_time(shape):
+    # the second: 32-query blocks, the last one partial (600 = 18 x 32 + 24)
+    b, h, n, length, d = shape
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(b, h, n, d, generator=g).bfloat16()
+    k, v = (torch.randn(b, h, length, d, generator=g).bfloat16() for _ in range(2))
+    with torch.inference_mode():
+        got = attention(q, k, v)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(attention(q, k, v), got)
+    assert got.dtype == torch.bfloat16 and got.shape == (b, h, n, d)
+    torch.testing.assert_close(got, _blocked_reference(q, k, v), atol=8e-3, rtol=1e-2)
+    fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    torch.testing.assert_close(got.float(), fp32, atol=3e-2, rtol=3e-2)
+    assert not torch.equal(got, fp32.bfloat16())  # not the fp32 path
+
+
+def test_long_sequences_keep_the_fp32_path_below_the_threshold_or_with_autograd():
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, CHUNKED_MIN_TOKENS, 8, generator=g) for _ in range(3))
+    short = [t[..., :-1, :].bfloat16() for t in (q, k, v)]
+    want = F.scaled_dot_product_attention(*(t.float() for t in short)).bfloat16()
+    assert torch.equal(attention(*short), want)
+    # few queries over many keys (the mask decoder's 16 over 1024) or the reverse: fp32
+    few, many = q[..., :16, :].bfloat16(), k.repeat(1, 1, 2, 1).bfloat16()
+    want = F.scaled_dot_product_attention(few.float(), many.float(), many.float()).bfloat16()
+    assert torch.equal(attention(few, many, many), want)
+    want = F.scaled_dot_product_attention(many.float(), few.float(), few.float()).bfloat16()
+    assert torch.equal(attention(many, few, few), want)
+    grads = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    want = F.scaled_dot_product_attention(*(t.float() for t in grads)).bfloat16()
+    assert torch.equal(attention(*grads), want)
+    mask = torch.ones(CHUNKED_MIN_TOKENS, CHUNKED_MIN_TOKENS, dtype=torch.bool).tril()
+    with torch.no_grad():
+        got = attention(*grads, attn_mask=mask)
+    assert torch.equal(got, attention(*grads, is_causal=True).detach())
 
 
 def test_fp32_is_sdpa_unchanged():
