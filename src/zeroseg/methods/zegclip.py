@@ -50,6 +50,7 @@ from zeroseg.engine.trainer import TrainConfig
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
+from zeroseg.models.bf16_weights import Bf16Weights
 from zeroseg.models.heads.mask_scores import sigmoid_labels, sigmoid_scores
 from zeroseg.models.heads.zegclip_decoder import (
     TextSideCache,
@@ -267,6 +268,8 @@ class ZegCLIP(Method):
         self.encoder = self._build_encoder(cfg)
         self.encoder.requires_grad_(False)
         self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
+        # bf16 inference: the frozen CLIP encoder's matmul weights, cast once
+        self._bf16_weights = Bf16Weights(extra_leaves=("in_proj_weight", "in_proj_bias", "proj"))
         if cfg.encoder == "foundation":
             if cfg.dpt:
                 raise ValueError(
@@ -356,11 +359,15 @@ class ZegCLIP(Method):
             x = F.interpolate(
                 x, scale_factor=self.cfg.input_scale, mode="bilinear", align_corners=False
             )
+        # Without autograd under bf16 autocast, the frozen encoder's weights are cast once
+        # (Bf16Weights), not on every image; outputs are the same bits.
         if self.prompts is None:
             with torch.no_grad():  # nothing upstream of the decoder is trained
-                feats = self.encoder.forward_features(x)
+                feats = self._bf16_weights.call(self.encoder, "forward_features", x)
         else:
-            feats = self.encoder.forward_features(x, prompts=self.prompts)
+            feats = self._bf16_weights.call(
+                self.encoder, "forward_features", x, prompts=self.prompts
+            )
         patches = F.normalize(feats["patch_proj"].float(), dim=-1)
         return patches, F.normalize(feats["cls_proj"].float(), dim=-1)
 
