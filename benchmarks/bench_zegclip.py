@@ -4,8 +4,15 @@ The VOC 15+5 preset (ViT-B/16 at 512x512, 10 deep prompt tokens in all 12 layers
 3 layers / 8 heads / width 512), randomly initialised, batch 1, 2 threads. For fp32 and bf16
 autocast: ms/image of ``transformers.CLIPVisionModel`` (the reference encoder alone, same
 architecture, random weights), of zeroseg's frozen encoder alone (``forward_features``, no
-prompts) and of the full ZegCLIP forward (``scores``: prompted encoder, relationship descriptor,
-decoder, upsampling to 512 and sigmoid) with 20, 171 and 847 classes. The vocabulary stays the
+prompts) and of the full ZegCLIP forward with 20, 171 and 847 classes: ``full`` is the
+segmentation of an image (``labels``, what ``zeroseg predict`` runs: prompted encoder,
+relationship descriptor, decoder, the sigmoid and seen-score reduction, upsampling to 512 of the
+classes that can win somewhere, argmax), ``scores`` the (K, 512, 512) per-class probabilities
+(``scores``, what evaluation reads). In bf16, ``encoder_hf_weights`` is ``CLIPVisionModel``
+converted to bf16 outright (weights, layer norms and residual stream), a second reference that
+rounds more than autocast, and ``encoder_cast_once`` zeroseg's encoder with its matmul weights
+cast to bf16 once (``zeroseg.models.bf16_weights``, as ZegCLIP runs its frozen encoder; the same
+bits as ``encoder``). The vocabulary stays the
 same across timed calls, as when serving or evaluating a dataset: text-side work cached per
 vocabulary is done once, in the warm-up. All forwards alternate within each round so drifting
 load falls on all alike; figures are medians. Also: analytic FLOPs, achieved GFLOP/s against a
@@ -26,6 +33,7 @@ q and output projections 4KC^2, k and v projections 4NC^2, scores and weighted s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -109,14 +117,23 @@ def reference_scores(model, images: torch.Tensor, text: torch.Tensor, seen: torc
     return reduce_seen(logits, seen, model.reduction(), sigmoid=model.cfg.nel)
 
 
-def rss_child(mode: str, k: int, threads: int) -> None:
-    """In a fresh process: the peak RSS (MiB) of building the model and one 512x512 inference."""
+def rss_child(mode: str, k: int, threads: int, kind: str) -> None:
+    """In a fresh process: the peak RSS (MiB) of building the model and one 512x512 inference
+    (``kind``: ``full``, the segmentation, or ``scores``)."""
     torch.set_num_threads(threads)
     model = build()
     text, seen = vocabulary(k)
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "bf16"):
-        model.scores(images(), text, seen)
+        (model.labels if kind == "full" else model.scores)(images(), text, seen)
     print(f"{status_mib('VmHWM'):.1f}")
+
+
+def _flops_key(name: str) -> str:
+    """The FLOP count a timed forward does: encoder_hf_weights -> encoder_hf, scores_K and
+    ref_full_K -> full_K."""
+    if name.startswith("encoder"):
+        return name.removesuffix("_weights").removesuffix("_cast_once")
+    return "full_" + name.rsplit("_", 1)[1]
 
 
 def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -125,8 +142,10 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
     print("matmul peak (2048^3): " + ", ".join(f"{m} {p:.1f} GFLOP/s" for m, p in peaks.items()))
     model = build()
     _, hf = build_models()  # transformers.CLIPVisionModel, ViT-B/16, random weights
+    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16) if "bf16" in modes else None
     x_img = images()
     x = (x_img.float() - model.mean) / model.std
+    x_bf16 = x.to(torch.bfloat16)
     vocab = {k: vocabulary(k) for k in CLASS_COUNTS}
     flops = {
         "encoder": encoder_flops(model.encoder.config, SIZE, SIZE, projected=(SIZE // 16) ** 2 + 1)
@@ -136,7 +155,7 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
 
     figures: dict[str, float] = {}
     print(
-        f"{'mode':5} {'forward':12} {'ms/image':>9} {'min-max ms':>13} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
+        f"{'mode':5} {'forward':18} {'ms/image':>9} {'min-max ms':>13} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
     )
     for mode in modes:
 
@@ -151,11 +170,18 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
             "encoder_hf": wrap(lambda: hf(pixel_values=x, interpolate_pos_encoding=True)),
             "encoder": wrap(lambda: model.encoder.forward_features(x)),
         }
+        if mode == "bf16":  # the frozen encoder as ZegCLIP runs it: weights cast once
+            fns["encoder_cast_once"] = wrap(
+                lambda: model._bf16_weights.call(model.encoder, "forward_features", x)
+            )
+            fns["encoder_hf_weights"] = wrap(
+                lambda: hf_bf16(pixel_values=x_bf16, interpolate_pos_encoding=True), bf16=False
+            )
         for k in CLASS_COUNTS:
-            fns[f"full_{k}"] = wrap(lambda k=k: model.scores(x_img, *vocab[k]))
-            # the segmentation only (what predict returns): classes that cannot win anywhere
-            # are never upsampled (zeroseg.models.heads.mask_scores.sigmoid_labels)
-            fns[f"labels_{k}"] = wrap(lambda k=k: model.labels(x_img, *vocab[k]))
+            # the segmentation (what predict returns): classes that cannot win anywhere are
+            # never upsampled (zeroseg.models.heads.mask_scores.sigmoid_labels)
+            fns[f"full_{k}"] = wrap(lambda k=k: model.labels(x_img, *vocab[k]))
+            fns[f"scores_{k}"] = wrap(lambda k=k: model.scores(x_img, *vocab[k]))
             if args.reference:
                 fns[f"ref_full_{k}"] = wrap(lambda k=k: reference_scores(model, x_img, *vocab[k]))
         times = time_interleaved(fns, reps=args.reps, warmup=args.warmup)
@@ -170,18 +196,18 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
                 key = f"{kind}_{mode}_{k}"
             figures[f"ms_{key}"] = wall * 1e3
             figures[f"cpu_ms_{key}"] = cpu * 1e3
-            work = flops[name.removeprefix("ref_").replace("labels_", "full_")]
+            work = flops[_flops_key(name)]
             gfs = work / wall / 1e9
             print(
-                f"{mode:5} {name:12} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
+                f"{mode:5} {name:18} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
                 f" {work / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
             )
-        for k in CLASS_COUNTS:  # how many classes the labels path upsampled
+        for k in CLASS_COUNTS:  # how many classes the segmentation upsampled
             with torch.inference_mode():
                 logits = model.predict_logits(x_img, vocab[k][0])[0].float()
             count = len(candidate_classes(logits, model.seen_shift(vocab[k][1])))
             figures[f"upsampled_classes_{mode}_{k}"] = count
-            print(f"{mode:5} labels_{k}: {count} of {k} classes can win somewhere: upsampled")
+            print(f"{mode:5} full_{k}: {count} of {k} classes can win somewhere: upsampled")
     return figures, peaks, flops
 
 
@@ -210,10 +236,12 @@ def main() -> None:
         help="also time the training-time path (every decoder layer, whole-tensor upsampling and "
         "sigmoid: the inference code before issue 22), interleaved, as ms_ref_full_MODE_K",
     )
-    parser.add_argument("--rss-child", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rss-child", nargs=3, metavar=("MODE", "K", "KIND"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.rss_child:
-        rss_child(args.rss_child[0], int(args.rss_child[1]), args.threads)
+        rss_child(args.rss_child[0], int(args.rss_child[1]), args.threads, args.rss_child[2])
         return
     modes = args.modes.split(",")
     if unknown := [m for m in modes if m not in MODES]:
@@ -234,32 +262,38 @@ def main() -> None:
     if not args.no_rss:
         for mode in modes:
             for k in CLASS_COUNTS:
-                cmd = [sys.executable, __file__, "--rss-child", mode, str(k)]
-                cmd += ["--threads", str(args.threads)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                rss[f"peak_rss_mb_{mode}_{k}"] = float(out.split()[-1])
-                print(
-                    f"peak RSS, build + one 512x512 {mode} inference, {k} classes: {rss[f'peak_rss_mb_{mode}_{k}']:.0f} MiB"
-                )
+                for kind in ("full", "scores"):
+                    cmd = [sys.executable, __file__, "--rss-child", mode, str(k), kind]
+                    cmd += ["--threads", str(args.threads)]
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                    name = (
+                        f"peak_rss_mb_{mode}_{k}"
+                        if kind == "full"
+                        else f"peak_rss_mb_scores_{mode}_{k}"
+                    )
+                    rss[name] = float(out.split()[-1])
+                    print(
+                        f"peak RSS, build + one 512x512 {mode} {kind} inference, {k} classes: "
+                        f"{rss[name]:.0f} MiB"
+                    )
 
     for mode in modes if figures else ():
         hf_ms = figures[f"ms_encoder_hf_{mode}"]
-        r20 = figures[f"ms_full_{mode}_20"]
-        l20 = figures[f"ms_labels_{mode}_20"]
-        print(
-            f"{mode}: full(20)/CLIPVisionModel = {r20 / hf_ms:.3f}; "
-            + ", ".join(
-                f"full({k})/full(20) = {figures[f'ms_full_{mode}_{k}'] / r20:.3f}"
-                for k in CLASS_COUNTS[1:]
+        for kind in ("full", "scores"):
+            r20 = figures[f"ms_{kind}_{mode}_20"]
+            print(
+                f"{mode}: {kind}(20)/CLIPVisionModel = {r20 / hf_ms:.3f}; "
+                + ", ".join(
+                    f"{kind}({k})/{kind}(20) = {figures[f'ms_{kind}_{mode}_{k}'] / r20:.3f}"
+                    for k in CLASS_COUNTS[1:]
+                )
             )
-        )
-        print(
-            f"{mode}: labels(20)/CLIPVisionModel = {l20 / hf_ms:.3f}; "
-            + ", ".join(
-                f"labels({k})/labels(20) = {figures[f'ms_labels_{mode}_{k}'] / l20:.3f}"
-                for k in CLASS_COUNTS[1:]
+        if mode == "bf16":
+            hf_w = figures["ms_encoder_hf_weights_bf16"]
+            print(
+                f"bf16: full(20)/CLIPVisionModel converted to bf16 = "
+                f"{figures['ms_full_bf16_20'] / hf_w:.3f}"
             )
-        )
     print(f"load average before {load_before}, after {load_after}")
     if args.out:
         result = {
