@@ -444,13 +444,10 @@ def _run_rows_parallel(runs: list[list[tuple]], jobs: int, threads: int) -> list
     pending = {(r, a[0]): a for r, run in enumerate(runs) for a in run}
     results: list[dict[str, dict]] = [{} for _ in runs]
     running = {}
-    # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang.
-    # One row per process: a worker that had run a row started the next holding 270-470 MiB
-    # more than a fresh one (report.json's start_rss_mib, make demo of session 34), and two
-    # workers' peaks add up.
+    # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=_job_init, initargs=(threads,), max_tasks_per_child=1
+        jobs, mp_context=ctx, initializer=_job_init, initargs=(threads,)
     ) as pool:
         while pending or running:
             done = [set(r) for r in results]
