@@ -397,6 +397,40 @@ def test_the_foundation_preset_keeps_the_foundation_frozen(tiny_world, tmp_path)
         )
 
 
+def test_tune_head_trains_the_foundation_head_and_nothing_else_of_it(tiny_world, tmp_path):
+    from zeroseg.foundation import load_foundation
+
+    cfg = load_config(
+        "zegclip_foundation_shapeworld",
+        [
+            f"data.world={tiny_world}",
+            "train.iters=20",
+            "model.tune_head=true",
+            "model.decoder.width=32",
+            "model.decoder.heads=2",
+            "model.decoder.layers=2",
+        ],
+    )
+    method = train(cfg, tmp_path / "run", progress=False).method
+    start = load_foundation("shipped").transfer_state()
+    state = method.encoder.state_dict()
+    moved = {name for name, value in start.items() if not torch.equal(state[name], value)}
+    assert moved and all(name.startswith("head.") for name in moved)
+    assert "head.text_proj.weight" in moved  # the text-side map trains with it
+    assert not any(p.requires_grad for p in method.encoder.backbone.parameters())
+    method.train()
+    assert method.encoder.head.training and not method.encoder.backbone.training
+    with pytest.raises(ValueError, match="tune_head"):
+        build_method(
+            load_config(
+                "zegclip_foundation_shapeworld",
+                [f"data.world={tiny_world}", "model.encoder=shapeworld", "model.tune_head=true"],
+            ),
+            load_spec_split(tiny_world),
+            384,
+        )
+
+
 def test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token(
     tiny_world, monkeypatch
 ):

@@ -103,7 +103,11 @@ class FoundationEncoder(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) 0-255 -> ``patch_proj`` (B, h, w, D) unit tokens, ``cls_proj`` (B, D)."""
-        pixels = self.head.embed(self.backbone(images))  # (B, D, H/2, W/2)
+        return self.tokens(self.backbone(images))
+
+    def tokens(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forward_features`` from the backbone's (B, C, H/2, W/2) output: the head's part."""
+        pixels = self.head.embed(hidden)  # (B, D, H/2, W/2)
         if self.token_pool > 1:
             pixels = F.normalize(F.avg_pool2d(pixels, self.token_pool), dim=1)
         return {

@@ -105,6 +105,9 @@ class ZegCLIPConfig:
     encoder: str = "shapeworld"
     foundation: str = "shipped"  # encoder "foundation": which file ("shipped" or a path)
     token_pool: int = 1  # encoder "foundation": pool its stride-2 pixel embeddings into tokens
+    # encoder "foundation": train its projection head (and text-side map) with the decoder, as
+    # projection-frozen trains them; the rest of the foundation stays frozen
+    tune_head: bool = False
     pretrained: str | None = None  # local CLIP checkpoint for a CLIP preset (None: random init)
     pretrain: PretrainConfig = field(
         default_factory=PretrainConfig
@@ -270,12 +273,19 @@ class ZegCLIP(Method):
         self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
         # bf16 inference: the frozen CLIP encoder's matmul weights, cast once
         self._bf16_weights = Bf16Weights(extra_leaves=("in_proj_weight", "in_proj_bias", "proj"))
+        if cfg.tune_head and cfg.encoder != "foundation":
+            raise ValueError(
+                f"ZegCLIPConfig.tune_head trains the ShapeWorld foundation's projection head; "
+                f"encoder {cfg.encoder!r} has none: set model.encoder: foundation or tune_head: false"
+            )
         if cfg.encoder == "foundation":
             if cfg.dpt:
                 raise ValueError(
                     "ZegCLIP: deep prompt tuning inserts tokens into a ViT's layers; the "
                     "ShapeWorld foundation is a CNN: set model.dpt: false"
                 )
+            if cfg.tune_head:
+                self.encoder.head.requires_grad_(True)
             self.prompts = None
             self.decoder = ZegCLIPDecoder(
                 cfg.decoder,
@@ -345,6 +355,8 @@ class ZegCLIP(Method):
     def train(self, mode: bool = True):
         super().train(mode)
         self.encoder.eval()  # frozen: never in training mode
+        if self.cfg.tune_head:
+            self.encoder.head.train(mode)  # trained, as projection-frozen's head
         return self
 
     # ------------------------------------------------------------------ forward
@@ -352,7 +364,12 @@ class ZegCLIP(Method):
         """(B, 3, H, W) uint8 -> unit patch embeddings (B, h, w, D) and image embeddings (B, D)."""
         if isinstance(self.encoder, FoundationEncoder):
             with torch.no_grad():  # frozen, as CLIP: unit tokens, unit global embedding
-                feats = self.encoder.forward_features(images.float())
+                if self.cfg.tune_head:
+                    hidden = self.encoder.backbone(images.float())
+                else:
+                    feats = self.encoder.forward_features(images.float())
+            if self.cfg.tune_head:
+                feats = self.encoder.tokens(hidden)  # the head trains
             return feats["patch_proj"].float(), feats["cls_proj"].float()
         x = (images.float() - self.mean) / self.std
         if self.cfg.input_scale != 1.0:
@@ -374,6 +391,8 @@ class ZegCLIP(Method):
     def _unit_text(self, class_embeddings: Tensor) -> Tensor:
         """(K, D) class embeddings -> the decoder's (K, D) unit text embeddings."""
         if isinstance(self.encoder, FoundationEncoder):
+            if self.cfg.tune_head:  # trained with the head
+                return self.encoder.text_side(class_embeddings)
             with torch.no_grad():  # the foundation's text side is frozen with it
                 return self.encoder.text_side(class_embeddings)
         return F.normalize(class_embeddings.float(), dim=-1)
@@ -465,6 +484,7 @@ class ZegCLIP(Method):
         if self.cfg.encoder == "foundation":
             ctx.start_from_foundation(self.cfg.foundation, self.encoder.backbone, self.encoder.head)
             self.encoder.requires_grad_(False)
+            self.encoder.head.requires_grad_(self.cfg.tune_head)
             return
         if self.cfg.encoder != "shapeworld":
             if self.cfg.pretrained is not None:  # the frozen CLIP image encoder
