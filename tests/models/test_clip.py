@@ -441,6 +441,11 @@ def test_deep_prompts_follow_vpt_deep(tiny_vit: VisionTransformer) -> None:
         z = tiny_vit.ln_post(torch.cat([z[:, :1], z[:, 4:]], 1))
     assert torch.allclose(out["patch_tokens"], z[:, 1:].reshape(2, 4, 4, 64), atol=1e-5)
     assert torch.allclose(out["cls"], z[:, 0], atol=1e-5)
+    # without autograd the prompt slots are overwritten in place: the same bits as the copies
+    graded = tiny_vit.forward_features(x, prompts=prompts, return_layers=[0])
+    for key in ("patch_tokens", "cls"):
+        assert torch.equal(out[key], graded[key].detach())
+    assert torch.equal(out["layers"][0], graded["layers"][0].detach())
 
 
 def test_shallower_prompts_are_dropped_after_depth(tiny_vit: VisionTransformer) -> None:

@@ -429,7 +429,11 @@ class VisionTransformer(nn.Module):
             if i < len(prompt_list):
                 prompt = prompt_list[i]
                 prompt = prompt.expand(x.shape[0], -1, -1) if prompt.ndim == 2 else prompt
-                x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + n_prompt :]], dim=1)
+                if i and n_prompt == prompt.shape[1] and not torch.is_grad_enabled():
+                    # the previous block's fresh output: its prompt slots are overwritten in place
+                    x[:, 1 : 1 + n_prompt] = prompt
+                else:
+                    x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + n_prompt :]], dim=1)
                 n_prompt = prompt.shape[1]
             elif n_prompt:
                 x = torch.cat([x[:, :1], x[:, 1 + n_prompt :]], dim=1)
