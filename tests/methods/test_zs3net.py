@@ -119,7 +119,13 @@ def test_select_top_percent_by_hand():
     pred = torch.tensor([[[3, 3, 3, 3, 5, 1]]])
     conf = torch.tensor([[[0.9, 0.8, 0.7, 0.6, 0.1, 0.99]]])
     out = select_top_percent(pred, conf, [3, 5], 50.0)
-    assert out.tolist() == [[[3, 3, 255, 255, 5, 255]]]
+    assert out.tolist() == [[[3, 3, 255, 255, 5, 255]]] and out.dtype == torch.int64
+    # half confidences and uint8 maps, as ZS5Net keeps them: 40% of class 3's five pixels keeps
+    # two, and the pixel tied with the second (0.8) too
+    half = torch.tensor([[[0.9, 0.8, 0.8, 0.7, 0.6, 0.1]]]).half()
+    pred8 = torch.tensor([[[3, 3, 3, 3, 3, 5]]], dtype=torch.uint8)
+    out8 = select_top_percent(pred8, half, [3, 5], 40.0, dtype=torch.uint8)
+    assert out8.dtype == torch.uint8 and out8.tolist() == [[[3, 3, 3, 255, 255, 5]]]
     with pytest.raises(ValueError, match="pseudo_percent"):
         select_top_percent(pred, conf, [3], 0.0)
 

@@ -26,7 +26,12 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 
 
 def select_top_percent(
-    pred: Tensor, conf: Tensor, classes: list[int], percent: float, ignore: int = 255
+    pred: Tensor,
+    conf: Tensor,
+    classes: list[int],
+    percent: float,
+    ignore: int = 255,
+    dtype: torch.dtype = torch.int64,
 ) -> Tensor:
     """ZS5Net pseudo-labels: per class, the top ``percent`` % most confident pixels predicted as it.
 
@@ -36,20 +41,24 @@ def select_top_percent(
         classes: the classes to pseudo-label (the unseen ones).
         percent: p in (0, 100].
 
+        dtype: of the result (uint8 holds classes below 255 in an eighth of int64's memory).
+
     Returns:
-        (N, H, W) int64: the class where a pixel is selected, ``ignore`` elsewhere.
+        (N, H, W) ``dtype``: the class where a pixel is selected, ``ignore`` elsewhere.
     """
     if not 0 < percent <= 100:
         raise ValueError(f"pseudo_percent must be in (0, 100], got {percent}")
-    out = torch.full_like(pred, ignore, dtype=torch.int64)
+    out = torch.full_like(pred, ignore, dtype=dtype)
     for c in classes:
         mask = pred == c
         n = int(mask.sum())
         if n == 0:
             continue
         keep = max(1, int(round(n * percent / 100)))
-        scores = conf[mask].float()
-        # The keep-th largest confidence; ties at the threshold are all kept.
-        threshold = torch.topk(scores, keep).values[-1]
-        out[mask & (conf.float() >= threshold)] = c
+        # The keep-th largest confidence; ties at the threshold are all kept. The threshold is
+        # one of ``conf``'s values, so comparing in ``conf``'s own dtype is exact (and makes no
+        # fp32 copy of every pixel's confidence per class).
+        threshold = torch.topk(conf[mask].float(), keep).values[-1].to(conf.dtype)
+        mask &= conf >= threshold
+        out[mask] = c
     return out

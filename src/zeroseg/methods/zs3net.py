@@ -834,6 +834,11 @@ class ZS5Net(ZS3Net):
             the image indices used and their (N, H, W) pseudo-label maps (unseen class or 255).
         """
         c = self.cfg
+        if self.split.num_classes >= 255:  # uint8 maps, 255 = not pseudo-labelled
+            raise ValueError(
+                f"ZS5Net's pseudo-label maps are uint8 with 255 as 'none': the split has "
+                f"{self.split.num_classes} classes, at most 254 fit"
+            )
         n = len(images) if c.pseudo_images is None else min(len(images), c.pseudo_images)
         indices = list(range(n))
         subset = torch.utils.data.Subset(images, indices)
@@ -852,12 +857,16 @@ class ZS5Net(ZS3Net):
             prob = logits.float().softmax(1)
             ranked = calibrate(logits.float(), seen_mask, c.calibration) if c.calibration else prob
             pred = ranked.argmax(1)
-            preds.append(pred.cpu())
             confs.append(prob.gather(1, pred[:, None])[:, 0].half().cpu())
+            preds.append(pred.to(torch.uint8).cpu())  # classes < 255 (checked above)
         pseudo = select_top_percent(
-            torch.cat(preds), torch.cat(confs), list(self.split.unseen), c.pseudo_percent
+            torch.cat(preds),
+            torch.cat(confs),
+            list(self.split.unseen),
+            c.pseudo_percent,
+            dtype=torch.uint8,
         )
-        return indices, pseudo.to(torch.uint8)
+        return indices, pseudo
 
     def fit_self_training(self, ctx: RunContext) -> None:
         """Stage 5: fine-tune the segmenter on seen ground truth + unseen pseudo-labels."""
