@@ -118,11 +118,11 @@ MUTATIONS = (
         "ZS5Net pseudo-labels restricted to unseen ground-truth pixels (the released code's leak)",
         "src/zeroseg/methods/zs3net.py",
         # in pseudo_label, which gets the unlabelled images (ImagesOnly hides their labels)
-        "        return indices, pseudo.to(torch.uint8)\n",
+        "        return indices, pseudo\n",
         "        gt = torch.stack([images.dataset[i]['label'] for i in indices])\n"
         "        unseen_gt = torch.isin(gt.long(), torch.tensor(list(self.split.unseen)))\n"
         "        pseudo = torch.where(unseen_gt, pseudo, torch.full_like(pseudo, 255))\n"
-        "        return indices, pseudo.to(torch.uint8)\n",
+        "        return indices, pseudo\n",
         ("tests/methods/test_zs3net.py::test_pseudo_labels_do_not_depend_on_the_ground_truth",),
     ),
     Mutation(
