@@ -364,12 +364,9 @@ class ZegCLIP(Method):
         """(B, 3, H, W) uint8 -> unit patch embeddings (B, h, w, D) and image embeddings (B, D)."""
         if isinstance(self.encoder, FoundationEncoder):
             with torch.no_grad():  # frozen, as CLIP: unit tokens, unit global embedding
-                if self.cfg.tune_head:
-                    hidden = self.encoder.backbone(images.float())
-                else:
-                    feats = self.encoder.forward_features(images.float())
-            if self.cfg.tune_head:
-                feats = self.encoder.tokens(hidden)  # the head trains
+                hidden = self.encoder.backbone(images.float())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.tune_head):
+                feats = self.encoder.tokens(hidden)  # the head trains only with tune_head
             return feats["patch_proj"].float(), feats["cls_proj"].float()
         x = (images.float() - self.mean) / self.std
         if self.cfg.input_scale != 1.0:
@@ -391,9 +388,8 @@ class ZegCLIP(Method):
     def _unit_text(self, class_embeddings: Tensor) -> Tensor:
         """(K, D) class embeddings -> the decoder's (K, D) unit text embeddings."""
         if isinstance(self.encoder, FoundationEncoder):
-            if self.cfg.tune_head:  # trained with the head
-                return self.encoder.text_side(class_embeddings)
-            with torch.no_grad():  # the foundation's text side is frozen with it
+            # the foundation's text side is frozen with it, or trained with its head
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.tune_head):
                 return self.encoder.text_side(class_embeddings)
         return F.normalize(class_embeddings.float(), dim=-1)
 

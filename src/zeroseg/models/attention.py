@@ -11,16 +11,19 @@ input dtype, while the projections around it keep running in bf16. Elsewhere (an
 inputs) it is ``F.scaled_dot_product_attention`` unchanged.
 
 Long sequences at inference (bf16 inputs, no autograd, no mask, dropout or causality, at least
-``CHUNKED_MIN_TOKENS`` queries and keys: a ViT-B/16 at 512 px has 1025) take a third path: the logits of a block
-of queries as one bf16 matmul, their softmax, and the weighted sum into the block's slice of the
-output, block after block, so each block's logits stay in cache. ViT-B/16's 12 heads of 64 over
-1035 tokens took 14.8-16.3 ms against 24.3-25.3 ms for SDPA in fp32 (21.6-22.2 in bf16), 1.52-1.64x;
-over 577 tokens 1.45-1.68x (``benchmarks/bench_attention.py --inference --threads 2``, three runs,
-session 35). The logits are rounded to bf16 before the softmax, as autocast's own matmul (and
-``transformers``' eager attention) rounds them: about 3 significant digits, the precision of bf16
-inference everywhere else. Shorter sequences keep the fp32 path, and with them every ShapeWorld
-model (self-attention over at most 257 tokens; the mask decoder's 16 queries and AlignZeg's 16
-keys), whose figures therefore do not move.
+``CHUNKED_MIN_TOKENS`` queries and keys: a ViT-B/16 at 512 px has 1025) take a third path: the
+logits of a block of queries as one bf16 matmul, their softmax, and the weighted sum into the
+block's slice of the output, block after block, so each block's logits stay in cache. ViT-B/16's
+12 heads of 64 over 1035 tokens took 14.8-16.3 ms against 24.3-25.3 ms for SDPA in fp32 (21.6-22.2
+in bf16), 1.52-1.64x; over 577 tokens 1.45-1.68x (``benchmarks/bench_attention.py --inference
+--threads 2``, three runs, session 35). The logits are rounded to bf16 before the softmax, as
+autocast's own matmul (and ``transformers``' eager attention) rounds them: about 3 significant
+digits, the precision of bf16 inference everywhere else. Shorter sequences keep the fp32 path,
+and with them every ShapeWorld model (self-attention over at most 257 tokens; the mask decoder's
+16 queries and AlignZeg's 16 keys), whose figures therefore do not move.
+
+:class:`MultiheadAttention` is ``nn.MultiheadAttention`` (same parameters, same state-dict keys,
+``batch_first=True``) whose forward routes through :func:`attention`.
 """
 
 from __future__ import annotations
@@ -35,9 +38,8 @@ __all__ = ["CHUNKED_MIN_TOKENS", "MultiheadAttention", "attention"]
 
 _UPCAST = (torch.bfloat16, torch.float16)  # computed in fp32 on the CPU
 CHUNKED_MIN_TOKENS = 512  # from this many queries and keys on, bf16 inference goes by query blocks
-_BLOCK_LOGITS = (
-    5 << 18
-)  # logits per query block, 2.5 MiB of bf16 (96 queries of ViT-B/16 at 512 px)
+# logits per query block: 2.5 MiB of bf16, 96 queries of ViT-B/16 at 512 px
+_BLOCK_LOGITS = 5 << 18
 
 
 def attention(
