@@ -127,3 +127,42 @@ def test_find_model_accepts_the_train_out_directory(tmp_path):
         find_model(tmp_path / "out")
     with pytest.raises(CheckpointError, match="holds no model.safetensors"):
         find_model(tmp_path)
+
+
+def test_eval_amp_reaches_the_labels_path():
+    class Records(PixelIndex):
+        autocast: list[bool] = []
+
+        def labels(self, images, emb, seen_mask):
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
+            return super().labels(images, emb, seen_mask)
+
+    cfg = ExperimentConfig()
+    cfg.eval.amp = "bf16"
+    p = Predictor(Records(), cfg, ClassSplit(("class 0", "class 1"), unseen=(1,)))
+    p.embed = lambda names: torch.zeros(len(names), 4)
+    label = p.predict(np.zeros((20, 20, 3), np.uint8), NAMES[:3])
+    assert Records.autocast == [True]
+    assert np.array_equal(label, np.arange(400).reshape(20, 20) % 3)
+    p = Predictor(Records(), ExperimentConfig(), ClassSplit(("class 0", "class 1"), unseen=(1,)))
+    p.embed = lambda names: torch.zeros(len(names), 4)
+    p.predict(np.zeros((20, 20, 3), np.uint8), NAMES[:3])  # the default: no autocast
+    assert Records.autocast == [True, False]
+
+
+def test_cli_amp_option(tmp_path, monkeypatch):
+    made: list[Predictor] = []
+
+    def fake(cls, *a, **k):
+        made.append(_predictor())
+        return made[-1]
+
+    monkeypatch.setattr(predict_module.Predictor, "from_checkpoint", classmethod(fake))
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(img)
+    args = ["predict", "m.safetensors", str(img), "--classes", "p,q", "--overwrite"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--amp", "bf16"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert [p.cfg.eval.amp for p in made] == ["bf16", "none"]
+    with pytest.raises(SystemExit):
+        main([*args, "--amp", "fp16"])

@@ -412,6 +412,7 @@ def check_inference(e: InferenceConfig, *, where: str, key: str = "eval") -> Non
         f"an integer 1-{MAX_BATCH}",
         e.batch_size,
     )
+    _check(e.amp in ("none", "bf16"), where, f"{key}.amp", "none or bf16", e.amp)
 
 
 def check_nested(obj: Any, *, where: str, key: str) -> None:

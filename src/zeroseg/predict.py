@@ -17,7 +17,14 @@ import torch
 
 from zeroseg.data.classes import validate_class_names
 from zeroseg.data.io import read_image
-from zeroseg.engine.inference import TILE, TILE_MARGIN, WHOLE_MAX, infer_scores, tiled_labels
+from zeroseg.engine.inference import (
+    TILE,
+    TILE_MARGIN,
+    WHOLE_MAX,
+    infer_scores,
+    inference_autocast,
+    tiled_labels,
+)
 from zeroseg.runner import Embedder, load_model
 from zeroseg.viz import label_dtype
 
@@ -84,6 +91,8 @@ class Predictor:
         x, emb, mask, fn = self._prepare(image, class_names)
         if max(x.shape[-2:]) <= WHOLE_MAX:
             if self.cfg.eval.mode == "whole":  # the method's own argmax (no K x H x W scores)
-                return self.method.labels(x, emb, mask)[0].cpu().numpy().astype(dtype)
+                with inference_autocast(self.cfg.eval, x.device):
+                    labels = self.method.labels(x, emb, mask)
+                return labels[0].cpu().numpy().astype(dtype)
             return fn(x)[0].argmax(0).cpu().numpy().astype(dtype)
         return tiled_labels(fn, x, tile=TILE, margin=TILE_MARGIN, dtype=dtype)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 
 from zeroseg.engine.inference import InferenceConfig, evaluate_semantic, tiled_labels
@@ -99,3 +100,35 @@ def test_only_datasets_known_to_fit_are_scored_whole():
     assert scored_whole(SimpleNamespace(max_image_side=WHOLE_MAX))
     assert not scored_whole(SimpleNamespace(max_image_side=WHOLE_MAX + 1))
     assert not scored_whole(SimpleNamespace())  # real data: sizes unknown up front
+
+
+def test_eval_amp_runs_the_forward_under_bf16_autocast_and_returns_fp32():
+    from zeroseg.engine.inference import infer_scores
+
+    seen: list[bool] = []
+
+    def fn(images):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        x = images.float().mean(1, keepdim=True).repeat(1, 3, 1, 1)
+        return torch.nn.functional.linear(x.movedim(1, -1), torch.eye(3)).movedim(-1, 1)
+
+    images = torch.randint(0, 255, (2, 3, 12, 10), dtype=torch.uint8)
+    plain = infer_scores(fn, images, InferenceConfig())
+    for mode in ("whole", "slide"):
+        cfg = InferenceConfig(mode=mode, crop=8, stride=6, amp="bf16")
+        got = infer_scores(fn, images, cfg)
+        assert seen[-1] is True and got.dtype == torch.float32
+        # bf16 rounds the linear's inputs and outputs (8 bits of mantissa), nothing else
+        torch.testing.assert_close(got, plain, rtol=2**-7, atol=0)
+    assert seen[0] is False  # the default: no autocast
+    with pytest.raises(ValueError, match="eval.amp"):
+        infer_scores(fn, images, InferenceConfig(amp="fp16"))
+
+
+def test_eval_amp_is_checked_in_configs():
+    from zeroseg.config import load_config
+    from zeroseg.errors import ConfigError
+
+    assert load_config("projection_unet-small_2k_shapeworld", ["eval.amp=bf16"]).eval.amp == "bf16"
+    with pytest.raises(ConfigError, match=r"eval\.amp.*none or bf16"):
+        load_config("projection_unet-small_2k_shapeworld", ["eval.amp=fp16"])

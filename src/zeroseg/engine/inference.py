@@ -7,6 +7,7 @@ averaged where windows overlap. Images smaller than a crop are padded and the pa
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class InferenceConfig:
     # Convolution weights in NHWC at test time (see ``inference_layout``); the saved weights keep
     # the usual layout either way.
     channels_last: bool = False
+    # none | bf16: the forward under bf16 autocast (``inference_autocast``), scores returned in
+    # fp32. Faster where the device multiplies bf16 natively (ZegCLIP ViT-B/16 at 512 px:
+    # benchmarks/bench_zegclip.py); emulated bf16 is slower than fp32.
+    amp: str = "none"
 
 
 def inference_layout(model: torch.nn.Module, cfg: InferenceConfig) -> torch.nn.Module:
@@ -134,12 +139,24 @@ def tiled_labels(
     return out
 
 
+def inference_autocast(cfg: InferenceConfig, device: torch.device):
+    """The autocast context of ``cfg.amp`` on ``device`` (a no-op for ``none``)."""
+    if cfg.amp == "none":
+        return contextlib.nullcontext()
+    if cfg.amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown eval.amp {cfg.amp!r}; valid: none, bf16")
+
+
 def infer_scores(fn: ScoreFn, images: torch.Tensor, cfg: InferenceConfig) -> torch.Tensor:
-    if cfg.mode == "whole":
-        return fn(images)
-    if cfg.mode == "slide":
-        return slide_scores(fn, images, cfg.crop, cfg.stride)
-    raise ValueError(f"unknown inference mode {cfg.mode!r}; valid: whole, slide")
+    if cfg.mode not in ("whole", "slide"):
+        raise ValueError(f"unknown inference mode {cfg.mode!r}; valid: whole, slide")
+    with inference_autocast(cfg, images.device):
+        if cfg.mode == "whole":
+            scores = fn(images)
+        else:
+            scores = slide_scores(fn, images, cfg.crop, cfg.stride)
+    return scores.float() if scores.dtype != torch.float32 and cfg.amp != "none" else scores
 
 
 @torch.no_grad()
