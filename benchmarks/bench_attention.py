@@ -2,7 +2,7 @@
 ``F.scaled_dot_product_attention`` on bf16 inputs, forward + backward, on the attention shapes of
 the demo's mask models and of a 64-token encoder; with ``--inference``, forwards without autograd
 under bf16 autocast on long sequences (the query-block path) against SDPA in fp32 (the path
-before it) and in bf16.
+before it) and in bf16, and the same query blocks in fp32 (which fp32 inference does not use).
 
 Prints medians of wall-clock milliseconds and the ratio bf16 SDPA / zeroseg (> 1: zeroseg is
 faster). Run it alone on the machine: timings on 2 shared cores are noisy.
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from zeroseg.bench import median_seconds
-from zeroseg.models.attention import attention
+from zeroseg.models.attention import _query_blocks, attention
 
 # (batch, heads, queries, keys, channels per head)
 SHAPES = {
@@ -69,16 +69,25 @@ def _sdpa_fp32(q, k, v):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()
 
 
+def _blocks_fp32(q, k, v):
+    """The query blocks in fp32: what fp32 inference would get from them (it keeps SDPA)."""
+    with torch.autocast("cpu", enabled=False):
+        return _query_blocks(q.float(), k.float(), v.float()).bfloat16()
+
+
 def inference(reps: int) -> None:
     print(
-        f"{'inference shape (no autograd)':<46} {'SDPA fp32':>10} {'SDPA bf16':>10} {'zeroseg':>8} {'ratio':>6}"
+        f"{'inference shape (no autograd)':<46} {'SDPA fp32':>10} {'SDPA bf16':>10} "
+        f"{'zeroseg':>8} {'ratio':>6} {'blocks fp32':>12}"
     )
     for name, shape in INFERENCE_SHAPES.items():
         ms = [
             _median_ms(_forward(fn, shape), reps)
-            for fn in (_sdpa_fp32, F.scaled_dot_product_attention, attention)
+            for fn in (_sdpa_fp32, F.scaled_dot_product_attention, attention, _blocks_fp32)
         ]
-        print(f"{name:<46} {ms[0]:10.2f} {ms[1]:10.2f} {ms[2]:8.2f} {ms[0] / ms[2]:6.2f}")
+        print(
+            f"{name:<46} {ms[0]:10.2f} {ms[1]:10.2f} {ms[2]:8.2f} {ms[0] / ms[2]:6.2f} {ms[3]:12.2f}"
+        )
 
 
 def main() -> None:

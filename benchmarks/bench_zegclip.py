@@ -33,7 +33,6 @@ q and output projections 4KC^2, k and v projections 4NC^2, scores and weighted s
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -47,10 +46,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from bench_clip_encoder import (  # noqa: E402
+    HF,
     _loadavg,
     build_models,
     encoder_flops,
     matmul_peak,
+    runners,
     time_interleaved,
 )
 
@@ -142,10 +143,10 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
     print("matmul peak (2048^3): " + ", ".join(f"{m} {p:.1f} GFLOP/s" for m, p in peaks.items()))
     model = build()
     _, hf = build_models()  # transformers.CLIPVisionModel, ViT-B/16, random weights
-    hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16) if "bf16" in modes else None
     x_img = images()
     x = (x_img.float() - model.mean) / model.std
-    x_bf16 = x.to(torch.bfloat16)
+    # CLIPVisionModel converted to bf16 outright: bench_clip_encoder's bf16w (a converted copy)
+    hf_bf16 = runners(None, hf, x, "bf16w")[HF] if "bf16" in modes else None
     vocab = {k: vocabulary(k) for k in CLASS_COUNTS}
     flops = {
         "encoder": encoder_flops(model.encoder.config, SIZE, SIZE, projected=(SIZE // 16) ** 2 + 1)
@@ -174,9 +175,7 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
             fns["encoder_cast_once"] = wrap(
                 lambda: model._bf16_weights.call(model.encoder, "forward_features", x)
             )
-            fns["encoder_hf_weights"] = wrap(
-                lambda: hf_bf16(pixel_values=x_bf16, interpolate_pos_encoding=True), bf16=False
-            )
+            fns["encoder_hf_weights"] = hf_bf16
         for k in CLASS_COUNTS:
             # the segmentation (what predict returns): classes that cannot win anywhere are
             # never upsampled (zeroseg.models.heads.mask_scores.sigmoid_labels)

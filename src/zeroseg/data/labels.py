@@ -40,7 +40,7 @@ def select_top_percent(
         conf: (N, H, W) confidence of that prediction.
         classes: the classes to pseudo-label (the unseen ones).
         percent: p in (0, 100].
-
+        ignore: the value of pixels not selected.
         dtype: of the result (uint8 holds classes below 255 in an eighth of int64's memory).
 
     Returns:

@@ -7,7 +7,6 @@ averaged where windows overlap. Images smaller than a crop are padded and the pa
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +58,10 @@ def inference_layout(model: torch.nn.Module, cfg: InferenceConfig) -> torch.nn.M
 
     NHWC convolutions are faster in fp32 on the CPU, and fp32 is what evaluation runs in: the
     foundation U-Net's forward on 50 64-pixel images took 382 ms against 542 ms at one thread
-    (``benchmarks/bench_layouts.py``, medians of three runs, session 34). Kernels of the two layouts sum in other orders, so scores differ in
-    their last bits; a row evaluates the same whether trained or loaded, since both go through
-    here (``runner.train`` after saving, ``runner.load_model``).
+    (``benchmarks/bench_layouts.py``, medians of three runs, session 34). Kernels of the two
+    layouts sum in other orders, so scores differ in their last bits; a row evaluates the same
+    whether trained or loaded, since both go through here (``runner.train`` after saving,
+    ``runner.load_model``).
     """
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     return model.to(memory_format=fmt)
@@ -140,12 +140,12 @@ def tiled_labels(
 
 
 def inference_autocast(cfg: InferenceConfig, device: torch.device):
-    """The autocast context of ``cfg.amp`` on ``device`` (a no-op for ``none``)."""
-    if cfg.amp == "none":
-        return contextlib.nullcontext()
-    if cfg.amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"unknown eval.amp {cfg.amp!r}; valid: none, bf16")
+    """The autocast context of ``cfg.amp`` on ``device`` (the trainer's, a no-op for ``none``)."""
+    from zeroseg.engine.trainer import autocast
+
+    if cfg.amp not in ("none", "bf16"):
+        raise ValueError(f"unknown eval.amp {cfg.amp!r}; valid: none, bf16")
+    return autocast(cfg.amp, device)
 
 
 def infer_scores(fn: ScoreFn, images: torch.Tensor, cfg: InferenceConfig) -> torch.Tensor:
@@ -156,7 +156,7 @@ def infer_scores(fn: ScoreFn, images: torch.Tensor, cfg: InferenceConfig) -> tor
             scores = fn(images)
         else:
             scores = slide_scores(fn, images, cfg.crop, cfg.stride)
-    return scores.float() if scores.dtype != torch.float32 and cfg.amp != "none" else scores
+    return scores if cfg.amp == "none" else scores.float()  # .float(): a no-op on fp32
 
 
 @torch.no_grad()

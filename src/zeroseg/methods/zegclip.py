@@ -268,24 +268,22 @@ class ZegCLIP(Method):
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
         cfg = dataclasses.replace(cfg, **self.forced) if self.forced else cfg
         super().__init__(cfg, split=split, embed_dim=embed_dim)
-        self.encoder = self._build_encoder(cfg)
-        self.encoder.requires_grad_(False)
-        self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
-        # bf16 inference: the frozen CLIP encoder's matmul weights, cast once
-        self._bf16_weights = Bf16Weights(extra_leaves=("in_proj_weight", "in_proj_bias", "proj"))
         if cfg.tune_head and cfg.encoder != "foundation":
             raise ValueError(
                 f"ZegCLIPConfig.tune_head trains the ShapeWorld foundation's projection head; "
                 f"encoder {cfg.encoder!r} has none: set model.encoder: foundation or tune_head: false"
             )
+        self.encoder = self._build_encoder(cfg)
+        self._freeze_encoder()
+        self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
+        # bf16 inference: the frozen CLIP encoder's matmul weights, cast once
+        self._bf16_weights = Bf16Weights(extra_leaves=("in_proj_weight", "in_proj_bias", "proj"))
         if cfg.encoder == "foundation":
             if cfg.dpt:
                 raise ValueError(
                     "ZegCLIP: deep prompt tuning inserts tokens into a ViT's layers; the "
                     "ShapeWorld foundation is a CNN: set model.dpt: false"
                 )
-            if cfg.tune_head:
-                self.encoder.head.requires_grad_(True)
             self.prompts = None
             self.decoder = ZegCLIPDecoder(
                 cfg.decoder,
@@ -351,6 +349,12 @@ class ZegCLIP(Method):
         # The CLIP weights are read when training starts (``_stage0``), not here: a trained
         # model's checkpoint holds the encoder, so evaluating or predicting needs no CLIP file.
         return VisionTransformer(CLIP_PRESETS[cfg.encoder].vision)
+
+    def _freeze_encoder(self) -> None:
+        """The encoder frozen, as CLIP; with ``tune_head`` the foundation's head trains."""
+        self.encoder.requires_grad_(False)
+        if self.cfg.tune_head:
+            self.encoder.head.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -479,8 +483,7 @@ class ZegCLIP(Method):
     def _stage0(self, ctx: RunContext) -> None:
         if self.cfg.encoder == "foundation":
             ctx.start_from_foundation(self.cfg.foundation, self.encoder.backbone, self.encoder.head)
-            self.encoder.requires_grad_(False)
-            self.encoder.head.requires_grad_(self.cfg.tune_head)
+            self._freeze_encoder()
             return
         if self.cfg.encoder != "shapeworld":
             if self.cfg.pretrained is not None:  # the frozen CLIP image encoder

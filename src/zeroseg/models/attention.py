@@ -6,8 +6,8 @@ forward + backward under bf16 autocast of 16 x 4 heads x 1024 queries over 16 ke
 feature refiner) took 32.3 ms with bf16 inputs and 13.1 ms computed in fp32 (the casts
 included); 9.8 against 2.4 ms for 65 tokens attending to 65, 18.2 against 15.4 ms for 16 queries
 over 1024 keys (the mask decoder); ``benchmarks/bench_attention.py``, one thread, medians of 15,
-session 34. :func:`attention` therefore computes the attention itself in fp32 on the CPU and returns the
-input dtype, while the projections around it keep running in bf16. Elsewhere (and for fp32
+session 34. :func:`attention` therefore computes the attention itself in fp32 on the CPU and
+returns the input dtype, while the projections around it keep running in bf16. Elsewhere (and for fp32
 inputs) it is ``F.scaled_dot_product_attention`` unchanged.
 
 Long sequences at inference (bf16 inputs, no autograd, no mask, dropout or causality, at least
@@ -64,19 +64,16 @@ def attention(
     Returns:
         (B, heads, N, d_v) in ``q``'s dtype.
     """
-    if (
-        q.device.type == "cpu"
-        and q.dtype == torch.bfloat16
-        and min(q.shape[-2], k.shape[-2]) >= CHUNKED_MIN_TOKENS
-        and attn_mask is None
-        and not dropout_p
-        and not is_causal
-        and not (
-            torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        )
-    ):
-        return _query_blocks(q, k, v)
     if q.device.type == "cpu" and q.dtype in _UPCAST:
+        if (
+            q.dtype == torch.bfloat16
+            and min(q.shape[-2], k.shape[-2]) >= CHUNKED_MIN_TOKENS
+            and attn_mask is None
+            and not dropout_p
+            and not is_causal
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+        ):
+            return _query_blocks(q, k, v)  # long sequences at bf16 inference
         dtype = q.dtype
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             attn_mask = attn_mask.float()

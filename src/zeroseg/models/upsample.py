@@ -5,8 +5,9 @@ channels-last one when the maps have many channels (one per class): measured on 
 2-core CPU, 50 maps of 44 classes from 32x32 to 64x64 took 111 ms against 33 ms through the
 channels-last kernel, the two layout copies included (docs/benchmarks.md). Its backward is
 slower too: 16 maps of 33 classes, 32x32 to 64x64, forward + backward 16.4 ms against 12.5 ms
-at one thread (``benchmarks/bench_layouts.py``, session 34). Both kernels compute every output value and every input gradient the
-same way, so the results are the same tensors, bit for bit (tested, gradients included).
+at one thread (``benchmarks/bench_layouts.py``, session 34). Both kernels compute every output
+value and every input gradient the same way, so the results are the same tensors, bit for bit
+(tested, gradients included).
 """
 
 from __future__ import annotations
