@@ -3,7 +3,10 @@
 ViT-B/16 (Radford et al., 2021) at 512x512 (a 32x32 patch grid, 1025 tokens: ZegCLIP's input
 size), batch 1, the same random weights in both implementations, 2 threads. Modes: ``fp32``;
 ``bf16`` = fp32 weights under ``torch.autocast(bfloat16)``; optionally ``bf16w`` = the models
-converted to bfloat16 (no per-call weight casts). Reports ms/image (median of interleaved runs
+converted to bfloat16 (no per-call weight casts). In fp32 a fourth row runs zeroseg's dense
+forward with its inference ``Workspace`` turned off (fresh MLP and q/k/v buffers in every block,
+as before session 36), so the workspace's effect is measured in the same interleaved rounds.
+Reports ms/image (median of interleaved runs
 after warm-up), the analytic FLOPs, the achieved GFLOP/s against a measured matmul peak, and
 the peak RSS of each configuration (each measured in a fresh child process).
 
@@ -34,6 +37,7 @@ import torch  # noqa: E402
 
 from zeroseg import bench_train  # noqa: E402
 from zeroseg.bench_train import status_mib  # noqa: E402
+from zeroseg.models.backbones import clip  # noqa: E402
 from zeroseg.models.backbones.clip import (  # noqa: E402
     CLIP_PRESETS,
     CLIPVisionConfig,
@@ -45,6 +49,8 @@ THREADS = 2
 MODES = ("fp32", "bf16", "bf16w")
 OURS = "zeroseg forward (image embedding)"
 OURS_DENSE = "zeroseg forward_features (dense)"
+# fp32 only: forward_features with its inference Workspace turned off (fresh buffers every block)
+OURS_NO_WORKSPACE = "zeroseg dense, no workspace"
 HF = "transformers CLIPVisionModel"
 
 
@@ -113,29 +119,49 @@ def runners(
 
         return run
 
-    return {
+    def without_workspace() -> object:
+        saved = clip.Workspace.for_input
+        clip.Workspace.for_input = staticmethod(lambda x: None)
+        try:
+            return ours.forward_features(images)
+        finally:
+            clip.Workspace.for_input = saved
+
+    fns = {
         OURS: wrap(lambda: ours(images)),
         OURS_DENSE: wrap(lambda: ours.forward_features(images)),
         HF: wrap(lambda: hf(pixel_values=images, interpolate_pos_encoding=True)),
     }
+    if mode == "fp32":  # the only mode with a workspace
+        fns[OURS_NO_WORKSPACE] = wrap(without_workspace)
+    return fns
 
 
 def time_interleaved(
     fns: dict[str, Callable[[], object]], *, reps: int, warmup: int
-) -> dict[str, list[tuple[float, float]]]:
-    """(wall, process CPU) seconds per call. Implementations alternate within each round, in
-    reversed order every other round, so drifting load on this shared CPU falls on all alike;
-    CPU time (all threads) is less sensitive than wall time to other processes' load."""
+) -> dict[str, list[tuple[float, float, int]]]:
+    """(wall seconds, process CPU seconds, minor page faults) per call. Implementations
+    alternate within each round, in reversed order every other round, so drifting load on this
+    shared CPU falls on all alike; CPU time (all threads) is less sensitive than wall time to
+    other processes' load. A minor page fault is a fresh page the kernel maps and zero-fills on
+    first touch, which buffers newly allocated by a forward cost."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    times: dict[str, list[tuple[float, float, int]]] = {name: [] for name in fns}
     names = list(fns)
     for r in range(reps):
         for name in names if r % 2 == 0 else names[::-1]:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             wall, cpu = time.perf_counter(), time.process_time()
             fns[name]()
-            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+            times[name].append(
+                (
+                    time.perf_counter() - wall,
+                    time.process_time() - cpu,
+                    resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+                )
+            )
     return times
 
 
@@ -208,6 +234,7 @@ def main() -> None:
     flops = {
         OURS: encoder_flops(cfg, side, side, projected=1),
         OURS_DENSE: encoder_flops(cfg, side, side, projected=patches + 1),
+        OURS_NO_WORKSPACE: encoder_flops(cfg, side, side, projected=patches + 1),
         HF: encoder_flops(cfg, side, side, projected=0),  # stops at the pooled class token
     }
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -218,19 +245,20 @@ def main() -> None:
     )
 
     load_before = _loadavg()
-    # (name, mode) -> (median wall, min wall, max wall, median CPU) seconds
-    stats: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+    # (name, mode) -> (median wall, min wall, max wall, median CPU) seconds, median minor faults
+    stats: dict[tuple[str, str], tuple[float, float, float, float, float]] = {}
     for mode in modes:
         times = time_interleaved(
             runners(ours, hf, images, mode), reps=args.reps, warmup=args.warmup
         )
         for name, runs in times.items():
-            walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+            walls, cpus = [w for w, _, _ in runs], [c for _, c, _ in runs]
             stats[(name, mode)] = (
                 statistics.median(walls),
                 min(walls),
                 max(walls),
                 statistics.median(cpus),
+                statistics.median(f for _, _, f in runs),
             )
     load_after = _loadavg()
 
@@ -244,22 +272,23 @@ def main() -> None:
 
     header = (
         f"{'implementation':34} {'mode':5} {'ms/img':>7} {'min-max ms':>13} {'CPU ms':>7} "
-        f"{'GFLOP/s':>7} {'%peak':>6} {'RSS MiB':>7} {'fwd+MiB':>7}"
+        f"{'GFLOP/s':>7} {'%peak':>6} {'RSS MiB':>7} {'fwd+MiB':>7} {'faults':>7}"
     )
     print(
         f"\n{args.reps} timed runs each after {args.warmup} warm-up. ms/img: median wall time; "
-        f"CPU ms: median process CPU time (both threads).\nLoad average before {load_before}, "
+        f"CPU ms: median process CPU time (both threads); faults: median minor page faults "
+        f"per forward.\nLoad average before {load_before}, "
         f"after {load_after} (the CPU is shared: other processes inflate wall times)."
     )
     print(header)
     print("-" * len(header))
-    for (name, mode), (wall, lo, hi, cpu) in stats.items():
+    for (name, mode), (wall, lo, hi, cpu, faults) in stats.items():
         achieved = flops[name] / wall / 1e9
         before, peak = rss.get((name, mode), (float("nan"), float("nan")))
         print(
             f"{name:34} {mode:5} {wall * 1e3:7.0f} {lo * 1e3:6.0f}-{hi * 1e3:<6.0f} "
             f"{cpu * 1e3:7.0f} {achieved:7.1f} {100 * achieved / peaks[mode]:5.1f}% "
-            f"{peak:7.0f} {peak - before:7.0f}"
+            f"{peak:7.0f} {peak - before:7.0f} {faults:7.0f}"
         )
     print()
     for mode in modes:
@@ -270,6 +299,11 @@ def main() -> None:
                 f"min wall {a[1] / b[1]:.3f}, CPU {a[3] / b[3]:.3f}"
             )
     if "fp32" in modes:
+        a, b = stats[(OURS_DENSE, "fp32")], stats[(OURS_NO_WORKSPACE, "fp32")]
+        print(
+            f"fp32  forward_features with / without its workspace: median wall "
+            f"{a[0] / b[0]:.3f}, min wall {a[1] / b[1]:.3f}, CPU {a[3] / b[3]:.3f}"
+        )
         for mode in (m for m in modes if m != "fp32"):
             for name in (OURS, OURS_DENSE, HF):
                 speedup = stats[(name, "fp32")][0] / stats[(name, mode)][0]

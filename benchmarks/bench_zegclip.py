@@ -185,9 +185,9 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
                 fns[f"ref_full_{k}"] = wrap(lambda k=k: reference_scores(model, x_img, *vocab[k]))
         times = time_interleaved(fns, reps=args.reps, warmup=args.warmup)
         for name in fns:
-            walls = [w for w, _ in times[name]]
+            walls = [w for w, _, _ in times[name]]
             wall = statistics.median(walls)
-            cpu = statistics.median(c for _, c in times[name])
+            cpu = statistics.median(c for _, c, _ in times[name])
             if name.startswith("encoder"):
                 key = f"{name}_{mode}"
             else:  # full_171 -> full_bf16_171

@@ -24,6 +24,7 @@ from zeroseg.models.backbones.clip import (
     CLIPTextConfig,
     CLIPVisionConfig,
     VisionTransformer,
+    Workspace,
     resample_position_embedding,
 )
 from zeroseg.models.pretrained import (
@@ -446,6 +447,46 @@ def test_deep_prompts_follow_vpt_deep(tiny_vit: VisionTransformer) -> None:
     for key in ("patch_tokens", "cls"):
         assert torch.equal(out[key], graded[key].detach())
     assert torch.equal(out["layers"][0], graded["layers"][0].detach())
+
+
+def test_inference_workspace_gives_the_same_bits(
+    tiny_vit: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A no-grad fp32 forward writes the MLP's hidden activations and the q/k/v projection into
+    buffers reused block after block: the same bits as the graded forward, kept layers intact."""
+    x = torch.randn(2, 3, 64, 64)
+    made: list[str] = []
+    get = Workspace.get
+
+    def counting_get(self, name, shape, like):  # noqa: ANN001, ANN202
+        if name not in self._buffers:
+            made.append(name)
+        return get(self, name, shape, like)
+
+    monkeypatch.setattr(Workspace, "get", counting_get)
+    with torch.no_grad():
+        out = tiny_vit.forward_features(x, return_layers=[0, 1])
+    assert sorted(made) == ["mlp", "mlp_scratch", "qkv"]  # once each, for both blocks
+    graded = tiny_vit.forward_features(x, return_layers=[0, 1])  # autograd on: no workspace
+    for key in ("patch_tokens", "cls", "patch_proj"):
+        assert torch.equal(out[key], graded[key].detach()), key
+    for kept, ref in zip(out["layers"], graded["layers"], strict=True):
+        assert torch.equal(kept, ref.detach())
+    model = CLIP.from_config("tiny").eval()  # the causal text tower through Transformer.forward
+    tokens = CLIPTokenizer()(["a photo of a cat."])
+    with torch.no_grad():
+        text = model.encode_text(tokens)
+    assert torch.equal(text, model.encode_text(tokens).detach())
+
+
+def test_inference_workspace_only_without_autograd_in_fp32() -> None:
+    x = torch.randn(1, 4, 8)
+    with torch.no_grad():
+        assert isinstance(Workspace.for_input(x), Workspace)
+        assert Workspace.for_input(x.bfloat16()) is None
+        with torch.autocast("cpu", torch.bfloat16):
+            assert Workspace.for_input(x) is None
+    assert Workspace.for_input(x) is None  # autograd records
 
 
 def test_shallower_prompts_are_dropped_after_depth(tiny_vit: VisionTransformer) -> None:

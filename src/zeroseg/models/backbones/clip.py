@@ -38,6 +38,7 @@ __all__ = [
     "CLIP_PRESETS",
     "TextTransformer",
     "Transformer",
+    "Workspace",
     "VisionTransformer",
     "resample_position_embedding",
 ]
@@ -151,6 +152,50 @@ class QuickGELU(nn.Module):
         # passes cost as much as a matmul on CPU at 1025 tokens.
         return (x * 1.702).sigmoid_().mul_(x)
 
+    @staticmethod
+    def apply_(x: Tensor, scratch: Tensor) -> Tensor:
+        """``forward`` written into ``x``, its one temporary into ``scratch`` (x's shape): the
+        same bits (x * s equals s * x), no allocation."""
+        return x.mul_(torch.mul(x, 1.702, out=scratch).sigmoid_())
+
+
+class Workspace:
+    """Output buffers one no-grad fp32 forward through a stack of blocks reuses in every block.
+
+    The MLP's (B·N, 4C) hidden activations and the attention's (B·N, 3C) q/k/v projection are
+    written into the same buffers layer after layer instead of fresh tensors: on CPU every fresh
+    buffer of this size is new pages from the allocator, zero-filled by the kernel on first
+    touch (page faults). Measured on the ViT-B/16 encoder at 512 px (docs/benchmarks.md, "The
+    fp32 encoder's page faults"). A buffer is reused only once its previous contents have been
+    consumed (the layer's output never aliases it); a workspace lives for one forward call.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """The buffer ``name`` of ``shape`` with ``like``'s dtype and device (made on first use)."""
+        buf = self._buffers.get(name)
+        if (
+            buf is None
+            or buf.shape != shape
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+    @staticmethod
+    def for_input(x: Tensor) -> Workspace | None:
+        """A workspace if ``x``'s forward may reuse buffers: no autograd, fp32, autocast off."""
+        if (
+            torch.is_grad_enabled()
+            or x.dtype != torch.float32
+            or torch.is_autocast_enabled(x.device.type)
+        ):
+            return None
+        return Workspace()
+
 
 def _activation(name: str) -> nn.Module:
     return QuickGELU() if name == "quick_gelu" else nn.GELU()
@@ -171,16 +216,25 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, *, causal: bool = False, workspace: Workspace | None = None
+    ) -> Tensor:
         """Args:
             x: (B, N, C) tokens.
             causal: if True, token n attends to tokens <= n only.
+            workspace: where a no-grad fp32 forward writes its q/k/v projection.
 
         Returns:
             (B, N, C).
         """
         b, n, c = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3C)
+        if workspace is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3C)
+        else:
+            out = workspace.get("qkv", (b * n, 3 * c), x)
+            qkv = torch.addmm(
+                self.in_proj_bias, x.reshape(b * n, c), self.in_proj_weight.t(), out=out
+            )
         q, k, v = qkv.view(b, n, 3, self.heads, c // self.heads).permute(
             2, 0, 3, 1, 4
         )  # (B, nh, N, hs)
@@ -197,8 +251,16 @@ class MLP(nn.Module):
         self.act = _activation(act)
         self.c_proj = nn.Linear(hidden, width)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
+    def forward(self, x: Tensor, *, workspace: Workspace | None = None) -> Tensor:
+        """(B, N, C) -> (B, N, C); ``workspace``: where a no-grad fp32 forward writes its hidden
+        activations (QuickGELU's in place)."""
+        if workspace is None or not isinstance(self.act, QuickGELU):
+            return self.c_proj(self.act(self.c_fc(x)))
+        b, n, c = x.shape
+        hidden = workspace.get("mlp", (b * n, self.c_fc.out_features), x)
+        torch.addmm(self.c_fc.bias, x.reshape(b * n, c), self.c_fc.weight.t(), out=hidden)
+        QuickGELU.apply_(hidden, workspace.get("mlp_scratch", hidden.shape, x))
+        return self.c_proj(hidden.view(b, n, -1))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -211,9 +273,11 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
-    def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
-        x = _residual(x, self.attn(self.ln_1(x), causal=causal))
-        return _residual(x, self.mlp(self.ln_2(x)))
+    def forward(
+        self, x: Tensor, *, causal: bool = False, workspace: Workspace | None = None
+    ) -> Tensor:
+        x = _residual(x, self.attn(self.ln_1(x), causal=causal, workspace=workspace))
+        return _residual(x, self.mlp(self.ln_2(x), workspace=workspace))
 
 
 def _residual(skip: Tensor, branch: Tensor) -> Tensor:
@@ -237,8 +301,9 @@ class Transformer(nn.Module):
         )
 
     def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
+        workspace = Workspace.for_input(x)
         for block in self.resblocks:
-            x = block(x, causal=causal)
+            x = block(x, causal=causal, workspace=workspace)
         return x
 
     def reset_parameters(self) -> None:
@@ -425,6 +490,7 @@ class VisionTransformer(nn.Module):
         prompt_list = _split_prompts(prompts, len(blocks), self.config.width)
         kept: dict[int, Tensor] = {}
         n_prompt = 0  # prompt tokens currently sitting after the class token
+        workspace = Workspace.for_input(x)
         for i, block in enumerate(blocks):
             if i < len(prompt_list):
                 prompt = prompt_list[i]
@@ -438,7 +504,7 @@ class VisionTransformer(nn.Module):
             elif n_prompt:
                 x = torch.cat([x[:, :1], x[:, 1 + n_prompt :]], dim=1)
                 n_prompt = 0
-            x = block(x)
+            x = block(x, workspace=workspace)
             if i in wanted:
                 kept[i] = torch.cat([x[:, :1], x[:, 1 + n_prompt :]], dim=1) if n_prompt else x
         if n_prompt:
