@@ -1,0 +1,112 @@
+"""Compare two runs of `make demo` / `make benchmark` (or `zeroseg demo`): figures and speed.
+
+Every seed report (``report.json``) under the first output directory is paired with the one at
+the same relative path under the second. Figures are compared value by value (every leaf of the
+JSON), leaving out what a rerun may change without any figure changing: wall and CPU times,
+memory, versions, the machine and the dates. Then the training time of every method row in
+every seed (``methods.<row>.train_seconds``, rows that trained for 20 s or more) is compared as
+a ratio, second run over first: min, median, max, and the three rows furthest out either way.
+
+    python benchmarks/compare_reports.py OLD_RUNS NEW_RUNS
+    python benchmarks/compare_reports.py /work/a/runs/benchmark /work/b/runs/benchmark
+
+Exits with 1 if any figure differs, so it can gate a "nothing moved" claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# leaves whose dotted path contains one of these (lower case) are not figures
+NOT_FIGURES = (
+    "seconds",
+    "time",
+    "memory",
+    "rss",
+    "mib",
+    "cpu",
+    "machine",
+    "version",
+    "torch",
+    "date",
+    "commit",
+    "ms_per",
+    "per_image",
+)
+
+
+def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of a JSON value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from leaves(item, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def figures(report: dict) -> dict[str, Any]:
+    return {k: v for k, v in leaves(report) if not any(s in k.lower() for s in NOT_FIGURES)}
+
+
+def seed_reports(root: Path) -> dict[Path, Path]:
+    """Relative path -> file of every report.json that belongs to one seed (has ``methods``)."""
+    found = {}
+    for path in sorted(root.rglob("report.json")):
+        if "methods" in json.loads(path.read_text()):
+            found[path.relative_to(root)] = path
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("old", type=Path, help="the first run's output directory")
+    parser.add_argument("new", type=Path, help="the second run's output directory")
+    args = parser.parse_args()
+    for root in (args.old, args.new):
+        if not root.is_dir():
+            parser.error(f"{root}: not a directory (expected a demo or benchmark output)")
+    old, new = seed_reports(args.old), seed_reports(args.new)
+    if not old:
+        parser.error(f"{args.old}: no seed report.json (with 'methods') under it")
+    unpaired = sorted(set(old) ^ set(new))
+    if unpaired:
+        parser.error(f"reports in only one of the two runs: {[str(p) for p in unpaired]}")
+
+    differing = 0
+    ratios: list[tuple[float, str]] = []
+    for rel in sorted(old):
+        a, b = (json.loads(p.read_text()) for p in (old[rel], new[rel]))
+        fa, fb = figures(a), figures(b)
+        diffs = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+        differing += len(diffs)
+        shown = ", ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
+        print(f"{rel}: {len(fa)} figures, {len(diffs)} differ{': ' + shown if diffs else ''}")
+        for row, entry in a["methods"].items():
+            t_old = entry.get("train_seconds") if isinstance(entry, dict) else None
+            t_new = b["methods"].get(row, {}).get("train_seconds")
+            if t_old and t_new and t_old >= 20:
+                ratios.append((t_new / t_old, f"{rel.parent}/{row}"))
+    if ratios:
+        values = sorted(r for r, _ in ratios)
+        print(
+            f"\ntraining time, second run / first, {len(values)} rows: min {values[0]:.3f}, "
+            f"median {statistics.median(values):.3f}, max {values[-1]:.3f}"
+        )
+        ranked = sorted(ratios)
+        for ratio, name in ranked[:3] + ranked[-3:]:
+            print(f"  {ratio:.3f}  {name}")
+    print(f"\n{differing} differing figures in {len(old)} reports")
+    return 1 if differing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
