@@ -16,7 +16,8 @@ bits as ``encoder``). The vocabulary stays the
 same across timed calls, as when serving or evaluating a dataset: text-side work cached per
 vocabulary is done once, in the warm-up. All forwards alternate within each round so drifting
 load falls on all alike; figures are medians. Also: analytic FLOPs, achieved GFLOP/s against a
-measured matmul peak, and the peak RSS of a whole process that builds the model and runs one
+measured matmul peak, the median minor page faults per forward (``faults``: fresh pages the
+kernel zero-fills), and the peak RSS of a whole process that builds the model and runs one
 512x512 inference (a fresh child process per configuration).
 
     .venv/bin/python benchmarks/bench_zegclip.py [--reps 7] [--warmup 2] [--out FILE.json]
@@ -156,7 +157,8 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
 
     figures: dict[str, float] = {}
     print(
-        f"{'mode':5} {'forward':18} {'ms/image':>9} {'min-max ms':>13} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}"
+        f"{'mode':5} {'forward':18} {'ms/image':>9} {'min-max ms':>13} {'GFLOP':>7} {'GFLOP/s':>8} "
+        f"{'% peak':>7} {'faults':>7}"
     )
     for mode in modes:
 
@@ -188,6 +190,7 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
             walls = [w for w, _, _ in times[name]]
             wall = statistics.median(walls)
             cpu = statistics.median(c for _, c, _ in times[name])
+            faults = statistics.median(f for _, _, f in times[name])
             if name.startswith("encoder"):
                 key = f"{name}_{mode}"
             else:  # full_171 -> full_bf16_171
@@ -195,11 +198,12 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
                 key = f"{kind}_{mode}_{k}"
             figures[f"ms_{key}"] = wall * 1e3
             figures[f"cpu_ms_{key}"] = cpu * 1e3
+            figures[f"faults_{key}"] = faults
             work = flops[_flops_key(name)]
             gfs = work / wall / 1e9
             print(
                 f"{mode:5} {name:18} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
-                f" {work / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}%"
+                f" {work / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}% {faults:7.0f}"
             )
         for k in CLASS_COUNTS:  # how many classes the segmentation upsampled
             with torch.inference_mode():
