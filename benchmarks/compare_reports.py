@@ -66,11 +66,11 @@ def seed_reports(root: Path) -> dict[Path, Path]:
     return found
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("old", type=Path, help="the first run's output directory")
     parser.add_argument("new", type=Path, help="the second run's output directory")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for root in (args.old, args.new):
         if not root.is_dir():
             parser.error(f"{root}: not a directory (expected a demo or benchmark output)")

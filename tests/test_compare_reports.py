@@ -1,0 +1,58 @@
+"""benchmarks/compare_reports.py: the "every figure equal" check README's benchmark rerun quotes."""
+
+import json
+
+import pytest
+
+
+def _report(hiou: float, train_seconds: float, total: float) -> dict:
+    return {
+        "torch": "2.13.0",
+        "total_seconds": total,
+        "methods": {
+            "projection": {
+                "figures": {"hiou": hiou, "seen_miou": 75.9},
+                "train_seconds": train_seconds,
+                "memory": {"peak_mib": 1000 + total},
+            },
+            "projection+spectral": {"figures": {"hiou": 74.7}},
+        },
+    }
+
+
+def _write(root, rel: str, report: dict) -> None:
+    path = root / rel / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
+
+
+def test_times_and_memory_may_differ_figures_may_not(benchmark_script, tmp_path, capsys):
+    script = benchmark_script("compare_reports")
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write(old, "default/seed-0", _report(71.1, 100.0, 600.0))
+    _write(new, "default/seed-0", _report(71.1, 110.0, 660.0))  # slower, same figures
+    (old / "default" / "seeds.json").write_text("{}")  # not a seed report: skipped
+    assert script.main([str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "default/seed-0/report.json: 3 figures, 0 differ" in out
+    assert "1 rows: min 1.100, median 1.100, max 1.100" in out
+
+    _write(new, "default/seed-0", _report(71.2, 110.0, 660.0))
+    assert script.main([str(old), str(new)]) == 1
+    assert "1 differ: methods.projection.figures.hiou" in capsys.readouterr().out
+
+
+def test_unpaired_reports_and_missing_directories_are_named(benchmark_script, tmp_path, capsys):
+    script = benchmark_script("compare_reports")
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write(old, "default/seed-0", _report(71.1, 100.0, 600.0))
+    _write(old, "default/seed-1", _report(70.7, 100.0, 600.0))
+    _write(new, "default/seed-0", _report(71.1, 100.0, 600.0))
+    with pytest.raises(SystemExit):
+        script.main([str(old), str(new)])
+    assert "reports in only one of the two runs: ['default/seed-1/report.json']" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        script.main([str(old), str(tmp_path / "absent")])
+    assert "absent: not a directory" in capsys.readouterr().err
