@@ -38,8 +38,8 @@ __all__ = [
     "CLIP_PRESETS",
     "TextTransformer",
     "Transformer",
-    "Workspace",
     "VisionTransformer",
+    "Workspace",
     "resample_position_embedding",
 ]
 
@@ -165,8 +165,8 @@ class Workspace:
     The MLP's (B·N, 4C) hidden activations and the attention's (B·N, 3C) q/k/v projection are
     written into the same buffers layer after layer instead of fresh tensors: on CPU every fresh
     buffer of this size is new pages from the allocator, zero-filled by the kernel on first
-    touch (page faults). Measured on the ViT-B/16 encoder at 512 px (docs/benchmarks.md, "The
-    fp32 encoder's page faults"). A buffer is reused only once its previous contents have been
+    touch (page faults). Measured on the ViT-B/16 encoder at 512 px (docs/benchmarks.md, "fp32:
+    the encoder's workspace"). A buffer is reused only once its previous contents have been
     consumed (the layer's output never aliases it); a workspace lives for one forward call.
     """
 
