@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -165,6 +166,29 @@ def time_interleaved(
     return times
 
 
+class Summary(NamedTuple):
+    """One implementation's timed calls: median, min and max wall seconds, median process CPU
+    seconds, median minor page faults."""
+
+    wall: float
+    low: float
+    high: float
+    cpu: float
+    faults: float
+
+
+def summarise(runs: list[tuple[float, float, int]]) -> Summary:
+    """The :class:`Summary` of ``time_interleaved``'s calls of one implementation."""
+    walls = [w for w, _, _ in runs]
+    return Summary(
+        statistics.median(walls),
+        min(walls),
+        max(walls),
+        statistics.median(c for _, c, _ in runs),
+        statistics.median(f for _, _, f in runs),
+    )
+
+
 def matmul_peak(dtype: torch.dtype) -> float:
     """Median GFLOP/s of a 2048^3 matmul by wall time (the inference figures are wall time)."""
     return bench_train.matmul_peak(dtype, n=2048, reps=7, clock=time.perf_counter)
@@ -245,21 +269,13 @@ def main() -> None:
     )
 
     load_before = _loadavg()
-    # (name, mode) -> (median wall, min wall, max wall, median CPU) seconds, median minor faults
-    stats: dict[tuple[str, str], tuple[float, float, float, float, float]] = {}
+    stats: dict[tuple[str, str], Summary] = {}
     for mode in modes:
         times = time_interleaved(
             runners(ours, hf, images, mode), reps=args.reps, warmup=args.warmup
         )
         for name, runs in times.items():
-            walls, cpus = [w for w, _, _ in runs], [c for _, c, _ in runs]
-            stats[(name, mode)] = (
-                statistics.median(walls),
-                min(walls),
-                max(walls),
-                statistics.median(cpus),
-                statistics.median(f for _, _, f in runs),
-            )
+            stats[(name, mode)] = summarise(runs)
     load_after = _loadavg()
 
     rss: dict[tuple[str, str], tuple[float, float]] = {}
@@ -291,22 +307,22 @@ def main() -> None:
             f"{peak:7.0f} {peak - before:7.0f} {faults:7.0f}"
         )
     print()
+
+    def ratios(a: Summary, b: Summary) -> str:
+        return f"median wall {a.wall / b.wall:.3f}, min wall {a.low / b.low:.3f}, CPU {a.cpu / b.cpu:.3f}"
+
     for mode in modes:
         for name in (OURS, OURS_DENSE):
-            a, b = stats[(name, mode)], stats[(HF, mode)]
             print(
-                f"{mode:5} {name} / transformers time: median wall {a[0] / b[0]:.3f}, "
-                f"min wall {a[1] / b[1]:.3f}, CPU {a[3] / b[3]:.3f}"
+                f"{mode:5} {name} / transformers time: "
+                + ratios(stats[(name, mode)], stats[(HF, mode)])
             )
     if "fp32" in modes:
         a, b = stats[(OURS_DENSE, "fp32")], stats[(OURS_NO_WORKSPACE, "fp32")]
-        print(
-            f"fp32  forward_features with / without its workspace: median wall "
-            f"{a[0] / b[0]:.3f}, min wall {a[1] / b[1]:.3f}, CPU {a[3] / b[3]:.3f}"
-        )
+        print("fp32  forward_features with / without its workspace: " + ratios(a, b))
         for mode in (m for m in modes if m != "fp32"):
             for name in (OURS, OURS_DENSE, HF):
-                speedup = stats[(name, "fp32")][0] / stats[(name, mode)][0]
+                speedup = stats[(name, "fp32")].wall / stats[(name, mode)].wall
                 print(f"{mode} speed-up over fp32 (median wall), {name}: {speedup:.2f}x")
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (both models): {own_peak:.0f} MiB")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ from bench_clip_encoder import (  # noqa: E402
     encoder_flops,
     matmul_peak,
     runners,
+    summarise,
     time_interleaved,
 )
 
@@ -187,10 +187,7 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
                 fns[f"ref_full_{k}"] = wrap(lambda k=k: reference_scores(model, x_img, *vocab[k]))
         times = time_interleaved(fns, reps=args.reps, warmup=args.warmup)
         for name in fns:
-            walls = [w for w, _, _ in times[name]]
-            wall = statistics.median(walls)
-            cpu = statistics.median(c for _, c, _ in times[name])
-            faults = statistics.median(f for _, _, f in times[name])
+            wall, low, high, cpu, faults = summarise(times[name])
             if name.startswith("encoder"):
                 key = f"{name}_{mode}"
             else:  # full_171 -> full_bf16_171
@@ -202,7 +199,7 @@ def time_all(args, modes: list[str]) -> tuple[dict[str, float], dict[str, float]
             work = flops[_flops_key(name)]
             gfs = work / wall / 1e9
             print(
-                f"{mode:5} {name:18} {wall * 1e3:9.1f} {min(walls) * 1e3:6.0f}-{max(walls) * 1e3:<6.0f}"
+                f"{mode:5} {name:18} {wall * 1e3:9.1f} {low * 1e3:6.0f}-{high * 1e3:<6.0f}"
                 f" {work / 1e9:7.1f} {gfs:8.1f} {100 * gfs / peaks[mode]:6.1f}% {faults:7.0f}"
             )
         for k in CLASS_COUNTS:  # how many classes the segmentation upsampled

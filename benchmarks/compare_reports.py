@@ -57,12 +57,13 @@ def figures(report: dict) -> dict[str, Any]:
     return {k: v for k, v in leaves(report) if not any(s in k.lower() for s in NOT_FIGURES)}
 
 
-def seed_reports(root: Path) -> dict[Path, Path]:
-    """Relative path -> file of every report.json that belongs to one seed (has ``methods``)."""
+def seed_reports(root: Path) -> dict[Path, dict]:
+    """Relative path -> contents of every report.json under ``root`` that has ``methods``."""
     found = {}
     for path in sorted(root.rglob("report.json")):
-        if "methods" in json.loads(path.read_text()):
-            found[path.relative_to(root)] = path
+        report = json.loads(path.read_text())
+        if "methods" in report:
+            found[path.relative_to(root)] = report
     return found
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     differing = 0
     ratios: list[tuple[float, str]] = []
     for rel in sorted(old):
-        a, b = (json.loads(p.read_text()) for p in (old[rel], new[rel]))
+        a, b = old[rel], new[rel]
         fa, fb = figures(a), figures(b)
         diffs = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
         differing += len(diffs)

@@ -174,14 +174,10 @@ class Workspace:
         self._buffers: dict[str, Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """The buffer ``name`` of ``shape`` with ``like``'s dtype and device (made on first use)."""
+        """The buffer ``name`` of ``shape`` (made with ``like``'s dtype and device on first use,
+        and again when the shape changes: ZegCLIP's prompts leave after their last layer)."""
         buf = self._buffers.get(name)
-        if (
-            buf is None
-            or buf.shape != shape
-            or buf.dtype != like.dtype
-            or buf.device != like.device
-        ):
+        if buf is None or buf.shape != shape:
             buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
