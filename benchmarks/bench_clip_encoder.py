@@ -122,7 +122,7 @@ def runners(
 
     def without_workspace() -> object:
         saved = clip.Workspace.for_input
-        clip.Workspace.for_input = staticmethod(lambda x: None)
+        clip.Workspace.for_input = staticmethod(lambda x, owner=None: None)
         try:
             return ours.forward_features(images)
         finally:

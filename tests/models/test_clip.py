@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import pickle
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from zeroseg.models.backbones.clip import (
     CLIP,
@@ -464,6 +465,7 @@ def test_inference_workspace_gives_the_same_bits(
         return get(self, name, shape, like)
 
     monkeypatch.setattr(Workspace, "get", counting_get)
+    Workspace.release(tiny_vit)  # the module-scoped fixture's earlier forwards kept theirs
     with torch.no_grad():
         out = tiny_vit.forward_features(x, return_layers=[0, 1])
     assert sorted(made) == ["mlp", "mlp_scratch", "qkv"]  # once each, for both blocks
@@ -477,6 +479,49 @@ def test_inference_workspace_gives_the_same_bits(
     with torch.no_grad():
         text = model.encode_text(tokens)
     assert torch.equal(text, model.encode_text(tokens).detach())
+
+
+def test_inference_workspace_is_kept_per_module_and_thread(
+    tiny_vit: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buffers outlive the call (the next forward faults no fresh pages in), but no output
+    aliases them: a later forward leaves an earlier one's results as they were."""
+    made: list[str] = []
+    get = Workspace.get
+
+    def counting_get(self, name, shape, like):  # noqa: ANN001, ANN202
+        if name not in self._buffers or self._buffers[name].shape != shape:
+            made.append(name)
+        return get(self, name, shape, like)
+
+    monkeypatch.setattr(Workspace, "get", counting_get)
+    Workspace.release(tiny_vit)
+    x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        first = tiny_vit.forward_features(x, return_layers=[0])
+        kept = {k: v.clone() for k, v in first.items() if isinstance(v, Tensor)}
+        kept_layer = first["layers"][0].clone()
+        assert len(made) == 3
+        second = tiny_vit.forward_features(y, return_layers=[0])
+        assert len(made) == 3  # the same buffers again
+        for key, value in kept.items():
+            assert torch.equal(first[key], value), key
+        assert torch.equal(first["layers"][0], kept_layer)
+        assert not torch.equal(second["patch_tokens"], first["patch_tokens"])
+        ours = Workspace.for_input(x, tiny_vit)
+        assert Workspace.for_input(x, tiny_vit) is ours
+        other: list[Workspace | None] = []
+
+        def in_thread() -> None:
+            with torch.no_grad():  # grad mode is per thread
+                other.append(Workspace.for_input(x, tiny_vit))
+
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+        assert other[0] is not None and other[0] is not ours  # each thread its own buffers
+        Workspace.release(tiny_vit)
+        assert Workspace.for_input(x, tiny_vit) is not ours
 
 
 def test_inference_workspace_only_without_autograd_in_fp32() -> None:

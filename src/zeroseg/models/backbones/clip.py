@@ -18,6 +18,8 @@ loading OpenAI weights is a rename of the text keys only (see ``zeroseg.models.p
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,37 +162,57 @@ class QuickGELU(nn.Module):
 
 
 class Workspace:
-    """Output buffers one no-grad fp32 forward through a stack of blocks reuses in every block.
+    """Output buffers a no-grad fp32 forward through a stack of blocks reuses in every block.
 
     The MLP's (B·N, 4C) hidden activations and the attention's (B·N, 3C) q/k/v projection are
     written into the same buffers layer after layer instead of fresh tensors: on CPU every fresh
     buffer of this size is new pages from the allocator, zero-filled by the kernel on first
     touch (page faults). Measured on the ViT-B/16 encoder at 512 px (docs/benchmarks.md, "fp32:
     the encoder's workspace"). A buffer is reused only once its previous contents have been
-    consumed (the layer's output never aliases it); a workspace lives for one forward call.
+    consumed, and no buffer is ever returned: a layer's output never aliases one.
+
+    ``for_input(x, owner)`` keeps one workspace per module and thread across calls (buffers made
+    per call were freed after each forward and handed back to the kernel, so the next forward
+    faulted them in again); a thread's workspaces go with the thread, a module's with the
+    module. ``release`` frees the calling thread's buffers of one module.
     """
+
+    _kept = threading.local()  # per thread: WeakKeyDictionary[module, Workspace]
 
     def __init__(self) -> None:
         self._buffers: dict[str, Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """The buffer ``name`` of ``shape`` (made with ``like``'s dtype and device on first use,
-        and again when the shape changes: ZegCLIP's prompts leave after their last layer)."""
+        and again when the shape changes: ZegCLIP's prompts leave after their last layer, the
+        next image may have another size)."""
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
             buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
     @staticmethod
-    def for_input(x: Tensor) -> Workspace | None:
-        """A workspace if ``x``'s forward may reuse buffers: no autograd, fp32, autocast off."""
+    def for_input(x: Tensor, owner: nn.Module | None = None) -> Workspace | None:
+        """A workspace if ``x``'s forward may reuse buffers (no autograd, fp32, autocast off):
+        ``owner``'s for this thread, kept across calls, or a fresh one without an owner."""
         if (
             torch.is_grad_enabled()
             or x.dtype != torch.float32
             or torch.is_autocast_enabled(x.device.type)
         ):
             return None
-        return Workspace()
+        if owner is None:
+            return Workspace()
+        kept = Workspace._kept.__dict__.setdefault("by_module", weakref.WeakKeyDictionary())
+        workspace = kept.get(owner)
+        if workspace is None:
+            workspace = kept[owner] = Workspace()
+        return workspace
+
+    @staticmethod
+    def release(owner: nn.Module) -> None:
+        """Free the buffers ``owner`` keeps for the calling thread (they are remade on demand)."""
+        Workspace._kept.__dict__.get("by_module", {}).pop(owner, None)
 
 
 def _activation(name: str) -> nn.Module:
@@ -297,7 +319,7 @@ class Transformer(nn.Module):
         )
 
     def forward(self, x: Tensor, *, causal: bool = False) -> Tensor:
-        workspace = Workspace.for_input(x)
+        workspace = Workspace.for_input(x, self)
         for block in self.resblocks:
             x = block(x, causal=causal, workspace=workspace)
         return x
@@ -486,7 +508,7 @@ class VisionTransformer(nn.Module):
         prompt_list = _split_prompts(prompts, len(blocks), self.config.width)
         kept: dict[int, Tensor] = {}
         n_prompt = 0  # prompt tokens currently sitting after the class token
-        workspace = Workspace.for_input(x)
+        workspace = Workspace.for_input(x, self)
         for i, block in enumerate(blocks):
             if i < len(prompt_list):
                 prompt = prompt_list[i]
