@@ -340,7 +340,16 @@ class _MovedIgnore(torch.utils.data.Dataset):
         return s
 
 
-def _self_train(runs, directory, *, train_set, train_images, pseudo_loss_weight, pseudo_images=8):
+def _self_train(
+    runs,
+    directory,
+    *,
+    train_set,
+    train_images,
+    pseudo_loss_weight,
+    pseudo_images=8,
+    pseudo_seen=False,
+):
     """Stage 5 alone, 3 steps, from a copy of the trained zs5net; returns the copy and context."""
     import copy
     import dataclasses
@@ -352,6 +361,7 @@ def _self_train(runs, directory, *, train_set, train_images, pseudo_loss_weight,
         c,
         pseudo_loss_weight=pseudo_loss_weight,
         pseudo_images=pseudo_images,
+        pseudo_seen=pseudo_seen,
         self_train=dataclasses.replace(c.self_train, iters=3, batch_size=4, ckpt_every=0),
     )
     ctx = RunContext(
@@ -408,7 +418,8 @@ class _GarbageLabels(torch.utils.data.Dataset):
         return s
 
 
-def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path):
+@pytest.mark.parametrize("pseudo_seen", [False, True])
+def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path, pseudo_seen):
     """Stage 5 with the unlabelled images' hidden ground truth replaced by garbage gives the
     same weights: the pseudo-labels read images only (the released code keeps pseudo-labels
     only on unseen ground-truth pixels; a leak like that changes the result here)."""
@@ -427,12 +438,35 @@ def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path):
             train_images=runner.ImagesOnly(hidden),
             pseudo_loss_weight=1.0,
             pseudo_images=64,
+            pseudo_seen=pseudo_seen,
         )
         # not vacuous: the model pseudo-labels some pixels (a leak would keep fewer or more)
         [note] = [n for n in ctx.notes if "pseudo-labelled" in n]
         assert int(note.split()[2]) > 0, note
+        assert ("of seen classes" in note) == pseudo_seen, note
         weights.append({k: v.clone() for k, v in method.segmenter.state_dict().items()})
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_pseudo_seen_adds_seen_classes_and_keeps_the_unseen_selection(runs):
+    """``pseudo_seen`` labels the top pixels of every seen class too; the unseen pseudo-labels
+    are the same pixels as without it (each class is ranked among its own predictions)."""
+    import copy
+    import dataclasses
+
+    data, split = runs["data"], runs["data"].split
+    method = copy.deepcopy(runs["zs5net"][0].method)
+    images = runner.ImagesOnly(data.train)
+    cpu = torch.device("cpu")
+    method.cfg = dataclasses.replace(method.cfg, pseudo_images=64, pseudo_seen=False)
+    _, unseen_only = method.pseudo_label(images, device=cpu)
+    method.cfg = dataclasses.replace(method.cfg, pseudo_seen=True)
+    _, both = method.pseudo_label(images, device=cpu)
+    unseen = torch.isin(both, torch.tensor(sorted(split.unseen), dtype=both.dtype))
+    assert torch.equal(both.masked_fill(~unseen, 255), unseen_only)
+    seen_values = set(both[(both != 255) & ~unseen].unique().tolist())
+    assert seen_values and seen_values <= set(split.seen)
+    assert unseen.any()
 
 
 def test_projection_head_stage_1_trains_the_projection_baselines_weights(

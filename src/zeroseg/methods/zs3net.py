@@ -175,6 +175,11 @@ class ZS5NetConfig(ZS3NetConfig):
     """ZS3Net options plus the self-training stage (stage 5)."""
 
     pseudo_percent: float = 75.0  # top p% most confident pixels kept per unseen class (paper: 75)
+    # Also pseudo-label the top p% of each *seen* class's predicted pixels of the unlabelled
+    # images, trained over every class: the leak-free stand-in for the released seen term, whose
+    # all-class cross-entropy at the labelled pixels pushes the unseen scores down where a seen
+    # class is (ours may not: at labelled pixels it would teach where the ignored, unseen, are).
+    pseudo_seen: bool = False
     pseudo_images: int | None = None  # unlabelled training images to pseudo-label (None: all)
     self_train: TrainConfig = field(  # stage 5 schedule (fine-tunes the whole segmenter)
         default_factory=lambda: _stage(300, 3e-4, scheduler="poly", optimizer="adamw")
@@ -831,7 +836,8 @@ class ZS5Net(ZS3Net):
         """Pseudo-labels of unlabelled images (no label is read: ``images`` carry none).
 
         Returns:
-            the image indices used and their (N, H, W) pseudo-label maps (unseen class or 255).
+            the image indices used and their (N, H, W) pseudo-label maps: an unseen class (or,
+            with ``pseudo_seen``, a seen class) where selected, 255 elsewhere.
         """
         c = self.cfg
         if self.split.num_classes >= 255:  # uint8 maps, 255 = not pseudo-labelled
@@ -859,12 +865,9 @@ class ZS5Net(ZS3Net):
             pred = ranked.argmax(1)
             confs.append(prob.gather(1, pred[:, None])[:, 0].half().cpu())
             preds.append(pred.to(torch.uint8).cpu())  # classes < 255 (checked above)
+        classes = list(self.split.unseen) + (list(self.split.seen) if c.pseudo_seen else [])
         pseudo = select_top_percent(
-            torch.cat(preds),
-            torch.cat(confs),
-            list(self.split.unseen),
-            c.pseudo_percent,
-            dtype=torch.uint8,
+            torch.cat(preds), torch.cat(confs), classes, c.pseudo_percent, dtype=torch.uint8
         )
         return indices, pseudo
 
@@ -883,10 +886,12 @@ class ZS5Net(ZS3Net):
     def _self_training_plan(self, ctx: RunContext) -> StagePlan:
         c, cfg = self.cfg, self.cfg.self_train
         indices, pseudo = self.pseudo_label(ctx.train_images, device=ctx.device, amp=cfg.amp)
-        counts = {self.split.names[u]: int((pseudo == u).sum()) for u in self.split.unseen}
+        unseen = sum(int((pseudo == u).sum()) for u in self.split.unseen)
+        seen = int((pseudo != 255).sum()) - unseen
         ctx.notes.append(
-            f"zs5net pseudo-labelled {sum(counts.values())} pixels of unseen classes "
-            f"(top {c.pseudo_percent:g}% per class) in {len(indices)} unlabelled training images"
+            f"zs5net pseudo-labelled {unseen} pixels of unseen classes "
+            + (f"and {seen} of seen classes " if c.pseudo_seen else "")
+            + f"(top {c.pseudo_percent:g}% per class) in {len(indices)} unlabelled training images"
         )
         half = max(1, cfg.batch_size // 2)
         seen_loader = ctx.loader(cfg, batch_size=half, transform=ctx.train_transform or hflip)
