@@ -3,9 +3,11 @@
 ViT-B/16 (Radford et al., 2021) at 512x512 (a 32x32 patch grid, 1025 tokens: ZegCLIP's input
 size), batch 1, the same random weights in both implementations, 2 threads. Modes: ``fp32``;
 ``bf16`` = fp32 weights under ``torch.autocast(bfloat16)``; optionally ``bf16w`` = the models
-converted to bfloat16 (no per-call weight casts). In fp32 a fourth row runs zeroseg's dense
+converted to bfloat16 (no per-call weight casts). In fp32 two more rows run zeroseg's dense
 forward with its inference ``Workspace`` turned off (fresh MLP and q/k/v buffers in every block,
-as before session 36), so the workspace's effect is measured in the same interleaved rounds.
+addmm projections, as before session 36) and with the workspace but its block projections
+through addmm instead of oneDNN (as in session 36), so both effects are measured in the same
+interleaved rounds.
 Reports ms/image (median of interleaved runs
 after warm-up), the analytic FLOPs, the achieved GFLOP/s against a measured matmul peak, and
 the peak RSS of each configuration (each measured in a fresh child process).
@@ -52,6 +54,8 @@ OURS = "zeroseg forward (image embedding)"
 OURS_DENSE = "zeroseg forward_features (dense)"
 # fp32 only: forward_features with its inference Workspace turned off (fresh buffers every block)
 OURS_NO_WORKSPACE = "zeroseg dense, no workspace"
+# fp32 only: the workspace with its projections through addmm (torch's BLAS) instead of oneDNN
+OURS_ADDMM = "zeroseg dense, addmm projections"
 HF = "transformers CLIPVisionModel"
 
 
@@ -128,6 +132,14 @@ def runners(
         finally:
             clip.Workspace.for_input = saved
 
+    def with_addmm() -> object:
+        saved = clip.Workspace.use_onednn
+        clip.Workspace.use_onednn = False
+        try:
+            return ours.forward_features(images)
+        finally:
+            clip.Workspace.use_onednn = saved
+
     fns = {
         OURS: wrap(lambda: ours(images)),
         OURS_DENSE: wrap(lambda: ours.forward_features(images)),
@@ -135,6 +147,7 @@ def runners(
     }
     if mode == "fp32":  # the only mode with a workspace
         fns[OURS_NO_WORKSPACE] = wrap(without_workspace)
+        fns[OURS_ADDMM] = wrap(with_addmm)
     return fns
 
 
@@ -259,6 +272,7 @@ def main() -> None:
         OURS: encoder_flops(cfg, side, side, projected=1),
         OURS_DENSE: encoder_flops(cfg, side, side, projected=patches + 1),
         OURS_NO_WORKSPACE: encoder_flops(cfg, side, side, projected=patches + 1),
+        OURS_ADDMM: encoder_flops(cfg, side, side, projected=patches + 1),
         HF: encoder_flops(cfg, side, side, projected=0),  # stops at the pooled class token
     }
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -320,6 +334,8 @@ def main() -> None:
     if "fp32" in modes:
         a, b = stats[(OURS_DENSE, "fp32")], stats[(OURS_NO_WORKSPACE, "fp32")]
         print("fp32  forward_features with / without its workspace: " + ratios(a, b))
+        a, b = stats[(OURS_DENSE, "fp32")], stats[(OURS_ADDMM, "fp32")]
+        print("fp32  forward_features, oneDNN / addmm projections: " + ratios(a, b))
         for mode in (m for m in modes if m != "fp32"):
             for name in (OURS, OURS_DENSE, HF):
                 speedup = stats[(name, "fp32")].wall / stats[(name, mode)].wall

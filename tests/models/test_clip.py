@@ -416,8 +416,11 @@ def test_return_layers_last_equals_final_tokens_before_ln_post(tiny_vit: VisionT
         tiny_vit.forward_features(x, return_layers=[2])
 
 
-def test_deep_prompts_follow_vpt_deep(tiny_vit: VisionTransformer) -> None:
+def test_deep_prompts_follow_vpt_deep(
+    tiny_vit: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Block 0 sees [cls, P0, patches]; block 1 sees [cls, P1, patches] (P0's outputs replaced)."""
+    monkeypatch.setattr(Workspace, "use_onednn", False)  # bit for bit against the graded forward
     x = torch.randn(2, 3, 64, 64)
     prompts = torch.randn(2, 3, 64)  # depth 2 = all blocks, 3 tokens each
     seen: list[tuple[int, ...]] = []
@@ -455,6 +458,7 @@ def test_inference_workspace_gives_the_same_bits(
 ) -> None:
     """A no-grad fp32 forward writes the MLP's hidden activations and the q/k/v projection into
     buffers reused block after block: the same bits as the graded forward, kept layers intact."""
+    monkeypatch.setattr(Workspace, "use_onednn", False)  # addmm, as the graded forward
     x = torch.randn(2, 3, 64, 64)
     made: list[str] = []
     get = Workspace.get
@@ -465,7 +469,7 @@ def test_inference_workspace_gives_the_same_bits(
         return get(self, name, shape, like)
 
     monkeypatch.setattr(Workspace, "get", counting_get)
-    Workspace.release(tiny_vit)  # the module-scoped fixture's earlier forwards kept theirs
+    Workspace.release(tiny_vit.transformer)  # the module-scoped fixture's earlier forwards
     with torch.no_grad():
         out = tiny_vit.forward_features(x, return_layers=[0, 1])
     assert sorted(made) == ["mlp", "mlp_scratch", "qkv"]  # once each, for both blocks
@@ -495,7 +499,8 @@ def test_inference_workspace_is_kept_per_module_and_thread(
         return get(self, name, shape, like)
 
     monkeypatch.setattr(Workspace, "get", counting_get)
-    Workspace.release(tiny_vit)
+    monkeypatch.setattr(Workspace, "use_onednn", False)  # every buffer in use
+    Workspace.release(tiny_vit.transformer)
     x, y = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         first = tiny_vit.forward_features(x, return_layers=[0])
@@ -508,20 +513,47 @@ def test_inference_workspace_is_kept_per_module_and_thread(
             assert torch.equal(first[key], value), key
         assert torch.equal(first["layers"][0], kept_layer)
         assert not torch.equal(second["patch_tokens"], first["patch_tokens"])
-        ours = Workspace.for_input(x, tiny_vit)
-        assert Workspace.for_input(x, tiny_vit) is ours
+        ours = Workspace.for_input(x, tiny_vit.transformer)
+        assert Workspace.for_input(x, tiny_vit.transformer) is ours
         other: list[Workspace | None] = []
 
         def in_thread() -> None:
             with torch.no_grad():  # grad mode is per thread
-                other.append(Workspace.for_input(x, tiny_vit))
+                other.append(Workspace.for_input(x, tiny_vit.transformer))
 
         thread = threading.Thread(target=in_thread)
         thread.start()
         thread.join()
         assert other[0] is not None and other[0] is not ours  # each thread its own buffers
-        Workspace.release(tiny_vit)
-        assert Workspace.for_input(x, tiny_vit) is not ours
+        Workspace.release(tiny_vit.transformer)
+        assert Workspace.for_input(x, tiny_vit.transformer) is not ours
+
+
+@pytest.mark.skipif(Workspace._onednn is None, reason="torch built without oneDNN")
+def test_inference_block_projections_through_onednn(
+    tiny_vit: VisionTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``use_onednn`` (the default) every block projection of a no-grad fp32 forward runs
+    oneDNN's matmul: equal to the graded forward within fp32 rounding, kept layers too."""
+    calls: list[tuple[int, ...]] = []
+    real = Workspace._onednn
+
+    def spy(x, weight, bias, *args):  # noqa: ANN001, ANN202
+        calls.append(tuple(weight.shape))
+        return real(x, weight, bias, *args)
+
+    monkeypatch.setattr(Workspace, "_onednn", staticmethod(spy))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = tiny_vit.forward_features(x, return_layers=[0])
+    c = tiny_vit.config.width
+    hidden = int(c * tiny_vit.config.mlp_ratio)
+    per_block = [(3 * c, c), (c, c), (hidden, c), (c, hidden)]
+    assert calls == per_block * tiny_vit.config.layers
+    graded = tiny_vit.forward_features(x, return_layers=[0])
+    for key in ("patch_tokens", "cls", "patch_proj"):
+        assert torch.allclose(out[key], graded[key].detach(), atol=1e-5), key
+    assert torch.allclose(out["layers"][0], graded["layers"][0].detach(), atol=1e-5)
 
 
 def test_inference_workspace_only_without_autograd_in_fp32() -> None:
