@@ -179,7 +179,8 @@ class Workspace:
     buffer of this size is new pages from the allocator, zero-filled by the kernel on first
     touch (page faults). Measured on the ViT-B/16 encoder at 512 px (docs/benchmarks.md, "fp32:
     the encoder's workspace"). A buffer is reused only once its previous contents have been
-    consumed, and no buffer is ever returned: a layer's output never aliases one.
+    consumed, and no buffer is ever returned: a layer's output never aliases one. The block
+    projections go through oneDNN's fp32 matmul where torch has it (``use_onednn``, ``linear``).
 
     ``for_input(x, owner)`` keeps one workspace per module and thread across calls (buffers made
     per call were freed after each forward and handed back to the kernel, so the next forward
@@ -199,11 +200,11 @@ class Workspace:
         self._buffers: dict[str, Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """The buffer ``name`` of ``shape`` (made with ``like``'s dtype and device on first use,
-        and again when the shape changes: ZegCLIP's prompts leave after their last layer, the
-        next image may have another size)."""
+        """The buffer ``name`` of ``shape`` (made with ``like``'s dtype, fp32, and device on first
+        use, and again when the shape or device changes: ZegCLIP's prompts leave after their last
+        layer, the next image may have another size, the module may have moved)."""
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+        if buf is None or buf.shape != shape or buf.device != like.device:
             buf = self._buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
         return buf
 
