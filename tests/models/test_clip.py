@@ -556,6 +556,17 @@ def test_inference_block_projections_through_onednn(
     assert torch.allclose(out["layers"][0], graded["layers"][0].detach(), atol=1e-5)
 
 
+def test_onednn_projections_only_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN's kernel is a CPU kernel: other devices (here ``meta``) keep torch's linear."""
+    calls: list[int] = []
+    monkeypatch.setattr(Workspace, "_onednn", staticmethod(lambda *a: calls.append(1)))
+    layer = nn.Linear(8, 3).to("meta")
+    out = Workspace().linear(torch.empty(4, 8, device="meta"), layer)
+    assert out.shape == (4, 3) and out.device.type == "meta" and not calls
+    Workspace().linear(torch.randn(4, 8), nn.Linear(8, 3))
+    assert calls == [1]
+
+
 def test_inference_workspace_only_without_autograd_in_fp32() -> None:
     x = torch.randn(1, 4, 8)
     with torch.no_grad():

@@ -209,11 +209,11 @@ class Workspace:
         return buf
 
     def linear(self, x: Tensor, layer: nn.Linear | tuple[Tensor, Tensor], name: str = "") -> Tensor:
-        """``x`` (2-D) times ``layer``'s weight transposed plus its bias: through oneDNN
+        """``x`` (2-D) times ``layer``'s weight transposed plus its bias: through oneDNN on CPU
         (``use_onednn``, a fresh output), else ``addmm`` into the buffer ``name`` (fresh, as
         ``F.linear``, without a name: the output may outlive the call)."""
         weight, bias = (layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer
-        if self.use_onednn and self._onednn is not None:
+        if self.use_onednn and self._onednn is not None and x.device.type == "cpu":
             return self._onednn(x, weight, bias, "none", [], "")
         if not name:
             return F.linear(x, weight, bias)
