@@ -126,6 +126,21 @@ MUTATIONS = (
         ("tests/methods/test_zs3net.py::test_pseudo_labels_do_not_depend_on_the_ground_truth",),
     ),
     Mutation(
+        "zs5net-seen-pseudo-on-seen-gt",
+        "ZS5Net's seen pseudo-labels (pseudo_seen) kept only on seen ground-truth pixels",
+        "src/zeroseg/methods/zs3net.py",
+        "        return indices, pseudo\n",
+        "        gt = torch.stack([images.dataset[i]['label'] for i in indices]).long()\n"
+        "        seen = torch.tensor(list(self.split.seen))\n"
+        "        wrong = torch.isin(pseudo.long(), seen) & ~torch.isin(gt, seen)\n"
+        "        pseudo = torch.where(wrong, torch.full_like(pseudo, 255), pseudo)\n"
+        "        return indices, pseudo\n",
+        (
+            "tests/methods/test_zs3net.py::"
+            "test_pseudo_label_maps_do_not_depend_on_the_ground_truth[True]",
+        ),
+    ),
+    Mutation(
         "iou-predicted-absent-undefined",
         "IoU undefined for classes predicted but absent from the ground truth",
         "src/zeroseg/metrics/semantic.py",

@@ -448,6 +448,27 @@ def test_pseudo_labels_do_not_depend_on_the_ground_truth(runs, tmp_path, pseudo_
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.parametrize("pseudo_seen", [False, True])
+def test_pseudo_label_maps_do_not_depend_on_the_ground_truth(runs, pseudo_seen):
+    """The pseudo-label maps themselves, over 64 images, are the same whatever the unlabelled
+    images' hidden labels hold: every label one seen class, or one unseen class. A selection
+    that consults the ground truth (the released unseen-only leak, or seen pseudo-labels kept
+    only on seen ground truth) changes the map for one of the two."""
+    import copy
+    import dataclasses
+
+    data, split = runs["data"], runs["data"].split
+    method = copy.deepcopy(runs["zs5net"][0].method)
+    method.cfg = dataclasses.replace(method.cfg, pseudo_images=64, pseudo_seen=pseudo_seen)
+    cpu = torch.device("cpu")
+    _, real = method.pseudo_label(runner.ImagesOnly(data.train), device=cpu)
+    assert (real != 255).any()
+    for value in (int(split.seen[0]), int(split.unseen[0])):
+        hidden = runner.ImagesOnly(_GarbageLabels(data.train, value))
+        _, other = method.pseudo_label(hidden, device=cpu)
+        assert torch.equal(other, real), value
+
+
 def test_pseudo_seen_adds_seen_classes_and_keeps_the_unseen_selection(runs):
     """``pseudo_seen`` labels the top pixels of every seen class too; the unseen pseudo-labels
     are the same pixels as without it (each class is ranked among its own predictions)."""
