@@ -3,6 +3,8 @@ only from unlabelled images, and a tiny end-to-end fit on the tiny world works."
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -351,9 +353,6 @@ def _self_train(
     pseudo_seen=False,
 ):
     """Stage 5 alone, 3 steps, from a copy of the trained zs5net; returns the copy and context."""
-    import copy
-    import dataclasses
-
     data = runs["data"]
     method = copy.deepcopy(runs["zs5net"][0].method)
     c = method.cfg
@@ -454,9 +453,6 @@ def test_pseudo_label_maps_do_not_depend_on_the_ground_truth(runs, pseudo_seen):
     images' hidden labels hold: every label one seen class, or one unseen class. A selection
     that consults the ground truth (the released unseen-only leak, or seen pseudo-labels kept
     only on seen ground truth) changes the map for one of the two."""
-    import copy
-    import dataclasses
-
     data, split = runs["data"], runs["data"].split
     method = copy.deepcopy(runs["zs5net"][0].method)
     method.cfg = dataclasses.replace(method.cfg, pseudo_images=64, pseudo_seen=pseudo_seen)
@@ -472,9 +468,6 @@ def test_pseudo_label_maps_do_not_depend_on_the_ground_truth(runs, pseudo_seen):
 def test_pseudo_seen_adds_seen_classes_and_keeps_the_unseen_selection(runs):
     """``pseudo_seen`` labels the top pixels of every seen class too; the unseen pseudo-labels
     are the same pixels as without it (each class is ranked among its own predictions)."""
-    import copy
-    import dataclasses
-
     data, split = runs["data"], runs["data"].split
     method = copy.deepcopy(runs["zs5net"][0].method)
     images = runner.ImagesOnly(data.train)
