@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -124,21 +125,14 @@ def runners(
 
         return run
 
-    def without_workspace() -> object:
-        saved = clip.Workspace.for_input
-        clip.Workspace.for_input = staticmethod(lambda x, owner=None: None)
-        try:
-            return ours.forward_features(images)
-        finally:
-            clip.Workspace.for_input = saved
+    def patched(attribute: str, value: object) -> Callable[[], object]:
+        """The dense forward with ``clip.Workspace.<attribute>`` set to ``value`` for the call."""
 
-    def with_addmm() -> object:
-        saved = clip.Workspace.use_onednn
-        clip.Workspace.use_onednn = False
-        try:
-            return ours.forward_features(images)
-        finally:
-            clip.Workspace.use_onednn = saved
+        def run() -> object:
+            with mock.patch.object(clip.Workspace, attribute, value):
+                return ours.forward_features(images)
+
+        return run
 
     fns = {
         OURS: wrap(lambda: ours(images)),
@@ -146,8 +140,10 @@ def runners(
         HF: wrap(lambda: hf(pixel_values=images, interpolate_pos_encoding=True)),
     }
     if mode == "fp32":  # the only mode with a workspace
-        fns[OURS_NO_WORKSPACE] = wrap(without_workspace)
-        fns[OURS_ADDMM] = wrap(with_addmm)
+        fns[OURS_NO_WORKSPACE] = wrap(
+            patched("for_input", staticmethod(lambda x, owner=None: None))
+        )
+        fns[OURS_ADDMM] = wrap(patched("use_onednn", False))
     return fns
 
 

@@ -190,7 +190,7 @@ class Workspace:
 
     _kept = threading.local()  # per thread: WeakKeyDictionary[module, Workspace]
     # The block projections through oneDNN's fp32 matmul instead of addmm (torch's BLAS, MKL):
-    # 1.04-1.31x faster per projection on the project's AMD EPYC VM (docs/benchmarks.md, session 37),
+    # 0.87 of addmm's time per block on the project's AMD EPYC VM (benchmarks/bench_linear.py),
     # equal to it within fp32 rounding (not bit for bit: tested to 1e-5). False: addmm, into the
     # buffers, the same bits as the graded forward.
     use_onednn: bool = True
