@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-ablations benchmark test lint format bench clean venv .venv serve
+.PHONY: demo demo-ablations benchmark dev-check test lint format bench clean venv .venv serve
 
 # Stamps: what is installed in .venv (make demo needs only the first).
 CORE := $(VENV)/.installed-core
@@ -63,6 +63,13 @@ benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second $(REFINE) \
 		--world src/zeroseg/data/shapeworld/worlds/second.yaml
+
+# Before a choice made on the default world's val reaches the benchmark: the same 3-seed demo on
+# the development world's val split (worlds/dev.yaml; its test split is never loaded, and nothing
+# is chosen on the second world), in runs/dev-check/report.md.
+dev-check: $(CORE)
+	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --split val --out runs/dev-check $(REFINE) \
+		--world src/zeroseg/data/shapeworld/worlds/dev.yaml
 
 test: $(FULL)
 	bash scripts/run_tests.sh

@@ -363,6 +363,14 @@ MUTATIONS = (
         "self.train_embeddings, train_shared=True",
         ("tests/methods/test_zs3net.py",),
     ),
+    Mutation(
+        "demo-val-check-loads-test",
+        "a --split val demo (a check for a choice) loads the test split it must never read",
+        "src/zeroseg/demo.py",
+        'data = runner.build_data(plan.first_config, progress=progress, test=split == "test")',
+        "data = runner.build_data(plan.first_config, progress=progress)",
+        ("tests/test_e2e.py::test_demo_split_val_reports_val_and_never_loads_test",),
+    ),
 )
 
 

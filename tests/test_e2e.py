@@ -116,6 +116,51 @@ def test_a_rerun_reuses_finished_stages_and_says_so(demo_run, tiny_world, tmp_pa
     assert "| reused |" in (out / "report.md").read_text()
 
 
+def test_demo_split_val_reports_val_and_never_loads_test(
+    demo_run, tiny_world, tmp_path, capsys, monkeypatch
+):
+    """``--split val`` (a check for a choice): every figure is val's, at the gamma val chose,
+    the test split is never loaded, and neither split's report may replace the other's."""
+    from zeroseg.data.shapeworld import world as world_module
+
+    out = tmp_path / "val"
+    shutil.copytree(demo_run / "runs", out / "runs")  # the trained stages: nothing retrains
+    load = world_module.load_split
+
+    def no_test(spec, split, **kwargs):
+        assert split != "test", "a --split val demo loaded the test split"
+        return load(spec, split, **kwargs)
+
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--no-progress"]
+    args += ["--set", "train.iters=300", "--set", "eval.batch_size=32"]
+    with monkeypatch.context() as m:
+        m.setattr(world_module, "load_split", no_test)
+        assert main([*args, "--out", str(out), "--split", "val"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval_split"] == "val" and report["test_images"] == 0
+    assert "on the `val` split" in (out / "report.md").read_text()
+    row = report["methods"]["projection"]
+    assert row["reused"] is True
+    capsys.readouterr()
+    run = next((out / "runs").glob("projection-*"))
+    assert main(["eval", str(run), "--split", "val", "--no-progress"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    for key in ("seen_miou", "unseen_miou", "hiou", "ausuc"):
+        assert row[key] == val[key], key
+    assert row["calibration"]["gamma"] == val["calibration"]["gamma"]
+    test_row = json.loads((demo_run / "report.json").read_text())["methods"]["projection"]
+    assert row["hiou"] != test_row["hiou"]  # the same model scored on another split
+    # a test demo into the val run's directory (and the reverse) is refused, reports untouched
+    before = (out / "report.json").read_bytes()
+    assert main([*args, "--out", str(out)]) == 2
+    assert "holds a report of the 'val' split" in capsys.readouterr().err
+    assert (out / "report.json").read_bytes() == before
+    assert main([*args, "--out", str(demo_run), "--split", "val"]) == 2
+    assert "holds a report of the 'test' split" in capsys.readouterr().err
+    assert main([*args, "--out", str(out), "--seeds", "0", "1"]) == 2
+    assert "holds a report of the 'val' split" in capsys.readouterr().err
+
+
 def test_the_oracle_learns(demo_run):
     oracle = json.loads((demo_run / "report.json").read_text())["methods"]["oracle"]
     # 7 classes, 300 steps at 32 px: well above chance (~14%); measured 57 on this CPU.

@@ -62,6 +62,7 @@ def cmd_demo(args) -> int:
         refine=args.refine or [],
         refine_on=args.refine_on,
         jobs=args.jobs,
+        split=args.split,
     )
     return 0
 
@@ -469,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train N rows at once, each in its own process with 1/N of the threads; a row "
         "starts once its baselines have finished (default: 1, one row at a time)",
+    )
+    d.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="the split every figure is of (default: test, the reported one); val checks a "
+        "choice (e.g. on worlds/dev.yaml) and never loads test; an OUT holding the other "
+        "split's report is refused",
     )
 
     t = command(

@@ -234,12 +234,14 @@ def _run_row(
     grid_images: int,
     refine: Sequence[str],
     tag: str = "",
+    eval_split: str = "test",
 ) -> dict:
     """Trains (or loads) one demo row and evaluates it, with its refined rows.
 
     Returns ``rows`` (the row and its ``+refinement`` rows), ``grid`` (their kept predictions)
     and ``foundation`` (the foundation it starts from, or None). ``tag`` follows the row's name
-    in what it prints (``--seeds --jobs``: which seed).
+    in what it prints (``--seeds --jobs``: which seed). ``eval_split``: the split the figures
+    are of (``val``: a check for a choice, the test split never read).
     """
     from zeroseg.methods import METHODS
 
@@ -254,11 +256,22 @@ def _run_row(
     )
     memory = _memory_mark()
     result = runner.train(cfg, directory, progress=progress, data=data)
-    # gamma of the shared calibration rule chosen on val; figures on test (never tuned on)
+    # gamma of the shared calibration rule chosen on val; figures on test (never tuned on), or
+    # on val itself in a --split val run
     metrics, spi, kept = runner.evaluate_protocol(
-        result.method, cfg, data, result.embed, progress=progress, keep=grid_images
+        result.method,
+        cfg,
+        data,
+        result.embed,
+        eval_split=eval_split,
+        progress=progress,
+        keep=grid_images,
     )
-    metrics.update(result.method.extra_metrics(cfg, data, result.embed, progress=progress))
+    metrics.update(
+        result.method.extra_metrics(
+            cfg, data, result.embed, progress=progress, eval_split=eval_split
+        )
+    )
     reused = not result.trained_stages
     detail = result.protocol_detail
     rows = {
@@ -281,6 +294,7 @@ def _run_row(
             cfg,
             data,
             result.embed,
+            eval_split=eval_split,
             progress=progress,
             keep=grid_images,
             post=post,
@@ -368,11 +382,17 @@ def _job_init(threads: int) -> None:
 
 
 def _job_row(
-    name: str, cfg, directory: Path, grid_images: int, refine: Sequence[str], tag: str = ""
+    name: str,
+    cfg,
+    directory: Path,
+    grid_images: int,
+    refine: Sequence[str],
+    tag: str = "",
+    eval_split: str = "test",
 ) -> dict:
     """A ``--jobs`` worker's row: the world from the cache the parent filled, no progress bars
     (two workers' bars would interleave)."""
-    data = runner.build_data(cfg, progress=False)
+    data = runner.build_data(cfg, progress=False, test=eval_split == "test")
     try:
         return _run_row(
             name,
@@ -383,6 +403,7 @@ def _job_row(
             grid_images=grid_images,
             refine=refine,
             tag=tag,
+            eval_split=eval_split,
         )
     finally:
         del data
@@ -475,6 +496,7 @@ def run_demo(
     refine: Sequence[str] = (),
     refine_on: Sequence[str] | None = None,
     jobs: int = 1,
+    split: str = "test",
 ) -> dict:
     """Runs the demo and returns the report summary (also written to ``out``).
 
@@ -496,14 +518,24 @@ def run_demo(
         grid_images=grid_images,
         refine=refine,
         refine_on=refine_on,
+        split=split,
     )
     spec = plan.spec
     print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
-    data = runner.build_data(plan.first_config, progress=progress)
+    data = runner.build_data(plan.first_config, progress=progress, test=split == "test")
     threads = max(1, torch.get_num_threads() // jobs)
     if jobs == 1:
         results = {
-            a[0]: _run_row(a[0], a[1], data, a[2], progress=progress, grid_images=a[3], refine=a[4])
+            a[0]: _run_row(
+                a[0],
+                a[1],
+                data,
+                a[2],
+                progress=progress,
+                grid_images=a[3],
+                refine=a[4],
+                eval_split=split,
+            )
             for a in plan.rows_args
         }
     else:
@@ -526,8 +558,9 @@ class _DemoPlan:
     out: Path
     spec: object  # the world's WorldSpec
     methods: list[str]
-    rows_args: list[tuple]  # (name, cfg, directory, grid_images, refine, tag) per row
+    rows_args: list[tuple]  # (name, cfg, directory, grid_images, refine, tag, split) per row
     grid_images: int
+    split: str = "test"  # the split every figure is of
 
     @property
     def first_config(self):
@@ -545,6 +578,7 @@ def _plan_demo(
     refine: Sequence[str],
     refine_on: Sequence[str] | None,
     tag: str = "",
+    split: str = "test",
 ) -> _DemoPlan:
     """Validates a demo run's settings and builds its rows' configs and run directories."""
     spec = load_spec(world)  # validates before any work
@@ -552,6 +586,7 @@ def _plan_demo(
     for m in methods:
         if m not in DEMO_PRESETS:
             raise ValueError(f"unknown method {m!r}; the demo knows {sorted(DEMO_PRESETS)}")
+    check_report_split(out, split)
     out.mkdir(parents=True, exist_ok=True)
     configs = {n: demo_config(n, world=world, quick=quick, overrides=overrides) for n in methods}
     rows_args = [
@@ -562,10 +597,34 @@ def _plan_demo(
             grid_images,
             tuple(refine if refine_on is None or name in refine_on else ()),
             tag,
+            split,
         )
         for name in methods
     ]
-    return _DemoPlan(out, spec, methods, rows_args, grid_images)
+    return _DemoPlan(out, spec, methods, rows_args, grid_images, split)
+
+
+SPLITS = ("test", "val")
+
+
+def check_report_split(out: Path, split: str) -> None:
+    """Refuses a demo whose report would replace one of the other split in ``out``: a ``val``
+    check (for a choice) and the ``test`` report share file names, and neither may silently
+    take the other's place."""
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {list(SPLITS)}, got {split!r}")
+    path = out / "report.json"
+    if not path.exists():
+        return
+    try:
+        held = json.loads(path.read_text()).get("eval_split", "test")
+    except (OSError, ValueError, AttributeError):
+        raise ValueError(f"{path}: not a readable zeroseg report; use another --out") from None
+    if held != split:
+        raise ValueError(
+            f"{out} holds a report of the {held!r} split; a --split {split} demo would replace "
+            f"it: use another --out"
+        )
 
 
 def _write_demo(
@@ -598,7 +657,8 @@ def _write_demo(
         "bars": bar_chart(rows, out / "bars.png").name,
         "seen_unseen": seen_unseen_curves(rows, out / "seen_unseen.png").name,
     }
-    samples = [data.test[i] for i in range(min(grid_images, len(data.test)))]
+    shown = data.eval_split(plan.split)
+    samples = [shown[i] for i in range(min(grid_images, len(shown)))]
     figures["predictions"] = prediction_grid(
         [s["image"].permute(1, 2, 0).numpy() for s in samples],
         [s["label"].numpy() for s in samples],
@@ -611,11 +671,13 @@ def _write_demo(
         "title": f"ShapeWorld '{spec.name}'" + (" (quick)" if quick else ""),
         "world": spec.name,
         "world_key": spec.content_key(),
-        "eval_split": "test",  # every figure below; read by nothing else
+        # every figure below: test, read by nothing else; or val in a --split val check, whose
+        # run never loads test
+        "eval_split": plan.split,
         "tuned_on": "val",  # every choice: the calibration gamma, and the presets' settings
         "train_images": len(data.train),
         "val_images": len(data.val),
-        "test_images": len(data.test),
+        "test_images": len(data.test) if data.test is not None else 0,
         "quick": quick,
         "threads": torch.get_num_threads() if jobs == 1 else threads,
         "jobs": jobs,
@@ -663,6 +725,7 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
             raise ValueError(f"--set {key}=... conflicts with --seeds; drop one of them")
     jobs = kwargs.get("jobs", 1)
     _check_jobs(jobs)
+    check_report_split(out, kwargs.get("split", "test"))
     runs = {}
     if jobs == 1:
         for seed in seeds:
@@ -720,6 +783,7 @@ def _run_seeds_pooled(
     refine: Sequence[str] = (),
     refine_on: Sequence[str] | None = None,
     jobs: int = 2,
+    split: str = "test",
 ) -> dict[int, dict]:
     """:func:`run_seeds` with ``jobs`` > 1: every seed's rows in one queue of ``jobs`` workers
     (a seed's last rows overlap the next seed's first ones instead of leaving a worker idle),
@@ -738,12 +802,13 @@ def _run_seeds_pooled(
             refine=refine,
             refine_on=refine_on,
             tag=f" (seed {seed})",
+            split=split,
         )
         for seed in seeds
     }
     spec = plans[seeds[0]].spec
     print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
-    data = runner.build_data(plans[seeds[0]].first_config, progress=progress)
+    data = runner.build_data(plans[seeds[0]].first_config, progress=progress, test=split == "test")
     threads = max(1, torch.get_num_threads() // jobs)
     print(
         f"[zeroseg] {jobs} jobs of {threads} thread(s) each; seeds {seeds}: their rows in one queue",

@@ -102,7 +102,7 @@ class Data:
 
     train: torch.utils.data.Dataset
     val: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset | None  # None: a val-only run (build_data(test=False))
     split: ClassSplit
     world: object | None = None
 
@@ -110,11 +110,16 @@ class Data:
         """The labelled evaluation split ``name`` ("val" or "test")."""
         if name not in ("val", "test"):
             raise ValueError(f"unknown evaluation split {name!r}; valid: val, test")
+        if name == "test" and self.test is None:
+            raise ValueError("the test split was not loaded: this run reads val only")
         return self.val if name == "val" else self.test
 
 
-def build_data(cfg: ExperimentConfig, *, progress: bool = True) -> Data:
-    """The train/val/test splits of ``cfg.data``; ``data.val_limit`` caps both val and test."""
+def build_data(cfg: ExperimentConfig, *, progress: bool = True, test: bool = True) -> Data:
+    """The train/val/test splits of ``cfg.data``; ``data.val_limit`` caps both val and test.
+
+    ``test=False`` leaves the test split out (``Data.test`` is None; a ShapeWorld test split is
+    not even opened): a run that reports ``val``, for a choice, cannot read the reported split."""
     d = cfg.data
     if d.dataset == "shapeworld":
         from zeroseg.data.shapeworld import ShapeWorldDataset, load_spec
@@ -122,12 +127,14 @@ def build_data(cfg: ExperimentConfig, *, progress: bool = True) -> Data:
         spec = load_spec(d.world)
         train = ShapeWorldDataset(spec, "train", limit=d.train_limit, progress=progress)
         val = ShapeWorldDataset(spec, "val", limit=d.val_limit, progress=progress)
-        test = ShapeWorldDataset(spec, "test", limit=d.val_limit, progress=progress)
-        return Data(train, val, test, spec.class_split(), spec)
+        held = (
+            ShapeWorldDataset(spec, "test", limit=d.val_limit, progress=progress) if test else None
+        )
+        return Data(train, val, held, spec.class_split(), spec)
     from zeroseg.data.real import build_real_dataset
 
-    train, val, test, split = build_real_dataset(d)
-    return Data(train, val, test, split)
+    train, val, held, split = build_real_dataset(d)
+    return Data(train, val, held if test else None, split)
 
 
 class Embedder:

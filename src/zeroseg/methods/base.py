@@ -426,9 +426,11 @@ class Method(nn.Module):
     def fit(self, ctx: RunContext) -> None:
         raise NotImplementedError
 
-    def extra_metrics(self, cfg, data, embed, *, progress: bool = True) -> dict:
-        """Metrics beyond the semantic ones over ``data.test`` (panoptic PQ, instance AP for the
-        methods that produce segments); none by default."""
+    def extra_metrics(
+        self, cfg, data, embed, *, progress: bool = True, eval_split: str = "test"
+    ) -> dict:
+        """Metrics beyond the semantic ones over ``data.eval_split(eval_split)`` (panoptic PQ,
+        instance AP for the methods that produce segments); none by default."""
         return {}
 
     def bench_extra(self, spec) -> dict:

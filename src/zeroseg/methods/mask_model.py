@@ -167,8 +167,11 @@ class MaskModelMethod(Method):
         return semantic_inference(probs[..., :-1], masks.sigmoid())
 
     @torch.no_grad()
-    def extra_metrics(self, cfg, data, embed, *, progress: bool = True) -> dict:
-        """Panoptic PQ/SQ/RQ and instance AP50/recall over ``data.test`` (percent)."""
+    def extra_metrics(
+        self, cfg, data, embed, *, progress: bool = True, eval_split: str = "test"
+    ) -> dict:
+        """Panoptic PQ/SQ/RQ and instance AP50/recall over ``data.eval_split(eval_split)``
+        (percent)."""
         split = data.split
         device = next(self.parameters()).device
         emb = embed(split.names).to(device)
@@ -188,7 +191,10 @@ class MaskModelMethod(Method):
         is_thing = self.is_thing.to(device)
         # Each rank takes every world_size-th image; the statistics are merged below.
         for batch in iterate_eval(
-            data.test, cfg.eval.batch_size, rank=dist.rank(), world_size=dist.world_size()
+            data.eval_split(eval_split),
+            cfg.eval.batch_size,
+            rank=dist.rank(),
+            world_size=dist.world_size(),
         ):
             for group in size_groups(batch):  # real images of different sizes: one at a time
                 probs, masks = self.predict(group["image"].to(device), emb)
