@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from zeroseg.data.real import build_real_dataset, coco_panoptic
 from zeroseg.data.real.fixtures import panoptic_categories, write_panoptic_image
 from zeroseg.metrics.instance import InstanceEvaluator
 from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags, pq_stats
+from zeroseg.runner import Data
 
 PERSON, CAR, GRASS = 1, 3, 193  # COCO category ids
 K = len(coco_panoptic.CATEGORIES)
@@ -320,7 +320,7 @@ def test_the_methods_evaluation_keeps_the_crowd_for_pq_and_ap(crowd_root, monkey
     monkeypatch.setattr(mask_model, "instance_inference", instances)
     out = method.extra_metrics(
         cfg,
-        SimpleNamespace(test=test, split=split),
+        Data(train=[], val=[], test=test, split=split),
         lambda names: torch.zeros(len(names), 8),
         progress=False,
     )

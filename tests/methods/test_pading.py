@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -198,6 +199,14 @@ def test_tiny_fit_strict_protocol_no_unseen_reaches_training(tiny_world, tmp_pat
     # the headline figures are the harmonic means of their seen and unseen sides
     assert extra["hpq"] == pytest.approx(harmonic_mean(extra["seen_pq"], extra["unseen_pq"]))
     assert extra["h_ap50"] == pytest.approx(harmonic_mean(extra["seen_ap50"], extra["unseen_ap50"]))
+    # eval_split: the same figures over val (a --split val demo), test left unread
+    on_val = result.method.extra_metrics(cfg, data, result.embed, progress=False, eval_split="val")
+    swapped = dataclasses.replace(data, test=data.val)
+    assert on_val == result.method.extra_metrics(cfg, swapped, result.embed, progress=False)
+    with pytest.raises(ValueError, match="test split was not loaded"):
+        result.method.extra_metrics(
+            cfg, dataclasses.replace(data, test=None), result.embed, progress=False
+        )
     # Learning check: 80 steps on the tiny world already segment the seen classes.
     assert metrics["seen_miou"] > 25.0
     assert extra["seen_pq"] > 15.0
