@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +259,8 @@ def _run_row(
     result = runner.train(cfg, directory, progress=progress, data=data)
     # gamma of the shared calibration rule chosen on val; figures on test (never tuned on), or
     # on val itself in a --split val run
-    metrics, spi, kept = runner.evaluate_protocol(
+    evaluate = partial(
+        runner.evaluate_protocol,
         result.method,
         cfg,
         data,
@@ -267,6 +269,7 @@ def _run_row(
         progress=progress,
         keep=grid_images,
     )
+    metrics, spi, kept = evaluate()
     metrics.update(
         result.method.extra_metrics(
             cfg, data, result.embed, progress=progress, eval_split=eval_split
@@ -289,17 +292,8 @@ def _run_row(
     grid = {name: [p.cpu().numpy() for p in kept]}
     for kind in refine:
         post = build_refinement(kind)
-        r_metrics, r_spi, r_kept = runner.evaluate_protocol(
-            result.method,
-            cfg,
-            data,
-            result.embed,
-            eval_split=eval_split,
-            progress=progress,
-            keep=grid_images,
-            post=post,
-            calibration=metrics["calibration"],
-            curve=False,
+        r_metrics, r_spi, r_kept = evaluate(
+            post=post, calibration=metrics["calibration"], curve=False
         )
         note = (
             f"{name} refined by {kind} fusion at inference (no ground truth used), at "
