@@ -161,6 +161,34 @@ def test_demo_split_val_reports_val_and_never_loads_test(
     assert "holds a report of the 'val' split" in capsys.readouterr().err
 
 
+def test_demo_refine_adds_a_row_at_the_methods_gamma_equal_to_eval_refine(
+    demo_run, tiny_world, tmp_path, capsys
+):
+    """``--refine spectral --refine-on projection``: a ``projection+spectral`` row at
+    projection's gamma, with no sweep of its own, whose figures are ``zeroseg eval --refine``'s."""
+    out = tmp_path / "refined"
+    shutil.copytree(demo_run / "runs", out / "runs")  # trained stages reused: no training
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "oracle"]
+    args += ["--out", str(out), "--no-progress", "--refine", "spectral"]
+    args += ["--refine-on", "projection", "--set", "train.iters=300", "--set", "eval.batch_size=32"]
+    assert main(args) == 0
+    rows = json.loads((out / "report.json").read_text())["methods"]
+    assert list(rows) == ["projection", "projection+spectral", "oracle"]
+    refined, plain = rows["projection+spectral"], rows["projection"]
+    assert refined["calibration"]["gamma"] == plain["calibration"]["gamma"]
+    assert "ausuc" not in refined and "calibration_curve" not in refined
+    assert (
+        plain["hiou"]
+        == json.loads((demo_run / "report.json").read_text())["methods"]["projection"]["hiou"]
+    )
+    capsys.readouterr()
+    run = next((out / "runs").glob("projection-*"))
+    assert main(["eval", str(run), "--refine", "spectral", "--no-progress"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    for key in ("seen_miou", "unseen_miou", "hiou", "miou"):
+        assert refined[key] == alone[key], key
+
+
 def test_the_oracle_learns(demo_run):
     oracle = json.loads((demo_run / "report.json").read_text())["methods"]["oracle"]
     # 7 classes, 300 steps at 32 px: well above chance (~14%); measured 57 on this CPU.
