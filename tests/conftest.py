@@ -70,6 +70,29 @@ def tiny_world(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def test_split_forbidden(monkeypatch):
+    """A context manager within which loading any ShapeWorld ``test`` split fails the test: for
+    code that must never read the reported split (``demo --split val``, val-only scripts)."""
+    import contextlib
+
+    from zeroseg.data.shapeworld import world as world_module
+
+    load = world_module.load_split
+
+    def no_test(spec, split, **kwargs):
+        assert split != "test", f"the test split of {spec.name!r} was loaded"
+        return load(spec, split, **kwargs)
+
+    @contextlib.contextmanager
+    def forbidden():
+        with monkeypatch.context() as m:
+            m.setattr(world_module, "load_split", no_test)
+            yield
+
+    return forbidden
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

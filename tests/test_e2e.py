@@ -117,24 +117,15 @@ def test_a_rerun_reuses_finished_stages_and_says_so(demo_run, tiny_world, tmp_pa
 
 
 def test_demo_split_val_reports_val_and_never_loads_test(
-    demo_run, tiny_world, tmp_path, capsys, monkeypatch
+    demo_run, tiny_world, tmp_path, capsys, test_split_forbidden
 ):
     """``--split val`` (a check for a choice): every figure is val's, at the gamma val chose,
     the test split is never loaded, and neither split's report may replace the other's."""
-    from zeroseg.data.shapeworld import world as world_module
-
     out = tmp_path / "val"
     shutil.copytree(demo_run / "runs", out / "runs")  # the trained stages: nothing retrains
-    load = world_module.load_split
-
-    def no_test(spec, split, **kwargs):
-        assert split != "test", "a --split val demo loaded the test split"
-        return load(spec, split, **kwargs)
-
     args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--no-progress"]
     args += ["--set", "train.iters=300", "--set", "eval.batch_size=32"]
-    with monkeypatch.context() as m:
-        m.setattr(world_module, "load_split", no_test)
+    with test_split_forbidden():
         assert main([*args, "--out", str(out), "--split", "val"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["eval_split"] == "val" and report["test_images"] == 0

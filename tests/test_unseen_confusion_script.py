@@ -6,23 +6,15 @@ import pytest
 
 from zeroseg import runner
 from zeroseg.cli import main
-from zeroseg.data.shapeworld import world as world_module
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_confusion_is_of_val_at_the_rules_gamma_and_never_loads_test(
-    demo_run, benchmark_script, capsys, monkeypatch
+    demo_run, benchmark_script, capsys, test_split_forbidden
 ):
     run = next((demo_run / "runs").glob("projection-*"))
-    load = world_module.load_split
-
-    def no_test(spec, split, **kwargs):
-        assert split != "test", "the confusion script loaded the test split"
-        return load(spec, split, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(world_module, "load_split", no_test)
+    with test_split_forbidden():
         counts, names, unseen, gamma = benchmark_script("unseen_confusion").confusion(str(run))
     _, cfg, split, _ = runner.load_model(run)
     data = runner.build_data(cfg, progress=False, test=False)
