@@ -102,14 +102,28 @@ def test_the_test_sweep_riding_on_the_evaluation_equals_a_pass_of_its_own(demo_r
     assert metrics["hiou"] == row["hiou"] and metrics["ausuc"] == row["ausuc"]
 
 
+def _demo_over_the_fixtures_runs(demo_run, tiny_world, out, *methods: str) -> list[str]:
+    """``zeroseg demo`` arguments for ``methods`` into ``out``, which first gets a copy of the
+    ``demo_run`` fixture's trained runs (its report stays untouched); the fixture's settings, so
+    every stage is reused. A later ``--out`` in the same argument list overrides this one."""
+    shutil.copytree(demo_run / "runs", out / "runs")
+    args = ["demo", "--world", str(tiny_world), "--methods", *methods, "--out", str(out)]
+    return [*args, "--no-progress", "--set", "train.iters=300", "--set", "eval.batch_size=32"]
+
+
+def _eval_projection(out, capsys, *options: str) -> dict:
+    """``zeroseg eval`` of the projection run under ``out`` with ``options``: its JSON."""
+    capsys.readouterr()
+    run = next((out / "runs").glob("projection-*"))
+    assert main(["eval", str(run), *options, "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_a_rerun_reuses_finished_stages_and_says_so(demo_run, tiny_world, tmp_path, capsys):
     first = json.loads((demo_run / "report.json").read_text())["methods"]["projection"]
     assert first["reused"] is False
     out = tmp_path / "again"
-    shutil.copytree(demo_run / "runs", out / "runs")  # the fixture's report stays untouched
-    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--out", str(out)]
-    args += ["--no-progress", "--set", "train.iters=300", "--set", "eval.batch_size=32"]
-    assert main(args) == 0
+    assert main(_demo_over_the_fixtures_runs(demo_run, tiny_world, out, "projection")) == 0
     assert "every stage reused from an earlier run" in capsys.readouterr().out
     again = json.loads((out / "report.json").read_text())["methods"]["projection"]
     assert again["reused"] is True and again["hiou"] == first["hiou"]
@@ -122,20 +136,15 @@ def test_demo_split_val_reports_val_and_never_loads_test(
     """``--split val`` (a check for a choice): every figure is val's, at the gamma val chose,
     the test split is never loaded, and neither split's report may replace the other's."""
     out = tmp_path / "val"
-    shutil.copytree(demo_run / "runs", out / "runs")  # the trained stages: nothing retrains
-    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--no-progress"]
-    args += ["--set", "train.iters=300", "--set", "eval.batch_size=32"]
+    args = _demo_over_the_fixtures_runs(demo_run, tiny_world, out, "projection")
     with test_split_forbidden():
-        assert main([*args, "--out", str(out), "--split", "val"]) == 0
+        assert main([*args, "--split", "val"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["eval_split"] == "val" and report["test_images"] == 0
     assert "on the `val` split" in (out / "report.md").read_text()
     row = report["methods"]["projection"]
     assert row["reused"] is True
-    capsys.readouterr()
-    run = next((out / "runs").glob("projection-*"))
-    assert main(["eval", str(run), "--split", "val", "--no-progress"]) == 0
-    val = json.loads(capsys.readouterr().out)
+    val = _eval_projection(out, capsys, "--split", "val")
     for key in ("seen_miou", "unseen_miou", "hiou", "ausuc"):
         assert row[key] == val[key], key
     assert row["calibration"]["gamma"] == val["calibration"]["gamma"]
@@ -143,12 +152,12 @@ def test_demo_split_val_reports_val_and_never_loads_test(
     assert row["hiou"] != test_row["hiou"]  # the same model scored on another split
     # a test demo into the val run's directory (and the reverse) is refused, reports untouched
     before = (out / "report.json").read_bytes()
-    assert main([*args, "--out", str(out)]) == 2
+    assert main(args) == 2
     assert "holds a report of the 'val' split" in capsys.readouterr().err
     assert (out / "report.json").read_bytes() == before
     assert main([*args, "--out", str(demo_run), "--split", "val"]) == 2
     assert "holds a report of the 'test' split" in capsys.readouterr().err
-    assert main([*args, "--out", str(out), "--seeds", "0", "1"]) == 2
+    assert main([*args, "--seeds", "0", "1"]) == 2
     assert "holds a report of the 'val' split" in capsys.readouterr().err
 
 
@@ -158,11 +167,8 @@ def test_demo_refine_adds_a_row_at_the_methods_gamma_equal_to_eval_refine(
     """``--refine spectral --refine-on projection``: a ``projection+spectral`` row at
     projection's gamma, with no sweep of its own, whose figures are ``zeroseg eval --refine``'s."""
     out = tmp_path / "refined"
-    shutil.copytree(demo_run / "runs", out / "runs")  # trained stages reused: no training
-    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "oracle"]
-    args += ["--out", str(out), "--no-progress", "--refine", "spectral"]
-    args += ["--refine-on", "projection", "--set", "train.iters=300", "--set", "eval.batch_size=32"]
-    assert main(args) == 0
+    args = _demo_over_the_fixtures_runs(demo_run, tiny_world, out, "projection", "oracle")
+    assert main([*args, "--refine", "spectral", "--refine-on", "projection"]) == 0
     rows = json.loads((out / "report.json").read_text())["methods"]
     assert list(rows) == ["projection", "projection+spectral", "oracle"]
     refined, plain = rows["projection+spectral"], rows["projection"]
@@ -172,10 +178,7 @@ def test_demo_refine_adds_a_row_at_the_methods_gamma_equal_to_eval_refine(
         plain["hiou"]
         == json.loads((demo_run / "report.json").read_text())["methods"]["projection"]["hiou"]
     )
-    capsys.readouterr()
-    run = next((out / "runs").glob("projection-*"))
-    assert main(["eval", str(run), "--refine", "spectral", "--no-progress"]) == 0
-    alone = json.loads(capsys.readouterr().out)
+    alone = _eval_projection(out, capsys, "--refine", "spectral")
     for key in ("seen_miou", "unseen_miou", "hiou", "miou"):
         assert refined[key] == alone[key], key
 
