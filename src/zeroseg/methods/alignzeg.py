@@ -85,7 +85,12 @@ from zeroseg.config import ConfigError
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
-from zeroseg.methods.mask_model import MASK_MODEL_QUICK, MaskModelMethod, MaskProjectionConfig
+from zeroseg.methods.mask_model import (
+    INFERENCE_FIELDS,
+    MASK_MODEL_QUICK,
+    MaskModelMethod,
+    MaskProjectionConfig,
+)
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel
 from zeroseg.models.heads.mask_decoder import semantic_inference
 from zeroseg.models.matching import batch_targets, hungarian_match, set_loss
@@ -352,12 +357,14 @@ class AlignZeg(MaskModelMethod):
             background_prototypes=cfg.background_prototypes if cfg.generalise else 1,
             clip_encoder=clip,
         )
-        is_thing = torch.zeros(split.num_classes, dtype=torch.bool)
-        is_thing[list(split.things)] = True
-        self.register_buffer("is_thing", is_thing, persistent=False)
-        seen = torch.zeros(split.num_classes, dtype=torch.bool)
-        seen[list(split.seen)] = True
-        self.register_buffer("split_seen", seen, persistent=False)
+        self.init_split_buffers(split)
+        # The pooled classifier pools the foundation AlignZeg fuses (no second copy).
+        if cfg.pooled.enabled and not isinstance(clip, FoundationEncoder):
+            raise ConfigError(
+                f"{self.name}: model.pooled.enabled needs model.clip_fusion with clip_encoder "
+                f"'foundation', got clip_fusion={cfg.clip_fusion}, clip_encoder={cfg.clip_encoder!r}"
+            )
+        self.pooled = self.build_pooled(cfg, encoder=clip)
 
     @classmethod
     def stage0_config(cls, cfg: AlignZegConfig) -> PretrainConfig:
@@ -378,9 +385,7 @@ class AlignZeg(MaskModelMethod):
             "indicator",
             "bias_threshold",
             "bias_strength",
-            "object_threshold",
-            "overlap_threshold",
-            "topk",
+            *INFERENCE_FIELDS,
         }
         return {
             "model": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k in train_fields},
@@ -467,6 +472,7 @@ class AlignZeg(MaskModelMethod):
             ctx.pretrained_encoder("ShapeWorld stage-0 caption-contrastive encoder (fused)")
         if isinstance(self.model.clip, FoundationEncoder) or self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation or "shipped")
+        self.note_pooled(ctx)
         ctx.run_stage(
             "alignzeg-model",
             model=self,
@@ -502,15 +508,9 @@ class AlignZeg(MaskModelMethod):
         ``seen_mask`` defaults to the split's when the vocabulary is the split's K classes.
         """
         out = self.model(images)
-        probs = self.model.classify(out.embeddings, class_embeddings).float().softmax(-1)
+        probs = self.class_probs(images, out, class_embeddings, seen_mask)
         if self.cfg.bias_correction:
-            if seen_mask is None:
-                if class_embeddings.shape[0] != self.split.num_classes:
-                    raise ValueError(
-                        f"{self.name}: bias correction needs seen_mask for a vocabulary of "
-                        f"{class_embeddings.shape[0]} classes (the split has {self.split.num_classes})"
-                    )
-                seen_mask = self.split_seen
+            seen_mask = self.vocabulary_seen_mask(class_embeddings, seen_mask)
             u = self.indicator_scores(probs, out.hidden, seen_mask)
             probs = correct_bias(
                 probs, u, seen_mask, self.cfg.bias_threshold, self.cfg.bias_strength

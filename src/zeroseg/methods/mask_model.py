@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zeroseg.config import ConfigError
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
@@ -22,6 +23,7 @@ from zeroseg.models.heads.mask_decoder import (
     panoptic_inference,
     semantic_inference,
 )
+from zeroseg.models.heads.mask_pooling import PooledClassifier, PooledConfig, geometric_ensemble
 from zeroseg.models.matching import MatchWeights, batch_targets, hungarian_match, set_loss
 from zeroseg.models.upsample import bilinear
 
@@ -36,6 +38,13 @@ class MaskProjectionConfig:
     overlap_threshold: float = 0.8  # panoptic: min kept share of a query's mask (Mask2Former 0.8)
     topk: int = 100  # instance: (query, class) pairs kept per image
     foundation: str | None = None  # "shipped" (the ShapeWorld foundation), a path, or None
+    # inference only: proposals classified by the frozen foundation's mask-pooled embeddings too
+    pooled: PooledConfig = field(default_factory=PooledConfig)
+
+
+# The config fields that act at inference only: left out of the keys of the stages they do not
+# change, so rows differing only in them share one training.
+INFERENCE_FIELDS = ("object_threshold", "overlap_threshold", "topk", "pooled")
 
 
 # -- stage 1: the shared mask model ----------------------------------------------------------------
@@ -91,9 +100,43 @@ class MaskModelMethod(Method):
     def __init__(self, cfg: MaskProjectionConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
         self.model = MaskClassifier(cfg.mask, embed_dim=embed_dim)
+        self.init_split_buffers(split)
+        self.pooled = self.build_pooled(cfg)
+
+    def init_split_buffers(self, split) -> None:
+        """``is_thing`` and ``split_seen``, (K,) bool each (not saved: the split gives them)."""
         is_thing = torch.zeros(split.num_classes, dtype=torch.bool)
         is_thing[list(split.things)] = True
         self.register_buffer("is_thing", is_thing, persistent=False)
+        seen = torch.zeros(split.num_classes, dtype=torch.bool)
+        seen[list(split.seen)] = True
+        self.register_buffer("split_seen", seen, persistent=False)
+
+    def build_pooled(self, cfg, encoder=None) -> PooledClassifier | None:
+        """The frozen foundation's proposal classifier when ``model.pooled.enabled`` (else None),
+        loaded from ``model.foundation``; ``encoder``: a frozen foundation encoder the method
+        already holds, pooled instead."""
+        if not cfg.pooled.enabled:
+            return None
+        name = self.foundation_of(cfg)
+        if not name:
+            raise ConfigError(
+                f"{self.name}: model.pooled.enabled needs the ShapeWorld foundation "
+                "(model.foundation: shipped or a path), got none"
+            )
+        return PooledClassifier(name, encoder=encoder)
+
+    def note_pooled(self, ctx: RunContext) -> None:
+        """Says in the report that proposals are also classified by the pooled foundation."""
+        if self.pooled is None:
+            return
+        ctx.uses_foundation(self.foundation_of(self.cfg))
+        p = self.cfg.pooled
+        ctx.notes.append(
+            "proposals also classified by the frozen foundation's mask-pooled pixel embeddings "
+            f"(FC-CLIP's geometric ensemble, alpha {p.alpha} for seen classes, beta {p.beta} for "
+            "unseen ones)"
+        )
 
     # stage 1 ---------------------------------------------------------------------------------------
     def mask_stage_parts(self, ctx: RunContext) -> dict:
@@ -111,6 +154,7 @@ class MaskModelMethod(Method):
         """Stage 1 (shared): trains ``self.model`` on the protocol's training set, or loads it."""
         if self.cfg.foundation:
             ctx.uses_foundation(self.cfg.foundation)
+        self.note_pooled(ctx)
         return ctx.run_stage(
             "mask-model",
             model=self.model,
@@ -154,16 +198,41 @@ class MaskModelMethod(Method):
 
     @torch.no_grad()
     def predict(
-        self, images: torch.Tensor, class_embeddings: torch.Tensor
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, seen_mask=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,3,H,W) uint8 -> class probabilities (B,N,K+1) and mask logits (B,N,H,W) at image size."""
+        """(B,3,H,W) uint8 -> class probabilities (B,N,K+1) and mask logits (B,N,H,W) at image size.
+
+        ``seen_mask`` (K,) bool: the classes training saw, for the pooled classifier's ensemble;
+        the split's when the vocabulary is the split's K classes."""
         out = self.model(images)
-        probs = self.query_logits(out.embeddings, class_embeddings).float().softmax(-1)
+        probs = self.class_probs(images, out, class_embeddings, seen_mask)
         masks = bilinear(out.masks.float(), images.shape[-2:])
         return probs, masks
 
+    def class_probs(self, images, out, class_embeddings, seen_mask) -> torch.Tensor:
+        """(B,N,K+1) probabilities of the decoder's output ``out``: the query classifier's,
+        ensembled with the pooled classifier's when it is on."""
+        probs = self.query_logits(out.embeddings, class_embeddings).float().softmax(-1)
+        if self.pooled is None:
+            return probs
+        seen_mask = self.vocabulary_seen_mask(class_embeddings, seen_mask)
+        logits, valid = self.pooled(images, out.masks, class_embeddings)
+        p = self.cfg.pooled
+        return geometric_ensemble(probs, logits, valid, seen_mask, alpha=p.alpha, beta=p.beta)
+
+    def vocabulary_seen_mask(self, class_embeddings, seen_mask) -> torch.Tensor:
+        """``seen_mask``, or the split's when the vocabulary is the split's K classes."""
+        if seen_mask is not None:
+            return seen_mask
+        if class_embeddings.shape[0] != self.split.num_classes:
+            raise ValueError(
+                f"{self.name}: a vocabulary of {class_embeddings.shape[0]} classes needs seen_mask "
+                f"(the split has {self.split.num_classes})"
+            )
+        return self.split_seen
+
     def scores(self, images, class_embeddings, seen_mask):
-        probs, masks = self.predict(images, class_embeddings)
+        probs, masks = self.predict(images, class_embeddings, seen_mask)
         return semantic_inference(probs[..., :-1], masks.sigmoid())
 
     @torch.no_grad()
