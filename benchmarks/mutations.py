@@ -371,6 +371,23 @@ MUTATIONS = (
         "data = runner.build_data(plan.first_config, progress=progress)",
         ("tests/test_e2e.py::test_demo_split_val_reports_val_and_never_loads_test",),
     ),
+    Mutation(
+        "pooled-weights-swapped",
+        "the pooled classifier's ensemble weighs the frozen foundation by alpha for unseen classes "
+        "and beta for seen ones",
+        "src/zeroseg/models/heads/mask_pooling.py",
+        "weight = torch.where(seen_mask.to(probs.device), alpha, beta)",
+        "weight = torch.where(seen_mask.to(probs.device), beta, alpha)",
+        ("tests/models/test_mask_pooling.py::test_geometric_ensemble_by_hand",),
+    ),
+    Mutation(
+        "pooled-in-stage-key",
+        "model.pooled (inference only) enters AlignZeg's stage key, so alignzeg-pooled retrains",
+        "src/zeroseg/methods/mask_model.py",
+        'INFERENCE_FIELDS = ("object_threshold", "overlap_threshold", "topk", "pooled")',
+        'INFERENCE_FIELDS = ("object_threshold", "overlap_threshold", "topk")',
+        ("tests/models/test_mask_pooling.py::test_pooled_is_left_out_of_the_trained_stage_key",),
+    ),
 )
 
 

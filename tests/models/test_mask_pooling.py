@@ -133,3 +133,16 @@ def test_pooled_needs_a_foundation_and_a_vocabulary_seen_mask():
         method.predict(images, torch.randn(4, 384))
     probs, _ = method.predict(images, torch.randn(4, 384), torch.tensor([1, 1, 0, 0]).bool())
     assert probs.shape == (1, TINY_MASK["num_queries"], 5)
+
+
+@pytest.mark.parametrize("name", ["mask-projection", "alignzeg"])
+def test_pooled_is_left_out_of_the_trained_stage_key(name):
+    """The pooled rows share their row's training (mask-projection's stage 1, AlignZeg's stage):
+    ``pooled`` is an inference setting, so it must not reach the key."""
+    from types import SimpleNamespace
+
+    ctx = SimpleNamespace(cfg=SimpleNamespace(train="train", text="text"))
+    parts = "mask_stage_parts" if name == "mask-projection" else "stage_parts"
+    off = getattr(_method(name), parts)(ctx)
+    on = getattr(_method(name, enabled=True, alpha=0.3), parts)(ctx)
+    assert on == off
