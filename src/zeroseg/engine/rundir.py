@@ -36,6 +36,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "pseudo_seen": False,
     "backbone_lr_mult": 1.0,
     "self_train_backbone_lr_mult": 1.0,
+    # the mask family's pooled classifier (session 39), off
+    "pooled": {"enabled": False, "alpha": 0.4, "beta": 0.8},
 }
 
 
