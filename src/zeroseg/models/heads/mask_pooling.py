@@ -15,10 +15,10 @@ weighted towards the frozen encoder for the classes training never saw:
 
 with ``p_in`` the query classifier's distribution over the K classes (its no-object column
 removed and the rest renormalised) and ``p_out`` the frozen encoder's; FC-CLIP's defaults are
-α = 0.4, β = 0.8 (ZegFormer's λ = 0.8 is α = 0.2, β = 0.8). The no-object probability is the
-query classifier's, kept as it was: the K class probabilities are scaled to ``1 - p_void``. A
-proposal whose binary mask is empty has nothing to pool and keeps ``p_in`` (FC-CLIP's
-``ensemble_on_valid_mask``).
+α = 0.4, β = 0.8 (ZegFormer weights its two classifiers the same way with one λ: α = 1 - λ,
+β = λ). The no-object probability is the query classifier's, kept as it was: the K class
+probabilities are scaled to ``1 - p_void``. A proposal whose binary mask is empty has nothing to
+pool and keeps ``p_in`` (FC-CLIP's ``ensemble_on_valid_mask``).
 
 Public API::
 
@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from zeroseg.config import ConfigError
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.models.upsample import bilinear
 
@@ -48,13 +49,13 @@ class PooledConfig:
 
     enabled: bool = False  # classify proposals by the frozen foundation's pooled embeddings too
     alpha: float = 0.4  # the frozen classifier's weight for seen classes (FC-CLIP: 0.4)
-    beta: float = 0.8  # its weight for unseen classes (FC-CLIP: 0.8; ZegFormer's lambda: 0.8)
+    beta: float = 0.8  # its weight for unseen classes (FC-CLIP: 0.8)
 
     def __post_init__(self) -> None:
         for key in ("alpha", "beta"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"model.pooled.{key} must be in [0, 1], got {value}")
+                raise ConfigError(f"model.pooled.{key} must be in [0, 1], got {value}")
 
 
 def mask_pool(pixels: Tensor, mask_logits: Tensor) -> tuple[Tensor, Tensor]:
