@@ -31,8 +31,7 @@ def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float]:
         runner.calibration_curve(method, cfg, data.val, split, embed, progress=False)
     )
     emb = embed(split.names)
-    seen = torch.zeros(split.num_classes, dtype=torch.bool)
-    seen[list(split.seen)] = True
+    seen = split.seen_mask()
     k = split.num_classes
     counts = torch.zeros(k, k, dtype=torch.long)
     method.eval()

@@ -44,8 +44,7 @@ def bench_one(method: str, world: str | None = None, batch: int = 16, repeats: i
     dim = 384
     model = build_method(cfg, split, dim).eval()
     emb = torch.nn.functional.normalize(torch.randn(split.num_classes, dim), dim=-1)
-    seen = torch.zeros(split.num_classes, dtype=torch.bool)
-    seen[list(split.seen)] = True
+    seen = split.seen_mask()
     s = spec.image_size
     g = torch.Generator().manual_seed(0)
     one = torch.randint(0, 256, (1, 3, s, s), dtype=torch.uint8, generator=g)

@@ -540,7 +540,7 @@ def evaluate(
         )
     device = next(method.parameters()).device
     emb = embed(split.names).to(device)
-    seen_mask = _seen_mask(split, device)
+    seen_mask = split.seen_mask().to(device)
     evaluator = SemanticEvaluator(
         split.num_classes, split.seen, split.unseen, split.names, split.ignore_index
     )
@@ -633,12 +633,6 @@ def evaluate_seen(
     }
 
 
-def _seen_mask(split: ClassSplit, device) -> torch.Tensor:
-    seen_mask = torch.zeros(split.num_classes, dtype=torch.bool, device=device)
-    seen_mask[list(split.seen)] = True
-    return seen_mask
-
-
 @torch.no_grad()
 def calibration_curve(
     method: Method,
@@ -658,7 +652,7 @@ def calibration_curve(
 
     device = next(method.parameters()).device
     emb = embed(split.names).to(device)
-    seen_mask = _seen_mask(split, device)
+    seen_mask = split.seen_mask().to(device)
     sweep = CalibrationSweep(
         split.num_classes, split.seen, split.unseen, GAMMAS, split.ignore_index
     )

@@ -51,3 +51,10 @@ def test_round_trip_through_dict():
     s = ClassSplit.from_names(["a", "b", "c"], ["b"], thing_names=["a"])
     assert ClassSplit.from_dict(s.to_dict()) == s
     assert s.things == (0,) and s.stuff == (1, 2)
+
+
+def test_seen_and_thing_masks_flag_their_indices():
+    split = ClassSplit(names=("a", "b", "c", "d"), unseen=(1, 3), things=(0, 1))
+    assert split.seen_mask().tolist() == [True, False, True, False]
+    assert split.thing_mask().tolist() == [True, True, False, False]
+    assert split.seen_mask().dtype == torch.bool

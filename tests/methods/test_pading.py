@@ -11,6 +11,7 @@ import torch
 
 from zeroseg import runner
 from zeroseg.config import load_config
+from zeroseg.data.classes import ClassSplit
 from zeroseg.data.protocol import assert_seen_only as production_guard
 from zeroseg.engine import trainer
 from zeroseg.generators.disentangle import Disentangler, alignment_loss, gaussian_kl, relation_kl
@@ -87,7 +88,7 @@ def test_gaussian_kl_and_disentangler():
 
 def test_ablation_rows_are_checked():
     cfg = pading.PADingConfig()
-    split = type("S", (), {"num_classes": 3, "things": (0,), "seen": (0, 1), "unseen": (2,)})()
+    split = ClassSplit(names=("a", "b", "c"), unseen=(2,), things=(0,))
     with pytest.raises(ValueError, match="pading-g.*generator.kind=gmmn"):
         pading.PADingG(cfg, split=split, embed_dim=8)
 

@@ -138,6 +138,19 @@ class ClassSplit:
     def stuff(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.num_classes) if i not in set(self.things))
 
+    def seen_mask(self) -> torch.Tensor:
+        """(K,) bool, True at the seen classes."""
+        return self._flags(self.seen)
+
+    def thing_mask(self) -> torch.Tensor:
+        """(K,) bool, True at the thing classes."""
+        return self._flags(self.things)
+
+    def _flags(self, indices: tuple[int, ...]) -> torch.Tensor:
+        flags = torch.zeros(self.num_classes, dtype=torch.bool)
+        flags[list(indices)] = True
+        return flags
+
     def is_unseen(self, index: int) -> bool:
         return index in set(self.unseen)
 

@@ -605,8 +605,7 @@ class ZegCLIPST(ZegCLIP):
         all_emb = ctx.all_embeddings(reason=reason, stage="5").to(ctx.device)
         seen_emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
-        seen_mask = torch.zeros(self.split.num_classes, dtype=torch.bool, device=ctx.device)
-        seen_mask[list(self.split.seen)] = True
+        seen_mask = self.split.seen_mask().to(ctx.device)
         labelled = ctx.loader(cfg)
         unlabelled = ctx.loader(cfg, ctx.train_images, seed_offset=1)  # same augmentation
 
