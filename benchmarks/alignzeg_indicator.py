@@ -51,11 +51,10 @@ def collect(run: str, min_area: int) -> tuple[Proposals, str, float]:
     method, cfg, split, _ = runner.load_model(run)
     if not method.name.startswith("alignzeg"):
         raise SystemExit(f"{run}: holds a {method.name!r} model, not an alignzeg one")
-    data = runner.build_data(cfg, progress=False)
+    data = runner.build_data(cfg, progress=False, test=False)  # val only: test is never loaded
     embed = runner.Embedder(cfg.text, world=data.world)
     emb = embed(split.names)
-    seen = torch.zeros(split.num_classes, dtype=torch.bool)
-    seen[list(split.seen)] = True
+    seen = split.seen_mask()
     seen_cols = torch.cat([seen.nonzero().flatten(), torch.tensor([split.num_classes])])
     rows: dict[str, list] = {k: [] for k in ("u", "doubt", "mass", "flag", "top", "gt")}
     loader = torch.utils.data.DataLoader(

@@ -372,6 +372,14 @@ MUTATIONS = (
         ("tests/test_e2e.py::test_demo_split_val_reports_val_and_never_loads_test",),
     ),
     Mutation(
+        "indicator-script-loads-test",
+        "benchmarks/alignzeg_indicator.py (a val-only diagnostic) loads the test split",
+        "benchmarks/alignzeg_indicator.py",
+        "data = runner.build_data(cfg, progress=False, test=False)",
+        "data = runner.build_data(cfg, progress=False)",
+        ("tests/test_alignzeg_indicator_script.py",),
+    ),
+    Mutation(
         "pooled-weights-swapped",
         "the pooled classifier's ensemble weighs the frozen foundation by alpha for unseen classes "
         "and beta for seen ones",
@@ -392,8 +400,9 @@ MUTATIONS = (
 
 
 def _copy_tree(dest: Path) -> None:
-    """Copies what the tests read (``src/``, ``tests/``, ``pyproject.toml``) to ``dest``."""
-    for part in ("src", "tests"):
+    """Copies what the tests read (``src/``, ``tests/``, the ``benchmarks/`` scripts some tests
+    load, ``pyproject.toml``) to ``dest``."""
+    for part in ("src", "tests", "benchmarks"):
         shutil.copytree(ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
 
