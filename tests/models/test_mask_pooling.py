@@ -162,3 +162,20 @@ def test_pooled_off_keeps_the_run_identities_recorded_before_it_existed():
         assert config_hash(resolved) == config_hash(before)
         on = check_config(load_config(preset, ["model.pooled.enabled=true"]))
         assert config_hash(on) != config_hash(resolved)
+
+
+def test_alignzeg_pools_the_pixels_its_fused_foundation_already_computed():
+    on = _method("alignzeg", enabled=True).eval()
+    calls = []
+    on.model.clip.backbone.register_forward_hook(lambda *_: calls.append(1))
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    classes = torch.randn(3, 384, generator=g)
+    probs, _ = on.predict(images, classes)
+    assert len(calls) == 1  # the fusion's forward, reused by the pooled classifier
+    # the same figures as the pooled classifier running the encoder itself
+    out = on.model(images)
+    assert out.frozen_pixels is not None
+    own, valid = on.pooled(images, out.masks, classes)
+    reused, _ = on.pooled(images, out.masks, classes, out.frozen_pixels)
+    assert torch.allclose(own, reused, atol=1e-5) and valid.any()

@@ -105,12 +105,8 @@ class MaskModelMethod(Method):
 
     def init_split_buffers(self, split) -> None:
         """``is_thing`` and ``split_seen``, (K,) bool each (not saved: the split gives them)."""
-        is_thing = torch.zeros(split.num_classes, dtype=torch.bool)
-        is_thing[list(split.things)] = True
-        self.register_buffer("is_thing", is_thing, persistent=False)
-        seen = torch.zeros(split.num_classes, dtype=torch.bool)
-        seen[list(split.seen)] = True
-        self.register_buffer("split_seen", seen, persistent=False)
+        self.register_buffer("is_thing", split.thing_mask(), persistent=False)
+        self.register_buffer("split_seen", split.seen_mask(), persistent=False)
 
     def build_pooled(self, cfg, encoder=None) -> PooledClassifier | None:
         """The frozen foundation's proposal classifier when ``model.pooled.enabled`` (else None),
@@ -127,10 +123,10 @@ class MaskModelMethod(Method):
         return PooledClassifier(name, encoder=encoder)
 
     def note_pooled(self, ctx: RunContext) -> None:
-        """Says in the report that proposals are also classified by the pooled foundation."""
+        """Says in the report that proposals are also classified by the pooled foundation (whose
+        identity the fit has recorded: the mask model starts from the same foundation)."""
         if self.pooled is None:
             return
-        ctx.uses_foundation(self.foundation_of(self.cfg))
         p = self.cfg.pooled
         ctx.notes.append(
             "proposals also classified by the frozen foundation's mask-pooled pixel embeddings "
@@ -216,7 +212,9 @@ class MaskModelMethod(Method):
         if self.pooled is None:
             return probs
         seen_mask = self.vocabulary_seen_mask(class_embeddings, seen_mask)
-        logits, valid = self.pooled(images, out.masks, class_embeddings)
+        # AlignZeg's decoder output carries the fused foundation's pixels: not computed twice
+        pixels = getattr(out, "frozen_pixels", None)
+        logits, valid = self.pooled(images, out.masks, class_embeddings, pixels)
         p = self.cfg.pooled
         return geometric_ensemble(probs, logits, valid, seen_mask, alpha=p.alpha, beta=p.beta)
 

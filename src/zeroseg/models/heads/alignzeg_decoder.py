@@ -67,9 +67,13 @@ __all__ = [
 
 @dataclass
 class AlignZegOutputs(MaskOutputs):
-    """:class:`MaskOutputs` plus ``hidden`` (B, N, C): the last layer's normalised query states."""
+    """:class:`MaskOutputs` plus ``hidden`` (B, N, C): the last layer's normalised query states,
+    and ``frozen_pixels`` (B, D, h, w): the fused frozen foundation's unit pixel embeddings (None
+    for another fused encoder or none), which the pooled classifier reuses instead of running the
+    encoder again."""
 
     hidden: Tensor
+    frozen_pixels: Tensor | None = None
 
 
 class FeatureRefiner(nn.Module):
@@ -214,6 +218,7 @@ class AlignZegModel(MaskClassifier):
         feats = self.backbone(x)
         mask_feats = self.mask_features(feats[-1])  # (B, Cm, h, w)
         clip = self._clip_tokens(images) if self.clip is not None else None
+        frozen_pixels = clip if isinstance(self.clip, FoundationEncoder) else None
         levels = []
         for i in range(3):
             f = self.input_proj[i](feats[i])
@@ -246,5 +251,9 @@ class AlignZegModel(MaskClassifier):
             masks, emb, h, attn = self._predict(q, mask_feats, sizes[(i + 1) % 3])
             preds.append((masks, emb))
         return AlignZegOutputs(
-            masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1], hidden=h
+            masks=preds[-1][0],
+            embeddings=preds[-1][1],
+            aux=preds[:-1],
+            hidden=h,
+            frozen_pixels=frozen_pixels,
         )

@@ -18,7 +18,8 @@ removed and the rest renormalised) and ``p_out`` the frozen encoder's; FC-CLIP's
 α = 0.4, β = 0.8 (ZegFormer weights its two classifiers the same way with one λ: α = 1 - λ,
 β = λ). The no-object probability is the query classifier's, kept as it was: the K class
 probabilities are scaled to ``1 - p_void``. A proposal whose binary mask is empty has nothing to
-pool and keeps ``p_in`` (FC-CLIP's ``ensemble_on_valid_mask``).
+pool and keeps ``p_in`` (FC-CLIP's ``ENSEMBLE_ON_VALID_MASK`` option, off in its default config,
+where an empty mask pools to zero logits, a uniform ``p_out``).
 
 Public API::
 
@@ -106,13 +107,19 @@ class PooledClassifier(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, images: Tensor, mask_logits: Tensor, class_embeddings: Tensor
+        self,
+        images: Tensor,
+        mask_logits: Tensor,
+        class_embeddings: Tensor,
+        pixels: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(B,3,H,W) uint8 images, (B,N,h,w) mask logits, (K,D) text embeddings -> (B,N,K)
         logits ``s · cos(pooled, text_side(t_k))`` (the foundation's own scale and class-side
-        map) and the (B,N) non-empty masks."""
+        map) and the (B,N) non-empty masks. ``pixels``: the encoder's (B, D, H/2, W/2) pixel
+        embeddings of ``images`` when the caller already has them (AlignZeg's fused encoder)."""
         enc = self.encoder
-        pixels = enc.head.embed(enc.backbone(images))  # (B, D, H/2, W/2) unit
+        if pixels is None:
+            pixels = enc.head.embed(enc.backbone(images))  # (B, D, H/2, W/2) unit
         pooled, valid = mask_pool(pixels, mask_logits)
         text = enc.text_side(class_embeddings.to(pooled.device)).float()
         scale = enc.head.log_scale.float().exp().clamp(1.0, 100.0)
