@@ -107,3 +107,67 @@ def test_unknown_pixels_hand_values():
     t_old = Target(labels=torch.tensor([0]), masks=target_mask[None])
     out = set_loss(torch.zeros(1, 1, 3), masks, [t_old], [(torch.tensor([0]), torch.tensor([0]))])
     assert abs(out["bce"].item() - 10.0) < 1e-3
+
+
+def _three_queries(third: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query 0 on segment 1, query 1 on segment 2, query 2 with mask logits ``third``."""
+    masks = torch.full((1, 3, 4, 4), -6.0)
+    masks[0, 0, :2, :2] = 6.0
+    masks[0, 1, :2, 2:] = 6.0
+    masks[0, 2] = third
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 0, 0] = logits[0, 1, 1] = 4.0
+    logits[0, 2] = torch.tensor([0.5, -0.3, 0.2])  # unmatched: not yet no-object
+    return logits, masks
+
+
+def _skip_loss(logits, masks, skip: bool, batch: dict | None = None) -> tuple[list, dict]:
+    w = MatchWeights(skip_unknown_queries=skip)
+    targets = batch_targets(batch or _batch(), LOOKUP, (4, 4), "cpu")
+    matches = hungarian_match(logits, masks, targets, w)
+    return matches, set_loss(logits, masks, targets, matches, w)
+
+
+def test_skip_unknown_queries_leaves_an_unmatched_query_on_the_ignored_region_out_of_the_class_loss():
+    on_unknown = torch.where(UNKNOWN[0], 6.0, -6.0)  # the third query covers the ignored rows
+    logits, masks = _three_queries(on_unknown)
+    matches, on = _skip_loss(logits, masks, True)
+    assert sorted(matches[0][0].tolist()) == [0, 1]  # the third query is unmatched
+    # exactly the CE of the two matched queries (no no-object term for the third)
+    expected = torch.nn.functional.cross_entropy(
+        logits[0, :2], torch.tensor([0, 1]), weight=torch.tensor([1.0, 1.0, 0.1])
+    )
+    torch.testing.assert_close(on["ce"], expected)
+    _, off = _skip_loss(logits, masks, False)  # Mask2Former: pushed to no-object
+    assert float(off["ce"]) > float(on["ce"]) + 1e-3
+    # its class logits no longer matter; the mask terms are those of the rule without it
+    other = logits.clone()
+    other[0, 2] = torch.tensor([3.0, -2.0, -4.0])
+    torch.testing.assert_close(_skip_loss(other, masks, True)[1]["ce"], on["ce"])
+    for k in ("bce", "dice"):
+        torch.testing.assert_close(on[k], off[k])
+
+
+def test_skip_unknown_queries_still_pushes_queries_on_labelled_pixels_and_changes_nothing_without_unknown():
+    # the third query mostly on labelled pixels (top rows, 8 of its 12 pixels): still no-object
+    mostly_labelled = torch.full((4, 4), -6.0)
+    mostly_labelled[:3] = 6.0
+    logits, masks = _three_queries(mostly_labelled)
+    torch.testing.assert_close(
+        _skip_loss(logits, masks, True)[1]["ce"], _skip_loss(logits, masks, False)[1]["ce"]
+    )
+    # an empty mask (no pixel above 0) is pushed as before
+    logits, masks = _three_queries(torch.full((4, 4), -6.0))
+    torch.testing.assert_close(
+        _skip_loss(logits, masks, True)[1]["ce"], _skip_loss(logits, masks, False)[1]["ce"]
+    )
+    # no unknown pixel (the strict protocol): the option changes nothing, bit for bit
+    label = LABEL.clone()
+    label[UNKNOWN] = 4
+    pan = PAN.clone()
+    pan[UNKNOWN] = 1
+    strict = _batch(pan=pan, label=label)
+    logits, masks = _three_queries(torch.where(UNKNOWN[0], 6.0, -6.0))
+    a, b = _skip_loss(logits, masks, True, strict)[1], _skip_loss(logits, masks, False, strict)[1]
+    for k in ("loss", "ce", "bce", "dice"):
+        assert torch.equal(a[k], b[k])

@@ -38,6 +38,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "self_train_backbone_lr_mult": 1.0,
     # the mask family's pooled classifier (session 39), off
     "pooled": {"enabled": False, "alpha": 0.4, "beta": 0.8},
+    # the mask family's class loss on unmatched queries over unknown pixels (session 40), as before
+    "skip_unknown_queries": False,
 }
 
 

@@ -18,6 +18,8 @@ mask cost and the BCE / dice terms are then computed over the valid pixels only,
 pixel is neither foreground nor background of any mask, and what the ignored region holds (or
 what a query predicts there) changes neither the matching nor the loss. With no ignored pixel
 (``valid`` None: the strict protocol on ShapeWorld) the terms are exactly Mask2Former's.
+``MatchWeights.skip_unknown_queries`` also leaves out of the class loss the unmatched queries whose
+masks lie mostly on unknown pixels, which Mask2Former's loss pushes to no-object.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class MatchWeights:
     mask_weight: float = 5.0  # sigmoid BCE term
     dice_weight: float = 5.0  # dice term
     no_object_weight: float = 0.1  # CE weight of the no-object class
+    # An unmatched query whose mask (logit > 0) lies mostly on unknown pixels: False pushes it to
+    # no-object like every unmatched query (Mask2Former); True leaves it out of the class loss, so
+    # an object in the ignored region (under `ignore`: an unseen one) is not taught to be nothing.
+    skip_unknown_queries: bool = False
 
 
 @dataclass
@@ -217,9 +223,13 @@ def set_loss(
         v = t.valid if t.valid is not None else torch.ones(masks.shape[-2:], device=device)
         valid.append(v.to(device).float().flatten()[None].expand(len(qi), -1))
     any_unknown = any(t.valid is not None for t in targets)
+    if w.skip_unknown_queries and any_unknown:
+        target_cls = _skip_unknown_queries(target_cls, masks, targets, k1 - 1)
     class_w = torch.ones(k1, device=device)
     class_w[-1] = w.no_object_weight
-    ce = F.cross_entropy(logits.float().reshape(-1, k1), target_cls.reshape(-1), weight=class_w)
+    ce = F.cross_entropy(
+        logits.float().reshape(-1, k1), target_cls.reshape(-1), weight=class_w, ignore_index=-100
+    )
     num = max(1, sum(len(qi) for qi, _ in matches))
     if num and src_masks and sum(len(s) for s in src_masks):
         x = torch.cat(src_masks).float().flatten(1)
@@ -237,6 +247,29 @@ def set_loss(
         bce = dice = masks.sum() * 0.0
     loss = w.class_weight * ce + w.mask_weight * bce + w.dice_weight * dice
     return {"loss": loss, "ce": ce.detach(), "bce": bce.detach(), "dice": dice.detach()}
+
+
+def _skip_unknown_queries(
+    target_cls: Tensor, masks: Tensor, targets: list[Target], no_object: int
+) -> Tensor:
+    """``target_cls`` with -100 (no class loss) for every unmatched query whose predicted mask
+    (logit > 0) has more than half of its pixels on unknown ones. The choice is made on the
+    detached masks: it passes no gradient, and what the unknown pixels hold is never read."""
+    b, n = target_cls.shape
+    device = masks.device
+    unknown = torch.stack(
+        [
+            (t.valid.to(device) == 0).flatten()
+            if t.valid is not None
+            else torch.zeros(masks.shape[-2:].numel(), dtype=torch.bool, device=device)
+            for t in targets
+        ]
+    )
+    fg = masks.detach().flatten(2) > 0  # (B, N, h*w)
+    area = fg.sum(-1)
+    on_unknown = (fg & unknown[:, None, :]).sum(-1)
+    skip = (target_cls == no_object) & (2 * on_unknown > area) & (area > 0)
+    return target_cls.masked_fill(skip, -100)
 
 
 def targets_from_semantic(
