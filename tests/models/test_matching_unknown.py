@@ -171,3 +171,26 @@ def test_skip_unknown_queries_still_pushes_queries_on_labelled_pixels_and_change
     a, b = _skip_loss(logits, masks, True, strict)[1], _skip_loss(logits, masks, False, strict)[1]
     for k in ("loss", "ce", "bce", "dice"):
         assert torch.equal(a[k], b[k])
+
+
+def test_skip_unknown_queries_off_keeps_the_identities_recorded_before_it_existed():
+    import dataclasses
+    import json
+
+    from zeroseg.config import load_config
+    from zeroseg.engine.rundir import config_hash, identity_view
+    from zeroseg.runner import check_config
+
+    presets = ("mask-projection", "pading", "alignzeg")
+    for preset in (f"{p}_unet-small_1k_shapeworld" for p in presets):
+        resolved = check_config(load_config(preset))  # every default filled in, as run.json
+        before = json.loads(json.dumps(resolved, default=str))
+        del before["model"]["match"]["skip_unknown_queries"]  # as recorded before session 40
+        assert config_hash(resolved) == config_hash(before), preset
+        on = check_config(load_config(preset, ["model.match.skip_unknown_queries=true"]))
+        assert config_hash(on) != config_hash(resolved), preset
+    # the shared stages' keys (mask-projection's stage 1) follow the same rule
+    off = identity_view({"match": dataclasses.asdict(MatchWeights())})
+    assert "skip_unknown_queries" not in off["match"]
+    on = identity_view({"match": dataclasses.asdict(MatchWeights(skip_unknown_queries=True))})
+    assert on["match"]["skip_unknown_queries"] is True
