@@ -6,7 +6,7 @@ zeroseg eval CKPT [--world FILE] [--set ...]
 zeroseg predict CKPT IMAGE... --classes "a,b,c" [--out DIR]
 zeroseg bench [--methods ...]
 zeroseg serve [RUN_DIR_OR_CHECKPOINT ...] [--host 127.0.0.1] [--port 7860]   (a web page)
-zeroseg world FILE [--preview PNG]
+zeroseg world FILE [--preview PNG] [--protocols]
 zeroseg pretrain [CONFIG] [--set ...]   (the ShapeWorld stage-0 encoder and its diagnostics)
 zeroseg pretrain foundation [--exclude WORLD] [--out DIR] [--ship]   (the shipped foundation)
 zeroseg data check DATASET ROOT | zeroseg data prepare DATASET ROOT
@@ -266,6 +266,17 @@ def cmd_world(args) -> int:
     )
     print(f"unseen ({len(split.unseen)}): {', '.join(split.unseen_names)}")
     print(f"cache key {spec.content_key()}")
+    if args.protocols:
+        from zeroseg.data.protocol import SeenOnly
+        from zeroseg.data.shapeworld import ShapeWorldDataset
+
+        train = ShapeWorldDataset(spec, "train")  # generated once and cached, as a demo would
+        strict = len(SeenOnly(train, split, "strict"))
+        print(
+            f"train: {len(train)} images under `ignore` (unseen pixels void); "
+            f"{strict} ({100 * strict / max(1, len(train)):.0f} %) under `strict` "
+            f"(no unseen pixel: the mask family's presets)"
+        )
     if args.preview:
         import numpy as np
         from PIL import Image
@@ -725,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     w = command(sub, "world", cmd_world, help="validate a ShapeWorld spec and preview it")
     w.add_argument("spec", nargs="?")
     w.add_argument("--preview", help="write a 4x4 grid of training images to this PNG")
+    w.add_argument(
+        "--protocols",
+        action="store_true",
+        help="render the training split (cached for later runs) and print how many of its images "
+        "each protocol trains on",
+    )
     return p
 
 

@@ -107,3 +107,20 @@ def test_the_guard_checks_every_image_every_step_and_the_segments(world, tmp_pat
             split=split,
             progress=False,
         )
+
+
+def test_zeroseg_world_protocols_counts_the_training_images_each_protocol_keeps(
+    world, tiny_world, capsys
+):
+    from zeroseg.cli import main
+
+    spec, ds = world
+    labels = ds.labels()
+    clean = int((~np.isin(labels, spec.class_split().unseen).reshape(len(labels), -1).any(1)).sum())
+    assert 0 < clean < len(ds)  # the tiny world has images with and without unseen pixels
+    assert main(["world", str(tiny_world), "--protocols"]) == 0
+    pct = f"{100 * clean / len(ds):.0f}"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"train: {len(ds)} images under `ignore` (unseen pixels void); {clean} ({pct} %) under "
+        "`strict` (no unseen pixel: the mask family's presets)"
+    )
