@@ -194,3 +194,18 @@ def test_skip_unknown_queries_off_keeps_the_identities_recorded_before_it_existe
     assert "skip_unknown_queries" not in off["match"]
     on = identity_view({"match": dataclasses.asdict(MatchWeights(skip_unknown_queries=True))})
     assert on["match"]["skip_unknown_queries"] is True
+
+
+def test_skip_unknown_queries_with_every_query_skipped_gives_no_class_term_not_nan():
+    # an image whose pixels are all unknown (every object unseen): no target, and every query's
+    # mask on the unknown pixels
+    batch = _batch(
+        pan=torch.zeros_like(PAN), label=torch.full_like(LABEL, 255), segs=[torch.zeros(0, 3)]
+    )
+    logits, masks = _three_queries(torch.full((4, 4), 6.0))
+    masks[:] = 6.0
+    matches, out = _skip_loss(logits, masks, True, batch)
+    assert [len(q) for q, _ in matches] == [0]
+    assert float(out["ce"]) == 0.0 and torch.isfinite(out["loss"])
+    _, pushed = _skip_loss(logits, masks, False, batch)
+    assert float(pushed["ce"]) > 0.0

@@ -227,9 +227,15 @@ def set_loss(
         target_cls = _skip_unknown_queries(target_cls, masks, targets, k1 - 1)
     class_w = torch.ones(k1, device=device)
     class_w[-1] = w.no_object_weight
-    ce = F.cross_entropy(
-        logits.float().reshape(-1, k1), target_cls.reshape(-1), weight=class_w, ignore_index=-100
-    )
+    if bool((target_cls >= 0).any()):
+        ce = F.cross_entropy(
+            logits.float().reshape(-1, k1),
+            target_cls.reshape(-1),
+            weight=class_w,
+            ignore_index=-100,
+        )
+    else:  # every query skipped (only unknown pixels, every mask on them): no class term, not NaN
+        ce = logits.float().sum() * 0.0
     num = max(1, sum(len(qi) for qi, _ in matches))
     if num and src_masks and sum(len(s) for s in src_masks):
         x = torch.cat(src_masks).float().flatten(1)
