@@ -76,3 +76,48 @@ def test_the_projection_models_stage_trains_on_full_resolution_labels():
     a = plan.step_fn(model, {"image": images, "label": labels})["loss"]
     b = plan.step_fn(model, {"image": images, "label": moved})["loss"]
     assert not torch.isclose(a, b)
+
+
+def test_foundation_head_false_loads_the_foundations_backbone_only():
+    import json
+
+    import pytest
+
+    from zeroseg.config import load_config
+    from zeroseg.engine.rundir import config_hash, without_neutral
+    from zeroseg.methods.pixel_projection import ProjectionConfig, segmenter_stage_parts
+    from zeroseg.runner import check_config
+
+    backbone = SmallUNet(SmallUNetConfig(widths=(4, 4, 4, 4), out_dim=4))
+    head = ProjectionHead(4, 6)
+    loaded = []
+    ctx = SimpleNamespace(
+        device=torch.device("cpu"),
+        cfg=SimpleNamespace(train=TrainConfig(iters=1), text="text"),
+        loader=lambda cfg: None,
+        start_from_foundation=lambda name, b, h: loaded.append((name, b, h)),
+    )
+    for foundation_head, expected in ((True, head), (False, None)):
+        loaded.clear()
+        segmenter_plan(
+            ctx, backbone, head, "shipped", torch.randn(3, 6), _lookup(), 255,
+            foundation_head=foundation_head,
+        )  # fmt: skip
+        assert loaded == [("shipped", backbone, expected)]
+    # its own shared stage: never the baseline's weights; True keeps the keys and run identities
+    # recorded before the option existed (a neutral default)
+    parts = dict(classes="seen", frozen=True)
+    on = segmenter_stage_parts(ctx, SmallUNetConfig(), "shipped", **parts)
+    off = segmenter_stage_parts(ctx, SmallUNetConfig(), "shipped", **parts, foundation_head=False)
+    assert on != off
+    older = {k: v for k, v in on.items() if k != "foundation_head"}  # the parts before it existed
+    assert without_neutral(on) == without_neutral(older) != without_neutral(off)
+    preset = "projection-frozen_unet-small_2k_shapeworld"
+    resolved = check_config(load_config(preset))
+    before = json.loads(json.dumps(resolved, default=str))
+    del before["model"]["foundation_head"]
+    assert config_hash(resolved) == config_hash(before)
+    changed = check_config(load_config(preset, ["model.foundation_head=false"]))
+    assert config_hash(changed) != config_hash(resolved)
+    with pytest.raises(ValueError, match="model.foundation_head: false"):
+        ProjectionConfig(foundation=None, foundation_head=False)

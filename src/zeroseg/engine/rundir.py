@@ -40,6 +40,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "pooled": {"enabled": False, "alpha": 0.4, "beta": 0.8},
     # the mask family's class loss on unmatched queries over unknown pixels (session 40), as before
     "skip_unknown_queries": False,
+    # the projection head started from the foundation (session 40: False is an ablation)
+    "foundation_head": True,
 }
 
 

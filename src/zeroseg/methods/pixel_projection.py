@@ -31,9 +31,18 @@ class ProjectionConfig:
         False  # train the head only (ZegCLIP's baseline on the frozen foundation)
     )
     backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to the head's
+    # with a foundation: start the projection head (and its text-side map) from it too; False
+    # starts the head at random on the foundation's backbone (an ablation: how much of the
+    # baseline is the foundation's pixel-name alignment)
+    foundation_head: bool = True
 
     def __post_init__(self) -> None:
         check_minimum(self, ("backbone_lr_mult",), 0, strict=True)  # frozen: freeze_backbone
+        if not self.foundation_head and not self.foundation:
+            raise ValueError(
+                "model.foundation_head: false starts the head at random on a foundation's "
+                "backbone; set model.foundation (e.g. shipped) or drop foundation_head"
+            )
 
 
 def segmenter_stage_parts(
@@ -44,6 +53,7 @@ def segmenter_stage_parts(
     classes: str,
     frozen: bool,
     backbone_lr_mult: float = 1.0,
+    foundation_head: bool = True,
 ) -> dict:
     """The shared-stage key parts of the projection model's training on pixel labels.
 
@@ -61,6 +71,7 @@ def segmenter_stage_parts(
         "classes": classes,
         "frozen": frozen,
         "backbone_lr_mult": backbone_lr_mult,  # left out of the key at 1 (NEUTRAL_DEFAULTS)
+        "foundation_head": foundation_head,  # left out of the key when True (NEUTRAL_DEFAULTS)
         "train": ctx.cfg.train,
         "text": ctx.cfg.text,
     }
@@ -80,8 +91,10 @@ def segmenter_plan(
     ignore_index: int,
     *,
     backbone_lr_mult: float = 1.0,
+    foundation_head: bool = True,
 ) -> StagePlan:
-    """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set) trained with
+    """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set; the head from
+    it only with ``foundation_head``, else at its random initialisation) trained with
     cross-entropy over ``class_embeddings`` on the run's loader, ``lookup`` mapping labels to
     their positions (the ignore index for labels outside them). The one step of the projection
     baseline, the oracle and ZS3Net/ZS5Net's stage 1."""
@@ -90,7 +103,7 @@ def segmenter_plan(
     cfg = ctx.cfg.train
     loader = ctx.loader(cfg)
     if foundation:
-        ctx.start_from_foundation(foundation, backbone, head)
+        ctx.start_from_foundation(foundation, backbone, head if foundation_head else None)
 
     def step(model, batch):
         out = head(backbone(batch["image"].to(ctx.device)), emb)

@@ -56,6 +56,7 @@ class Projection(PixelProjection):
                 classes=self.label_classes,
                 frozen=self.frozen_backbone,
                 backbone_lr_mult=self.cfg.backbone_lr_mult,
+                foundation_head=self.cfg.foundation_head,
             ),
             model=self,
             prepare=lambda: self._plan(ctx),
@@ -74,6 +75,7 @@ class Projection(PixelProjection):
             lookup,
             self.split.ignore_index,
             backbone_lr_mult=self.cfg.backbone_lr_mult,
+            foundation_head=self.cfg.foundation_head,
         )
 
     def guard_split(self):
