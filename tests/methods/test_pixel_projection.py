@@ -121,3 +121,35 @@ def test_foundation_head_false_loads_the_foundations_backbone_only():
     assert config_hash(changed) != config_hash(resolved)
     with pytest.raises(ValueError, match="model.foundation_head: false"):
         ProjectionConfig(foundation=None, foundation_head=False)
+
+
+def test_freeze_text_map_leaves_the_heads_text_side_out_of_training():
+    import json
+
+    from zeroseg.config import load_config
+    from zeroseg.engine.rundir import config_hash
+    from zeroseg.runner import check_config
+
+    ctx = SimpleNamespace(
+        device=torch.device("cpu"),
+        cfg=SimpleNamespace(train=TrainConfig(iters=1)),
+        loader=lambda cfg: None,
+    )
+    for freeze in (False, True):
+        backbone = SmallUNet(SmallUNetConfig(widths=(4, 4, 4, 4), out_dim=4))
+        head = ProjectionHead(4, 6)
+        plan = segmenter_plan(
+            ctx, backbone, head, None, torch.randn(3, 6), _lookup(), 255,
+            backbone_lr_mult=0.5, freeze_text_map=freeze,
+        )  # fmt: skip
+        trained = {id(p) for group in plan.params for p in group["params"]}
+        text = head.text_proj.weight
+        assert (id(text) in trained) is not freeze and text.requires_grad is not freeze
+        assert {id(p) for p in head.proj.parameters()} <= trained  # the visual side still trains
+    preset = "projection_unet-small_2k_shapeworld"
+    resolved = check_config(load_config(preset))
+    before = json.loads(json.dumps(resolved, default=str))
+    del before["model"]["freeze_text_map"]
+    assert config_hash(resolved) == config_hash(before)
+    changed = check_config(load_config(preset, ["model.freeze_text_map=true"]))
+    assert config_hash(changed) != config_hash(resolved)

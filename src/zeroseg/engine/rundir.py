@@ -42,6 +42,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "skip_unknown_queries": False,
     # the projection head started from the foundation (session 40: False is an ablation)
     "foundation_head": True,
+    # the projection head's text-side map kept as it starts (session 40: an ablation)
+    "freeze_text_map": False,
 }
 
 

@@ -35,6 +35,9 @@ class ProjectionConfig:
     # starts the head at random on the foundation's backbone (an ablation: how much of the
     # baseline is the foundation's pixel-name alignment)
     foundation_head: bool = True
+    # keep the head's text-side map as it starts (the foundation's), as SPNet keeps its word
+    # embeddings fixed: only the visual side learns from the seen names (an ablation)
+    freeze_text_map: bool = False
 
     def __post_init__(self) -> None:
         check_minimum(self, ("backbone_lr_mult",), 0, strict=True)  # frozen: freeze_backbone
@@ -54,6 +57,7 @@ def segmenter_stage_parts(
     frozen: bool,
     backbone_lr_mult: float = 1.0,
     foundation_head: bool = True,
+    freeze_text_map: bool = False,
 ) -> dict:
     """The shared-stage key parts of the projection model's training on pixel labels.
 
@@ -72,6 +76,7 @@ def segmenter_stage_parts(
         "frozen": frozen,
         "backbone_lr_mult": backbone_lr_mult,  # left out of the key at 1 (NEUTRAL_DEFAULTS)
         "foundation_head": foundation_head,  # left out of the key when True (NEUTRAL_DEFAULTS)
+        "freeze_text_map": freeze_text_map,  # left out of the key when False (NEUTRAL_DEFAULTS)
         "train": ctx.cfg.train,
         "text": ctx.cfg.text,
     }
@@ -92,9 +97,11 @@ def segmenter_plan(
     *,
     backbone_lr_mult: float = 1.0,
     foundation_head: bool = True,
+    freeze_text_map: bool = False,
 ) -> StagePlan:
     """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set; the head from
-    it only with ``foundation_head``, else at its random initialisation) trained with
+    it only with ``foundation_head``, else at its random initialisation; its text-side map
+    left as it starts with ``freeze_text_map``) trained with
     cross-entropy over ``class_embeddings`` on the run's loader, ``lookup`` mapping labels to
     their positions (the ignore index for labels outside them). The one step of the projection
     baseline, the oracle and ZS3Net/ZS5Net's stage 1."""
@@ -110,7 +117,11 @@ def segmenter_plan(
         labels = batch["label"].to(ctx.device)
         return {"loss": full_resolution_cross_entropy(out, labels, lookup, ignore_index)}
 
-    params = [*backbone.parameters(), *head.parameters()]
+    frozen = set()
+    if freeze_text_map and head.text_proj is not None:
+        head.text_proj.requires_grad_(False)
+        frozen = {id(p) for p in head.text_proj.parameters()}
+    params = [*backbone.parameters(), *(p for p in head.parameters() if id(p) not in frozen)]
     return StagePlan(
         step, loader, cfg, params=scaled_lr_groups(params, backbone, cfg.lr, backbone_lr_mult)
     )

@@ -57,6 +57,7 @@ class Projection(PixelProjection):
                 frozen=self.frozen_backbone,
                 backbone_lr_mult=self.cfg.backbone_lr_mult,
                 foundation_head=self.cfg.foundation_head,
+                freeze_text_map=self.cfg.freeze_text_map,
             ),
             model=self,
             prepare=lambda: self._plan(ctx),
@@ -76,6 +77,7 @@ class Projection(PixelProjection):
             self.split.ignore_index,
             backbone_lr_mult=self.cfg.backbone_lr_mult,
             foundation_head=self.cfg.foundation_head,
+            freeze_text_map=self.cfg.freeze_text_map,
         )
 
     def guard_split(self):
