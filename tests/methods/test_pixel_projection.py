@@ -79,14 +79,11 @@ def test_the_projection_models_stage_trains_on_full_resolution_labels():
 
 
 def test_foundation_head_false_loads_the_foundations_backbone_only():
-    import json
 
     import pytest
 
-    from zeroseg.config import load_config
-    from zeroseg.engine.rundir import config_hash, without_neutral
+    from zeroseg.engine.rundir import without_neutral
     from zeroseg.methods.pixel_projection import ProjectionConfig, segmenter_stage_parts
-    from zeroseg.runner import check_config
 
     backbone = SmallUNet(SmallUNetConfig(widths=(4, 4, 4, 4), out_dim=4))
     head = ProjectionHead(4, 6)
@@ -112,23 +109,14 @@ def test_foundation_head_false_loads_the_foundations_backbone_only():
     assert on != off
     older = {k: v for k, v in on.items() if k != "foundation_head"}  # the parts before it existed
     assert without_neutral(on) == without_neutral(older) != without_neutral(off)
-    preset = "projection-frozen_unet-small_2k_shapeworld"
-    resolved = check_config(load_config(preset))
-    before = json.loads(json.dumps(resolved, default=str))
-    del before["model"]["foundation_head"]
-    assert config_hash(resolved) == config_hash(before)
-    changed = check_config(load_config(preset, ["model.foundation_head=false"]))
-    assert config_hash(changed) != config_hash(resolved)
+    _assert_neutral_default(
+        "projection-frozen_unet-small_2k_shapeworld", "foundation_head", "false"
+    )
     with pytest.raises(ValueError, match="model.foundation_head: false"):
         ProjectionConfig(foundation=None, foundation_head=False)
 
 
 def test_freeze_text_map_leaves_the_heads_text_side_out_of_training():
-    import json
-
-    from zeroseg.config import load_config
-    from zeroseg.engine.rundir import config_hash
-    from zeroseg.runner import check_config
 
     ctx = SimpleNamespace(
         device=torch.device("cpu"),
@@ -146,10 +134,21 @@ def test_freeze_text_map_leaves_the_heads_text_side_out_of_training():
         text = head.text_proj.weight
         assert (id(text) in trained) is not freeze and text.requires_grad is not freeze
         assert {id(p) for p in head.proj.parameters()} <= trained  # the visual side still trains
-    preset = "projection_unet-small_2k_shapeworld"
-    resolved = check_config(load_config(preset))
+    _assert_neutral_default("projection_unet-small_2k_shapeworld", "freeze_text_map", "true")
+
+
+def _assert_neutral_default(preset: str, key: str, other: str) -> None:
+    """``model.<key>`` at its default keeps the run identities recorded before it existed;
+    ``other`` changes them."""
+    import json
+
+    from zeroseg.config import load_config
+    from zeroseg.engine.rundir import config_hash
+    from zeroseg.runner import check_config
+
+    resolved = check_config(load_config(preset))  # every default filled in, as run.json
     before = json.loads(json.dumps(resolved, default=str))
-    del before["model"]["freeze_text_map"]
+    del before["model"][key]
     assert config_hash(resolved) == config_hash(before)
-    changed = check_config(load_config(preset, ["model.freeze_text_map=true"]))
+    changed = check_config(load_config(preset, [f"model.{key}={other}"]))
     assert config_hash(changed) != config_hash(resolved)
