@@ -146,3 +146,33 @@ def _reference_semantic_metrics(preds, labels, seen, unseen, ignore_index: int =
 def reference_semantic_metrics():
     """The function :func:`_reference_semantic_metrics`."""
     return _reference_semantic_metrics
+
+
+def _check_neutral_default(preset: str, key: str, changed: str) -> None:
+    """An option at its neutral default keeps the run identities recorded before it existed:
+    ``preset``'s resolved config (every default filled in, as run.json) hashes the same with the
+    option's ``key`` (a dotted path, e.g. ``model.pooled``) deleted, and the override ``changed``
+    (``key=value``) gives another hash."""
+    import json
+
+    from zeroseg.config import load_config
+    from zeroseg.engine.rundir import config_hash
+    from zeroseg.runner import check_config
+
+    resolved = check_config(load_config(preset))
+    before = json.loads(json.dumps(resolved, default=str))
+    *path, last = key.split(".")
+    node = before
+    for part in path:
+        node = node[part]
+    del node[last]  # as recorded before the option existed
+    assert config_hash(resolved) == config_hash(before), preset
+    assert config_hash(check_config(load_config(preset, [changed]))) != config_hash(resolved), (
+        preset
+    )
+
+
+@pytest.fixture
+def neutral_default():
+    """:func:`_check_neutral_default`, for tests of options that must not change old runs."""
+    return _check_neutral_default

@@ -78,7 +78,7 @@ def test_the_projection_models_stage_trains_on_full_resolution_labels():
     assert not torch.isclose(a, b)
 
 
-def test_foundation_head_false_loads_the_foundations_backbone_only():
+def test_foundation_head_false_loads_the_foundations_backbone_only(neutral_default):
 
     import pytest
 
@@ -109,14 +109,16 @@ def test_foundation_head_false_loads_the_foundations_backbone_only():
     assert on != off
     older = {k: v for k, v in on.items() if k != "foundation_head"}  # the parts before it existed
     assert without_neutral(on) == without_neutral(older) != without_neutral(off)
-    _assert_neutral_default(
-        "projection-frozen_unet-small_2k_shapeworld", "foundation_head", "false"
+    neutral_default(
+        "projection-frozen_unet-small_2k_shapeworld",
+        "model.foundation_head",
+        "model.foundation_head=false",
     )
     with pytest.raises(ValueError, match="model.foundation_head: false"):
         ProjectionConfig(foundation=None, foundation_head=False)
 
 
-def test_freeze_text_map_leaves_the_heads_text_side_out_of_training():
+def test_freeze_text_map_leaves_the_heads_text_side_out_of_training(neutral_default):
 
     ctx = SimpleNamespace(
         device=torch.device("cpu"),
@@ -134,21 +136,6 @@ def test_freeze_text_map_leaves_the_heads_text_side_out_of_training():
         text = head.text_proj.weight
         assert (id(text) in trained) is not freeze and text.requires_grad is not freeze
         assert {id(p) for p in head.proj.parameters()} <= trained  # the visual side still trains
-    _assert_neutral_default("projection_unet-small_2k_shapeworld", "freeze_text_map", "true")
-
-
-def _assert_neutral_default(preset: str, key: str, other: str) -> None:
-    """``model.<key>`` at its default keeps the run identities recorded before it existed;
-    ``other`` changes them."""
-    import json
-
-    from zeroseg.config import load_config
-    from zeroseg.engine.rundir import config_hash
-    from zeroseg.runner import check_config
-
-    resolved = check_config(load_config(preset))  # every default filled in, as run.json
-    before = json.loads(json.dumps(resolved, default=str))
-    del before["model"][key]
-    assert config_hash(resolved) == config_hash(before)
-    changed = check_config(load_config(preset, [f"model.{key}={other}"]))
-    assert config_hash(changed) != config_hash(resolved)
+    neutral_default(
+        "projection_unet-small_2k_shapeworld", "model.freeze_text_map", "model.freeze_text_map=true"
+    )

@@ -223,19 +223,14 @@ def set_loss(
         v = t.valid if t.valid is not None else torch.ones(masks.shape[-2:], device=device)
         valid.append(v.to(device).float().flatten()[None].expand(len(qi), -1))
     any_unknown = any(t.valid is not None for t in targets)
-    if w.skip_unknown_queries and any_unknown:
-        target_cls = _skip_unknown_queries(target_cls, masks, targets, k1 - 1)
     class_w = torch.ones(k1, device=device)
     class_w[-1] = w.no_object_weight
-    if bool((target_cls >= 0).any()):
-        ce = F.cross_entropy(
-            logits.float().reshape(-1, k1),
-            target_cls.reshape(-1),
-            weight=class_w,
-            ignore_index=-100,
-        )
-    else:  # every query skipped (only unknown pixels, every mask on them): no class term, not NaN
-        ce = logits.float().sum() * 0.0
+    if w.skip_unknown_queries and any_unknown:
+        target_cls = _skip_unknown_queries(target_cls, masks, targets, k1 - 1)
+    if w.skip_unknown_queries and not bool((target_cls >= 0).any()):
+        ce = logits.float().sum() * 0.0  # every query skipped: no class term, not NaN
+    else:  # (skipped queries carry cross_entropy's ignore index, -100)
+        ce = F.cross_entropy(logits.float().reshape(-1, k1), target_cls.reshape(-1), weight=class_w)
     num = max(1, sum(len(qi) for qi, _ in matches))
     if num and src_masks and sum(len(s) for s in src_masks):
         x = torch.cat(src_masks).float().flatten(1)
@@ -261,7 +256,6 @@ def _skip_unknown_queries(
     """``target_cls`` with -100 (no class loss) for every unmatched query whose predicted mask
     (logit > 0) has more than half of its pixels on unknown ones. The choice is made on the
     detached masks: it passes no gradient, and what the unknown pixels hold is never read."""
-    b, n = target_cls.shape
     device = masks.device
     unknown = torch.stack(
         [
