@@ -503,3 +503,55 @@ def test_self_training_pseudo_labels_seen_classes_only_with_pseudo_seen(
     pseudo = m.pseudo_labels(images, torch.randn(split.num_classes, 384), seen_mask, (4, 4))
     assert (pseudo[0, :, 2:] == u).all()
     assert (pseudo[0, :, :2] == (s if pseudo_seen else 255)).all()
+
+
+def test_aligned_init_starts_the_decoder_from_the_loaded_foundation(
+    tiny_world, tmp_path, neutral_default
+):
+    from zeroseg.foundation import load_foundation
+
+    cfg = load_config(
+        "zegclip_foundation_shapeworld",
+        [
+            f"data.world={tiny_world}",
+            "train.iters=2",
+            "train.lr=1e-6",
+            "model.decoder.aligned_init=true",
+            "model.decoder.width=96",  # above the 65 dimensions the foundation's tokens span
+            "model.decoder.heads=2",
+            "model.decoder.layers=2",
+        ],
+    )
+    method = train(cfg, tmp_path / "run", progress=False).method
+    dec = method.decoder
+    # aligned to the shipped foundation's token subspace, not to the random head it was built with
+    basis = load_foundation("shipped").head.embedding_basis()
+    to_width = dec.input_proj.weight
+    torch.testing.assert_close(to_width @ basis @ basis.T, to_width, atol=1e-3, rtol=0)
+    torch.testing.assert_close(to_width.T @ to_width, basis @ basis.T, atol=1e-3, rtol=0)
+    eye = torch.eye(96)
+    torch.testing.assert_close(dec.layers[1].attn.k.weight, eye, atol=1e-3, rtol=0)
+    assert dec.layers[1].attn.proj.weight.abs().max() < 1e-3  # residual branches start at zero
+    with pytest.raises(ValueError, match="aligned_init"):
+        build_method(
+            load_config(
+                "zegclip_foundation_shapeworld",
+                [
+                    f"data.world={tiny_world}",
+                    "model.encoder=shapeworld",
+                    "model.decoder.aligned_init=true",
+                ],
+            ),
+            load_spec_split(tiny_world),
+            384,
+        )
+    neutral_default(
+        "zegclip_foundation_shapeworld",
+        "model.decoder.aligned_init",
+        "model.decoder.aligned_init=true",
+    )
+    neutral_default(
+        "zegclip_foundation_shapeworld",
+        "model.decoder.aligned_scale",
+        "model.decoder.aligned_scale=10",
+    )

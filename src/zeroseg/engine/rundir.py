@@ -44,6 +44,9 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "foundation_head": True,
     # the projection head's text-side map kept as it starts (session 40: an ablation)
     "freeze_text_map": False,
+    # ZegCLIP's decoder started as the foundation's pixel-name match (session 41), off
+    "aligned_init": False,
+    "aligned_scale": 20.0,
 }
 
 

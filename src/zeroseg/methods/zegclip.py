@@ -268,6 +268,12 @@ class ZegCLIP(Method):
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
         cfg = dataclasses.replace(cfg, **self.forced) if self.forced else cfg
         super().__init__(cfg, split=split, embed_dim=embed_dim)
+        if cfg.decoder.aligned_init and cfg.encoder != "foundation":
+            raise ValueError(
+                f"ZegCLIP model.decoder.aligned_init starts the decoder as the ShapeWorld "
+                f"foundation's pixel-name match; encoder {cfg.encoder!r} is not aligned at the "
+                f"token level: set model.encoder: foundation or aligned_init: false"
+            )
         if cfg.tune_head and cfg.encoder != "foundation":
             raise ValueError(
                 f"ZegCLIPConfig.tune_head trains the ShapeWorld foundation's projection head; "
@@ -484,6 +490,8 @@ class ZegCLIP(Method):
         if self.cfg.encoder == "foundation":
             ctx.start_from_foundation(self.cfg.foundation, self.encoder.backbone, self.encoder.head)
             self._freeze_encoder()
+            if self.cfg.decoder.aligned_init:  # the decoder starts as the foundation's match
+                self.decoder.align(self.encoder.head.embedding_basis())
             return
         if self.cfg.encoder != "shapeworld":
             if self.cfg.pretrained is not None:  # the frozen CLIP image encoder

@@ -46,6 +46,19 @@ class ProjectionHead(nn.Module):
         """(B, C, h, w) -> (B, D, h, w) unit pixel embeddings."""
         return F.normalize(self.proj(features), dim=1)
 
+    @torch.no_grad()
+    def embedding_basis(self) -> torch.Tensor:
+        """(D, r) orthonormal columns whose span holds every pixel embedding (r <= C + 1).
+
+        An embedding is W g + b (the last 1x1 layer on the C-dim hidden map), normalised: it lies
+        in the span of W's columns and b, whatever the image. Pooled or averaged embeddings do too.
+        """
+        last = self.proj[-1]
+        cols = torch.cat([last.weight.flatten(1), last.bias[:, None]], dim=1).double()  # (D, C+1)
+        q, r = torch.linalg.qr(cols)
+        keep = r.diagonal().abs() > 1e-8 * r.diagonal().abs().max()  # drop dependent columns
+        return q[:, keep].float()
+
     def text_side(self, class_embeddings: torch.Tensor) -> torch.Tensor:
         """(K, D) class embeddings -> (K, D) unit vectors the pixel embeddings are matched against
         (through the shared text map when there is one)."""

@@ -61,6 +61,12 @@ class ZegCLIPDecoderConfig:
     # sigmoid masks of the 128-wide decoder stay too flat to fit the small classes in the demo's
     # budget (docs/methods.md, "ZegCLIP and the ShapeWorld CLIP-style encoder").
     mask_scale: float = 1.0
+    # Start the decoder as the encoder's own pixel-name match (False: the paper's random start).
+    # With tokens already aligned with the class names (the ShapeWorld foundation's; CLIP's patch
+    # tokens are not), every layer's masks begin as ``aligned_scale * cos(t_k, p)``, the zero-shot
+    # labelling a projection head on the same tokens starts from (``ZegCLIPDecoder.align``).
+    aligned_init: bool = False
+    aligned_scale: float = 20.0  # aligned_init: the masks' logit scale at the start
 
 
 def relationship_descriptor(text: Tensor, cls: Tensor) -> Tensor:
@@ -273,6 +279,62 @@ class ZegCLIPDecoder(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def align(self, basis: Tensor) -> None:
+        """Starts every layer's masks as ``aligned_scale * (t_k . p)`` for unit tokens p in the
+        span of ``basis`` and unit text t_k: the encoder's own pixel-name match
+        (``ZegCLIPDecoderConfig.aligned_init``; the paper starts at random).
+
+        The input projection maps the token subspace isometrically onto ``width`` directions that
+        sum to zero, so its LayerNorm only rescales a token (to norm sqrt(width)); the queries'
+        text half maps t_k the same way, plus its part outside that subspace onto the remaining
+        directions (random, norm-preserving on average), which no key reaches: the LayerNorm of
+        the later layers then divides each query by about |t_k| = 1, for every class alike. The
+        cross-attention's query and key maps are scaled identities, the residual branches (the
+        attention's output map and the MLP's last layer) start at zero, and the image half of the
+        relationship descriptor at zero; everything trains from there.
+
+        Args:
+            basis: (D, r) orthonormal columns spanning every patch embedding, r < width.
+        """
+        cfg, width = self.config, self.config.width
+        if not cfg.input_proj:
+            raise ValueError(
+                "ZegCLIPDecoderConfig.aligned_init maps the tokens through the input projection: "
+                "set input_proj: true"
+            )
+        d, r = basis.shape
+        if r >= width:
+            raise ValueError(
+                f"ZegCLIPDecoderConfig.aligned_init: the tokens span {r} dimensions; the decoder "
+                f"width ({width}) must exceed that"
+            )
+        basis = basis.to(self.input_proj.weight)
+        # (width, width - 1) orthonormal columns orthogonal to the all-ones vector
+        ones = torch.full((width, 1), width**-0.5)
+        g = torch.randn(width, width - 1)
+        frame, _ = torch.linalg.qr(g - ones @ (ones.T @ g))
+        inside, outside = frame[:, :r], frame[:, r:]
+        to_width = inside @ basis.T  # (width, D): isometric on the span of basis
+        rest = torch.eye(d) - basis @ basis.T  # the part of t outside the span
+        spread = torch.randn(outside.shape[1], d) / max(outside.shape[1], 1) ** 0.5
+        self.input_proj.weight.copy_(to_width)
+        self.input_proj.bias.zero_()
+        self.q_proj.weight.zero_()
+        self.q_proj.bias.zero_()
+        self.q_proj.weight[:, -d:] = to_width + outside @ spread @ rest
+        # mean_heads(Q_h . K_h) / sqrt(d_head) * mask_scale = a (q . k) / (heads sqrt(d_head))
+        #   * mask_scale, with |k| = sqrt(width) |p|, |q| about 1 (layer 1) or sqrt(width)
+        unit = cfg.heads * (width // cfg.heads) ** 0.5 / cfg.mask_scale * cfg.aligned_scale
+        for i, layer in enumerate(self.layers):
+            gain = unit / width ** (0.5 if i == 0 else 1.0)
+            layer.attn.q.weight.copy_(torch.eye(width) * gain)
+            layer.attn.k.weight.copy_(torch.eye(width))
+            for lin in (layer.attn.q, layer.attn.k, layer.attn.proj, layer.mlp[-1]):
+                lin.bias.zero_()
+            layer.attn.proj.weight.zero_()
+            layer.mlp[-1].weight.zero_()
 
     def queries(self, text: Tensor, cls: Tensor) -> Tensor:
         """(K, D) text, (B, D) CLS -> (B, K, width) class queries."""
