@@ -551,6 +551,15 @@ def test_aligned_init_starts_the_decoder_from_the_loaded_foundation(
             384,
         )
     # a preset that keeps the random start: its runs' identities are as before the option
+    with pytest.raises(ValueError, match="must exceed"):  # at build time, before any data
+        build_method(
+            load_config(
+                "zegclip_foundation_shapeworld",
+                [f"data.world={tiny_world}", "model.decoder.width=64", "model.decoder.heads=2"],
+            ),
+            load_spec_split(tiny_world),
+            384,
+        )
     neutral_default(
         "zegclip_vit-tiny_shapeworld",
         "model.decoder.aligned_init",

@@ -81,3 +81,6 @@ def test_aligned_init_refuses_what_it_cannot_keep():
     with pytest.raises(ValueError, match="must exceed"):
         cfg = ZegCLIPDecoderConfig(width=8, heads=2, aligned_init=True)
         ZegCLIPDecoder(cfg, visual_dim=D, text_dim=D).align(head.embedding_basis())
+    with pytest.raises(ValueError, match="aligned_scale"):
+        cfg = ZegCLIPDecoderConfig(width=32, heads=2, aligned_init=True, aligned_scale=0.0)
+        ZegCLIPDecoder(cfg, visual_dim=D, text_dim=D).align(head.embedding_basis())

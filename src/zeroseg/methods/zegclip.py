@@ -297,6 +297,8 @@ class ZegCLIP(Method):
                 text_dim=embed_dim,
                 relationship=cfg.rd,
             )
+            if cfg.decoder.aligned_init:  # refused here, not after the foundation is loaded
+                self.decoder.check_aligned(self.encoder.head.proj[-1].in_channels + 1)
             return
         vis = self.encoder.config
         depth = vis.layers if cfg.prompt_depth < 0 else cfg.prompt_depth

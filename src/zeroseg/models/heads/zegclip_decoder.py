@@ -280,6 +280,24 @@ class ZegCLIPDecoder(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def check_aligned(self, rank: int) -> None:
+        """Raises unless :meth:`align` can start this decoder on tokens spanning ``rank`` dims."""
+        cfg = self.config
+        if not cfg.input_proj:
+            raise ValueError(
+                "ZegCLIPDecoderConfig.aligned_init maps the tokens through the input projection: "
+                "set input_proj: true"
+            )
+        if not cfg.aligned_scale > 0:
+            raise ValueError(
+                f"ZegCLIPDecoderConfig.aligned_scale must be > 0, got {cfg.aligned_scale}"
+            )
+        if rank >= cfg.width:
+            raise ValueError(
+                f"ZegCLIPDecoderConfig.aligned_init: the tokens span up to {rank} dimensions; the "
+                f"decoder width ({cfg.width}) must exceed that"
+            )
+
     @torch.no_grad()
     def align(self, basis: Tensor) -> None:
         """Starts every layer's masks as ``aligned_scale * (t_k . p)`` for unit tokens p in the
@@ -299,26 +317,18 @@ class ZegCLIPDecoder(nn.Module):
             basis: (D, r) orthonormal columns spanning every patch embedding, r < width.
         """
         cfg, width = self.config, self.config.width
-        if not cfg.input_proj:
-            raise ValueError(
-                "ZegCLIPDecoderConfig.aligned_init maps the tokens through the input projection: "
-                "set input_proj: true"
-            )
         d, r = basis.shape
-        if r >= width:
-            raise ValueError(
-                f"ZegCLIPDecoderConfig.aligned_init: the tokens span {r} dimensions; the decoder "
-                f"width ({width}) must exceed that"
-            )
-        basis = basis.to(self.input_proj.weight)
+        self.check_aligned(r)
+        like = {"device": self.input_proj.weight.device, "dtype": self.input_proj.weight.dtype}
+        basis = basis.to(**like)
         # (width, width - 1) orthonormal columns orthogonal to the all-ones vector
-        ones = torch.full((width, 1), width**-0.5)
-        g = torch.randn(width, width - 1)
+        ones = torch.full((width, 1), width**-0.5, **like)
+        g = torch.randn(width, width - 1, **like)
         frame, _ = torch.linalg.qr(g - ones @ (ones.T @ g))
         inside, outside = frame[:, :r], frame[:, r:]
         to_width = inside @ basis.T  # (width, D): isometric on the span of basis
-        rest = torch.eye(d) - basis @ basis.T  # the part of t outside the span
-        spread = torch.randn(outside.shape[1], d) / max(outside.shape[1], 1) ** 0.5
+        rest = torch.eye(d, **like) - basis @ basis.T  # the part of t outside the span
+        spread = torch.randn(outside.shape[1], d, **like) / max(outside.shape[1], 1) ** 0.5
         self.input_proj.weight.copy_(to_width)
         self.input_proj.bias.zero_()
         self.q_proj.weight.zero_()
@@ -329,8 +339,8 @@ class ZegCLIPDecoder(nn.Module):
         unit = cfg.heads * (width // cfg.heads) ** 0.5 / cfg.mask_scale * cfg.aligned_scale
         for i, layer in enumerate(self.layers):
             gain = unit / width ** (0.5 if i == 0 else 1.0)
-            layer.attn.q.weight.copy_(torch.eye(width) * gain)
-            layer.attn.k.weight.copy_(torch.eye(width))
+            layer.attn.q.weight.copy_(torch.eye(width, **like) * gain)
+            layer.attn.k.weight.copy_(torch.eye(width, **like))
             for lin in (layer.attn.q, layer.attn.k, layer.attn.proj, layer.mlp[-1]):
                 lin.bias.zero_()
             layer.attn.proj.weight.zero_()
