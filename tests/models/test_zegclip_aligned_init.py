@@ -34,7 +34,7 @@ def _decoder(aligned: bool, **kw) -> ZegCLIPDecoder:
 def test_embedding_basis_spans_every_pixel_embedding_and_is_orthonormal():
     head, tokens, _ = _tokens_and_text()
     basis = head.embedding_basis()
-    assert basis.shape == (D, 9)  # the last layer's 8 columns and its bias
+    assert basis.shape == (D, 9) == (D, head.embedding_rank_bound)  # 8 columns and the bias
     torch.testing.assert_close(basis.T @ basis, torch.eye(9), atol=1e-5, rtol=0)
     flat = tokens.reshape(-1, D)
     torch.testing.assert_close(flat @ basis @ basis.T, flat, atol=1e-5, rtol=0)

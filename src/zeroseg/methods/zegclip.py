@@ -268,17 +268,18 @@ class ZegCLIP(Method):
     def __init__(self, cfg: ZegCLIPConfig, *, split, embed_dim: int):
         cfg = dataclasses.replace(cfg, **self.forced) if self.forced else cfg
         super().__init__(cfg, split=split, embed_dim=embed_dim)
-        if cfg.decoder.aligned_init and cfg.encoder != "foundation":
-            raise ValueError(
-                f"ZegCLIP model.decoder.aligned_init starts the decoder as the ShapeWorld "
-                f"foundation's pixel-name match; encoder {cfg.encoder!r} is not aligned at the "
-                f"token level: set model.encoder: foundation or aligned_init: false"
-            )
-        if cfg.tune_head and cfg.encoder != "foundation":
-            raise ValueError(
-                f"ZegCLIPConfig.tune_head trains the ShapeWorld foundation's projection head; "
-                f"encoder {cfg.encoder!r} has none: set model.encoder: foundation or tune_head: false"
-            )
+        # options that need the ShapeWorld foundation: its projection head, its tokens aligned
+        # with the class names at the token level (CLIP's are not)
+        for key, on in (
+            ("tune_head", cfg.tune_head),
+            ("decoder.aligned_init", cfg.decoder.aligned_init),
+        ):
+            if on and cfg.encoder != "foundation":
+                raise ValueError(
+                    f"ZegCLIP model.{key} is for the ShapeWorld foundation (its projection head, "
+                    f"tokens aligned with the class names); encoder {cfg.encoder!r} has neither: "
+                    f"set model.encoder: foundation or {key}: false"
+                )
         self.encoder = self._build_encoder(cfg)
         self._freeze_encoder()
         self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
@@ -298,7 +299,7 @@ class ZegCLIP(Method):
                 relationship=cfg.rd,
             )
             if cfg.decoder.aligned_init:  # refused here, not after the foundation is loaded
-                self.decoder.check_aligned(self.encoder.head.proj[-1].in_channels + 1)
+                self.decoder.check_aligned(self.encoder.head.embedding_rank_bound)
             return
         vis = self.encoder.config
         depth = vis.layers if cfg.prompt_depth < 0 else cfg.prompt_depth

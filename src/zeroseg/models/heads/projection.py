@@ -46,9 +46,17 @@ class ProjectionHead(nn.Module):
         """(B, C, h, w) -> (B, D, h, w) unit pixel embeddings."""
         return F.normalize(self.proj(features), dim=1)
 
+    @property
+    def embedding_rank_bound(self) -> int:
+        """C + 1: no more dimensions than this hold the pixel embeddings (see
+        :meth:`embedding_basis`); known without the weights, so a model built on the ``meta``
+        device can be checked against it."""
+        return self.proj[-1].in_channels + 1
+
     @torch.no_grad()
     def embedding_basis(self) -> torch.Tensor:
-        """(D, r) orthonormal columns whose span holds every pixel embedding (r <= C + 1).
+        """(D, r) orthonormal columns whose span holds every pixel embedding
+        (r <= :attr:`embedding_rank_bound`).
 
         An embedding is W g + b (the last 1x1 layer on the C-dim hidden map), normalised: it lies
         in the span of W's columns and b, whatever the image. Pooled or averaged embeddings do too.
