@@ -436,6 +436,96 @@ def test_tune_head_trains_the_foundation_head_and_nothing_else_of_it(tiny_world,
         )
 
 
+def _small_foundation_zegclip(tiny_world, *extra: str):
+    return load_config(
+        "zegclip_foundation_shapeworld",
+        [
+            f"data.world={tiny_world}",
+            "train.iters=20",
+            "model.decoder.width=72",  # the aligned start needs more than the tokens' 65 dims
+            "model.decoder.heads=2",
+            "model.decoder.layers=2",
+            *extra,
+        ],
+    )
+
+
+def test_head_lr_mult_gives_the_tuned_head_its_own_rate(
+    tiny_world, tmp_path, monkeypatch, neutral_default
+):
+    import zeroseg.methods.zegclip as zegclip_mod
+
+    plans = []
+    real = zegclip_mod.StagePlan
+
+    def spy(*args, **kwargs):
+        plans.append(kwargs.get("params"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zegclip_mod, "StagePlan", spy)
+    cfg = _small_foundation_zegclip(
+        tiny_world, "model.tune_head=true", "model.head_lr_mult=10", "train.iters=2"
+    )
+    method = train(cfg, tmp_path / "run", progress=False).method
+    (groups,) = plans
+    head = {id(p) for p in method.encoder.head.parameters()}
+    decoder = {id(p) for p in method.decoder.parameters()}
+    base = cfg.train.lr
+    assert sorted(g["lr"] for g in groups) == [base, pytest.approx(10 * base)]
+    slow, fast = sorted(groups, key=lambda g: g["lr"])
+    assert head <= {id(p) for p in fast["params"]}
+    assert decoder <= {id(p) for p in slow["params"]}
+    for bad, match in (
+        ("model.head_lr_mult=0", "head_lr_mult"),
+        ("model.head_lr_mult=2", "tune_head"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build_method(
+                _small_foundation_zegclip(tiny_world, bad), load_spec_split(tiny_world), 384
+            )
+    neutral_default(
+        "zegclip_foundation_shapeworld",
+        "model.head_lr_mult",
+        "model.head_lr_mult=10",
+    )
+
+
+def test_norm_tuning_trains_the_foundation_norm_affines_and_nothing_else_of_it(
+    tiny_world, tmp_path, neutral_default
+):
+    from zeroseg.foundation import load_foundation
+
+    cfg = _small_foundation_zegclip(tiny_world, "model.norm_tuning=true")
+    method = train(cfg, tmp_path / "run", progress=False).method
+    start = load_foundation("shipped").transfer_state()
+    state = method.encoder.state_dict()
+    moved = {name for name, value in start.items() if not torch.equal(state[name], value)}
+    norms = {
+        f"{prefix}.{leaf}" if prefix else leaf
+        for prefix, m in method.encoder.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for leaf in ("weight", "bias")
+    }
+    assert moved and moved <= norms  # affines only: no conv weight, no running statistic
+    assert any(n.startswith("backbone.") for n in moved)  # at every depth, not only the head
+    assert not method.encoder.training  # running statistics as loaded, never updated
+    neutral_default("zegclip_foundation_shapeworld", "model.norm_tuning", "model.norm_tuning=true")
+    with pytest.raises(ValueError, match="norm_tuning"):
+        build_method(
+            load_config(
+                "zegclip_foundation_shapeworld",
+                [
+                    f"data.world={tiny_world}",
+                    "model.encoder=shapeworld",
+                    "model.decoder.aligned_init=false",
+                    "model.norm_tuning=true",
+                ],
+            ),
+            load_spec_split(tiny_world),
+            384,
+        )
+
+
 def test_inference_applies_the_seen_reduction_and_the_decoder_reads_the_cls_token(
     tiny_world, monkeypatch
 ):

@@ -47,6 +47,9 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     # ZegCLIP's decoder started as the foundation's pixel-name match (session 41), off
     "aligned_init": False,
     "aligned_scale": 20.0,
+    # ZegCLIP's tuned head at the decoder's learning rate (session 42)
+    "head_lr_mult": 1.0,
+    "norm_tuning": False,
 }
 
 

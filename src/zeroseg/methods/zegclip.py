@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
-from zeroseg.engine.trainer import TrainConfig
+from zeroseg.engine.trainer import TrainConfig, scaled_lr_groups
 from zeroseg.foundation.model import FoundationEncoder
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.models.backbones.clip import CLIP_MEAN, CLIP_PRESETS, CLIP_STD, VisionTransformer
@@ -108,6 +108,12 @@ class ZegCLIPConfig:
     # encoder "foundation": train its projection head (and text-side map) with the decoder, as
     # projection-frozen trains them; the rest of the foundation stays frozen
     tune_head: bool = False
+    # tune_head: the head's learning rate relative to the decoder's (1: one rate for both)
+    head_lr_mult: float = 1.0
+    # encoder "foundation": train the affine of every normalisation layer of the frozen
+    # foundation (weights, running statistics and everything else stay as loaded): a CNN has no
+    # token sequence for deep prompt tuning; a few parameters at every depth stand in for it
+    norm_tuning: bool = False
     pretrained: str | None = None  # local CLIP checkpoint for a CLIP preset (None: random init)
     pretrain: PretrainConfig = field(
         default_factory=PretrainConfig
@@ -272,6 +278,7 @@ class ZegCLIP(Method):
         # with the class names at the token level (CLIP's are not)
         for key, on in (
             ("tune_head", cfg.tune_head),
+            ("norm_tuning", cfg.norm_tuning),
             ("decoder.aligned_init", cfg.decoder.aligned_init),
         ):
             if on and cfg.encoder != "foundation":
@@ -280,6 +287,16 @@ class ZegCLIP(Method):
                     f"tokens aligned with the class names); encoder {cfg.encoder!r} has neither: "
                     f"set model.encoder: foundation or {key}: false"
                 )
+        if not cfg.head_lr_mult > 0:
+            raise ValueError(
+                f"ZegCLIP model.head_lr_mult must be > 0 (the tuned head's learning rate over "
+                f"the decoder's), got {cfg.head_lr_mult}"
+            )
+        if cfg.head_lr_mult != 1 and not cfg.tune_head:
+            raise ValueError(
+                f"ZegCLIP model.head_lr_mult ({cfg.head_lr_mult}) sets the rate of the head that "
+                "model.tune_head trains: set tune_head: true or head_lr_mult: 1"
+            )
         self.encoder = self._build_encoder(cfg)
         self._freeze_encoder()
         self._text_cache = TextSideCache()  # inference: vocabulary-only work, across images
@@ -364,6 +381,11 @@ class ZegCLIP(Method):
         self.encoder.requires_grad_(False)
         if self.cfg.tune_head:
             self.encoder.head.requires_grad_(True)
+        if self.cfg.norm_tuning:
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -376,9 +398,11 @@ class ZegCLIP(Method):
     def _image_side(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, H, W) uint8 -> unit patch embeddings (B, h, w, D) and image embeddings (B, D)."""
         if isinstance(self.encoder, FoundationEncoder):
-            with torch.no_grad():  # frozen, as CLIP: unit tokens, unit global embedding
+            grad = torch.is_grad_enabled()
+            # frozen, as CLIP (but for norm_tuning's affines): unit tokens, unit global embedding
+            with torch.set_grad_enabled(grad and self.cfg.norm_tuning):
                 hidden = self.encoder.backbone(images.float())
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.tune_head):
+            with torch.set_grad_enabled(grad and (self.cfg.tune_head or self.cfg.norm_tuning)):
                 feats = self.encoder.tokens(hidden)  # the head trains only with tune_head
             return feats["patch_proj"].float(), feats["cls_proj"].float()
         x = (images.float() - self.mean) / self.std
@@ -554,7 +578,12 @@ class ZegCLIP(Method):
             labels = lookup[batch["label"].to(ctx.device).clamp(0, 255)]
             return model.loss(batch["image"].to(ctx.device), labels, seen_emb)
 
-        return StagePlan(step, loader, cfg)
+        params = None
+        if self.cfg.tune_head:
+            params = scaled_lr_groups(
+                self.parameters(), self.encoder.head, cfg.lr, self.cfg.head_lr_mult
+            )
+        return StagePlan(step, loader, cfg, params=params)
 
 
 class ZegCLIPST(ZegCLIP):
