@@ -123,3 +123,13 @@ def test_the_frozen_projection_presets_are_the_projection_preset_plus_a_few_keys
         "demo.baselines": ["projection-frozen"],
         "demo.cost": 100.0,  # not stated: the default
     }
+    assert _changes(
+        "projection-probe_unet-small_2k_shapeworld",
+        "projection-frozen_unet-small_2k_shapeworld",
+    ) == {
+        "model.freeze_head_hidden": True,
+        "demo.row": "ablation",
+        "demo.order": 25,
+        "demo.baselines": ["projection-frozen"],
+        "demo.cost": 100.0,  # not stated: the default
+    }

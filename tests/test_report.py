@@ -278,7 +278,7 @@ def test_every_shipped_baseline_is_a_demo_row_of_the_same_family():
 
     rows = demo.demo_rows()
     assert rows["zs5net"].baselines == ("zs3net", "projection")
-    assert rows["zegclip"].baselines == ("projection-frozen",)
+    assert rows["zegclip"].baselines == ("projection-frozen", "projection-probe")
     assert rows["alignzeg"].baselines == ("mask-projection", "pading")
     assert rows["sazs"].baselines == ("projection", "projection+spectral")
     assert demo.baselines_of("zs3net+spectral") == ("zs3net",)

@@ -257,3 +257,46 @@ def test_a_frozen_backbone_keeps_the_foundations_weights_and_statistics(tiny_wor
     for name, value in found.backbone.state_dict().items():
         assert torch.equal(method.backbone.state_dict()[name], value), name
     assert not torch.equal(method.head.proj[-1].weight, found.head.proj[-1].weight)  # trained
+
+
+def test_the_probe_trains_the_heads_last_layer_and_text_map_only(
+    tiny_world, tmp_path, neutral_default
+):
+    import pytest
+
+    from zeroseg.config import load_config
+    from zeroseg.foundation import load_foundation
+    from zeroseg.methods.pixel_projection import ProjectionConfig
+    from zeroseg.runner import train
+
+    cfg = load_config(
+        "projection-probe_unet-small_2k_shapeworld", [f"data.world={tiny_world}", "train.iters=5"]
+    )
+    method = train(cfg, tmp_path / "run", progress=False).method
+    found = load_foundation("shipped")
+    start = {
+        **found.backbone.state_dict(),
+        **{f"head.{k}": v for k, v in found.head.state_dict().items()},
+    }
+    state = {
+        **method.backbone.state_dict(),
+        **{f"head.{k}": v for k, v in method.head.state_dict().items()},
+    }
+    moved = {name for name, value in start.items() if not torch.equal(state[name], value)}
+    # the last 1x1 layer and the text-side map train; the 3x3 layer and its batch-norm
+    # statistics stay the foundation's (projection-frozen trains them)
+    assert moved == {
+        "head.proj.3.weight",
+        "head.proj.3.bias",
+        "head.text_proj.weight",
+        "head.log_scale",
+    }
+    method.train()
+    assert not method.head.proj[1].training and not method.backbone.training
+    neutral_default(
+        "projection-frozen_unet-small_2k_shapeworld",
+        "model.freeze_head_hidden",
+        "model.freeze_head_hidden=true",
+    )
+    with pytest.raises(ValueError, match="freeze_head_hidden"):
+        ProjectionConfig(foundation="shipped", freeze_head_hidden=True)  # backbone not frozen

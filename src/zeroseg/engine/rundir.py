@@ -50,6 +50,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     # ZegCLIP's tuned head at the decoder's learning rate (session 42)
     "head_lr_mult": 1.0,
     "norm_tuning": False,
+    # the projection head's hidden layer kept as the foundation's (session 42: projection-probe)
+    "freeze_head_hidden": False,
 }
 
 

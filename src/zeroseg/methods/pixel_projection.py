@@ -38,6 +38,10 @@ class ProjectionConfig:
     # keep the head's text-side map as it starts (the foundation's), as SPNet keeps its word
     # embeddings fixed: only the visual side learns from the seen names (an ablation)
     freeze_text_map: bool = False
+    # on the frozen foundation, keep the head's hidden layer (its 3x3 convolution and batch norm)
+    # frozen too: only its last 1x1 layer and text-side map train, a linear readout of the pixel
+    # features ZegCLIP's tokens are made of (ZegCLIP's second baseline, projection-probe)
+    freeze_head_hidden: bool = False
 
     def __post_init__(self) -> None:
         check_minimum(self, ("backbone_lr_mult",), 0, strict=True)  # frozen: freeze_backbone
@@ -45,6 +49,14 @@ class ProjectionConfig:
             raise ValueError(
                 "model.foundation_head: false starts the head at random on a foundation's "
                 "backbone; set model.foundation (e.g. shipped) or drop foundation_head"
+            )
+        if self.freeze_head_hidden and not (
+            self.freeze_backbone and self.foundation and self.foundation_head
+        ):
+            raise ValueError(
+                "model.freeze_head_hidden keeps the foundation's head hidden layer frozen on its "
+                "frozen backbone: set model.foundation, freeze_backbone: true and "
+                "foundation_head: true, or drop freeze_head_hidden"
             )
 
 
@@ -58,6 +70,7 @@ def segmenter_stage_parts(
     backbone_lr_mult: float = 1.0,
     foundation_head: bool = True,
     freeze_text_map: bool = False,
+    freeze_head_hidden: bool = False,
 ) -> dict:
     """The shared-stage key parts of the projection model's training on pixel labels.
 
@@ -77,6 +90,7 @@ def segmenter_stage_parts(
         "backbone_lr_mult": backbone_lr_mult,  # left out of the key at 1 (NEUTRAL_DEFAULTS)
         "foundation_head": foundation_head,  # left out of the key when True (NEUTRAL_DEFAULTS)
         "freeze_text_map": freeze_text_map,  # left out of the key when False (NEUTRAL_DEFAULTS)
+        "freeze_head_hidden": freeze_head_hidden,  # left out when False (NEUTRAL_DEFAULTS)
         "train": ctx.cfg.train,
         "text": ctx.cfg.text,
     }
@@ -98,10 +112,12 @@ def segmenter_plan(
     backbone_lr_mult: float = 1.0,
     foundation_head: bool = True,
     freeze_text_map: bool = False,
+    freeze_head_hidden: bool = False,
 ) -> StagePlan:
     """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set; the head from
     it only with ``foundation_head``, else at its random initialisation; its text-side map
-    left as it starts with ``freeze_text_map``) trained with
+    left as it starts with ``freeze_text_map``, its hidden layer with ``freeze_head_hidden``)
+    trained with
     cross-entropy over ``class_embeddings`` on the run's loader, ``lookup`` mapping labels to
     their positions (the ignore index for labels outside them). The one step of the projection
     baseline, the oracle and ZS3Net/ZS5Net's stage 1."""
@@ -117,10 +133,14 @@ def segmenter_plan(
         labels = batch["label"].to(ctx.device)
         return {"loss": full_resolution_cross_entropy(out, labels, lookup, ignore_index)}
 
-    frozen = set()
+    kept = []  # parts of the head left as they start
     if freeze_text_map and head.text_proj is not None:
-        head.text_proj.requires_grad_(False)
-        frozen = {id(p) for p in head.text_proj.parameters()}
+        kept.append(head.text_proj)
+    if freeze_head_hidden:
+        kept.append(head.proj[:-1])
+    for part in kept:
+        part.requires_grad_(False)
+    frozen = {id(p) for part in kept for p in part.parameters()}
     params = [*backbone.parameters(), *(p for p in head.parameters() if id(p) not in frozen)]
     return StagePlan(
         step, loader, cfg, params=scaled_lr_groups(params, backbone, cfg.lr, backbone_lr_mult)
@@ -162,11 +182,16 @@ class PixelProjection(Method):
         self.frozen_backbone = isinstance(cfg, ProjectionConfig) and cfg.freeze_backbone
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
+        self.frozen_head_hidden = isinstance(cfg, ProjectionConfig) and cfg.freeze_head_hidden
+        if self.frozen_head_hidden:
+            self.head.proj[:-1].requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()  # frozen: its batch-norm statistics stay the pretrained ones
+        if self.frozen_head_hidden:
+            self.head.proj[:-1].eval()  # so do the head's hidden layer's
         return self
 
     def logits(
