@@ -475,6 +475,27 @@ def test_head_lr_mult_gives_the_tuned_head_its_own_rate(
     slow, fast = sorted(groups, key=lambda g: g["lr"])
     assert head <= {id(p) for p in fast["params"]}
     assert decoder <= {id(p) for p in slow["params"]}
+    # zegclip-st's self-training stage gives the head the same share of its own rate
+    plans.clear()
+    cfg = load_config(
+        "zegclip-st_foundation_shapeworld",
+        [
+            f"data.world={tiny_world}",
+            "train.iters=2",
+            "model.self_training.train.iters=2",
+            "model.decoder.width=72",
+            "model.decoder.heads=2",
+            "model.decoder.layers=2",
+            "model.tune_head=true",
+            "model.head_lr_mult=10",
+        ],
+    )
+    train(cfg, tmp_path / "st" / "run", progress=False)  # its own _shared: both stages train
+    st_lr = cfg.model["self_training"]["train"]["lr"]
+    assert [sorted(g["lr"] for g in groups) for groups in plans] == [
+        [base, pytest.approx(10 * base)],
+        [st_lr, pytest.approx(10 * st_lr)],
+    ]
     for bad, match in (
         ("model.head_lr_mult=0", "head_lr_mult"),
         ("model.head_lr_mult=2", "tune_head"),

@@ -108,7 +108,8 @@ class ZegCLIPConfig:
     # encoder "foundation": train its projection head (and text-side map) with the decoder, as
     # projection-frozen trains them; the rest of the foundation stays frozen
     tune_head: bool = False
-    # tune_head: the head's learning rate relative to the decoder's (1: one rate for both)
+    # tune_head: the head's learning rate relative to the decoder's in every training stage (1: one
+    # rate for both)
     head_lr_mult: float = 1.0
     # encoder "foundation": train the affine of every normalisation layer of the frozen
     # foundation (weights, running statistics and everything else stay as loaded): a CNN has no
@@ -383,7 +384,7 @@ class ZegCLIP(Method):
             self.encoder.head.requires_grad_(True)
         if self.cfg.norm_tuning:
             for m in self.encoder.modules():
-                if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+                if isinstance(m, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm):
                     for p in m.parameters():
                         p.requires_grad_(True)
 
@@ -578,12 +579,14 @@ class ZegCLIP(Method):
             labels = lookup[batch["label"].to(ctx.device).clamp(0, 255)]
             return model.loss(batch["image"].to(ctx.device), labels, seen_emb)
 
-        params = None
-        if self.cfg.tune_head:
-            params = scaled_lr_groups(
-                self.parameters(), self.encoder.head, cfg.lr, self.cfg.head_lr_mult
-            )
-        return StagePlan(step, loader, cfg, params=params)
+        return StagePlan(step, loader, cfg, params=self._param_groups(cfg.lr))
+
+    def _param_groups(self, lr: float) -> list[dict] | None:
+        """The optimiser groups of a training stage: the tuned head at ``lr * head_lr_mult``,
+        the rest at ``lr`` (None: one group, every trainable parameter at ``lr``)."""
+        if not self.cfg.tune_head:
+            return None
+        return scaled_lr_groups(self.parameters(), self.encoder.head, lr, self.cfg.head_lr_mult)
 
 
 class ZegCLIPST(ZegCLIP):
@@ -681,7 +684,7 @@ class ZegCLIPST(ZegCLIP):
                 "pseudo_fraction": (pseudo != self.split.ignore_index).float().mean(),
             }
 
-        return StagePlan(step, batches, cfg)
+        return StagePlan(step, batches, cfg, params=self._param_groups(cfg.lr))
 
 
 class ZegCLIPNoDPT(ZegCLIP):
