@@ -365,19 +365,27 @@ def test_seen_score_reduction_in_place_matches():
     assert torch.allclose(got, expected)
 
 
-def test_the_foundation_preset_keeps_the_foundation_frozen(tiny_world, tmp_path):
-    from zeroseg.foundation import load_foundation
-
-    cfg = load_config(
-        "zegclip_foundation_shapeworld",
+def _small_foundation_zegclip(
+    tiny_world, *extra: str, preset: str = "zegclip_foundation_shapeworld"
+):
+    """A foundation ZegCLIP preset with a small decoder (20 steps) on the tiny world."""
+    return load_config(
+        preset,
         [
             f"data.world={tiny_world}",
             "train.iters=20",
             "model.decoder.width=72",  # the aligned start needs more than the tokens' 65 dims
             "model.decoder.heads=2",
             "model.decoder.layers=2",
+            *extra,
         ],
     )
+
+
+def test_the_foundation_preset_keeps_the_foundation_frozen(tiny_world, tmp_path):
+    from zeroseg.foundation import load_foundation
+
+    cfg = _small_foundation_zegclip(tiny_world)
     result = train(cfg, tmp_path / "run", progress=False)
     method = result.method
     found = load_foundation("shipped")
@@ -400,17 +408,7 @@ def test_the_foundation_preset_keeps_the_foundation_frozen(tiny_world, tmp_path)
 def test_tune_head_trains_the_foundation_head_and_nothing_else_of_it(tiny_world, tmp_path):
     from zeroseg.foundation import load_foundation
 
-    cfg = load_config(
-        "zegclip_foundation_shapeworld",
-        [
-            f"data.world={tiny_world}",
-            "train.iters=20",
-            "model.tune_head=true",
-            "model.decoder.width=72",  # the aligned start needs more than the tokens' 65 dims
-            "model.decoder.heads=2",
-            "model.decoder.layers=2",
-        ],
-    )
+    cfg = _small_foundation_zegclip(tiny_world, "model.tune_head=true")
     method = train(cfg, tmp_path / "run", progress=False).method
     start = load_foundation("shipped").transfer_state()
     state = method.encoder.state_dict()
@@ -434,20 +432,6 @@ def test_tune_head_trains_the_foundation_head_and_nothing_else_of_it(tiny_world,
             load_spec_split(tiny_world),
             384,
         )
-
-
-def _small_foundation_zegclip(tiny_world, *extra: str):
-    return load_config(
-        "zegclip_foundation_shapeworld",
-        [
-            f"data.world={tiny_world}",
-            "train.iters=20",
-            "model.decoder.width=72",  # the aligned start needs more than the tokens' 65 dims
-            "model.decoder.heads=2",
-            "model.decoder.layers=2",
-            *extra,
-        ],
-    )
 
 
 def test_head_lr_mult_gives_the_tuned_head_its_own_rate(
@@ -477,18 +461,13 @@ def test_head_lr_mult_gives_the_tuned_head_its_own_rate(
     assert decoder <= {id(p) for p in slow["params"]}
     # zegclip-st's self-training stage gives the head the same share of its own rate
     plans.clear()
-    cfg = load_config(
-        "zegclip-st_foundation_shapeworld",
-        [
-            f"data.world={tiny_world}",
-            "train.iters=2",
-            "model.self_training.train.iters=2",
-            "model.decoder.width=72",
-            "model.decoder.heads=2",
-            "model.decoder.layers=2",
-            "model.tune_head=true",
-            "model.head_lr_mult=10",
-        ],
+    cfg = _small_foundation_zegclip(
+        tiny_world,
+        "train.iters=2",
+        "model.self_training.train.iters=2",
+        "model.tune_head=true",
+        "model.head_lr_mult=10",
+        preset="zegclip-st_foundation_shapeworld",
     )
     train(cfg, tmp_path / "st" / "run", progress=False)  # its own _shared: both stages train
     st_lr = cfg.model["self_training"]["train"]["lr"]
