@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg._checks import check_minimum
 from zeroseg.data.labels import downsample_labels, seen_position_lookup, select_top_percent
 from zeroseg.engine.trainer import TrainConfig, scaled_lr_groups
 from zeroseg.foundation.model import FoundationEncoder
@@ -141,6 +142,9 @@ class ZegCLIPConfig:
     # 32x32 grid. Masks come back at the image's own size either way.
     input_scale: float = 1.0
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)  # zegclip-st only
+
+    def __post_init__(self) -> None:
+        check_minimum(self, ("head_lr_mult",), 0, strict=True)
 
 
 def sigmoid_focal_loss(
@@ -288,11 +292,6 @@ class ZegCLIP(Method):
                     f"tokens aligned with the class names); encoder {cfg.encoder!r} has neither: "
                     f"set model.encoder: foundation or {key}: false"
                 )
-        if not cfg.head_lr_mult > 0:
-            raise ValueError(
-                f"ZegCLIP model.head_lr_mult must be > 0 (the tuned head's learning rate over "
-                f"the decoder's), got {cfg.head_lr_mult}"
-            )
         if cfg.head_lr_mult != 1 and not cfg.tune_head:
             raise ValueError(
                 f"ZegCLIP model.head_lr_mult ({cfg.head_lr_mult}) sets the rate of the head that "

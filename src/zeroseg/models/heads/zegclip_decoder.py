@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zeroseg._checks import check_minimum
 from zeroseg.models.attention import attention
 from zeroseg.models.dropout import Dropout
 
@@ -67,6 +68,9 @@ class ZegCLIPDecoderConfig:
     # labelling a projection head on the same tokens starts from (``ZegCLIPDecoder.align``).
     aligned_init: bool = False
     aligned_scale: float = 20.0  # aligned_init: the masks' logit scale at the start
+
+    def __post_init__(self) -> None:
+        check_minimum(self, ("aligned_scale",), 0, strict=True)
 
 
 def relationship_descriptor(text: Tensor, cls: Tensor) -> Tensor:
@@ -287,10 +291,6 @@ class ZegCLIPDecoder(nn.Module):
             raise ValueError(
                 "ZegCLIPDecoderConfig.aligned_init maps the tokens through the input projection: "
                 "set input_proj: true"
-            )
-        if not cfg.aligned_scale > 0:
-            raise ValueError(
-                f"ZegCLIPDecoderConfig.aligned_scale must be > 0, got {cfg.aligned_scale}"
             )
         if rank >= cfg.width:
             raise ValueError(
