@@ -112,12 +112,10 @@ def segmenter_plan(
     backbone_lr_mult: float = 1.0,
     foundation_head: bool = True,
     freeze_text_map: bool = False,
-    freeze_head_hidden: bool = False,
 ) -> StagePlan:
     """That stage's training: ``backbone`` and ``head`` (from ``foundation`` if set; the head from
     it only with ``foundation_head``, else at its random initialisation; its text-side map
-    left as it starts with ``freeze_text_map``, its hidden layer with ``freeze_head_hidden``)
-    trained with
+    left as it starts with ``freeze_text_map``) trained with
     cross-entropy over ``class_embeddings`` on the run's loader, ``lookup`` mapping labels to
     their positions (the ignore index for labels outside them). The one step of the projection
     baseline, the oracle and ZS3Net/ZS5Net's stage 1."""
@@ -133,14 +131,10 @@ def segmenter_plan(
         labels = batch["label"].to(ctx.device)
         return {"loss": full_resolution_cross_entropy(out, labels, lookup, ignore_index)}
 
-    kept = []  # parts of the head left as they start
+    frozen = set()
     if freeze_text_map and head.text_proj is not None:
-        kept.append(head.text_proj)
-    if freeze_head_hidden:
-        kept.append(head.proj[:-1])
-    for part in kept:
-        part.requires_grad_(False)
-    frozen = {id(p) for part in kept for p in part.parameters()}
+        head.text_proj.requires_grad_(False)
+        frozen = {id(p) for p in head.text_proj.parameters()}
     params = [*backbone.parameters(), *(p for p in head.parameters() if id(p) not in frozen)]
     return StagePlan(
         step, loader, cfg, params=scaled_lr_groups(params, backbone, cfg.lr, backbone_lr_mult)
@@ -183,7 +177,7 @@ class PixelProjection(Method):
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
         self.frozen_head_hidden = isinstance(cfg, ProjectionConfig) and cfg.freeze_head_hidden
-        if self.frozen_head_hidden:
+        if self.frozen_head_hidden:  # left out of the optimiser as the frozen backbone is
             self.head.proj[:-1].requires_grad_(False)
 
     def train(self, mode: bool = True):

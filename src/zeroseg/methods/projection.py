@@ -79,7 +79,6 @@ class Projection(PixelProjection):
             backbone_lr_mult=self.cfg.backbone_lr_mult,
             foundation_head=self.cfg.foundation_head,
             freeze_text_map=self.cfg.freeze_text_map,
-            freeze_head_hidden=self.cfg.freeze_head_hidden,
         )
 
     def guard_split(self):
