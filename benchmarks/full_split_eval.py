@@ -5,26 +5,34 @@
         --pairs zegclip:projection-frozen zegclip:projection-probe
 
 ``--quick`` evaluates on the first 200 images of ``val`` and ``test``. This evaluates the same
-trained models (each seed's ``seed-<s>/runs/<row>-<digest>``, nothing is trained) with ``zeroseg
-eval --set data.val_limit=N`` (default: the whole split, ShapeWorld's 500): the calibration gamma
-chosen on N ``val`` images, the metrics on N ``test`` images (``--split val``: on those ``val``
-images, the split choices are made on). Both splits' images are fixed
+trained models (each seed's ``seed-<s>/runs/<row>-<digest>``; nothing is trained) with ``zeroseg
+eval --set data.val_limit=N``, in this process (default N: the whole split, ShapeWorld's 500):
+the calibration gamma chosen on N ``val`` images, the metrics on N ``test`` images (``--split
+val``: on those ``val`` images, the split choices are made on). Both splits' images are fixed
 functions of the world, so what moves a gap between 200 and 500 images is which images are
 scored, not the training. Prints mean ± sample std over the seeds per row and world, and per pair
 the difference of the means on unseen mIoU and hIoU, **bold** where it exceeds the two rows'
-stds added (in brackets), "=" where it does not, with the differences seed by seed. Writes nothing
+stds added (in brackets), "=" where it does not, with the differences seed by seed: the demo's
+statistics and the README tables' cells. Writes nothing
 but ``--json`` (every evaluation's figures) when given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
-import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from readme_tables import cell, gap_cell  # noqa: E402  (the README tables' cells, this directory)
+
+from zeroseg.cli import main as zeroseg_main  # noqa: E402
+from zeroseg.demo import seed_gaps, seed_spread  # noqa: E402  (the demo's seed statistics)
 
 METRICS = ("seen_miou", "unseen_miou", "hiou")
 GAP_METRICS = ("unseen_miou", "hiou")
@@ -52,57 +60,62 @@ def model_dir(seed: Path, row: str) -> Path:
 
 
 def evaluate(directory: Path, limit: int | None, split: str = "test") -> dict:
+    """``zeroseg eval`` of one trained run, in this process; its JSON figures."""
     value = "null" if limit is None else str(limit)
-    cmd = [sys.executable, "-c", "import sys; from zeroseg.cli import main; sys.exit(main())"]
-    cmd += ["eval", str(directory), "--no-progress", "--split", split]
-    cmd += ["--set", f"data.val_limit={value}"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr.strip()}")
-    return json.loads(out.stdout[out.stdout.index("{") :])
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    argv = ["eval", str(directory), "--no-progress", "--split", split]
+    argv += ["--set", f"data.val_limit={value}"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = zeroseg_main(argv)
+    if code:
+        raise SystemExit(f"zeroseg {' '.join(argv)} failed (exit {code})")
+    text = out.getvalue()
+    return json.loads(text[text.index("{") :])
 
 
 def tables(results: dict, rows: list[str], pairs: list[tuple[str, str]]) -> str:
+    """``results``: world -> row -> one evaluation's figures per seed (in seed order). Means,
+    sample stds and the gaps' rule are the demo's (:func:`zeroseg.demo.seed_spread`,
+    :func:`zeroseg.demo.seed_gaps`)."""
     worlds = list(results)
+    spread = {
+        w: seed_spread(
+            {i: {r: results[w][r][i] for r in rows} for i in range(len(results[w][rows[0]]))}
+        )
+        for w in worlds
+    }
+    flat = {
+        w: {
+            r: {k: v for m in METRICS for k, v in ((m, sp[m]["mean"]), (f"{m}_std", sp[m]["std"]))}
+            for r, sp in spread[w].items()
+        }
+        for w in worlds
+    }
     head = "| method | " + " | ".join(
         f"{w}: mIoU(S) | mIoU(U) | hIoU" if i == 0 else "mIoU(S) | mIoU(U) | hIoU"
         for i, w in enumerate(worlds)
     )
     lines = [head + " |", "|---|" + "---:|" * (3 * len(worlds))]
     for row in rows:
-        cells = []
-        for w in worlds:
-            for m in METRICS:
-                mu, sd = mean_std([r[m] for r in results[w][row]])
-                cells.append(f"{mu:.1f} ± {sd:.1f}")
+        cells = [cell(flat[w][row], m) for w in worlds for m in METRICS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     gaps = ["", "| method | vs | " + " | ".join(f"{w}: Δ mIoU(U) | Δ hIoU" for w in worlds) + " |"]
     gaps.append("|---|---|" + "---:|" * (2 * len(worlds)))
     by_seed = [
         "",
-        "| method | vs | " + " | ".join(f"{w}: Δ mIoU(U) by seed | Δ hIoU by seed" for w in worlds),
+        "| method | vs | "
+        + " | ".join(f"{w}: Δ mIoU(U) by seed | Δ hIoU by seed" for w in worlds)
+        + " |",
+        "|---|---|" + "---:|" * (2 * len(worlds)),
     ]
-    by_seed[-1] += " |"
-    by_seed.append("|---|---|" + "---:|" * (2 * len(worlds)))
     for a, b in pairs:
         cells, seeds = [], []
         for w in worlds:
+            gap = seed_gaps(flat[w][a], flat[w][b], GAP_METRICS)
             for m in GAP_METRICS:
-                va = [r[m] for r in results[w][a]]
-                vb = [r[m] for r in results[w][b]]
-                (ma, sa), (mb, sb) = mean_std(va), mean_std(vb)
-                gap, spread = ma - mb, sa + sb
-                text = f"{gap:+.1f}"
-                cells.append(
-                    f"**{text}** ({spread:.1f})"
-                    if abs(gap) > spread
-                    else f"= {text} ({spread:.1f})"
-                )
-                seeds.append(", ".join(f"{x - y:+.1f}" for x, y in zip(va, vb, strict=True)))
+                cells.append(gap_cell(gap[m]))
+                va, vb = spread[w][a][m]["values"], spread[w][b][m]["values"]
+                seeds.append(", ".join(f"{va[s] - vb[s]:+.1f}" for s in va))
         gaps.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
         by_seed.append(f"| {a} | {b} | " + " | ".join(seeds) + " |")
     return "\n".join(lines + gaps + by_seed)
