@@ -300,3 +300,43 @@ def test_the_probe_trains_the_heads_last_layer_and_text_map_only(
     )
     with pytest.raises(ValueError, match="freeze_head_hidden"):
         ProjectionConfig(foundation="shipped", freeze_head_hidden=True)  # backbone not frozen
+
+
+@pytest.mark.parametrize("preset", ["mask-projection", "alignzeg"])
+def test_the_mask_familys_text_map_starts_as_the_foundations_text_side(
+    preset, tiny_world, tmp_path, neutral_default
+):
+    from zeroseg.config import load_config
+    from zeroseg.runner import train
+
+    name = f"{preset}_unet-small_1k_shapeworld"
+    tiny = ["model.mask.hidden_dim=32", "model.mask.num_queries=8", "model.mask.layers=2"]
+    common = [f"data.world={tiny_world}", "train.iters=3", "train.batch_size=4", *tiny]
+    found = load_foundation("shipped")
+    t = torch.randn(5, found.head.text_proj.in_features)
+    frozen = train(
+        load_config(name, [*common, "model.mask.text_map=frozen"]),
+        tmp_path / "frozen",
+        progress=False,
+    ).method
+    # the queries are matched against the foundation's own class side, which stays as loaded
+    assert torch.equal(frozen.model.text_map.weight, found.head.text_proj.weight)
+    assert torch.allclose(frozen.model.class_side(t), found.head.text_side(t), atol=1e-6)
+    learned = train(
+        load_config(name, [*common, "model.mask.text_map=learned"]),
+        tmp_path / "learned",
+        progress=False,
+    ).method
+    assert not torch.equal(learned.model.text_map.weight, found.head.text_proj.weight)
+    neutral_default(name, "model.mask.text_map", "model.mask.text_map=frozen")
+
+
+def test_the_mask_familys_text_map_needs_the_foundation_and_a_known_value():
+    from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
+    from zeroseg.models.heads.mask_decoder import MaskModelConfig
+
+    with pytest.raises(ValueError, match="text_map must be one of"):
+        MaskModelConfig(text_map="foundation")
+    cfg = MaskProjectionConfig(mask=MaskModelConfig(text_map="frozen"), foundation=None)
+    with pytest.raises(ConfigError, match="text_map 'frozen' needs the ShapeWorld foundation"):
+        MaskModelMethod(cfg, split=None, embed_dim=384)

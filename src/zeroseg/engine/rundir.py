@@ -52,6 +52,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "norm_tuning": False,
     # the projection head's hidden layer kept as the foundation's (session 42: projection-probe)
     "freeze_head_hidden": False,
+    # the mask family's query classifier against the text embeddings as they are (session 43)
+    "text_map": "none",
 }
 
 

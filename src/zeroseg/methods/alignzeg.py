@@ -326,6 +326,7 @@ class AlignZeg(MaskModelMethod):
     def __init__(self, cfg: AlignZegConfig, *, split, embed_dim: int):
         # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.
         Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
+        self.check_text_map(cfg)
         for key, choices in (("virtual_target", VIRTUAL_TARGETS), ("indicator", INDICATORS)):
             if getattr(cfg, key) not in choices:
                 raise ConfigError(
@@ -427,7 +428,9 @@ class AlignZeg(MaskModelMethod):
             if cfg.generalise:
                 v_emb = model.class_embed(v)
                 logits = model.classify(v_emb, seen_emb)  # (V, S+1)
-                t_v = virtual_class_embeddings(seen_emb, y[mixed.i], y[mixed.j], mixed.g)
+                t_v = virtual_class_embeddings(
+                    model.class_side(seen_emb), y[mixed.i], y[mixed.j], mixed.g
+                )
                 cos_v = (F.normalize(v_emb.float(), dim=-1) * t_v).sum(-1)
                 l_vir = virtual_loss(logits, model.classifier.scale() * cos_v, cfg.virtual_target)
                 total = total + cfg.vir_weight * l_vir
@@ -485,8 +488,7 @@ class AlignZeg(MaskModelMethod):
         if ctx.cfg.data.protocol != "strict":
             ctx.notes.append(f"AlignZeg trained under the {ctx.cfg.data.protocol!r} protocol")
         self._load_frozen_encoder(ctx)
-        if self.cfg.foundation:  # the learnable branch's U-Net starts from the foundation too
-            ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
+        self.start_mask_model(ctx)  # the learnable branch's U-Net from the foundation too
         seen_emb = ctx.seen_embeddings().to(ctx.device)
         lookup = seen_position_lookup(self.split).to(ctx.device)
         tc = ctx.cfg.train

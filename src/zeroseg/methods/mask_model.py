@@ -13,6 +13,7 @@ from zeroseg.config import ConfigError
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
+from zeroseg.foundation import load_foundation
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.metrics.instance import InstanceEvaluator
 from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags
@@ -99,9 +100,34 @@ class MaskModelMethod(Method):
 
     def __init__(self, cfg: MaskProjectionConfig, *, split, embed_dim: int):
         super().__init__(cfg, split=split, embed_dim=embed_dim)
+        self.check_text_map(cfg)
         self.model = MaskClassifier(cfg.mask, embed_dim=embed_dim)
         self.init_split_buffers(split)
         self.pooled = self.build_pooled(cfg)
+
+    def check_text_map(self, cfg: MaskProjectionConfig) -> None:
+        """``mask.text_map`` copies the foundation's class side: refused without a foundation."""
+        if cfg.mask.text_map != "none" and not cfg.foundation:
+            raise ConfigError(
+                f"{self.name}: model.mask.text_map {cfg.mask.text_map!r} needs the ShapeWorld "
+                "foundation (model.foundation: shipped or a path), got none"
+            )
+
+    def start_mask_model(self, ctx: RunContext) -> None:
+        """Starts the mask model's pretrained parts before its stage trains: the U-Net from
+        ``model.foundation`` and, with ``mask.text_map``, the class side from the foundation's
+        text-side map."""
+        if self.cfg.foundation:
+            ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
+        if self.model.text_map is not None:
+            source = load_foundation(self.cfg.foundation).head.text_proj
+            if source is None:
+                raise ConfigError(
+                    f"model.mask.text_map: the foundation {self.cfg.foundation!r} has no "
+                    "text-side map"
+                )
+            with torch.no_grad():
+                self.model.text_map.weight.copy_(source.weight)
 
     def init_split_buffers(self, split) -> None:
         """``is_thing`` and ``split_seen``, (K,) bool each (not saved: the split gives them)."""
@@ -169,13 +195,12 @@ class MaskModelMethod(Method):
         cfg = ctx.cfg.train
         loader = ctx.loader(cfg)
         model, weights = self.model, self.cfg.match
-        if self.cfg.foundation:
-            if self.cfg.mask.backbone != "unet-small":
-                raise ValueError(
-                    f"model.foundation needs mask.backbone 'unet-small' (the foundation's), "
-                    f"got {self.cfg.mask.backbone!r}"
-                )
-            ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
+        if self.cfg.foundation and self.cfg.mask.backbone != "unet-small":
+            raise ValueError(
+                f"model.foundation needs mask.backbone 'unet-small' (the foundation's), "
+                f"got {self.cfg.mask.backbone!r}"
+            )
+        self.start_mask_model(ctx)
 
         def step(m, batch):
             return _flat_losses(model, batch["image"].to(ctx.device), batch, emb, lookup, weights)

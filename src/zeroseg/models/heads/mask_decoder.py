@@ -61,6 +61,10 @@ __all__ = [
 ]
 
 
+# MaskModelConfig.text_map's values
+TEXT_MAPS = ("none", "frozen", "learned")
+
+
 @dataclass
 class MaskModelConfig:
     """Sizes of the mask-classification model (ShapeWorld defaults; the paper: 100 / 9 / 256)."""
@@ -79,6 +83,17 @@ class MaskModelConfig:
     # 0.1 in its and PADing's configs); 0 freezes it (weights and batch-norm statistics). The
     # pyramid's new layers, the pixel and transformer decoders train at the stage's rate.
     backbone_lr_mult: float = 1.0
+    # The class side of the query classifier: "none" (the text embeddings as they are), or the
+    # ShapeWorld foundation's text-side map (the linear map its projection head matches pixel
+    # embeddings against; copied in by the method), "frozen" or "learned" at the stage's rate:
+    # the foundation's text tower, as the papers classify queries against CLIP's text tower.
+    text_map: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.text_map not in TEXT_MAPS:
+            raise ValueError(
+                f"MaskModelConfig.text_map must be one of {list(TEXT_MAPS)}, got {self.text_map!r}"
+            )
 
 
 @dataclass
@@ -276,6 +291,11 @@ class MaskClassifier(nn.Module):
         )
         self.class_embed = nn.Linear(c, embed_dim)
         self.classifier = TextClassifier(embed_dim, cfg.init_temperature)
+        self.text_map: nn.Linear | None = None
+        if cfg.text_map != "none":
+            self.text_map = nn.Linear(embed_dim, embed_dim, bias=False)
+            nn.init.eye_(self.text_map.weight)
+            self.text_map.requires_grad_(cfg.text_map == "learned")
         if cfg.backbone_lr_mult < 0:
             raise ValueError(f"mask.backbone_lr_mult must be >= 0, got {cfg.backbone_lr_mult}")
         if cfg.backbone_lr_mult == 0:
@@ -354,9 +374,18 @@ class MaskClassifier(nn.Module):
             preds.append((masks, emb))
         return MaskOutputs(masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1])
 
+    def class_side(self, class_embeddings: Tensor) -> Tensor:
+        """(K, D) text embeddings -> (K, D) unit class vectors the queries are matched against
+        (through ``text_map`` when there is one; fp32, outside autocast)."""
+        with torch.autocast(class_embeddings.device.type, enabled=False):
+            t = class_embeddings.float()
+            if self.text_map is not None:
+                t = self.text_map(t.to(self.text_map.weight.device))
+            return F.normalize(t, dim=-1)
+
     def classify(self, embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
         """(..., D) query embeddings, (K, D) text embeddings -> (..., K+1) logits; last = no-object."""
-        return self.classifier(embeddings, class_embeddings)
+        return self.classifier(embeddings, self.class_side(class_embeddings))
 
 
 # -- inference (Mask2Former's rules) -------------------------------------------------------------
