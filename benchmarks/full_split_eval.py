@@ -15,6 +15,12 @@ the difference of the means on unseen mIoU and hIoU, **bold** where it exceeds t
 stds added (in brackets), "=" where it does not, with the differences seed by seed: the demo's
 statistics and the README tables' cells. Writes nothing
 but ``--json`` (every evaluation's figures) when given.
+
+``--bootstrap R`` also prints, per pair, a 95% interval of each gap over the scored images: the
+images are resampled R times with replacement, the same draw for every seed of both rows
+(:func:`zeroseg.metrics.bootstrap.paired_gap_interval`, from each evaluation's per-image
+confusion matrices, ``zeroseg eval --image-confusions``). The seed spread says how training moves
+a gap on these images; the interval says how another sample of images would.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ import io
 import json
 import re
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -33,6 +43,7 @@ from readme_tables import cell, gap_cell  # noqa: E402  (the README tables' cell
 
 from zeroseg.cli import main as zeroseg_main  # noqa: E402
 from zeroseg.demo import seed_gaps, seed_spread  # noqa: E402  (the demo's seed statistics)
+from zeroseg.metrics.bootstrap import paired_gap_interval  # noqa: E402
 
 METRICS = ("seen_miou", "unseen_miou", "hiou")
 GAP_METRICS = ("unseen_miou", "hiou")
@@ -59,11 +70,16 @@ def model_dir(seed: Path, row: str) -> Path:
     return found[0]
 
 
-def evaluate(directory: Path, limit: int | None, split: str = "test") -> dict:
-    """``zeroseg eval`` of one trained run, in this process; its JSON figures."""
+def evaluate(
+    directory: Path, limit: int | None, split: str = "test", confusions: Path | None = None
+) -> dict:
+    """``zeroseg eval`` of one trained run, in this process; its JSON figures (and, with
+    ``confusions``, its per-image confusion matrices written there)."""
     value = "null" if limit is None else str(limit)
     argv = ["eval", str(directory), "--no-progress", "--split", split]
     argv += ["--set", f"data.val_limit={value}"]
+    if confusions is not None:
+        argv += ["--image-confusions", str(confusions)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = zeroseg_main(argv)
@@ -73,10 +89,52 @@ def evaluate(directory: Path, limit: int | None, split: str = "test") -> dict:
     return json.loads(text[text.index("{") :])
 
 
-def tables(results: dict, rows: list[str], pairs: list[tuple[str, str]]) -> str:
+def load_confusions(path: Path) -> dict:
+    """An ``--image-confusions`` file: ``confusions`` (N, K, K) and the ``seen`` / ``unseen``
+    class indices."""
+    with np.load(path) as f:
+        return {
+            "confusions": torch.from_numpy(f["confusions"]),
+            "seen": f["seen"].tolist(),
+            "unseen": f["unseen"].tolist(),
+        }
+
+
+def intervals(
+    confusions: dict, pairs: list[tuple[str, str]], reps: int
+) -> dict[str, dict[tuple[str, str], dict]]:
+    """``confusions``: world -> row -> one :func:`load_confusions` per seed. Per world and pair,
+    :func:`paired_gap_interval` of the pair's gaps."""
+    out: dict[str, dict[tuple[str, str], dict]] = {}
+    for world, rows in confusions.items():
+        out[world] = {}
+        for a, b in pairs:
+            first = rows[a][0]
+            out[world][(a, b)] = paired_gap_interval(
+                [c["confusions"] for c in rows[a]],
+                [c["confusions"] for c in rows[b]],
+                first["seen"],
+                first["unseen"],
+                reps=reps,
+            )
+    return out
+
+
+def interval_cell(gap: dict) -> str:
+    """``+1.2 [-0.3, +2.6]``: the gap on the scored images and its 95% interval over images."""
+    return f"{gap['gap']:+.1f} [{gap['low']:+.1f}, {gap['high']:+.1f}]"
+
+
+def tables(
+    results: dict,
+    rows: list[str],
+    pairs: list[tuple[str, str]],
+    gap_intervals: dict | None = None,
+) -> str:
     """``results``: world -> row -> one evaluation's figures per seed (in seed order). Means,
     sample stds and the gaps' rule are the demo's (:func:`zeroseg.demo.seed_spread`,
-    :func:`zeroseg.demo.seed_gaps`)."""
+    :func:`zeroseg.demo.seed_gaps`). ``gap_intervals``: :func:`intervals`' output, a table of
+    its own."""
     worlds = list(results)
     spread = {
         w: seed_spread(
@@ -118,7 +176,21 @@ def tables(results: dict, rows: list[str], pairs: list[tuple[str, str]]) -> str:
                 seeds.append(", ".join(f"{va[s] - vb[s]:+.1f}" for s in va))
         gaps.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
         by_seed.append(f"| {a} | {b} | " + " | ".join(seeds) + " |")
-    return "\n".join(lines + gaps + by_seed)
+    over_images = []
+    if gap_intervals is not None:
+        over_images = [
+            "",
+            "| method | vs | "
+            + " | ".join(f"{w}: Δ mIoU(U) [95% over images] | Δ hIoU" for w in worlds)
+            + " |",
+            "|---|---|" + "---:|" * (2 * len(worlds)),
+        ]
+        for a, b in pairs:
+            cells = [
+                interval_cell(gap_intervals[w][(a, b)][m]) for w in worlds for m in GAP_METRICS
+            ]
+            over_images.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + gaps + by_seed + over_images)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,7 +210,16 @@ def main(argv: list[str] | None = None) -> None:
         help="the split scored (gamma is chosen on val either way; val scores its own images)",
     )
     parser.add_argument("--json", type=Path, help="write every evaluation's figures here")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="R",
+        help="also a 95%% interval of each pair's gaps over R resamples of the images (0: off)",
+    )
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        raise SystemExit(f"--bootstrap: a number of resamples >= 0, got {args.bootstrap}")
     pairs = []
     for p in args.pairs:
         a, sep, b = p.partition(":")
@@ -146,19 +227,28 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--pairs {p!r}: expected METHOD:BASELINE, both among --rows")
         pairs.append((a, b))
     results: dict[str, dict[str, list[dict]]] = {}
-    for run in args.runs:
-        world = run.name
-        if world in results:
-            raise SystemExit(f"{run}: two runs named {world!r}; give runs distinct names")
-        results[world] = {row: [] for row in args.rows}
-        for seed in seed_dirs(run):
-            for row in args.rows:
-                directory = model_dir(seed, row)
-                print(f"[full_split_eval] {directory}", file=sys.stderr, flush=True)
-                results[world][row].append(evaluate(directory, args.limit, args.split))
+    confusions: dict[str, dict[str, list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in args.runs:
+            world = run.name
+            if world in results:
+                raise SystemExit(f"{run}: two runs named {world!r}; give runs distinct names")
+            results[world] = {row: [] for row in args.rows}
+            confusions[world] = {row: [] for row in args.rows}
+            for seed in seed_dirs(run):
+                for row in args.rows:
+                    directory = model_dir(seed, row)
+                    print(f"[full_split_eval] {directory}", file=sys.stderr, flush=True)
+                    path = None
+                    if args.bootstrap:
+                        path = Path(scratch) / f"{world}-{seed.name}-{row}.npz"
+                    results[world][row].append(evaluate(directory, args.limit, args.split, path))
+                    if path is not None:
+                        confusions[world][row].append(load_confusions(path))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    print(tables(results, args.rows, pairs))
+    gap_intervals = intervals(confusions, pairs, args.bootstrap) if args.bootstrap else None
+    print(tables(results, args.rows, pairs, gap_intervals))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "full_split_eval.py"
 
@@ -56,3 +57,26 @@ def test_pairs_must_name_rows_that_are_evaluated(tmp_path):
     mod = _module()
     with pytest.raises(SystemExit, match="--pairs 'a:c': expected METHOD:BASELINE"):
         mod.main([str(tmp_path), "--rows", "a", "b", "--pairs", "a:c"])
+
+
+def test_the_interval_table_gives_each_pairs_gap_over_images():
+    mod = _module()
+    results = {"default": {"a": _runs(66.0, 67.0), "b": _runs(64.0, 64.0)}}
+    g = torch.Generator().manual_seed(0)
+    conf = torch.randint(0, 30, (12, 4, 4), generator=g, dtype=torch.int32)
+    better = conf.clone()
+    better[:, 3, 3] += 20  # row a: more of the unseen class 3 right on every image
+    files = {"seen": [0, 1, 2], "unseen": [3]}
+    confusions = {
+        "default": {
+            "a": [{"confusions": better, **files}] * 2,
+            "b": [{"confusions": conf, **files}] * 2,
+        }
+    }
+    gaps = mod.intervals(confusions, [("a", "b")], reps=200)
+    unseen = gaps["default"][("a", "b")]["unseen_miou"]
+    assert 0 < unseen["low"] <= unseen["gap"] <= unseen["high"]
+    text = mod.tables(results, ["a", "b"], [("a", "b")], gaps)
+    row = text.splitlines()[-1]
+    assert row.startswith("| a | b | ") and row.count("[") == 2
+    assert mod.interval_cell({"gap": 1.25, "low": -0.31, "high": 2.6}) == "+1.2 [-0.3, +2.6]"

@@ -105,6 +105,10 @@ def cmd_eval(args) -> int:
         raise ValueError("--refine is not available with --seen-only (or --split train)")
     if not seen_only and args.limit is not None:
         raise ValueError("--limit is for --seen-only; use --set data.val_limit=N for val and test")
+    if args.image_confusions and seen_only:
+        raise ValueError("--image-confusions is for the calibrated evaluation, not --seen-only")
+    if args.image_confusions and Path(args.image_confusions).exists():
+        raise ValueError(f"--image-confusions: {args.image_confusions} exists; name a new file")
 
     sets = list(args.set or []) + ([f"data.world={args.world}"] if args.world else [])
     method, cfg, split, _ = runner.load_model(args.checkpoint, device=args.device, overrides=sets)
@@ -136,6 +140,11 @@ def cmd_eval(args) -> int:
         from zeroseg.demo import build_refinement
 
         post = build_refinement(args.refine)
+    confusions = None
+    if args.image_confusions:
+        from zeroseg.metrics.bootstrap import ImageConfusions
+
+        confusions = ImageConfusions(data.split.num_classes, data.split.ignore_index)
     # gamma of the shared calibration rule chosen on val; the figures on --split (test)
     metrics, spi, _ = runner.evaluate_protocol(
         method,
@@ -145,7 +154,10 @@ def cmd_eval(args) -> int:
         eval_split=args.split,
         progress=not args.no_progress,
         post=post,
+        image_confusions=confusions,
     )
+    if confusions is not None:
+        write_image_confusions(Path(args.image_confusions), confusions, data.split, args.split)
     out = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     out.update(eval_split=args.split, tuned_on="val", infer_ms_per_image=spi * 1000)
     if args.per_class:
@@ -155,6 +167,25 @@ def cmd_eval(args) -> int:
         out.update(method.extra_metrics(cfg, data, embed, progress=not args.no_progress))
     print(json.dumps(out, indent=2))
     return 0
+
+
+def write_image_confusions(path: Path, confusions, split, eval_split: str) -> None:
+    """``zeroseg eval --image-confusions``: an .npz of each scored image's (K, K) confusion
+    matrix (rows ground truth, columns prediction, at the chosen gamma; int32, the split's image
+    order) with the class names and seen / unseen indices, written whole or not at all."""
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            confusions=confusions.stacked().numpy(),
+            names=np.array(list(split.names)),
+            seen=np.array(list(split.seen), dtype=np.int64),
+            unseen=np.array(list(split.unseen), dtype=np.int64),
+            split=np.array(eval_split),
+        )
+    tmp.replace(path)
 
 
 def output_stems(images: list[str]) -> list[str]:
@@ -537,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(or --world), with the calibration gamma chosen on its val split, and print seen / "
         "unseen / harmonic mIoU as JSON (PQ and AP50 too for segment-producing methods on "
         "panoptic data). --seen-only (and --split train) is a fit check over the seen classes "
-        "alone. Writes nothing.",
+        "alone. Writes nothing but --image-confusions.",
         overrides=True,
     )
     model_args(e)
@@ -563,6 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --seen-only: evaluate the first N images of the split",
     )
     e.add_argument("--per-class", action="store_true", help="also print each class's IoU")
+    e.add_argument(
+        "--image-confusions",
+        metavar="NPZ",
+        help="also write each scored image's confusion matrix (at the chosen gamma) to this new "
+        ".npz file, for a paired bootstrap over images (benchmarks/full_split_eval.py "
+        "--bootstrap)",
+    )
 
     pr = command(
         sub,

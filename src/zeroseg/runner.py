@@ -47,6 +47,7 @@ from zeroseg.methods.base import (
     revision_key,
     subtract_seen,
 )
+from zeroseg.metrics.bootstrap import ImageConfusions
 from zeroseg.metrics.boundary import BoundaryFScore
 from zeroseg.metrics.calibration import GAMMAS, CalibrationSweep, ausuc, choose_gamma
 from zeroseg.metrics.calibration import RULE as CALIBRATION_RULE
@@ -517,6 +518,7 @@ def evaluate(
     gamma: float | None = None,
     seen_only: bool = False,
     sweep: CalibrationSweep | None = None,
+    image_confusions: ImageConfusions | None = None,
 ) -> tuple[dict, float, list[torch.Tensor]]:
     """Semantic metrics of a trained method on a labelled dataset (all classes in the vocabulary).
 
@@ -530,6 +532,8 @@ def evaluate(
             subtraction itself (:func:`one_pass_calibration`). Every image is then scored whole
             (no tiles above :data:`~zeroseg.engine.inference.WHOLE_MAX`: see
             :func:`~zeroseg.engine.inference.scored_whole`).
+        image_confusions: also fill this with each image's confusion matrix of the predictions
+            scored (for :func:`zeroseg.metrics.bootstrap.paired_gap_interval`).
     """
     if sweep is not None and (
         gamma is None or post is not None or seen_only or not one_pass_calibration(method)
@@ -545,6 +549,8 @@ def evaluate(
         split.num_classes, split.seen, split.unseen, split.names, split.ignore_index
     )
     extras = (BoundaryFScore(ignore_index=split.ignore_index),) if boundary else ()
+    if image_confusions is not None:
+        extras = (*extras, image_confusions)
     method.eval()
 
     def fn(images):
@@ -700,6 +706,7 @@ def evaluate_protocol(
     boundary: bool = True,
     calibration: dict | None = None,
     curve: bool = True,
+    image_confusions: ImageConfusions | None = None,
 ) -> tuple[dict, float, list[torch.Tensor]]:
     """The evaluation every report uses (docs/methods.md, "Evaluation").
 
@@ -712,6 +719,8 @@ def evaluate_protocol(
             ``gamma`` (refinement rows) instead of sweeping ``val`` again.
         curve: sweep ``eval_split`` for AUSUC (off for refinement rows: the sweep is of the
             method's scores, which a refinement does not change).
+        image_confusions: also fill this with each ``eval_split`` image's confusion matrix at
+            the chosen gamma (:func:`evaluate`).
 
     Returns:
         (metrics with ``ausuc``, ``calibration`` {gamma, how, val_hiou, replaces} and
@@ -755,6 +764,7 @@ def evaluate_protocol(
         boundary=boundary,
         gamma=calibration["gamma"],
         sweep=along,
+        image_confusions=image_confusions,
     )
     metrics["calibration"] = calibration
     if curve and sweep:
