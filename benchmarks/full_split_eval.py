@@ -34,16 +34,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from readme_tables import cell, gap_cell  # noqa: E402  (the README tables' cells, this directory)
 
 from zeroseg.cli import main as zeroseg_main  # noqa: E402
 from zeroseg.demo import seed_gaps, seed_spread  # noqa: E402  (the demo's seed statistics)
-from zeroseg.metrics.bootstrap import paired_gap_interval  # noqa: E402
+from zeroseg.metrics.bootstrap import gap_intervals, load_image_confusions  # noqa: E402
 
 METRICS = ("seen_miou", "unseen_miou", "hiou")
 GAP_METRICS = ("unseen_miou", "hiou")
@@ -90,33 +87,23 @@ def evaluate(
 
 
 def load_confusions(path: Path) -> dict:
-    """An ``--image-confusions`` file: ``confusions`` (N, K, K) and the ``seen`` / ``unseen``
-    class indices."""
-    with np.load(path) as f:
-        return {
-            "confusions": torch.from_numpy(f["confusions"]),
-            "seen": f["seen"].tolist(),
-            "unseen": f["unseen"].tolist(),
-        }
+    """An ``--image-confusions`` file (one run's): ``confusions`` (N, K, K) and the ``seen`` /
+    ``unseen`` class indices."""
+    found = load_image_confusions(path)
+    (confusions,) = found["rows"].values()
+    return {"confusions": confusions, "seen": found["seen"], "unseen": found["unseen"]}
 
 
 def intervals(
     confusions: dict, pairs: list[tuple[str, str]], reps: int
 ) -> dict[str, dict[tuple[str, str], dict]]:
-    """``confusions``: world -> row -> one :func:`load_confusions` per seed. Per world and pair,
-    :func:`paired_gap_interval` of the pair's gaps."""
+    """``confusions``: world -> row -> one :func:`load_confusions` per seed. Per world,
+    :func:`gap_intervals` of the pairs (one draw of the images for every row and seed)."""
     out: dict[str, dict[tuple[str, str], dict]] = {}
     for world, rows in confusions.items():
-        out[world] = {}
-        for a, b in pairs:
-            first = rows[a][0]
-            out[world][(a, b)] = paired_gap_interval(
-                [c["confusions"] for c in rows[a]],
-                [c["confusions"] for c in rows[b]],
-                first["seen"],
-                first["unseen"],
-                reps=reps,
-            )
+        first = next(iter(rows.values()))[0]
+        stacks = {row: [c["confusions"] for c in seeds] for row, seeds in rows.items()}
+        out[world] = gap_intervals(stacks, pairs, first["seen"], first["unseen"], reps=reps)
     return out
 
 

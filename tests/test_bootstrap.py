@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from zeroseg.cli import main
-from zeroseg.metrics.bootstrap import ImageConfusions, group_scores, paired_gap_interval
+from zeroseg.metrics.bootstrap import (
+    ImageConfusions,
+    group_scores,
+    load_image_confusions,
+    paired_gap_interval,
+)
 from zeroseg.metrics.semantic import SemanticEvaluator, summarize
 
 SEEN, UNSEEN = [0, 1, 2, 3], [4, 5]
@@ -89,7 +94,7 @@ def test_the_rows_must_hold_the_same_images():
     a = [_random_confusions(20)]
     with pytest.raises(ValueError, match="the same \\(N, K, K\\) images"):
         paired_gap_interval(a, [_random_confusions(19)], SEEN, UNSEEN)
-    with pytest.raises(ValueError, match="at least one seed"):
+    with pytest.raises(ValueError, match="has no seeds. confusions"):
         paired_gap_interval(a, [], SEEN, UNSEEN)
 
 
@@ -99,10 +104,9 @@ def test_cli_eval_writes_each_scored_images_confusions(demo_run, tmp_path, capsy
     capsys.readouterr()
     assert main(["eval", str(run), "--no-progress", "--image-confusions", str(path)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    with np.load(path) as f:
-        conf = torch.from_numpy(f["confusions"])
-        seen, unseen = f["seen"].tolist(), f["unseen"].tolist()
-        assert str(f["split"]) == "test" and len(f["names"]) == conf.shape[1]
+    found = load_image_confusions(path)
+    conf, seen, unseen = found["rows"]["projection"], found["seen"], found["unseen"]
+    assert found["split"] == "test" and len(found["names"]) == conf.shape[1]
     # the matrices are the printed figures' (at the chosen gamma), image by image
     again = summarize(conf.sum(0).long(), seen, unseen)
     for m in ("seen_miou", "unseen_miou", "hiou"):

@@ -422,3 +422,37 @@ def test_a_parallel_row_waits_for_the_baselines_it_shares_stages_with():
         "zs3net",
         "projection",
     )
+
+
+def test_demo_reports_each_gaps_interval_over_the_scored_images(tiny_world, tmp_path):
+    from zeroseg.metrics.bootstrap import gap_intervals, load_image_confusions
+    from zeroseg.metrics.semantic import summarize
+
+    out = tmp_path / "seeds"
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--out", str(out)]
+    args += ["--refine", "spectral", "--no-progress", "--set", "train.iters=20"]
+    assert main([*args, "--set", "eval.batch_size=32", "--seeds", "0", "1"]) == 0
+    images = [load_image_confusions(out / f"seed-{s}" / "image-confusions.npz") for s in (0, 1)]
+    for seed, found in zip((0, 1), images, strict=True):
+        report = json.loads((out / f"seed-{seed}" / "report.json").read_text())
+        assert found["split"] == "test" and set(found["rows"]) == set(report["methods"])
+        for name, conf in found["rows"].items():  # each row's matrices give its reported figures
+            again = summarize(conf.sum(0).long(), found["seen"], found["unseen"])
+            assert again["hiou"] == pytest.approx(report["methods"][name]["hiou"], abs=1e-9)
+        one = report["methods"]["projection+spectral"]["over_images"]["projection"]["hiou"]
+        assert one["low"] <= one["gap"] <= one["high"]
+        assert (
+            "projection+spectral | projection | "
+            in (out / f"seed-{seed}" / "report.md").read_text()
+        )
+    # the seed report's interval: both seeds' images drawn together, the same draw for both rows
+    rows = {
+        n: [found["rows"][n] for found in images] for n in ("projection+spectral", "projection")
+    }
+    expected = gap_intervals(
+        rows, [("projection+spectral", "projection")], images[0]["seen"], images[0]["unseen"]
+    )[("projection+spectral", "projection")]["hiou"]
+    gap = json.loads((out / "report.json").read_text())["methods"]["projection+spectral"]["gap"]
+    assert gap["hiou"]["over_images"] == {"low": expected["low"], "high": expected["high"]}
+    assert gap["hiou"]["value"] == pytest.approx(expected["gap"], abs=1e-9)
+    assert "over images [" in (out / "report.md").read_text()

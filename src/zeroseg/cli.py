@@ -157,7 +157,17 @@ def cmd_eval(args) -> int:
         image_confusions=confusions,
     )
     if confusions is not None:
-        write_image_confusions(Path(args.image_confusions), confusions, data.split, args.split)
+        from zeroseg.metrics.bootstrap import save_image_confusions
+
+        split = data.split
+        save_image_confusions(
+            Path(args.image_confusions),
+            {method.name: confusions.stacked()},
+            names=split.names,
+            seen=split.seen,
+            unseen=split.unseen,
+            split=args.split,
+        )
     out = {k: v for k, v in metrics.items() if k not in ("per_class_iou", "calibration_curve")}
     out.update(eval_split=args.split, tuned_on="val", infer_ms_per_image=spi * 1000)
     if args.per_class:
@@ -167,25 +177,6 @@ def cmd_eval(args) -> int:
         out.update(method.extra_metrics(cfg, data, embed, progress=not args.no_progress))
     print(json.dumps(out, indent=2))
     return 0
-
-
-def write_image_confusions(path: Path, confusions, split, eval_split: str) -> None:
-    """``zeroseg eval --image-confusions``: an .npz of each scored image's (K, K) confusion
-    matrix (rows ground truth, columns prediction, at the chosen gamma; int32, the split's image
-    order) with the class names and seen / unseen indices, written whole or not at all."""
-    import numpy as np
-
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(
-            f,
-            confusions=confusions.stacked().numpy(),
-            names=np.array(list(split.names)),
-            seen=np.array(list(split.seen), dtype=np.int64),
-            unseen=np.array(list(split.unseen), dtype=np.int64),
-            split=np.array(eval_split),
-        )
-    tmp.replace(path)
 
 
 def output_stems(images: list[str]) -> list[str]:

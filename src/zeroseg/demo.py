@@ -37,6 +37,12 @@ from zeroseg.config import (
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.engine.rundir import without_neutral
 from zeroseg.methods.base import revision_key
+from zeroseg.metrics.bootstrap import (
+    ImageConfusions,
+    gap_intervals,
+    load_image_confusions,
+    save_image_confusions,
+)
 from zeroseg.report import _fmt
 
 DEFAULT_ROW_COST = DemoConfig.cost  # seconds: a row whose preset states no demo.cost
@@ -239,8 +245,9 @@ def _run_row(
 ) -> dict:
     """Trains (or loads) one demo row and evaluates it, with its refined rows.
 
-    Returns ``rows`` (the row and its ``+refinement`` rows), ``grid`` (their kept predictions)
-    and ``foundation`` (the foundation it starts from, or None). ``tag`` follows the row's name
+    Returns ``rows`` (the row and its ``+refinement`` rows), ``grid`` (their kept predictions),
+    ``confusions`` (their per-image confusion matrices, for the paired image bootstrap) and
+    ``foundation`` (the foundation it starts from, or None). ``tag`` follows the row's name
     in what it prints (``--seeds --jobs``: which seed). ``eval_split``: the split the figures
     are of (``val``: a check for a choice, the test split never read).
     """
@@ -269,7 +276,9 @@ def _run_row(
         progress=progress,
         keep=grid_images,
     )
-    metrics, spi, kept = evaluate()
+    images = ImageConfusions(data.split.num_classes, data.split.ignore_index)
+    metrics, spi, kept = evaluate(image_confusions=images)
+    confusions = {name: images.stacked()}
     metrics.update(
         result.method.extra_metrics(
             cfg, data, result.embed, progress=progress, eval_split=eval_split
@@ -292,9 +301,11 @@ def _run_row(
     grid = {name: [p.cpu().numpy() for p in kept]}
     for kind in refine:
         post = build_refinement(kind)
+        images = ImageConfusions(data.split.num_classes, data.split.ignore_index)
         r_metrics, r_spi, r_kept = evaluate(
-            post=post, calibration=metrics["calibration"], curve=False
+            post=post, calibration=metrics["calibration"], curve=False, image_confusions=images
         )
+        confusions[f"{name}+{kind}"] = images.stacked()
         note = (
             f"{name} refined by {kind} fusion at inference (no ground truth used), at "
             f"{name}'s gamma"
@@ -326,7 +337,12 @@ def _run_row(
         flush=True,
     )
     rows[name]["memory"] = _memory_used(memory)
-    return {"rows": rows, "grid": grid, "foundation": (started_from, identity)}
+    return {
+        "rows": rows,
+        "grid": grid,
+        "confusions": confusions,
+        "foundation": (started_from, identity),
+    }
 
 
 def _memory_mark() -> float | None:
@@ -635,15 +651,32 @@ def _write_demo(
     out, spec, methods, grid_images = plan.out, plan.spec, plan.methods, plan.grid_images
     rows: dict[str, dict] = {}
     grid_preds: dict[str, list[np.ndarray]] = {}
+    confusions: dict[str, torch.Tensor] = {}
     foundations: dict[str, dict] = {}
     for name in methods:  # the report keeps the rows' order, whatever finished first
         rows.update(results[name]["rows"])
         grid_preds.update(results[name]["grid"])
+        confusions.update(results[name]["confusions"])
         started_from, identity = results[name]["foundation"]
         if started_from:
             foundations.setdefault(started_from, identity)
+    split = data.split
     for name, row in rows.items():  # the like-for-like comparisons the report shows
         row["baselines"] = [b for b in baselines_of(name) if b in rows]
+    pairs = [(name, b) for name, row in rows.items() for b in row["baselines"]]
+    over_images = gap_intervals(
+        {name: [c] for name, c in confusions.items()}, pairs, split.seen, split.unseen
+    )
+    for (name, b), gaps in over_images.items():
+        rows[name].setdefault("over_images", {})[b] = gaps
+    save_image_confusions(
+        out / IMAGE_CONFUSIONS,
+        confusions,
+        names=split.names,
+        seen=split.seen,
+        unseen=split.unseen,
+        split=plan.split,
+    )
     from zeroseg.report import write_report
     from zeroseg.viz import bar_chart, prediction_grid, seen_unseen_curves
 
@@ -660,7 +693,6 @@ def _write_demo(
         data.split.num_classes,
         out / "predictions.png",
     ).name
-    split = data.split
     summary = {
         "title": f"ShapeWorld '{spec.name}'" + (" (quick)" if quick else ""),
         "world": spec.name,
@@ -684,6 +716,7 @@ def _write_demo(
         "foundation": next(iter(foundations.values()), None),
         "methods": rows,
         "figures": figures,
+        "image_confusions": IMAGE_CONFUSIONS,
         "total_seconds": time.perf_counter() - t_start,
     }
     md, js = write_report(out, summary)
@@ -692,6 +725,8 @@ def _write_demo(
 
 
 SEED_METRICS = ("seen_miou", "unseen_miou", "hiou", "miou", "ausuc")
+# each demo report's per-image confusion matrices of every row (the paired image bootstrap's)
+IMAGE_CONFUSIONS = "image-confusions.npz"
 
 
 def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
@@ -733,12 +768,14 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
         runs = _run_seeds_pooled(out=out, seeds=seeds, overrides=overrides, **kwargs)
     spread = seed_spread({s: r["methods"] for s, r in runs.items()})
     summary = {"seeds": seeds, "methods": spread, "title": runs[seeds[0]]["title"]}
+    images = {s: load_image_confusions(out / f"seed-{s}" / IMAGE_CONFUSIONS) for s in seeds}
     from zeroseg.report import write_seed_report, write_seed_summary
 
     md, js = write_seed_report(out, summary)
     print(f"[zeroseg] spread over seeds {seeds}: {md} and {js}")
     first = runs[seeds[0]]
     rows = seed_rows({s: r["methods"] for s, r in runs.items()}, spread)
+    _add_image_intervals(rows, images)
     report = {
         "title": first["title"] + f" ({len(seeds)} seeds)",
         "world": first["world"],
@@ -863,6 +900,24 @@ def seed_rows(rows_by_seed: dict[int, dict[str, dict]], spread: dict[str, dict])
             row["gap"] = comparisons[present[0]]
             row["comparisons"] = comparisons
     return rows
+
+
+def _add_image_intervals(rows: dict, images: dict[int, dict]) -> None:
+    """Adds to each compared metric's gap ``over_images``: the 95% interval of the difference of
+    the seed means over resamples of the scored images (:func:`gap_intervals`; one draw for every
+    seed of both rows). ``images``: seed -> :func:`load_image_confusions` of its report."""
+    seeds = list(images)
+    first = images[seeds[0]]
+    stacks = {name: [images[s]["rows"][name] for s in seeds] for name in first["rows"]}
+    pairs = [(n, b) for n, r in rows.items() for b in r.get("comparisons", {})]
+    intervals = gap_intervals(stacks, pairs, first["seen"], first["unseen"])
+    for (n, b), gaps in intervals.items():
+        for m, interval in gaps.items():
+            if m in rows[n]["comparisons"][b]:
+                rows[n]["comparisons"][b][m]["over_images"] = {
+                    "low": interval["low"],
+                    "high": interval["high"],
+                }
 
 
 def _add_seed_differences(gaps: dict[str, dict], row: dict, base: dict) -> None:

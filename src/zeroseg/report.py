@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from zeroseg import __version__
+from zeroseg.metrics.bootstrap import BOOTSTRAP_REPS
 
 PROTOCOL_NOTE = {
     "inductive": "inductive: no unseen pixel, no unseen image used in training",
@@ -77,19 +78,45 @@ def comparison_lines(rows: dict) -> list[str]:
     (``row["baselines"]``, from its preset's ``demo.baselines``), as differences of the metrics.
     One seed has no spread, so no gap is marked; ``--seeds`` marks those that exceed it."""
 
-    def cells(row: dict, ref: dict) -> list[str]:
-        return [
-            "–" if row.get(k) is None or ref.get(k) is None else f"{row[k] - ref[k]:+.1f}"
-            for k, _ in COMPARED
-        ]
+    def cells(row: dict, ref: dict, over_images: dict) -> list[str]:
+        out = []
+        for k, _ in COMPARED:
+            if row.get(k) is None or ref.get(k) is None:
+                out.append("–")
+                continue
+            cell = f"{row[k] - ref[k]:+.1f}"
+            if k in over_images:
+                cell += f" {image_interval(over_images[k])}"
+            out.append(cell)
+        return out
 
     return _like_for_like(
         "Each method minus the row it is compared with (same backbone, training images and "
         "budget; ablation rows against their full method; `+refinement` rows against the "
         "unrefined method). One seed: these differences have no spread yet; "
-        "`zeroseg demo --seeds` marks the ones that exceed it.",
-        [(n, b, cells(r, rows[b])) for n, r in rows.items() for b in r.get("baselines", [])],
+        "`zeroseg demo --seeds` marks the ones that exceed it. In brackets: "
+        f"{IMAGE_INTERVAL_NOTE}",
+        [
+            (n, b, cells(r, rows[b], r.get("over_images", {}).get(b, {})))
+            for n, r in rows.items()
+            for b in r.get("baselines", [])
+        ],
     )
+
+
+# what a report's "[low, high]" after a difference is
+IMAGE_INTERVAL_NOTE = (
+    f"the 95% interval of the difference over {BOOTSTRAP_REPS} resamples of the scored images "
+    "(drawn with "
+    "replacement, the same images for both rows and every seed; "
+    "`zeroseg.metrics.bootstrap`): how much another sample of images could move it, which the "
+    "seed spread does not measure."
+)
+
+
+def image_interval(interval: dict) -> str:
+    """``[-0.3, +2.6]``: a gap's interval over resampled images."""
+    return f"[{interval['low']:+.1f}, {interval['high']:+.1f}]"
 
 
 def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
@@ -102,6 +129,8 @@ def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
         seeds = ""
         if g.get("by_seed"):
             seeds = "; by seed " + ", ".join(f"{d:+.1f}" for d in g["by_seed"].values())
+        if g.get("over_images"):
+            seeds += f"; over images {image_interval(g['over_images'])}"
         if g["exceeds_spread"]:
             return f"**{g['value']:+.1f}** (± {g['spread']:.1f}{seeds})"
         return f"{g['value']:+.1f} (± {g['spread']:.1f}, no difference{seeds})"
@@ -109,7 +138,8 @@ def seed_comparison_lines(rows: dict, gap_rule: str) -> list[str]:
     return _like_for_like(
         f"Difference of means, method minus the row it is compared with; **bold** where it "
         f"exceeds the spread ({gap_rule}), 'no difference' where it does not. 'by seed': the "
-        f"same difference seed by seed (descriptive; the rule decides what counts).",
+        f"same difference seed by seed (descriptive; the rule decides what counts). 'over "
+        f"images': {IMAGE_INTERVAL_NOTE}",
         [
             (n, b, [cell(gaps.get(k)) for k, _ in COMPARED])
             for n, r in rows.items()

@@ -13,15 +13,26 @@ uncertainty, to read beside the seed spread, not instead of it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from zeroseg.metrics.semantic import confusion_matrix
 
-__all__ = ["ImageConfusions", "group_scores", "paired_gap_interval"]
+__all__ = [
+    "BOOTSTRAP_REPS",
+    "ImageConfusions",
+    "gap_intervals",
+    "group_scores",
+    "load_image_confusions",
+    "paired_gap_interval",
+    "resample_counts",
+    "save_image_confusions",
+]
 
 GAP_METRICS = ("seen_miou", "unseen_miou", "hiou")
+BOOTSTRAP_REPS = 2000  # resamples of the images per interval (the reports')
 
 
 class ImageConfusions:
@@ -59,6 +70,52 @@ class ImageConfusions:
         self.state()
 
 
+ROW_PREFIX = "row/"
+
+
+def save_image_confusions(
+    path: Path,
+    rows: dict[str, torch.Tensor],
+    *,
+    names: Sequence[str],
+    seen: Sequence[int],
+    unseen: Sequence[int],
+    split: str,
+) -> None:
+    """Writes ``rows`` (row name -> (N, K, K) per-image confusion matrices, rows ground truth,
+    columns prediction) to a compressed .npz with the class ``names``, the ``seen`` / ``unseen``
+    class indices and the ``split`` scored; whole or not at all (a ``.part`` file renamed)."""
+    arrays = {f"{ROW_PREFIX}{name}": conf.to(torch.int32).numpy() for name, conf in rows.items()}
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            names=np.array(list(names)),
+            seen=np.array(list(seen), dtype=np.int64),
+            unseen=np.array(list(unseen), dtype=np.int64),
+            split=np.array(split),
+            **arrays,
+        )
+    tmp.replace(path)
+
+
+def load_image_confusions(path: Path) -> dict:
+    """A :func:`save_image_confusions` file: ``rows`` (name -> (N, K, K) int32 tensor),
+    ``names``, ``seen``, ``unseen`` (lists) and ``split``."""
+    with np.load(path) as f:
+        return {
+            "rows": {
+                key.removeprefix(ROW_PREFIX): torch.from_numpy(f[key])
+                for key in f.files
+                if key.startswith(ROW_PREFIX)
+            },
+            "names": f["names"].tolist(),
+            "seen": f["seen"].tolist(),
+            "unseen": f["unseen"].tolist(),
+            "split": str(f["split"]),
+        }
+
+
 def group_scores(
     conf: torch.Tensor, seen: Sequence[int], unseen: Sequence[int]
 ) -> dict[str, torch.Tensor]:
@@ -92,66 +149,91 @@ def group_scores(
     return {"seen_miou": s, "unseen_miou": u, "hiou": h}
 
 
+def resample_counts(n: int, reps: int, seed: int = 0) -> torch.Tensor:
+    """(reps, n) float64: how often each of ``n`` images is drawn in each resample (n draws with
+    replacement), from ``seed`` alone."""
+    if n < 1 or reps < 1:
+        raise ValueError(f"resample_counts: n and reps must be >= 1, got {n}, {reps}")
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.multinomial(n, np.full(n, 1.0 / n), size=reps)).double()
+
+
+def _row_means(
+    stacks: Sequence[torch.Tensor], weights: torch.Tensor, seen, unseen
+) -> dict[str, torch.Tensor]:
+    """Per metric, (R,) the mean over seeds of each weighting of the images (``weights`` (R, N))."""
+    scores = [
+        group_scores((weights @ s.double().flatten(1)).view(-1, *s.shape[1:]), seen, unseen)
+        for s in stacks
+    ]
+    return {m: torch.stack([x[m] for x in scores]).mean(0) for m in GAP_METRICS}
+
+
+def gap_intervals(
+    rows: dict[str, Sequence[torch.Tensor]],
+    pairs: Sequence[tuple[str, str]],
+    seen: Sequence[int],
+    unseen: Sequence[int],
+    *,
+    reps: int = BOOTSTRAP_REPS,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """Percentile intervals of (mean over seeds of row A) - (mean over seeds of row B) when the
+    scored images are resampled with replacement, one draw for every seed of every row.
+
+    Args:
+        rows: row name -> one (N, K, K) per-image confusion stack per seed (the same N images,
+            in the same order, everywhere).
+        pairs: (A, B) row names.
+        reps: bootstrap resamples.
+        level: the interval's coverage (0.95: the 2.5th and 97.5th percentiles).
+        seed: the resampling's random seed (the intervals are a function of it and the inputs).
+
+    Returns:
+        (A, B) -> metric -> ``gap`` (on the images as scored: the report's difference of the
+        means), ``low``, ``high``; for ``seen_miou``, ``unseen_miou`` and ``hiou``.
+
+    Raises:
+        ValueError: a pair's row missing or without seeds, or stacks of different images.
+    """
+    used = {name for pair in pairs for name in pair}
+    for name in used:
+        if not rows.get(name):
+            raise ValueError(f"gap_intervals: row {name!r} has no seeds' confusions")
+    stacks = [s for name in used for s in rows[name]]
+    shapes = {tuple(s.shape) for s in stacks}
+    if len(shapes) > 1 or (stacks and (stacks[0].dim() != 3 or not stacks[0].shape[0])):
+        raise ValueError(
+            f"gap_intervals: every seed of every row needs the same (N, K, K) images with N > 0, "
+            f"got shapes {sorted(shapes)}"
+        )
+    if not 0 < level < 1:
+        raise ValueError(f"gap_intervals: level must be in (0, 1), got {level}")
+    if not pairs:
+        return {}
+    n = stacks[0].shape[0]
+    counts = resample_counts(n, reps, seed)
+    ones = torch.ones(1, n, dtype=torch.float64)
+    point = {name: _row_means(rows[name], ones, seen, unseen) for name in used}
+    boot = {name: _row_means(rows[name], counts, seen, unseen) for name in used}
+    tail = (1 - level) / 2 * 100
+    out: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for a, b in pairs:
+        out[(a, b)] = {}
+        for m in GAP_METRICS:
+            low, high = np.percentile((boot[a][m] - boot[b][m]).numpy(), [tail, 100 - tail])
+            gap = float(point[a][m][0] - point[b][m][0])
+            out[(a, b)][m] = {"gap": gap, "low": float(low), "high": float(high)}
+    return out
+
+
 def paired_gap_interval(
     a: Sequence[torch.Tensor],
     b: Sequence[torch.Tensor],
     seen: Sequence[int],
     unseen: Sequence[int],
-    *,
-    reps: int = 2000,
-    level: float = 0.95,
-    seed: int = 0,
+    **kwargs,
 ) -> dict[str, dict[str, float]]:
-    """Percentile interval of (mean over seeds of row A) - (mean over seeds of row B) when the
-    scored images are resampled with replacement.
-
-    Args:
-        a, b: one (N, K, K) per-image confusion stack per seed (the same N images, in the same
-            order, for every seed of both rows).
-        reps: bootstrap resamples.
-        level: the interval's coverage (0.95: the 2.5th and 97.5th percentiles).
-        seed: the resampling's random seed (the interval is a function of it and the inputs).
-
-    Returns:
-        metric -> ``gap`` (on the images as scored: the report's difference of the means),
-        ``low``, ``high``; for ``seen_miou``, ``unseen_miou`` and ``hiou``.
-
-    Raises:
-        ValueError: no seeds, no images, or stacks of different images.
-    """
-    stacks = [*a, *b]
-    if not a or not b:
-        raise ValueError("paired_gap_interval: each row needs at least one seed's confusions")
-    shapes = {tuple(s.shape) for s in stacks}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or not stacks[0].shape[0]:
-        raise ValueError(
-            f"paired_gap_interval: every seed of both rows needs the same (N, K, K) images with "
-            f"N > 0, got shapes {sorted(shapes)}"
-        )
-    if not 0 < level < 1 or reps < 1:
-        raise ValueError(f"paired_gap_interval: level in (0, 1) and reps >= 1, got {level}, {reps}")
-    n = stacks[0].shape[0]
-    rng = np.random.default_rng(seed)
-    counts = torch.from_numpy(rng.multinomial(n, np.full(n, 1.0 / n), size=reps)).double()
-
-    def row_mean(row: Sequence[torch.Tensor], weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        scores = [
-            group_scores(torch.einsum("rn,nkl->rkl", weights, s.double()), seen, unseen)
-            for s in row
-        ]
-        return {m: torch.stack([x[m] for x in scores]).mean(0) for m in GAP_METRICS}
-
-    ones = torch.ones(1, n, dtype=torch.float64)
-    point_a, point_b = row_mean(a, ones), row_mean(b, ones)
-    boot_a, boot_b = row_mean(a, counts), row_mean(b, counts)
-    tail = (1 - level) / 2 * 100
-    out = {}
-    for m in GAP_METRICS:
-        diffs = (boot_a[m] - boot_b[m]).numpy()
-        low, high = np.percentile(diffs, [tail, 100 - tail])
-        out[m] = {
-            "gap": float(point_a[m][0] - point_b[m][0]),
-            "low": float(low),
-            "high": float(high),
-        }
-    return out
+    """:func:`gap_intervals` of one pair: ``a`` and ``b`` are the two rows' per-seed stacks."""
+    return gap_intervals({"a": a, "b": b}, [("a", "b")], seen, unseen, **kwargs)[("a", "b")]
