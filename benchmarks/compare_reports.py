@@ -10,7 +10,9 @@ a ratio, second run over first: min, median, max, and the three rows furthest ou
     python benchmarks/compare_reports.py OLD_RUNS NEW_RUNS
     python benchmarks/compare_reports.py /work/a/runs/benchmark /work/b/runs/benchmark
 
-Exits with 1 if any figure differs, so it can gate a "nothing moved" claim.
+Exits with 1 if any figure differs or is missing from the second run, so it can gate a "nothing
+moved" claim. Figures only the second run has (a field added since the first, such as session
+43's ``over_images`` intervals) are counted apart: they are new, not moved.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ NOT_FIGURES = (
     "ms_per",
     "per_image",
 )
+
+
+_MISSING = object()  # a figure the second run lacks differs from every value
 
 
 def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -82,15 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     if unpaired:
         parser.error(f"reports in only one of the two runs: {[str(p) for p in unpaired]}")
 
-    differing = 0
+    differing, added_total = 0, 0
     ratios: list[tuple[float, str]] = []
     for rel in sorted(old):
         a, b = old[rel], new[rel]
         fa, fb = figures(a), figures(b)
-        diffs = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+        diffs = sorted(k for k in fa if fa[k] != fb.get(k, _MISSING))
+        added = sorted(fb.keys() - fa.keys())
         differing += len(diffs)
+        added_total += len(added)
         shown = ", ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
-        print(f"{rel}: {len(fa)} figures, {len(diffs)} differ{': ' + shown if diffs else ''}")
+        new_note = f" ({len(added)} new in the second run)" if added else ""
+        print(
+            f"{rel}: {len(fa)} figures, {len(diffs)} differ{': ' + shown if diffs else ''}"
+            f"{new_note}"
+        )
         for row, entry in a["methods"].items():
             t_old = entry.get("train_seconds") if isinstance(entry, dict) else None
             t_new = b["methods"].get(row, {}).get("train_seconds")
@@ -105,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         ranked = sorted(ratios)
         for ratio, name in ranked[:3] + ranked[-3:]:
             print(f"  {ratio:.3f}  {name}")
-    print(f"\n{differing} differing figures in {len(old)} reports")
+    print(
+        f"\n{differing} differing figures in {len(old)} reports"
+        + (f"; {added_total} figures new in the second run" if added_total else "")
+    )
     return 1 if differing else 0
 
 

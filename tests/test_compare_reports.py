@@ -41,6 +41,19 @@ def test_times_and_memory_may_differ_figures_may_not(benchmark_script, tmp_path,
     assert script.main([str(old), str(new)]) == 1
     assert "1 differ: methods.projection.figures.hiou" in capsys.readouterr().out
 
+    # a field added since the first run is new, not moved; a figure the second run lost differs
+    grown = _report(71.1, 110.0, 660.0)
+    grown["methods"]["projection"]["figures"]["over_images"] = {"low": -0.3, "high": 2.6}
+    _write(new, "default/seed-0", grown)
+    assert script.main([str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "3 figures, 0 differ (2 new in the second run)" in out
+    assert "0 differing figures in 1 reports; 2 figures new in the second run" in out
+    del grown["methods"]["projection"]["figures"]["seen_miou"]
+    _write(new, "default/seed-0", grown)
+    assert script.main([str(old), str(new)]) == 1
+    assert "1 differ: methods.projection.figures.seen_miou" in capsys.readouterr().out
+
 
 def test_unpaired_reports_and_missing_directories_are_named(benchmark_script, tmp_path, capsys):
     script = benchmark_script("compare_reports")
