@@ -61,13 +61,16 @@ class ImageConfusions:
         return {}  # the matrices are read from the evaluator, not the metrics
 
     def state(self) -> dict:
-        raise RuntimeError(
-            "per-image confusion matrices are kept in one process only (a distributed evaluation "
-            "splits the images across ranks): evaluate without torchrun"
-        )
+        raise RuntimeError(ONE_PROCESS_ONLY)
 
     def merge(self, state: dict) -> None:
-        self.state()
+        raise RuntimeError(ONE_PROCESS_ONLY)
+
+
+ONE_PROCESS_ONLY = (
+    "per-image confusion matrices are kept in one process only (a distributed evaluation splits "
+    "the images across ranks): evaluate without torchrun"
+)
 
 
 ROW_PREFIX = "row/"
