@@ -10,7 +10,8 @@ brackets), "=" where it does not. With ``--rows`` only those methods are printed
 With ``--by-seed`` a third table gives each of those gaps seed by seed (each gap's ``by_seed``,
 which ``zeroseg demo --seeds`` records beside it): descriptive, for pairs whose rows vary together
 (a method that loads its baseline's stage 1 per seed); the rule above still decides which gaps
-count.
+count. With ``--over-images`` another table gives each gap's 95% interval over resampled images
+(``over_images``, since session 43: how much another sample of images could move it).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--by-seed", action="store_true", help="also print each gap seed by seed (third table)"
     )
+    parser.add_argument(
+        "--over-images",
+        action="store_true",
+        help="also print each gap's 95%% interval over resampled images (another table)",
+    )
     args = parser.parse_args(argv)
     reports = [load(r) for r in args.runs]
     names = args.rows or list(reports[0]["methods"])
@@ -78,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.by_seed:
         print()
         print_by_seed(args.runs, reports, names)
+    if args.over_images:
+        print()
+        print_over_images(args.runs, reports, names)
 
 
 def print_gap_table(reports: list[dict], names: list[str], labels: tuple, cell_of) -> None:
@@ -110,6 +119,24 @@ def print_by_seed(runs: list[Path], reports: list[dict], names: list[str]) -> No
         return ", ".join(f"{d:+.1f}" for d in gap["by_seed"].values())
 
     print_gap_table(reports, names, ("Δ mIoU(U) by seed", "Δ hIoU by seed"), by_seed)
+
+
+def print_over_images(runs: list[Path], reports: list[dict], names: list[str]) -> None:
+    """The gaps of the second table with their 95% intervals over resampled images."""
+
+    def over_images(i: int, name: str, base: str, m: str) -> str:
+        gap = reports[i]["methods"][name].get("comparisons", {}).get(base, {}).get(m)
+        if gap is None:
+            return "–"
+        if "over_images" not in gap:
+            raise SystemExit(
+                f"{runs[i]}/report.json: no intervals over images ('over_images', since session "
+                "43); re-run zeroseg demo --seeds"
+            )
+        interval = gap["over_images"]
+        return f"{gap['value']:+.1f} [{interval['low']:+.1f}, {interval['high']:+.1f}]"
+
+    print_gap_table(reports, names, ("Δ mIoU(U) [95% over images]", "Δ hIoU"), over_images)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,25 @@ def test_by_seed_prints_each_gap_seed_by_seed_from_the_gaps_by_seed(tmp_path):
     ).stdout.splitlines()
     assert out[-3].startswith("| method | vs | default: Δ mIoU(U) by seed |")
     assert out[-1] == "| zs3net | projection | +2.0, +3.0, -1.0 | +1.0, +1.5, -0.5 |"
+
+
+def test_over_images_prints_each_gap_with_its_interval_and_refuses_reports_without(tmp_path):
+    gap = {
+        "projection": {
+            "unseen_miou": {"value": 2.04, "spread": 1.0, "exceeds_spread": True},
+            "hiou": {"value": 1.0, "spread": 1.5, "exceeds_spread": False},
+        }
+    }
+    run = tmp_path / "default"
+    run.mkdir()
+    summary = {"projection": _row(70, 60, 65, 40, 1), "zs3net": _row(70, 62, 66, 39, 1, gap)}
+    (run / "report.json").write_text(json.dumps(_report("default", summary)))
+    args = [sys.executable, str(SCRIPT), str(run), "--over-images"]
+    res = subprocess.run(args, capture_output=True, text=True)
+    assert res.returncode != 0 and "no intervals over images" in res.stderr  # an older report
+    gap["projection"]["unseen_miou"]["over_images"] = {"low": 0.46, "high": 3.61}
+    gap["projection"]["hiou"]["over_images"] = {"low": -0.72, "high": 2.2}
+    (run / "report.json").write_text(json.dumps(_report("default", summary)))
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-3].startswith("| method | vs | default: Δ mIoU(U) [95% over images] | Δ hIoU |")
+    assert out[-1] == "| zs3net | projection | +2.0 [+0.5, +3.6] | +1.0 [-0.7, +2.2] |"
