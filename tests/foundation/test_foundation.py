@@ -321,7 +321,8 @@ def test_the_mask_familys_text_map_starts_as_the_foundations_text_side(
     ).method
     # the queries are matched against the foundation's own class side, which stays as loaded
     assert torch.equal(frozen.model.text_map.weight, found.head.text_proj.weight)
-    assert torch.allclose(frozen.model.class_side(t), found.head.text_side(t), atol=1e-6)
+    side = torch.nn.functional.normalize(frozen.model.class_vectors(t), dim=-1)
+    assert torch.allclose(side, found.head.text_side(t), atol=1e-6)
     learned = train(
         load_config(name, [*common, "model.mask.text_map=learned"]),
         tmp_path / "learned",
@@ -333,7 +334,15 @@ def test_the_mask_familys_text_map_starts_as_the_foundations_text_side(
 
 def test_the_mask_familys_text_map_needs_the_foundation_and_a_known_value():
     from zeroseg.methods.mask_model import MaskModelMethod, MaskProjectionConfig
-    from zeroseg.models.heads.mask_decoder import MaskModelConfig
+    from zeroseg.models.heads.mask_decoder import MaskClassifier, MaskModelConfig
+
+    # off, the class side is the embeddings themselves, not a re-normalised copy: a copy differs
+    # in the last bits, and one seed's AlignZeg then trained to 56.4 hIoU instead of 64.1
+    t = torch.randn(5, 16)
+    assert (
+        MaskClassifier(MaskModelConfig(hidden_dim=8, mask_dim=8), embed_dim=16).class_vectors(t)
+        is t
+    )
 
     with pytest.raises(ValueError, match="text_map must be one of"):
         MaskModelConfig(text_map="foundation")

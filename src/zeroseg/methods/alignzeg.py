@@ -429,7 +429,7 @@ class AlignZeg(MaskModelMethod):
                 v_emb = model.class_embed(v)
                 logits = model.classify(v_emb, seen_emb)  # (V, S+1)
                 t_v = virtual_class_embeddings(
-                    model.class_side(seen_emb), y[mixed.i], y[mixed.j], mixed.g
+                    model.class_vectors(seen_emb), y[mixed.i], y[mixed.j], mixed.g
                 )
                 cos_v = (F.normalize(v_emb.float(), dim=-1) * t_v).sum(-1)
                 l_vir = virtual_loss(logits, model.classifier.scale() * cos_v, cfg.virtual_target)

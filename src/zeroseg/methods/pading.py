@@ -309,7 +309,9 @@ class PADing(MaskModelMethod):
         cfg, split = self.cfg, self.split
         k = split.num_classes
         with torch.no_grad():  # start from the mask model's own classifier (the baseline row)
-            self.classifier.weight[:k] = self.model.class_side(all_emb)
+            self.classifier.weight[:k] = F.normalize(
+                self.model.class_vectors(all_emb).float(), dim=-1
+            )
             self.classifier.weight[k] = F.normalize(self.model.classifier.null.float(), dim=0)
             self.classifier.logit_scale.copy_(self.model.classifier.logit_scale)
         self.generator.eval()

@@ -374,18 +374,19 @@ class MaskClassifier(nn.Module):
             preds.append((masks, emb))
         return MaskOutputs(masks=preds[-1][0], embeddings=preds[-1][1], aux=preds[:-1])
 
-    def class_side(self, class_embeddings: Tensor) -> Tensor:
-        """(K, D) text embeddings -> (K, D) unit class vectors the queries are matched against
-        (through ``text_map`` when there is one; fp32, outside autocast)."""
+    def class_vectors(self, class_embeddings: Tensor) -> Tensor:
+        """(K, D) text embeddings -> (K, D) class vectors the queries are matched against (not
+        normalised): through ``text_map`` when there is one (fp32, outside autocast), else the
+        embeddings themselves, the same tensor (so a model without the map computes exactly
+        what it did before the option existed)."""
+        if self.text_map is None:
+            return class_embeddings
         with torch.autocast(class_embeddings.device.type, enabled=False):
-            t = class_embeddings.float()
-            if self.text_map is not None:
-                t = self.text_map(t.to(self.text_map.weight.device))
-            return F.normalize(t, dim=-1)
+            return self.text_map(class_embeddings.float().to(self.text_map.weight.device))
 
     def classify(self, embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
         """(..., D) query embeddings, (K, D) text embeddings -> (..., K+1) logits; last = no-object."""
-        return self.classifier(embeddings, self.class_side(class_embeddings))
+        return self.classifier(embeddings, self.class_vectors(class_embeddings))
 
 
 # -- inference (Mask2Former's rules) -------------------------------------------------------------
