@@ -41,6 +41,7 @@ from readme_tables import cell, gap_cell  # noqa: E402  (the README tables' cell
 from zeroseg.cli import main as zeroseg_main  # noqa: E402
 from zeroseg.demo import seed_gaps, seed_spread  # noqa: E402  (the demo's seed statistics)
 from zeroseg.metrics.bootstrap import gap_intervals, load_image_confusions  # noqa: E402
+from zeroseg.report import image_interval  # noqa: E402  (the reports' "[low, high]")
 
 METRICS = ("seen_miou", "unseen_miou", "hiou")
 GAP_METRICS = ("unseen_miou", "hiou")
@@ -109,7 +110,7 @@ def intervals(
 
 def interval_cell(gap: dict) -> str:
     """``+1.2 [-0.3, +2.6]``: the gap on the scored images and its 95% interval over images."""
-    return f"{gap['gap']:+.1f} [{gap['low']:+.1f}, {gap['high']:+.1f}]"
+    return f"{gap['gap']:+.1f} {image_interval(gap)}"
 
 
 def tables(
@@ -144,15 +145,14 @@ def tables(
     for row in rows:
         cells = [cell(flat[w][row], m) for w in worlds for m in METRICS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    gaps = ["", "| method | vs | " + " | ".join(f"{w}: Δ mIoU(U) | Δ hIoU" for w in worlds) + " |"]
-    gaps.append("|---|---|" + "---:|" * (2 * len(worlds)))
-    by_seed = [
-        "",
-        "| method | vs | "
-        + " | ".join(f"{w}: Δ mIoU(U) by seed | Δ hIoU by seed" for w in worlds)
-        + " |",
-        "|---|---|" + "---:|" * (2 * len(worlds)),
-    ]
+
+    def gap_head(unseen: str, hiou: str) -> list[str]:
+        """A gap table's blank line, header (a column pair per world) and separator."""
+        pairs_ = " | ".join(f"{w}: {unseen} | {hiou}" for w in worlds)
+        return ["", f"| method | vs | {pairs_} |", "|---|---|" + "---:|" * (2 * len(worlds))]
+
+    gaps = gap_head("Δ mIoU(U)", "Δ hIoU")
+    by_seed = gap_head("Δ mIoU(U) by seed", "Δ hIoU by seed")
     for a, b in pairs:
         cells, seeds = [], []
         for w in worlds:
@@ -165,13 +165,7 @@ def tables(
         by_seed.append(f"| {a} | {b} | " + " | ".join(seeds) + " |")
     over_images = []
     if gap_intervals is not None:
-        over_images = [
-            "",
-            "| method | vs | "
-            + " | ".join(f"{w}: Δ mIoU(U) [95% over images] | Δ hIoU" for w in worlds)
-            + " |",
-            "|---|---|" + "---:|" * (2 * len(worlds)),
-        ]
+        over_images = gap_head("Δ mIoU(U) [95% over images]", "Δ hIoU")
         for a, b in pairs:
             cells = [
                 interval_cell(gap_intervals[w][(a, b)][m]) for w in worlds for m in GAP_METRICS

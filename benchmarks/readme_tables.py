@@ -105,36 +105,34 @@ def print_gap_table(reports: list[dict], names: list[str], labels: tuple, cell_o
             print("| " + " | ".join(cells) + " |")
 
 
+def recorded_gap(runs, reports, i: int, name: str, base: str, m: str, key: str, what: str):
+    """Report ``i``'s gap of ``name`` to ``base`` on ``m`` (None if not compared), refusing a
+    report that predates ``key`` (what a later ``zeroseg demo --seeds`` records beside it)."""
+    gap = reports[i]["methods"][name].get("comparisons", {}).get(base, {}).get(m)
+    if gap is not None and key not in gap:
+        raise SystemExit(f"{runs[i]}/report.json: no {what} ('{key}'); re-run zeroseg demo --seeds")
+    return gap
+
+
 def print_by_seed(runs: list[Path], reports: list[dict], names: list[str]) -> None:
     """The gaps of the second table, seed by seed (method minus baseline in each seed)."""
 
     def by_seed(i: int, name: str, base: str, m: str) -> str:
-        gap = reports[i]["methods"][name].get("comparisons", {}).get(base, {}).get(m)
-        if gap is None:
-            return "–"
-        if "by_seed" not in gap:
-            raise SystemExit(
-                f"{runs[i]}/report.json: no per-seed gaps ('by_seed'); re-run zeroseg demo --seeds"
-            )
-        return ", ".join(f"{d:+.1f}" for d in gap["by_seed"].values())
+        gap = recorded_gap(runs, reports, i, name, base, m, "by_seed", "per-seed gaps")
+        return "–" if gap is None else ", ".join(f"{d:+.1f}" for d in gap["by_seed"].values())
 
     print_gap_table(reports, names, ("Δ mIoU(U) by seed", "Δ hIoU by seed"), by_seed)
 
 
 def print_over_images(runs: list[Path], reports: list[dict], names: list[str]) -> None:
-    """The gaps of the second table with their 95% intervals over resampled images."""
+    """The gaps of the second table with their 95% intervals over resampled images (recorded
+    since session 43)."""
+    from zeroseg.report import image_interval  # the reports' "[low, high]"
 
     def over_images(i: int, name: str, base: str, m: str) -> str:
-        gap = reports[i]["methods"][name].get("comparisons", {}).get(base, {}).get(m)
-        if gap is None:
-            return "–"
-        if "over_images" not in gap:
-            raise SystemExit(
-                f"{runs[i]}/report.json: no intervals over images ('over_images', since session "
-                "43); re-run zeroseg demo --seeds"
-            )
-        interval = gap["over_images"]
-        return f"{gap['value']:+.1f} [{interval['low']:+.1f}, {interval['high']:+.1f}]"
+        what = "intervals over images"
+        gap = recorded_gap(runs, reports, i, name, base, m, "over_images", what)
+        return "–" if gap is None else f"{gap['value']:+.1f} {image_interval(gap['over_images'])}"
 
     print_gap_table(reports, names, ("Δ mIoU(U) [95% over images]", "Δ hIoU"), over_images)
 
