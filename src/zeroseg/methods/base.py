@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,9 @@ import torch.nn as nn
 from zeroseg.data.classes import ClassSplit
 from zeroseg.engine.rundir import without_cadence, without_neutral
 from zeroseg.metrics.calibration import class_probabilities
+
+if TYPE_CHECKING:
+    from zeroseg.foundation import Foundation
 
 
 @dataclass
@@ -293,15 +296,18 @@ class RunContext:
 
     def start_from_foundation(
         self, name: str, backbone: nn.Module, head: nn.Module | None = None
-    ) -> None:
-        """Initialises ``backbone`` (and ``head``) from a pretrained ShapeWorld foundation."""
+    ) -> Foundation:
+        """Initialises ``backbone`` (and ``head``) from a pretrained ShapeWorld foundation;
+        returns the loaded :class:`zeroseg.foundation.Foundation`, for any other part a method
+        copies from it (read and checked once)."""
         from zeroseg.foundation import load_into
         from zeroseg.foundation.web import check_world_in_range
 
         if self.world is not None:
             check_world_in_range(self.world)
-        load_into(backbone, head, name)
+        found = load_into(backbone, head, name)
         self.uses_foundation(name)
+        return found
 
     def seen_embeddings(self) -> torch.Tensor:
         """(S, D) embeddings of the seen classes only (what inductive stages may know)."""

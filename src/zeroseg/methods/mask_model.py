@@ -13,7 +13,6 @@ from zeroseg.config import ConfigError
 from zeroseg.data.labels import seen_position_lookup
 from zeroseg.data.loader import iterate_eval, size_groups
 from zeroseg.engine import distributed as dist
-from zeroseg.foundation import load_foundation
 from zeroseg.methods.base import Method, RunContext, Stage, StagePlan
 from zeroseg.metrics.instance import InstanceEvaluator
 from zeroseg.metrics.panoptic import PanopticEvaluator, crowd_flags
@@ -117,10 +116,11 @@ class MaskModelMethod(Method):
         """Starts the mask model's pretrained parts before its stage trains: the U-Net from
         ``model.foundation`` and, with ``mask.text_map``, the class side from the foundation's
         text-side map."""
-        if self.cfg.foundation:
-            ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
+        if not self.cfg.foundation:
+            return  # a text map needs the foundation (check_text_map)
+        found = ctx.start_from_foundation(self.cfg.foundation, self.model.backbone.unet)
         if self.model.text_map is not None:
-            source = load_foundation(self.cfg.foundation).head.text_proj
+            source = found.head.text_proj
             if source is None:
                 raise ConfigError(
                     f"model.mask.text_map: the foundation {self.cfg.foundation!r} has no "
