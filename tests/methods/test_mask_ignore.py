@@ -78,6 +78,10 @@ def test_ignore_protocol_fit_runs_the_production_guard(tiny_world, tmp_path, mon
     for stage in ("generator", "classifier"):
         [report] = list((tmp_path / "pading").rglob(f"{stage}/plateau.json"))
         assert json.loads(report.read_text())["steps"] == [2, 4]
+    # Run again into the same directory, every stage is loaded (the generator's not even that: the
+    # finished classifier holds it); both curves are still reported, so the notes are the same.
+    again = runner.train(cfg, tmp_path / "pading", progress=False, data=data)
+    assert [n for n in again.notes if "loss" in n] == [n for n in result.notes if "loss" in n]
 
 
 def test_ignore_presets_share_their_stage_one_and_differ_from_strict_only_in_protocol():

@@ -206,9 +206,11 @@ class PADing(MaskModelMethod):
         all_emb = all_emb.to(ctx.device)
         meta = {"method": self.name}
         plans = {"generator": self.generator_plan, "classifier": self.classifier_plan}
-        # A finished classifier stage holds the generator too: stage 2 is then not needed.
+        # A finished classifier stage holds the generator too: stage 2 is then not needed (its
+        # logged curve is still reported, so a reused row's notes equal a trained one's).
         if ctx.stage_finished("classifier"):
             del plans["generator"]
+            self.report_plateau(ctx, "generator", ctx.stage_dir("generator"))
         else:
             self.model.requires_grad_(False)
         for stage, plan in plans.items():
