@@ -10,6 +10,10 @@ a ratio, second run over first: min, median, max, and the three rows furthest ou
     python benchmarks/compare_reports.py OLD_RUNS NEW_RUNS
     python benchmarks/compare_reports.py /work/a/runs/benchmark /work/b/runs/benchmark
 
+With ``--rows ROW ...`` only those method rows (``methods.<row>``) are compared: for a run of
+some rows into a copy of another run (ablation rows beside the full rows they reused), which
+holds rows the first run lacks and lacks rows it holds.
+
 Exits with 1 if any figure differs or is missing from the second run, so it can gate a "nothing
 moved" claim. Figures only the second run has (a field added since the first, such as session
 43's ``over_images`` intervals) are counted apart: they are new, not moved.
@@ -40,6 +44,7 @@ NOT_FIGURES = (
     "commit",
     "ms_per",
     "per_image",
+    "reused",  # whether a row's stages were loaded, not what they give
 )
 
 
@@ -58,8 +63,13 @@ def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
         yield path, value
 
 
-def figures(report: dict) -> dict[str, Any]:
-    return {k: v for k, v in leaves(report) if not any(s in k.lower() for s in NOT_FIGURES)}
+def figures(report: dict, rows: list[str] | None = None) -> dict[str, Any]:
+    """The report's figures; with ``rows``, only those under ``methods.<row>`` for a listed row."""
+    found = {k: v for k, v in leaves(report) if not any(s in k.lower() for s in NOT_FIGURES)}
+    if rows is None:
+        return found
+    prefixes = tuple(f"methods.{row}." for row in rows)
+    return {k: v for k, v in found.items() if k.startswith(prefixes)}
 
 
 def seed_reports(root: Path) -> dict[Path, dict]:
@@ -76,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("old", type=Path, help="the first run's output directory")
     parser.add_argument("new", type=Path, help="the second run's output directory")
+    parser.add_argument(
+        "--rows", nargs="+", metavar="ROW", help="compare only these method rows (methods.<row>)"
+    )
     args = parser.parse_args(argv)
     for root in (args.old, args.new):
         if not root.is_dir():
@@ -91,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[tuple[float, str]] = []
     for rel in sorted(old):
         a, b = old[rel], new[rel]
-        fa, fb = figures(a), figures(b)
+        absent = [row for row in args.rows or () if row not in a["methods"]]
+        if absent:
+            parser.error(f"{args.old / rel}: no method row {absent[0]!r} (--rows)")
+        fa, fb = figures(a, args.rows), figures(b, args.rows)
         diffs = sorted(k for k in fa if fa[k] != fb.get(k, _MISSING))
         added = sorted(fb.keys() - fa.keys())
         differing += len(diffs)
@@ -103,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{new_note}"
         )
         for row, entry in a["methods"].items():
+            if args.rows and row not in args.rows:
+                continue
             t_old = entry.get("train_seconds") if isinstance(entry, dict) else None
             t_new = b["methods"].get(row, {}).get("train_seconds")
             if t_old and t_new and t_old >= 20:

@@ -69,3 +69,26 @@ def test_unpaired_reports_and_missing_directories_are_named(benchmark_script, tm
     with pytest.raises(SystemExit):
         script.main([str(old), str(tmp_path / "absent")])
     assert "absent: not a directory" in capsys.readouterr().err
+
+
+def test_rows_compares_only_the_named_rows(benchmark_script, tmp_path, capsys):
+    # A run of some rows into a copy of another: it lacks rows the first holds, holds others.
+    script = benchmark_script("compare_reports")
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write(old, "default/seed-0", _report(71.1, 100.0, 600.0))
+    subset = _report(71.1, 100.0, 600.0)
+    del subset["methods"]["projection+spectral"]
+    subset["methods"]["projection"]["reused"] = True  # loaded, not trained: not a figure
+    subset["methods"]["zs3net"] = {"figures": {"hiou": 72.2}}
+    _write(new, "default/seed-0", subset)
+    assert script.main([str(old), str(new)]) == 1  # the whole reports differ
+    capsys.readouterr()
+    assert script.main([str(old), str(new), "--rows", "projection"]) == 0
+    assert "default/seed-0/report.json: 2 figures, 0 differ" in capsys.readouterr().out
+    subset["methods"]["projection"]["figures"]["hiou"] = 71.2
+    _write(new, "default/seed-0", subset)
+    assert script.main([str(old), str(new), "--rows", "projection"]) == 1
+    assert "1 differ: methods.projection.figures.hiou" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main([str(old), str(new), "--rows", "zs3net"])
+    assert "no method row 'zs3net' (--rows)" in capsys.readouterr().err
