@@ -6,13 +6,17 @@ labelled pixels predicted as itself and the classes that take most of the rest (
 with the class's IoU. Setting two runs of one method side by side (two seeds) shows whether a
 class lost in one seed went to a seen class, to another unseen class or to a ground.
 
-Usage: python benchmarks/unseen_confusion.py RUN [RUN ...] [--top 3]
+``--summary`` also prints, over all unseen classes' labelled pixels together, the share
+predicted as their own class, as a seen class and as another unseen class.
+
+Usage: python benchmarks/unseen_confusion.py RUN [RUN ...] [--top 3] [--summary]
 (RUN: a run directory or checkpoint, e.g. ``runs/dev-check/seed-1/runs/mask-projection-<hash>``.)
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 
@@ -21,9 +25,10 @@ from zeroseg.data.loader import iterate_eval
 from zeroseg.metrics.calibration import choose_gamma
 
 
-def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float]:
+def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float, tuple[int, ...]]:
     """(K, K) pixel counts (rows: ground truth, columns: prediction) of ``run`` on ``val`` at the
-    calibration gamma chosen there; the class names, the unseen positions and that gamma."""
+    calibration gamma chosen there; the class names, the unseen positions, that gamma and the
+    split's thing classes."""
     method, cfg, split, _ = runner.load_model(run)
     data = runner.build_data(cfg, progress=False, test=False)
     embed = runner.Embedder(cfg.text, world=data.world)
@@ -41,16 +46,48 @@ def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float]:
             label = batch["label"].long()
             valid = label != split.ignore_index
             counts += torch.bincount(label[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
-    return counts, list(split.names), sorted(split.unseen), gamma
+    return counts, list(split.names), sorted(split.unseen), gamma, split.things
+
+
+def unseen_summary(counts: torch.Tensor, unseen: list[int], things: Sequence[int] = ()) -> str:
+    """The unseen classes' labelled pixels together: the percent predicted as their own class,
+    as a seen class and as another unseen class (``counts``: rows truth, columns prediction);
+    with ``things`` (the split's countable classes), also for the unseen things and the unseen
+    stuff (ShapeWorld's grounds) apart, whose large regions otherwise dominate the total."""
+    groups = [("all unseen", list(unseen))]
+    if things:
+        groups += [
+            ("unseen things", [c for c in unseen if c in things]),
+            ("unseen stuff", [c for c in unseen if c not in things]),
+        ]
+    return "; ".join(_shares(counts, name, members, unseen) for name, members in groups)
+
+
+def _shares(counts: torch.Tensor, name: str, members: list[int], unseen: list[int]) -> str:
+    group = torch.zeros(counts.shape[0], dtype=torch.bool)
+    group[members] = True
+    is_unseen = torch.zeros(counts.shape[0], dtype=torch.bool)
+    is_unseen[list(unseen)] = True
+    rows = counts[group].double()
+    total = rows.sum().item()
+    if not total:
+        return f"{name}: no labelled pixel in val"
+    own = counts.diagonal()[group].sum().item()
+    to_seen = rows[:, ~is_unseen].sum().item()
+    return (
+        f"{name}: itself {100 * own / total:.1f}%, a seen class {100 * to_seen / total:.1f}%, "
+        f"another unseen {100 * (total - own - to_seen) / total:.1f}%"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--top", type=int, default=3, help="other classes shown per unseen class")
+    parser.add_argument("--summary", action="store_true", help="all unseen pixels together")
     args = parser.parse_args()
     for run in args.runs:
-        counts, names, unseen, gamma = confusion(run)
+        counts, names, unseen, gamma, things = confusion(run)
         print(f"{run} (val, gamma {gamma:+.2f})")
         for c in unseen:
             row = counts[c].double()
@@ -69,6 +106,8 @@ def main() -> None:
                 f"  {names[c]}: IoU {100 * counts[c, c].item() / union:.1f}, itself "
                 f"{100 * row[c].item() / total:.0f}%; then {taken}"
             )
+        if args.summary:
+            print("  " + unseen_summary(counts, unseen, things))
 
 
 if __name__ == "__main__":

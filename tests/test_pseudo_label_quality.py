@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "pseudo_label_quality", BENCH / "pseudo_label_quality.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_summary_splits_unseen_pseudo_labels_by_their_true_class():
+def test_summary_splits_unseen_pseudo_labels_by_their_true_class(benchmark_script):
     # classes 0, 1 seen; 2, 3 unseen; rows: pseudo-label, columns: true class
     counts = torch.zeros(4, 4, dtype=torch.long)
     # pseudo-label 2: 60 pixels right, 30 of a seen class, 10 of the other unseen class
     counts[2, 2], counts[2, 0], counts[2, 3] = 60, 30, 10
     counts[0, 0], counts[0, 2] = 90, 10  # pseudo "0" (seen): 90 right
     labelled = torch.tensor([200, 50, 120, 30])
-    figures = _module().summary(counts, labelled, [2, 3])
+    figures = benchmark_script("pseudo_label_quality").summary(counts, labelled, [2, 3])
     assert figures == {
         "unseen_precision": 60.0,
         "unseen_wrong_seen": 30.0,
@@ -42,10 +24,10 @@ def test_summary_splits_unseen_pseudo_labels_by_their_true_class():
     }
 
 
-def test_summary_without_unseen_pseudo_labels_is_nan_not_zero():
+def test_summary_without_unseen_pseudo_labels_is_nan_not_zero(benchmark_script):
     counts = torch.zeros(3, 3, dtype=torch.long)
     counts[0, 0] = 5
-    figures = _module().summary(counts, torch.tensor([5, 5, 5]), [2])
+    figures = benchmark_script("pseudo_label_quality").summary(counts, torch.tensor([5, 5, 5]), [2])
     assert math.isnan(figures["unseen_precision"])
     assert figures["unseen_recall"] == 0.0
     assert figures["seen_precision"] == 100.0

@@ -3,19 +3,38 @@
 import json
 
 import pytest
+import torch
 
 from zeroseg import runner
 from zeroseg.cli import main
 
-pytestmark = pytest.mark.slow
+
+def test_the_summary_splits_unseen_pixels_into_own_seen_and_other_unseen(benchmark_script):
+    # classes 0, 1 seen; 2, 3 unseen (2 a thing, 3 stuff); rows: truth, columns: prediction
+    counts = torch.zeros(4, 4, dtype=torch.long)
+    counts[2, 2], counts[2, 0], counts[2, 3] = 50, 20, 10
+    counts[3, 3], counts[3, 1], counts[3, 2] = 15, 4, 1
+    counts[0, 2] = 99  # a seen pixel predicted unseen: not an unseen pixel's fate
+    summary = benchmark_script("unseen_confusion").unseen_summary
+    assert summary(counts, [2, 3]) == (
+        "all unseen: itself 65.0%, a seen class 24.0%, another unseen 11.0%"
+    )
+    assert summary(counts, [2, 3], things=(0, 2)) == (
+        "all unseen: itself 65.0%, a seen class 24.0%, another unseen 11.0%; "
+        "unseen things: itself 62.5%, a seen class 25.0%, another unseen 12.5%; "
+        "unseen stuff: itself 75.0%, a seen class 20.0%, another unseen 5.0%"
+    )
 
 
+@pytest.mark.slow
 def test_the_confusion_is_of_val_at_the_rules_gamma_and_never_loads_test(
     demo_run, benchmark_script, capsys, test_split_forbidden
 ):
     run = next((demo_run / "runs").glob("projection-*"))
     with test_split_forbidden():
-        counts, names, unseen, gamma = benchmark_script("unseen_confusion").confusion(str(run))
+        counts, names, unseen, gamma, things = benchmark_script("unseen_confusion").confusion(
+            str(run)
+        )
     _, cfg, split, _ = runner.load_model(run)
     data = runner.build_data(cfg, progress=False, test=False)
     labels = sum(
@@ -23,6 +42,7 @@ def test_the_confusion_is_of_val_at_the_rules_gamma_and_never_loads_test(
     )
     assert counts.sum().item() == labels  # every labelled val pixel once
     assert unseen == sorted(split.unseen) and names == list(split.names)
+    assert things == split.things
     # the diagonal gives the per-class IoUs zeroseg eval --split val reports at the same gamma
     capsys.readouterr()
     assert main(["eval", str(run), "--split", "val", "--per-class", "--no-progress"]) == 0
