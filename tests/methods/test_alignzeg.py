@@ -268,6 +268,35 @@ def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, mon
     assert nobc.notes == result.notes  # a reused stage is described as the trained one
 
 
+@pytest.mark.parametrize("pairs", ["all", "things"])
+def test_virtual_pairs_things_never_mixes_a_grounds_proposal(
+    tiny_world, tmp_path, monkeypatch, pairs
+):
+    import zeroseg.methods.alignzeg as alignzeg
+
+    mixed_labels = []
+    real = alignzeg.mixup_virtual
+
+    def spy(h, y, *args, **kwargs):
+        mixed_labels.append(y.clone())
+        return real(h, y, *args, **kwargs)
+
+    monkeypatch.setattr(alignzeg, "mixup_virtual", spy)
+    cfg = _tiny_cfg(tiny_world, "alignzeg", virtual_pairs=pairs)
+    cfg.train.iters = 12
+    result = runner.train(cfg, tmp_path / pairs, progress=False)
+    things = result.method.seen_things()
+    split = result.method.split
+    assert things.tolist() == [c in split.things for c in split.seen]
+    assert 0 < int(things.sum()) < len(split.seen)  # the tiny world has seen shapes and grounds
+    labels = torch.cat(mixed_labels)
+    assert len(labels) > 0
+    if pairs == "things":
+        assert things[labels].all()
+    else:  # as before: a ground's proposals are mixed too (so the check above can fail)
+        assert not things[labels].all()
+
+
 def test_rows_registered_and_flags_checked():
     for name in ("alignzeg", "alignzeg-norefine", "alignzeg-nogen", "alignzeg-nobc"):
         assert name in METHODS
@@ -280,6 +309,9 @@ def test_rows_registered_and_flags_checked():
         METHODS["alignzeg"](cfg, split=split, embed_dim=4)
     bad = METHODS["alignzeg"].Config(virtual_target="seen")
     with pytest.raises(ConfigError, match="model.virtual_target must be one of"):
+        METHODS["alignzeg"](bad, split=split, embed_dim=4)
+    bad = METHODS["alignzeg"].Config(virtual_pairs="stuff")
+    with pytest.raises(ConfigError, match="model.virtual_pairs must be one of"):
         METHODS["alignzeg"](bad, split=split, embed_dim=4)
     bad = METHODS["alignzeg"].Config(bias_strength=1.5)
     with pytest.raises(ConfigError, match=r"model.bias_strength must be in \[0, 1\]"):

@@ -54,6 +54,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "freeze_head_hidden": False,
     # the mask family's query classifier against the text embeddings as they are (session 43)
     "text_map": "none",
+    # AlignZeg's virtual features mix any two seen classes' proposals (session 45: "things")
+    "virtual_pairs": "all",
 }
 
 

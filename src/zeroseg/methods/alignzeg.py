@@ -132,6 +132,9 @@ class AlignZegConfig(MaskProjectionConfig):
     mix_range: tuple[float, float] = (0.3, 0.7)  # range of the mixing coefficient g
     # L_vir's target for a virtual feature (see virtual_loss): "virtual_class" | "background"
     virtual_target: str = "virtual_class"
+    # which matched proposals the virtual features mix: "all" (any two seen classes, grounds
+    # included) | "things" (only the countable classes' proposals, never a ground's)
+    virtual_pairs: str = "all"
     bc_weight: float = 1.0  # weight of L_bc
     vir_weight: float = 1.0  # lambda3, weight of L_vir
     # What flags a proposal for the correction (inference only): "learned", the class indicator
@@ -222,6 +225,7 @@ def virtual_class_embeddings(seen_emb: Tensor, yi: Tensor, yj: Tensor, g: Tensor
 
 
 VIRTUAL_TARGETS = ("virtual_class", "background")
+VIRTUAL_PAIRS = ("all", "things")
 
 
 def virtual_loss(logits: Tensor, virtual_logit: Tensor, target: str) -> Tensor:
@@ -327,7 +331,11 @@ class AlignZeg(MaskModelMethod):
         # Method.__init__, not MaskModelMethod.__init__: its plain mask model is replaced.
         Method.__init__(self, cfg, split=split, embed_dim=embed_dim)
         self.check_text_map(cfg)
-        for key, choices in (("virtual_target", VIRTUAL_TARGETS), ("indicator", INDICATORS)):
+        for key, choices in (
+            ("virtual_target", VIRTUAL_TARGETS),
+            ("virtual_pairs", VIRTUAL_PAIRS),
+            ("indicator", INDICATORS),
+        ):
             if getattr(cfg, key) not in choices:
                 raise ConfigError(
                     f"model.{key} must be one of {list(choices)}, got {getattr(cfg, key)!r}"
@@ -394,6 +402,11 @@ class AlignZeg(MaskModelMethod):
             "text": ctx.cfg.text,
         }
 
+    def seen_things(self) -> Tensor:
+        """(S,) bool over the seen positions: which seen classes are things (countable)."""
+        things = set(self.split.things)
+        return torch.tensor([c in things for c in self.split.seen], dtype=torch.bool)
+
     def losses(
         self,
         images: Tensor,
@@ -420,6 +433,9 @@ class AlignZeg(MaskModelMethod):
             hs.append(out.hidden[b, qi.to(device)])
             ys.append(t.labels[ti.to(t.labels.device)].to(device))
         h, y = torch.cat(hs), torch.cat(ys)
+        if cfg.virtual_pairs == "things":  # mix the shapes' proposals only, never a ground's
+            things = self.seen_things().to(y.device)[y]
+            h, y = h[things], y[things]
         mixed = mixup_virtual(h, y, cfg.virtual_per_batch, cfg.mix_range, generator)
         if mixed is not None:
             v = mixed.features
