@@ -34,6 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 
 from full_split_eval import model_dir, seed_dirs  # noqa: E402  (this directory)
+from unseen_confusion import unseen_shares  # noqa: E402
 
 from zeroseg import runner  # noqa: E402
 from zeroseg.data.loader import iterate_eval  # noqa: E402
@@ -76,25 +77,17 @@ def pseudo_confusion(seed: Path, *, trained: bool = False) -> tuple[torch.Tensor
 
 def summary(counts: torch.Tensor, labelled: torch.Tensor, unseen: list[int]) -> dict[str, float]:
     """Percent figures of one seed's pseudo-labels (see the module's docstring)."""
-    k = counts.shape[0]
-    is_unseen = torch.zeros(k, dtype=torch.bool)
-    is_unseen[unseen] = True
-    c = counts.double()
-    as_unseen = c[is_unseen]  # rows: pseudo-labelled as an unseen class
-    total = as_unseen.sum().item()
-    right = c.diagonal()[is_unseen].sum().item()
-    to_seen = as_unseen[:, ~is_unseen].sum().item()
-    as_seen = c[~is_unseen]
+    nan = float("nan")
+    as_unseen = unseen_shares(counts, unseen, unseen)  # rows: pseudo-labelled as an unseen class
+    seen = [c for c in range(counts.shape[0]) if c not in set(unseen)]
+    as_seen = unseen_shares(counts, seen, seen)  # the same for the seen pseudo-labels
+    right = counts.diagonal()[list(unseen)].sum().item()
     return {
-        "unseen_precision": 100 * right / total if total else float("nan"),
-        "unseen_wrong_seen": 100 * to_seen / total if total else float("nan"),
-        "unseen_wrong_unseen": 100 * (total - right - to_seen) / total if total else float("nan"),
-        "unseen_recall": 100 * right / labelled[is_unseen].sum().item(),
-        "seen_precision": (
-            100 * c.diagonal()[~is_unseen].sum().item() / as_seen.sum().item()
-            if as_seen.sum()
-            else float("nan")
-        ),
+        "unseen_precision": as_unseen["itself"] if as_unseen else nan,
+        "unseen_wrong_seen": as_unseen["seen"] if as_unseen else nan,
+        "unseen_wrong_unseen": as_unseen["other"] if as_unseen else nan,
+        "unseen_recall": 100 * right / labelled[list(unseen)].sum().item(),
+        "seen_precision": as_seen["itself"] if as_seen else nan,
     }
 
 

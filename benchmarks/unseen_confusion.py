@@ -6,8 +6,9 @@ labelled pixels predicted as itself and the classes that take most of the rest (
 with the class's IoU. Setting two runs of one method side by side (two seeds) shows whether a
 class lost in one seed went to a seen class, to another unseen class or to a ground.
 
-``--summary`` also prints, over all unseen classes' labelled pixels together, the share
-predicted as their own class, as a seen class and as another unseen class.
+``--summary`` also prints, over all unseen classes' labelled pixels together (and the unseen
+things' and the unseen stuff's apart), the share predicted as their own class, as a seen class
+and as another unseen class; given several runs (one row's seeds), each share's mean ± std.
 
 Usage: python benchmarks/unseen_confusion.py RUN [RUN ...] [--top 3] [--summary]
 (RUN: a run directory or checkpoint, e.g. ``runs/dev-check/seed-1/runs/mask-projection-<hash>``.)
@@ -16,6 +17,7 @@ Usage: python benchmarks/unseen_confusion.py RUN [RUN ...] [--top 3] [--summary]
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -49,35 +51,79 @@ def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float, tupl
     return counts, list(split.names), sorted(split.unseen), gamma, split.things
 
 
-def unseen_summary(counts: torch.Tensor, unseen: list[int], things: Sequence[int] = ()) -> str:
-    """The unseen classes' labelled pixels together: the percent predicted as their own class,
-    as a seen class and as another unseen class (``counts``: rows truth, columns prediction);
-    with ``things`` (the split's countable classes), also for the unseen things and the unseen
-    stuff (ShapeWorld's grounds) apart, whose large regions otherwise dominate the total."""
+def unseen_groups(unseen: Sequence[int], things: Sequence[int] = ()) -> list[tuple[str, list[int]]]:
+    """All unseen classes, then, with ``things`` (the split's countable classes), the unseen
+    things and the unseen stuff (ShapeWorld's grounds) apart: stuff's large regions otherwise
+    dominate the total."""
     groups = [("all unseen", list(unseen))]
     if things:
         groups += [
             ("unseen things", [c for c in unseen if c in things]),
             ("unseen stuff", [c for c in unseen if c not in things]),
         ]
-    return "; ".join(_shares(counts, name, members, unseen) for name, members in groups)
+    return groups
 
 
-def _shares(counts: torch.Tensor, name: str, members: list[int], unseen: list[int]) -> str:
-    group = torch.zeros(counts.shape[0], dtype=torch.bool)
-    group[members] = True
-    is_unseen = torch.zeros(counts.shape[0], dtype=torch.bool)
+def unseen_shares(
+    counts: torch.Tensor, members: Sequence[int], unseen: Sequence[int]
+) -> dict[str, float] | None:
+    """Of the pixels in the rows ``members`` of ``counts`` together, the percent in the same
+    class's column (``itself``), in a seen class's (``seen``) and in another unseen class's
+    (``other``); None when those rows are empty. With rows = truth (this script) that is where
+    the unseen classes' pixels go; with rows = a pseudo-label
+    (``benchmarks/pseudo_label_quality.py``) what the pixels given an unseen class really are."""
+    k = counts.shape[0]
+    group = torch.zeros(k, dtype=torch.bool)
+    group[list(members)] = True
+    is_unseen = torch.zeros(k, dtype=torch.bool)
     is_unseen[list(unseen)] = True
     rows = counts[group].double()
     total = rows.sum().item()
     if not total:
-        return f"{name}: no labelled pixel in val"
+        return None
     own = counts.diagonal()[group].sum().item()
     to_seen = rows[:, ~is_unseen].sum().item()
+    return {
+        "itself": 100 * own / total,
+        "seen": 100 * to_seen / total,
+        "other": 100 * (total - own - to_seen) / total,
+    }
+
+
+def _shares_text(name: str, shares: dict[str, float] | None, spread: dict | None = None) -> str:
+    if shares is None:
+        return f"{name}: no labelled pixel in val"
+
+    def cell(key: str) -> str:
+        return f"{shares[key]:.1f}" + (f" ± {spread[key]:.1f}" if spread else "") + "%"
+
     return (
-        f"{name}: itself {100 * own / total:.1f}%, a seen class {100 * to_seen / total:.1f}%, "
-        f"another unseen {100 * (total - own - to_seen) / total:.1f}%"
+        f"{name}: itself {cell('itself')}, a seen class {cell('seen')}, "
+        f"another unseen {cell('other')}"
     )
+
+
+def unseen_summary(counts: torch.Tensor, unseen: list[int], things: Sequence[int] = ()) -> str:
+    """:func:`unseen_shares` of each of :func:`unseen_groups`, as one line."""
+    return "; ".join(
+        _shares_text(name, unseen_shares(counts, members, unseen))
+        for name, members in unseen_groups(unseen, things)
+    )
+
+
+def shares_spread(summaries: list[dict[str, dict[str, float] | None]]) -> list[str]:
+    """Per group of :func:`unseen_groups`, each share's mean ± sample std over several runs'
+    ``{group: unseen_shares(...)}`` (one row's seeds); a group some run lacks is said so."""
+    lines = []
+    for name in summaries[0]:
+        values = [s.get(name) for s in summaries]
+        if any(v is None for v in values):
+            lines.append(f"{name}: not in every run")
+            continue
+        mean = {key: statistics.mean(v[key] for v in values) for key in values[0]}
+        std = {key: statistics.stdev(v[key] for v in values) for key in values[0]}
+        lines.append(_shares_text(name, mean, std))
+    return lines
 
 
 def main() -> None:
@@ -86,6 +132,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=3, help="other classes shown per unseen class")
     parser.add_argument("--summary", action="store_true", help="all unseen pixels together")
     args = parser.parse_args()
+    summaries: list[dict] = []
     for run in args.runs:
         counts, names, unseen, gamma, things = confusion(run)
         print(f"{run} (val, gamma {gamma:+.2f})")
@@ -108,6 +155,16 @@ def main() -> None:
             )
         if args.summary:
             print("  " + unseen_summary(counts, unseen, things))
+            summaries.append(
+                {
+                    name: unseen_shares(counts, m, unseen)
+                    for name, m in unseen_groups(unseen, things)
+                }
+            )
+    if len(summaries) > 1:  # the runs as seeds of one row
+        print(f"mean ± std over the {len(summaries)} runs")
+        for line in shares_spread(summaries):
+            print("  " + line)
 
 
 if __name__ == "__main__":

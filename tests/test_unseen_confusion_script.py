@@ -26,6 +26,21 @@ def test_the_summary_splits_unseen_pixels_into_own_seen_and_other_unseen(benchma
     )
 
 
+def test_the_spread_over_runs_is_each_shares_mean_and_sample_std(benchmark_script):
+    script = benchmark_script("unseen_confusion")
+    runs = [
+        {"unseen stuff": {"itself": 0.0, "seen": 100.0, "other": 0.0}},
+        {"unseen stuff": {"itself": 40.0, "seen": 60.0, "other": 0.0}},
+        {"unseen stuff": {"itself": 20.0, "seen": 70.0, "other": 10.0}},
+    ]
+    assert script.shares_spread(runs) == [
+        "unseen stuff: itself 20.0 ± 20.0%, a seen class 76.7 ± 20.8%, another unseen 3.3 ± 5.8%"
+    ]
+    assert script.shares_spread(runs + [{"unseen stuff": None}]) == [
+        "unseen stuff: not in every run"
+    ]
+
+
 @pytest.mark.slow
 def test_the_confusion_is_of_val_at_the_rules_gamma_and_never_loads_test(
     demo_run, benchmark_script, capsys, test_split_forbidden
