@@ -103,12 +103,16 @@ def _shares_text(name: str, shares: dict[str, float] | None, spread: dict | None
     )
 
 
-def unseen_summary(counts: torch.Tensor, unseen: list[int], things: Sequence[int] = ()) -> str:
-    """:func:`unseen_shares` of each of :func:`unseen_groups`, as one line."""
-    return "; ".join(
-        _shares_text(name, unseen_shares(counts, members, unseen))
-        for name, members in unseen_groups(unseen, things)
-    )
+def group_shares(
+    counts: torch.Tensor, unseen: list[int], things: Sequence[int] = ()
+) -> dict[str, dict[str, float] | None]:
+    """``{group: unseen_shares(...)}`` for each of :func:`unseen_groups`."""
+    return {name: unseen_shares(counts, m, unseen) for name, m in unseen_groups(unseen, things)}
+
+
+def summary_line(shares: dict[str, dict[str, float] | None]) -> str:
+    """:func:`group_shares` as one line."""
+    return "; ".join(_shares_text(name, s) for name, s in shares.items())
 
 
 def shares_spread(summaries: list[dict[str, dict[str, float] | None]]) -> list[str]:
@@ -154,13 +158,8 @@ def main() -> None:
                 f"{100 * row[c].item() / total:.0f}%; then {taken}"
             )
         if args.summary:
-            print("  " + unseen_summary(counts, unseen, things))
-            summaries.append(
-                {
-                    name: unseen_shares(counts, m, unseen)
-                    for name, m in unseen_groups(unseen, things)
-                }
-            )
+            summaries.append(group_shares(counts, unseen, things))
+            print("  " + summary_line(summaries[-1]))
     if len(summaries) > 1:  # the runs as seeds of one row
         print(f"mean ± std over the {len(summaries)} runs")
         for line in shares_spread(summaries):

@@ -404,8 +404,7 @@ class AlignZeg(MaskModelMethod):
 
     def seen_things(self) -> Tensor:
         """(S,) bool over the seen positions: which seen classes are things (countable)."""
-        things = set(self.split.things)
-        return torch.tensor([c in things for c in self.split.seen], dtype=torch.bool)
+        return self.split.thing_mask()[list(self.split.seen)]
 
     def losses(
         self,
