@@ -297,6 +297,41 @@ def test_virtual_pairs_things_never_mixes_a_grounds_proposal(
         assert not things[labels].all()
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_virtual_detach_keeps_l_vir_off_the_decoders_features(
+    tiny_world, tmp_path, monkeypatch, detach
+):
+    import zeroseg.methods.alignzeg as alignzeg
+
+    holder, reached = {}, []
+    real_losses, real_loss = alignzeg.AlignZeg.losses, alignzeg.virtual_loss
+
+    def losses(self, *args, **kwargs):
+        holder["model"] = self.model
+        return real_losses(self, *args, **kwargs)
+
+    def spy(logits, virtual_logit, target):
+        model = holder["model"]
+        # Does L_vir's input depend on the decoder's queries (through the mixed hidden states)?
+        # And on the class-embedding map, which it trains either way?
+        weights = [model.query_feat.weight, next(model.class_embed.parameters())]
+        grads = torch.autograd.grad(
+            logits.float().sum(), weights, retain_graph=True, allow_unused=True
+        )
+        reached.append([g is not None and bool(g.abs().sum() > 0) for g in grads])
+        return real_loss(logits, virtual_logit, target)
+
+    monkeypatch.setattr(alignzeg.AlignZeg, "losses", losses)
+    monkeypatch.setattr(alignzeg, "virtual_loss", spy)
+    cfg = _tiny_cfg(tiny_world, "alignzeg", virtual_detach=detach)
+    cfg.train.iters = 3
+    runner.train(cfg, tmp_path / str(detach), progress=False)
+    assert reached
+    for to_queries, to_class_embed in reached:
+        assert to_class_embed  # the classification branch always learns from L_vir
+        assert to_queries is not detach  # the decoder's features only without the detach
+
+
 def test_rows_registered_and_flags_checked():
     for name in ("alignzeg", "alignzeg-norefine", "alignzeg-nogen", "alignzeg-nobc"):
         assert name in METHODS

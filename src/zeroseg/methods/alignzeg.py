@@ -135,6 +135,11 @@ class AlignZegConfig(MaskProjectionConfig):
     # which matched proposals the virtual features mix: "all" (any two seen classes, grounds
     # included) | "things" (only the countable classes' proposals, never a ground's)
     virtual_pairs: str = "all"
+    # L_vir's gradient: False, it reaches the real proposals' hidden states the virtual features
+    # mix (so it also reshapes the decoder's features); True, the mixes are made of detached
+    # hidden states and L_vir trains only the classification branch (class-embedding map,
+    # classifier, background prototypes)
+    virtual_detach: bool = False
     bc_weight: float = 1.0  # weight of L_bc
     vir_weight: float = 1.0  # lambda3, weight of L_vir
     # What flags a proposal for the correction (inference only): "learned", the class indicator
@@ -435,7 +440,8 @@ class AlignZeg(MaskModelMethod):
         if cfg.virtual_pairs == "things":  # mix the shapes' proposals only, never a ground's
             things = self.seen_things().to(y.device)[y]
             h, y = h[things], y[things]
-        mixed = mixup_virtual(h, y, cfg.virtual_per_batch, cfg.mix_range, generator)
+        source = h.detach() if cfg.virtual_detach else h
+        mixed = mixup_virtual(source, y, cfg.virtual_per_batch, cfg.mix_range, generator)
         if mixed is not None:
             v = mixed.features
             # Logged so a run shows the indicator has no norm shortcut (0.5: chance).
