@@ -41,6 +41,9 @@ $(FULL): $(CORE)
 
 venv .venv: $(FULL)
 
+# The shipped ShapeWorld worlds beside the default one (second, third; dev for val-only checks).
+WORLDS := src/zeroseg/data/shapeworld/worlds
+
 # SAZS's eigen-segment fusion also applied, at inference, to the projection baseline's and ZS3Net's
 # models (the rows projection+spectral and zs3net+spectral).
 REFINE = --refine spectral --refine-on projection zs3net
@@ -62,14 +65,14 @@ demo-ablations: $(CORE)
 benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second $(REFINE) \
-		--world src/zeroseg/data/shapeworld/worlds/second.yaml
+		--world $(WORLDS)/second.yaml
 
 # The same 3 seeds on a third world no preset was tuned on, of another make than the other three
 # (worlds/third.yaml: 4 colours x 6 shapes, 2-5 objects per image, 8 of 30 classes unseen; made in
 # session 40 and run once for README's table), in runs/benchmark/third/report.md. About 30 min.
 benchmark-third: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/third $(REFINE) \
-		--world src/zeroseg/data/shapeworld/worlds/third.yaml
+		--world $(WORLDS)/third.yaml
 
 # The presets' full schedule (no --quick: gamma on all 500 val images, all 500 test images scored),
 # 3 seeds, on the three test worlds: the pixel rows, the mask family, and ZegCLIP with its two
@@ -77,7 +80,6 @@ benchmark-third: $(CORE)
 # at their full schedule"; sessions 45-46 ran these commands one at a time: 3 h 03 min summed on the
 # AMD EPYC VM of those sessions). Longer than CI's budget, so no CI job runs it. Print the tables with
 # python benchmarks/readme_tables.py runs/benchmark-full/pixel-* --by-seed --over-images (and mask-*, zegclip-third).
-WORLDS := src/zeroseg/data/shapeworld/worlds
 FULL_PIXEL := projection zs3net zs5net sazs sazs-nofusion
 FULL_MASK := mask-projection pading alignzeg
 benchmark-full: $(CORE)
@@ -99,7 +101,7 @@ benchmark-full: $(CORE)
 # is chosen on the second world), in runs/dev-check/report.md.
 dev-check: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --split val --out runs/dev-check $(REFINE) \
-		--world src/zeroseg/data/shapeworld/worlds/dev.yaml
+		--world $(WORLDS)/dev.yaml
 
 test: $(FULL)
 	bash scripts/run_tests.sh
