@@ -12,6 +12,11 @@ which ``zeroseg demo --seeds`` records beside it): descriptive, for pairs whose 
 (a method that loads its baseline's stage 1 per seed); the rule above still decides which gaps
 count. With ``--over-images`` another table gives each gap's 95% interval over resampled images
 (``over_images``, since session 43: how much another sample of images could move it).
+
+With ``--pairs METHOD:BASELINE ...`` only README's headline table is printed: a row per pair and a
+column per run, each cell "Δ mIoU(U) / Δ hIoU" marked as in the second table
+(``python benchmarks/readme_tables.py runs/benchmark/default runs/benchmark/second
+runs/benchmark/third --pairs zs3net:projection zs5net:zs3net ...``).
 """
 
 from __future__ import annotations
@@ -56,8 +61,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also print each gap's 95%% interval over resampled images (another table)",
     )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="METHOD:BASELINE",
+        help="print only the headline table: these gaps, a column per run",
+    )
     args = parser.parse_args(argv)
     reports = [load(r) for r in args.runs]
+    if args.pairs:
+        print_headline(args.runs, reports, [parse_pair(p) for p in args.pairs])
+        return
     names = args.rows or list(reports[0]["methods"])
     for name in names:
         for run, rep in zip(args.runs, reports):
@@ -87,6 +101,43 @@ def main(argv: list[str] | None = None) -> None:
     if args.over_images:
         print()
         print_over_images(args.runs, reports, names)
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    method, sep, base = text.partition(":")
+    if not sep or not method or not base:
+        raise SystemExit(f"--pairs: {text!r} is not METHOD:BASELINE (e.g. zs3net:projection)")
+    return method, base
+
+
+def headline_cell(gaps: dict) -> str:
+    """The cell "Δ mIoU(U) / Δ hIoU": each bold beyond the spread, "=" within."""
+    parts = []
+    for m in GAP_METRICS:
+        gap = gaps[m]
+        text = f"{gap['value']:+.1f}"
+        parts.append(f"**{text}**" if gap["exceeds_spread"] else f"= {text}")
+    return " / ".join(parts)
+
+
+def print_headline(runs: list[Path], reports: list[dict], pairs: list[tuple[str, str]]) -> None:
+    """README's headline: one row per (method, baseline) pair, one column per run."""
+    print("| method | vs | " + " | ".join(rep["world"] for rep in reports) + " |")
+    print("|---|---|" + "---:|" * len(reports))
+    for method, base in pairs:
+        cells = [method, base]
+        for run, rep in zip(runs, reports):
+            row = rep["methods"].get(method)
+            if row is None:
+                raise SystemExit(f"{run / 'report.json'} has no method {method!r}")
+            gaps = row.get("comparisons", {}).get(base)
+            if gaps is None:
+                raise SystemExit(
+                    f"{run / 'report.json'}: {method!r} is not compared with {base!r} "
+                    "(its preset's demo.baselines)"
+                )
+            cells.append(headline_cell(gaps))
+        print("| " + " | ".join(cells) + " |")
 
 
 def print_gap_table(reports: list[dict], names: list[str], labels: tuple, cell_of) -> None:

@@ -107,3 +107,37 @@ def test_over_images_prints_each_gap_with_its_interval_and_refuses_reports_witho
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[-3].startswith("| method | vs | default: Δ mIoU(U) [95% over images] | Δ hIoU |")
     assert out[-1] == "| zs3net | projection | +2.0 [+0.5, +3.6] | +1.0 [-0.7, +2.2] |"
+
+
+def test_pairs_print_the_headline_table_a_column_per_run(tmp_path):
+    runs = []
+    for world, (u, h) in (("default", (True, False)), ("second", (False, True))):
+        gap = {
+            "projection": {
+                "unseen_miou": {"value": 3.04, "spread": 2.2, "exceeds_spread": u},
+                "hiou": {"value": -1.46, "spread": 1.6, "exceeds_spread": h},
+            }
+        }
+        rows = {
+            "projection": _row(75.9, 66.0, 70.6, 42.8, 0.5),
+            "zs3net": _row(75.6, 69.0, 72.2, 41.2, 0.9, gap),
+        }
+        (tmp_path / world).mkdir()
+        (tmp_path / world / "report.json").write_text(json.dumps(_report(world, rows)))
+        runs.append(str(tmp_path / world))
+    cmd = [sys.executable, str(SCRIPT), *runs, "--pairs"]
+    out = subprocess.run(
+        [*cmd, "zs3net:projection"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [
+        "| method | vs | default | second |",
+        "|---|---|---:|---:|",
+        "| zs3net | projection | **+3.0** / = -1.5 | = +3.0 / **-1.5** |",
+    ]
+    for pair, message in (
+        ("projection:zs3net", "not compared with 'zs3net'"),
+        ("sazs:projection", "has no method 'sazs'"),
+        ("zs3net", "not METHOD:BASELINE"),
+    ):
+        res = subprocess.run([*cmd, pair], capture_output=True, text=True)
+        assert res.returncode != 0 and message in res.stderr, (pair, res.stderr)
