@@ -59,9 +59,10 @@ demo-ablations: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --out runs/demo-ablations --ablations $(REFINE)
 
 # 3 seeds on the default world and on the second shipped world (no preset was tuned on it;
-# 58 min on 2 cores with AVX512-BF16 in session 34, every seed's rows in one queue of two
-# one-thread workers; 63 min in session 33, 69 in session 32: docs/benchmarks.md, session 34):
+# every seed's rows in one queue of two one-thread workers; 47:32 on 2 cores with AMX-BF16 in
+# session 48, 58 min with AVX512-BF16 in session 34: docs/benchmarks.md, session 34):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
+# README's headline table: benchmarks/readme_tables.py runs/benchmark/{default,second,third} --pairs ...
 benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second $(REFINE) \
@@ -69,14 +70,14 @@ benchmark: $(CORE)
 
 # The same 3 seeds on a third world no preset was tuned on, of another make than the other three
 # (worlds/third.yaml: 4 colours x 6 shapes, 2-5 objects per image, 8 of 30 classes unseen; made in
-# session 40 and run once for README's table), in runs/benchmark/third/report.md. About 30 min.
+# session 40), in runs/benchmark/third/report.md. 22 min in session 48, 29 in session 40.
 benchmark-third: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/third $(REFINE) \
 		--world $(WORLDS)/third.yaml
 
 # The presets' full schedule (no --quick: gamma on all 500 val images, all 500 test images scored),
 # 3 seeds, on the three test worlds: the pixel rows, the mask family, and ZegCLIP with its two
-# baselines on the third world (README, "The mask family at its full schedule" and "The other rows
+# baselines on the third world (docs/results.md, "The mask family at its full schedule" and "The other rows
 # at their full schedule"; sessions 45-46 ran these commands one at a time: 3 h 03 min summed on the
 # AMD EPYC VM of those sessions). Longer than CI's budget, so no CI job runs it. Print the tables with
 # python benchmarks/readme_tables.py runs/benchmark-full/pixel-* --by-seed --over-images (and mask-*, zegclip-third).
