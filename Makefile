@@ -62,7 +62,8 @@ demo-ablations: $(CORE)
 # every seed's rows in one queue of two one-thread workers; 47:32 on 2 cores with AMX-BF16 in
 # session 48, 58 min with AVX512-BF16 in session 34: docs/benchmarks.md, session 34):
 # mean ± std and the like-for-like gaps beyond the spread, in runs/benchmark/*/report.md.
-# README's headline table: benchmarks/readme_tables.py runs/benchmark/{default,second,third} --pairs ...
+# README's headline table: benchmarks/readme_tables.py runs/benchmark/{default,second,third} --pairs
+# with the pairs README lists beside it.
 benchmark: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/default $(REFINE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/second $(REFINE) \

@@ -44,9 +44,17 @@ def cell(row: dict, metric: str, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
-def gap_cell(gap: dict) -> str:
-    text, spread = f"{gap['value']:+.1f}", f"({gap['spread']:.1f})"
-    return f"**{text}** {spread}" if gap["exceeds_spread"] else f"= {text} {spread}"
+def gap_cell(gap: dict, spread: bool = True) -> str:
+    """A gap, **bold** beyond the spread, "= " within; with ``spread``, the spread in brackets."""
+    text = f"{gap['value']:+.1f}"
+    marked = f"**{text}**" if gap["exceeds_spread"] else f"= {text}"
+    return f"{marked} ({gap['spread']:.1f})" if spread else marked
+
+
+def method_row(run: Path, report: dict, name: str) -> dict:
+    if name not in report["methods"]:
+        raise SystemExit(f"{run / 'report.json'} has no method {name!r}")
+    return report["methods"][name]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,8 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     names = args.rows or list(reports[0]["methods"])
     for name in names:
         for run, rep in zip(args.runs, reports):
-            if name not in rep["methods"]:
-                raise SystemExit(f"{run / 'report.json'} has no method {name!r}")
+            method_row(run, rep, name)
     header = ["method"]
     for rep in reports:
         header += [f"{rep['world']}: mIoU(S)", "mIoU(U)", "hIoU", "AUSUC"]
@@ -110,16 +117,6 @@ def parse_pair(text: str) -> tuple[str, str]:
     return method, base
 
 
-def headline_cell(gaps: dict) -> str:
-    """The cell "Δ mIoU(U) / Δ hIoU": each bold beyond the spread, "=" within."""
-    parts = []
-    for m in GAP_METRICS:
-        gap = gaps[m]
-        text = f"{gap['value']:+.1f}"
-        parts.append(f"**{text}**" if gap["exceeds_spread"] else f"= {text}")
-    return " / ".join(parts)
-
-
 def print_headline(runs: list[Path], reports: list[dict], pairs: list[tuple[str, str]]) -> None:
     """README's headline: one row per (method, baseline) pair, one column per run."""
     print("| method | vs | " + " | ".join(rep["world"] for rep in reports) + " |")
@@ -127,16 +124,13 @@ def print_headline(runs: list[Path], reports: list[dict], pairs: list[tuple[str,
     for method, base in pairs:
         cells = [method, base]
         for run, rep in zip(runs, reports):
-            row = rep["methods"].get(method)
-            if row is None:
-                raise SystemExit(f"{run / 'report.json'} has no method {method!r}")
-            gaps = row.get("comparisons", {}).get(base)
+            gaps = method_row(run, rep, method).get("comparisons", {}).get(base)
             if gaps is None:
                 raise SystemExit(
                     f"{run / 'report.json'}: {method!r} is not compared with {base!r} "
                     "(its preset's demo.baselines)"
                 )
-            cells.append(headline_cell(gaps))
+            cells.append(" / ".join(gap_cell(gaps[m], spread=False) for m in GAP_METRICS))
         print("| " + " | ".join(cells) + " |")
 
 
