@@ -87,6 +87,21 @@ def test_mixup_virtual_features_by_hand_rescaled_to_real_norms():
     assert mixup_virtual(h, torch.zeros(3, dtype=torch.long), 10, (0.3, 0.7), gen) is None
 
 
+def test_mixup_virtual_kinds_keeps_pairs_of_one_kind():
+    h = torch.randn(6, 4)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])  # every pair of two features is of two classes
+    kinds = torch.tensor([True, True, True, False, False, False])
+    gen = torch.Generator().manual_seed(0)
+    free = mixup_virtual(h, labels, 200, (0.3, 0.7), gen)
+    assert (kinds[free.i] != kinds[free.j]).any()  # without kinds, a thing meets a ground
+    kept = mixup_virtual(h, labels, 200, (0.3, 0.7), gen, kinds)
+    assert len(kept.i) > 0 and (kinds[kept.i] == kinds[kept.j]).all()
+    assert (labels[kept.i] != labels[kept.j]).all()
+    assert kinds[kept.i].any() and not kinds[kept.i].all()  # both kinds are mixed
+    # One feature of each kind: no pair of one kind.
+    assert mixup_virtual(h[2:4], labels[2:4], 50, (0.3, 0.7), gen, kinds[2:4]) is None
+
+
 def test_norm_auc_by_hand():
     # Norms real (1, 3), virtual (2): one of two pairs has virtual > real -> 0.5, chance.
     assert norm_auc(torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0]])) == 0.5
@@ -268,18 +283,21 @@ def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, mon
     assert nobc.notes == result.notes  # a reused stage is described as the trained one
 
 
-@pytest.mark.parametrize("pairs", ["all", "things"])
+@pytest.mark.parametrize("pairs", ["all", "things", "same_kind"])
 def test_virtual_pairs_things_never_mixes_a_grounds_proposal(
     tiny_world, tmp_path, monkeypatch, pairs
 ):
     import zeroseg.methods.alignzeg as alignzeg
 
-    mixed_labels = []
+    mixed_labels, pair_labels = [], []
     real = alignzeg.mixup_virtual
 
     def spy(h, y, *args, **kwargs):
         mixed_labels.append(y.clone())
-        return real(h, y, *args, **kwargs)
+        out = real(h, y, *args, **kwargs)
+        if out is not None:
+            pair_labels.append(torch.stack([y[out.i], y[out.j]]))
+        return out
 
     monkeypatch.setattr(alignzeg, "mixup_virtual", spy)
     cfg = _tiny_cfg(tiny_world, "alignzeg", virtual_pairs=pairs)
@@ -291,10 +309,16 @@ def test_virtual_pairs_things_never_mixes_a_grounds_proposal(
     assert 0 < int(things.sum()) < len(split.seen)  # the tiny world has seen shapes and grounds
     labels = torch.cat(mixed_labels)
     assert len(labels) > 0
+    pairs_of = torch.cat(pair_labels, dim=1)  # (2, V) the classes of each mix
     if pairs == "things":
         assert things[labels].all()
     else:  # as before: a ground's proposals are mixed too (so the check above can fail)
         assert not things[labels].all()
+    same = things[pairs_of[0]] == things[pairs_of[1]]
+    if pairs == "same_kind":  # a thing with a thing, a ground with a ground, both kinds mixed
+        assert same.all() and things[pairs_of[0]].any() and not things[pairs_of[0]].all()
+    elif pairs == "all":  # ... where "all" mixes a thing with a ground (so the check can fail)
+        assert not same.all()
 
 
 @pytest.mark.parametrize("detach", [False, True])

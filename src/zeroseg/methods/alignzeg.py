@@ -133,7 +133,8 @@ class AlignZegConfig(MaskProjectionConfig):
     # L_vir's target for a virtual feature (see virtual_loss): "virtual_class" | "background"
     virtual_target: str = "virtual_class"
     # which matched proposals the virtual features mix: "all" (any two seen classes, grounds
-    # included) | "things" (only the countable classes' proposals, never a ground's)
+    # included) | "things" (only the countable classes' proposals, never a ground's) |
+    # "same_kind" (two things or two grounds, never a thing with a ground)
     virtual_pairs: str = "all"
     # L_vir's gradient: False, it reaches the real proposals' hidden states the virtual features
     # mix (so it also reshapes the decoder's features); True, the mixes are made of detached
@@ -177,6 +178,7 @@ def mixup_virtual(
     count: int,
     mix_range: tuple[float, float],
     generator: torch.Generator,
+    kinds: Tensor | None = None,
 ) -> VirtualFeatures | None:
     """Virtual features between two seen classes, at the norms of real features.
 
@@ -192,9 +194,11 @@ def mixup_virtual(
         count: pairs drawn (those with equal classes are discarded).
         mix_range: (lo, hi) of the uniform mixing coefficient g.
         generator: CPU random generator (a pure function of the step, for exact resume).
+        kinds: optional (n,) kind of each feature (e.g. thing or ground): only pairs of one kind
+            are kept. None: any two features of different classes.
 
     Returns:
-        :class:`VirtualFeatures`, or None when no two features of different classes exist.
+        :class:`VirtualFeatures`, or None when no pair of different classes (of one kind) exists.
     """
     n = len(labels)
     if n < 2:
@@ -205,6 +209,8 @@ def mixup_virtual(
     lo, hi = mix_range
     g = lo + (hi - lo) * torch.rand(count, generator=generator)
     keep = labels.cpu()[i] != labels.cpu()[j]
+    if kinds is not None:
+        keep &= kinds.cpu()[i] == kinds.cpu()[j]
     if not keep.any():
         return None
     dev = hidden.device
@@ -230,7 +236,7 @@ def virtual_class_embeddings(seen_emb: Tensor, yi: Tensor, yj: Tensor, g: Tensor
 
 
 VIRTUAL_TARGETS = ("virtual_class", "background")
-VIRTUAL_PAIRS = ("all", "things")
+VIRTUAL_PAIRS = ("all", "things", "same_kind")
 
 
 def virtual_loss(logits: Tensor, virtual_logit: Tensor, target: str) -> Tensor:
@@ -437,11 +443,12 @@ class AlignZeg(MaskModelMethod):
             hs.append(out.hidden[b, qi.to(device)])
             ys.append(t.labels[ti.to(t.labels.device)].to(device))
         h, y = torch.cat(hs), torch.cat(ys)
+        things = self.seen_things().to(y.device)[y]
         if cfg.virtual_pairs == "things":  # mix the shapes' proposals only, never a ground's
-            things = self.seen_things().to(y.device)[y]
             h, y = h[things], y[things]
+        kinds = things if cfg.virtual_pairs == "same_kind" else None
         source = h.detach() if cfg.virtual_detach else h
-        mixed = mixup_virtual(source, y, cfg.virtual_per_batch, cfg.mix_range, generator)
+        mixed = mixup_virtual(source, y, cfg.virtual_per_batch, cfg.mix_range, generator, kinds)
         if mixed is not None:
             v = mixed.features
             # Logged so a run shows the indicator has no norm shortcut (0.5: chance).
