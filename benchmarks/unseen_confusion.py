@@ -10,13 +10,18 @@ class lost in one seed went to a seen class, to another unseen class or to a gro
 things' and the unseen stuff's apart), the share predicted as their own class, as a seen class
 and as another unseen class; given several runs (one row's seeds), each share's mean ± std.
 
-Usage: python benchmarks/unseen_confusion.py RUN [RUN ...] [--top 3] [--summary]
+``--logit-scale S`` evaluates a mask-family run with its query classifier's learned logit scale
+replaced by S (inference only; the rule's gamma is chosen again at that scale): whether the
+classifier's sharpness, rather than its embeddings, decides where the unseen pixels go.
+
+Usage: python benchmarks/unseen_confusion.py RUN [RUN ...] [--top 3] [--summary] [--logit-scale S]
 (RUN: a run directory or checkpoint, e.g. ``runs/dev-check/seed-1/runs/mask-projection-<hash>``.)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -27,11 +32,15 @@ from zeroseg.data.loader import iterate_eval
 from zeroseg.metrics.calibration import choose_gamma
 
 
-def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float, tuple[int, ...]]:
+def confusion(
+    run: str, logit_scale: float | None = None
+) -> tuple[torch.Tensor, list[str], list[int], float, tuple[int, ...]]:
     """(K, K) pixel counts (rows: ground truth, columns: prediction) of ``run`` on ``val`` at the
     calibration gamma chosen there; the class names, the unseen positions, that gamma and the
-    split's thing classes."""
+    split's thing classes. ``logit_scale``: the query classifier's scale set to it first."""
     method, cfg, split, _ = runner.load_model(run)
+    if logit_scale is not None:
+        set_logit_scale(method, logit_scale, run)
     data = runner.build_data(cfg, progress=False, test=False)
     embed = runner.Embedder(cfg.text, world=data.world)
     gamma = choose_gamma(
@@ -49,6 +58,18 @@ def confusion(run: str) -> tuple[torch.Tensor, list[str], list[int], float, tupl
             valid = label != split.ignore_index
             counts += torch.bincount(label[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
     return counts, list(split.names), sorted(split.unseen), gamma, split.things
+
+
+def set_logit_scale(method, scale: float, run: str) -> None:
+    """Replace a mask-family model's learned query-classifier scale (``classifier.logit_scale``,
+    stored as a log) by ``scale``."""
+    classifier = getattr(getattr(method, "model", None), "classifier", None)
+    if not hasattr(classifier, "logit_scale"):
+        raise SystemExit(f"--logit-scale: {run} has no query classifier with a logit scale")
+    if not scale > 0:
+        raise SystemExit(f"--logit-scale must be > 0, got {scale}")
+    with torch.no_grad():
+        classifier.logit_scale.fill_(math.log(scale))
 
 
 def unseen_groups(unseen: Sequence[int], things: Sequence[int] = ()) -> list[tuple[str, list[int]]]:
@@ -135,10 +156,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--top", type=int, default=3, help="other classes shown per unseen class")
     parser.add_argument("--summary", action="store_true", help="all unseen pixels together")
+    parser.add_argument(
+        "--logit-scale",
+        type=float,
+        help="a mask-family run's query-classifier scale replaced by this (inference only)",
+    )
     args = parser.parse_args()
     summaries: list[dict] = []
     for run in args.runs:
-        counts, names, unseen, gamma, things = confusion(run)
+        counts, names, unseen, gamma, things = confusion(run, args.logit_scale)
         print(f"{run} (val, gamma {gamma:+.2f})")
         for c in unseen:
             row = counts[c].double()

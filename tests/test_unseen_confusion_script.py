@@ -72,3 +72,25 @@ def test_the_confusion_is_of_val_at_the_rules_gamma_and_never_loads_test(
         assert 100 * counts[c, c].item() / union.item() == pytest.approx(
             val["per_class_iou"][names[c]], abs=1e-6
         )
+
+
+def test_logit_scale_replaces_the_query_classifiers_scale_and_refuses_other_runs(
+    benchmark_script,
+):
+    from types import SimpleNamespace
+
+    from zeroseg.models.heads.mask_decoder import TextClassifier
+
+    script = benchmark_script("unseen_confusion")
+    classifier = TextClassifier(4)
+    method = SimpleNamespace(model=SimpleNamespace(classifier=classifier))
+    assert classifier.scale().item() == pytest.approx(1 / 0.07)
+    script.set_logit_scale(method, 20.0, "RUN")
+    assert classifier.scale().item() == pytest.approx(20.0)
+    logits = classifier(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.eye(4)[:2])
+    assert logits[0, 0].item() == pytest.approx(20.0)  # s * cos 1
+    with pytest.raises(SystemExit, match="--logit-scale must be > 0, got 0.0"):
+        script.set_logit_scale(method, 0.0, "RUN")
+    pixel = SimpleNamespace(model=SimpleNamespace(head=None))  # a pixel row: no query classifier
+    with pytest.raises(SystemExit, match="RUN has no query classifier with a logit scale"):
+        script.set_logit_scale(pixel, 20.0, "RUN")
