@@ -66,8 +66,8 @@ def set_logit_scale(method, scale: float, run: str) -> None:
     classifier = getattr(getattr(method, "model", None), "classifier", None)
     if not hasattr(classifier, "logit_scale"):
         raise SystemExit(f"--logit-scale: {run} has no query classifier with a logit scale")
-    if not scale > 0:
-        raise SystemExit(f"--logit-scale must be > 0, got {scale}")
+    if not 0 < scale <= 100:  # TextClassifier.scale() clamps at 100: a larger one would not act
+        raise SystemExit(f"--logit-scale must be in (0, 100] (the classifier's cap), got {scale}")
     with torch.no_grad():
         classifier.logit_scale.fill_(math.log(scale))
 

@@ -89,8 +89,10 @@ def test_logit_scale_replaces_the_query_classifiers_scale_and_refuses_other_runs
     assert classifier.scale().item() == pytest.approx(20.0)
     logits = classifier(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.eye(4)[:2])
     assert logits[0, 0].item() == pytest.approx(20.0)  # s * cos 1
-    with pytest.raises(SystemExit, match="--logit-scale must be > 0, got 0.0"):
-        script.set_logit_scale(method, 0.0, "RUN")
+    for bad in (0.0, 150.0):  # 150: above the classifier's cap of 100, so it would not act
+        with pytest.raises(SystemExit, match=rf"--logit-scale must be in \(0, 100\].*got {bad}"):
+            script.set_logit_scale(method, bad, "RUN")
+    assert classifier.scale().item() == pytest.approx(20.0)  # a refused value changes nothing
     pixel = SimpleNamespace(model=SimpleNamespace(head=None))  # a pixel row: no query classifier
     with pytest.raises(SystemExit, match="RUN has no query classifier with a logit scale"):
         script.set_logit_scale(pixel, 20.0, "RUN")

@@ -284,9 +284,7 @@ def test_tiny_fit_inductive_no_unseen_reaches_training(tiny_world, tmp_path, mon
 
 
 @pytest.mark.parametrize("pairs", ["all", "things", "same_kind"])
-def test_virtual_pairs_things_never_mixes_a_grounds_proposal(
-    tiny_world, tmp_path, monkeypatch, pairs
-):
+def test_virtual_pairs_decides_which_proposals_are_mixed(tiny_world, tmp_path, monkeypatch, pairs):
     import zeroseg.methods.alignzeg as alignzeg
 
     mixed_labels, pair_labels = [], []
