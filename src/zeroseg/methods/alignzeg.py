@@ -443,10 +443,13 @@ class AlignZeg(MaskModelMethod):
             hs.append(out.hidden[b, qi.to(device)])
             ys.append(t.labels[ti.to(t.labels.device)].to(device))
         h, y = torch.cat(hs), torch.cat(ys)
-        things = self.seen_things().to(y.device)[y]
-        if cfg.virtual_pairs == "things":  # mix the shapes' proposals only, never a ground's
-            h, y = h[things], y[things]
-        kinds = things if cfg.virtual_pairs == "same_kind" else None
+        kinds = None  # "all": any two seen classes' proposals
+        if cfg.virtual_pairs != "all":
+            things = self.seen_things().to(y.device)[y]
+            if cfg.virtual_pairs == "things":  # mix the shapes' proposals only, never a ground's
+                h, y = h[things], y[things]
+            else:  # "same_kind": a shape's with a shape's, a ground's with a ground's
+                kinds = things
         source = h.detach() if cfg.virtual_detach else h
         mixed = mixup_virtual(source, y, cfg.virtual_per_batch, cfg.mix_range, generator, kinds)
         if mixed is not None:
