@@ -99,6 +99,71 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(v, w), k
 
 
+def test_ema_saves_the_moving_average_of_the_trained_weights(tmp_path):
+    plain = TrainConfig(iters=30, lr=1e-2, seed=3)
+    torch.manual_seed(0)
+    model = Tiny()
+    seen: list[dict] = []  # the weights each step starts from: after the step before
+
+    def recording(m, batch):
+        seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return step_fn(m, batch)
+
+    train_stage(
+        stage="s",
+        model=model,
+        step_fn=recording,
+        batches=batches,
+        cfg=plain,
+        directory=tmp_path / "a",
+        progress=False,
+    )
+    after = seen[1:] + [model.state_dict()]
+    expected = {k: v.clone() for k, v in seen[0].items()}
+    for t, state in enumerate(after):
+        d = min(0.9, (1 + t) / (10 + t))
+        for k in expected:
+            expected[k] = d * expected[k] + (1 - d) * state[k]
+
+    torch.manual_seed(0)
+    averaged = Tiny()
+    _train(averaged, tmp_path / "b", TrainConfig(**{**plain.__dict__, "ema_decay": 0.9}))
+    saved, _ = load_checkpoint(tmp_path / "b" / "final.safetensors")
+    for k, v in expected.items():
+        torch.testing.assert_close(averaged.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+        assert torch.equal(saved[k], averaged.state_dict()[k]), k
+        assert not torch.allclose(v, model.state_dict()[k], atol=1e-4), k  # not the last weights
+
+
+def test_ema_resumes_exactly_and_refuses_a_checkpoint_without_it(tmp_path):
+    cfg = TrainConfig(iters=40, lr=1e-2, ckpt_every=10, keep_ckpts=2, seed=3, ema_decay=0.95)
+    torch.manual_seed(0)
+    full = Tiny()
+    _train(full, tmp_path / "a", cfg)
+
+    def interrupted(start, stop):  # dies after step 25
+        for step, b in batches(start, stop):
+            if step == 25:
+                raise KeyboardInterrupt
+            yield step, b
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        _train(Tiny(), tmp_path / "b", cfg, interrupted)
+    resumed = Tiny()
+    _train(resumed, tmp_path / "b", cfg)
+    for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v, w), k
+
+    plain = TrainConfig(**{**cfg.__dict__, "ema_decay": 0.0})
+    with pytest.raises(KeyboardInterrupt):
+        _train(Tiny(), tmp_path / "c", plain, interrupted)
+    with pytest.raises(CheckpointError, match=r"step-0000020.safetensors holds no weight average"):
+        _train(Tiny(), tmp_path / "c", cfg)
+    with pytest.raises(ValueError, match=r"train.ema_decay must be in \(0, 1\).*got 1.0"):
+        _train(Tiny(), tmp_path / "d", TrainConfig(iters=2, ema_decay=1.0))
+
+
 def test_optimiser_groups_keep_their_rates_and_resume_exactly(tmp_path):
     """Parameter groups with their own lr (the mask family's backbone multiplier): each group
     follows the schedule at its own rate, and a resumed run ends with the uninterrupted weights."""

@@ -56,6 +56,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "text_map": "none",
     # AlignZeg's virtual features mix any two seen classes' proposals (session 45: "things")
     "virtual_pairs": "all",
+    # a training stage's weights as trained, no moving average (session 50)
+    "ema_decay": 0.0,
 }
 
 

@@ -63,6 +63,12 @@ class TrainConfig:
     # presets' steps faster and others slower, and they round differently, so turning it on
     # changes trained figures (docs/benchmarks.md, "Convolutions in channels-last layout").
     channels_last: bool = False
+    # An exponential moving average of the weights (0: off, the weights as trained). When set,
+    # every step after the optimiser's updates the average (every floating-point entry of the
+    # model's state: parameters and buffers such as norm statistics) with the decay warmed up as
+    # min(ema_decay, (1 + step) / (10 + step)), so the first steps do not weigh the random start;
+    # the stage's saved weights are the average. Step checkpoints carry it (exact resume).
+    ema_decay: float = 0.0
 
 
 # Observers of training steps (benchmarks, profilers): each is called as
@@ -249,6 +255,49 @@ def checkpoint_due(cfg: TrainConfig, step: int, since_last_s: float) -> bool:
     return by_steps or by_time
 
 
+class WeightAverage:
+    """The exponential moving average of a module's floating-point state (``TrainConfig.ema_decay``).
+
+    Integer entries (counters) are copied, not averaged. ``state`` is what the stage saves."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in (0, 1) to average, got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._floating = [k for k, v in self.state.items() if v.is_floating_point()]
+        self._other = [k for k, v in self.state.items() if not v.is_floating_point()]
+
+    def decay_at(self, step: int) -> float:
+        """The decay after 0-based ``step``: ``ema_decay``, warmed up over the first steps."""
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = self.decay_at(step)
+        now = model.state_dict()
+        if self._floating:
+            avg = [self.state[k] for k in self._floating]
+            torch._foreach_mul_(avg, d)
+            torch._foreach_add_(avg, [now[k].detach() for k in self._floating], alpha=1.0 - d)
+        for k in self._other:
+            self.state[k].copy_(now[k])
+
+    def to_flat(self) -> dict[str, torch.Tensor]:
+        return {f"ema/{k}": v for k, v in self.state.items()}
+
+    def load_flat(self, tensors: dict[str, torch.Tensor], what: str) -> None:
+        missing = [k for k in self.state if f"ema/{k}" not in tensors]
+        if missing:
+            raise CheckpointError(
+                f"{what} holds no weight average (train.ema_decay is set now but was not when it "
+                f"was written): missing ema/{missing[0]}; resume with the stage's own ema_decay "
+                "or start the stage afresh"
+            )
+        for k, v in self.state.items():
+            v.copy_(tensors[f"ema/{k}"])
+
+
 def stage_done(directory: Path) -> bool:
     return (directory / "final.safetensors").is_file()
 
@@ -300,6 +349,7 @@ def train_stage(
         base_lrs = [g["lr"] for g in opt.param_groups]
         start = 0
         last_good: Path | None = None
+        ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay != 0 else None
         if resume:
             ckpts = list_checkpoints(directory)
             if ckpts:
@@ -315,6 +365,8 @@ def train_stage(
                     what=f"checkpoint {last_good}",
                 )
                 optimizer_from_flat(opt, tensors, m["optimizer"])
+                if ema is not None:
+                    ema.load_flat(tensors, what=f"checkpoint {last_good}")
                 _set_rng_state(tensors)
                 start = int(m["step"])
                 if main:
@@ -337,6 +389,8 @@ def train_stage(
             tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
             opt_t, opt_m = optimizer_to_flat(opt)
             tensors.update(opt_t)
+            if ema is not None:
+                tensors.update(ema.to_flat())
             tensors.update(_rng_state())
             path = directory / f"step-{step:07d}.safetensors"
             save_checkpoint(
@@ -383,6 +437,8 @@ def train_stage(
                         [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
                     )
                 opt.step()
+                if ema is not None:
+                    ema.update(model, step)
                 hooks.close()
                 for k, v in losses.items():
                     recent.setdefault(k, []).append(float(v.detach()))
@@ -406,6 +462,8 @@ def train_stage(
             logger.close()
             if cfg.channels_last:  # saved weights and inference in the usual layout
                 model.to(memory_format=torch.contiguous_format)
+        if ema is not None:  # the stage's weights are the average
+            model.load_state_dict(ema.state)
         if main:
             save_checkpoint(
                 directory / "final.safetensors",
