@@ -164,6 +164,11 @@ def test_ema_resumes_exactly_and_refuses_a_checkpoint_without_it(tmp_path):
         _train(Tiny(), tmp_path / "d", TrainConfig(iters=2, ema_decay=1.0))
 
 
+def test_ema_off_keeps_the_run_identities_recorded_before_it_existed(neutral_default):
+    for preset in ("projection_unet-small_2k_shapeworld", "pading_unet-small_1k_shapeworld"):
+        neutral_default(preset, "train.ema_decay", "train.ema_decay=0.99")  # session 50
+
+
 def test_optimiser_groups_keep_their_rates_and_resume_exactly(tmp_path):
     """Parameter groups with their own lr (the mask family's backbone multiplier): each group
     follows the schedule at its own rate, and a resumed run ends with the uninterrupted weights."""
