@@ -148,18 +148,21 @@ def reference_semantic_metrics():
     return _reference_semantic_metrics
 
 
-def _check_neutral_default(preset: str, key: str, changed: str) -> None:
+def _check_neutral_default(
+    preset: str, key: str, changed: str, overrides: tuple[str, ...] = ()
+) -> None:
     """An option at its neutral default keeps the run identities recorded before it existed:
-    ``preset``'s resolved config (every default filled in, as run.json) hashes the same with the
-    option's ``key`` (a dotted path, e.g. ``model.pooled``) deleted, and the override ``changed``
-    (``key=value``) gives another hash."""
+    ``preset``'s resolved config (every default filled in, as run.json; with ``overrides``, e.g.
+    the option set back to its neutral default where the preset now sets it) hashes the same with
+    the option's ``key`` (a dotted path, e.g. ``model.pooled``) deleted, and the override
+    ``changed`` (``key=value``) gives another hash."""
     import json
 
     from zeroseg.config import load_config
     from zeroseg.engine.rundir import config_hash
     from zeroseg.runner import check_config
 
-    resolved = check_config(load_config(preset))
+    resolved = check_config(load_config(preset, list(overrides)))
     before = json.loads(json.dumps(resolved, default=str))
     *path, last = key.split(".")
     node = before
@@ -167,9 +170,8 @@ def _check_neutral_default(preset: str, key: str, changed: str) -> None:
         node = node[part]
     del node[last]  # as recorded before the option existed
     assert config_hash(resolved) == config_hash(before), preset
-    assert config_hash(check_config(load_config(preset, [changed]))) != config_hash(resolved), (
-        preset
-    )
+    changed_cfg = load_config(preset, [*overrides, changed])
+    assert config_hash(check_config(changed_cfg)) != config_hash(resolved), preset
 
 
 @pytest.fixture
