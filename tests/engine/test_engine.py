@@ -29,16 +29,28 @@ def batches(start, stop):
         yield step, {"x": x, "y": x.sum(1, keepdim=True)}
 
 
+def dying(batches_fn, at: int):
+    """``batches_fn`` that dies (KeyboardInterrupt) when it reaches step ``at``: a killed run."""
+
+    def interrupted(start, stop):
+        for step, b in batches_fn(start, stop):
+            if step == at:
+                raise KeyboardInterrupt
+            yield step, b
+
+    return interrupted
+
+
 def step_fn(model, batch):
     return {"loss": ((model(batch["x"]) - batch["y"]) ** 2).mean()}
 
 
-def _train(model, directory, cfg, batches_fn=batches, **kwargs):
-    """``train_stage`` of stage "s" with this file's loss, without progress bars."""
+def _train(model, directory, cfg, batches_fn=batches, loss_fn=step_fn, **kwargs):
+    """``train_stage`` of stage "s" with this file's loss (or ``loss_fn``), without progress bars."""
     return train_stage(
         stage="s",
         model=model,
-        step_fn=step_fn,
+        step_fn=loss_fn,
         batches=batches_fn,
         cfg=cfg,
         directory=directory,
@@ -81,11 +93,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     part = Tiny()
     half = TrainConfig(**{**cfg.__dict__, "iters": 40})
 
-    def interrupted(start, stop):  # dies after step 25
-        for step, b in batches(start, stop):
-            if step == 25:
-                raise KeyboardInterrupt
-            yield step, b
+    interrupted = dying(batches, at=25)
 
     with pytest.raises(KeyboardInterrupt):
         _train(part, tmp_path / "b", half, interrupted)
@@ -109,15 +117,7 @@ def test_ema_saves_the_moving_average_of_the_trained_weights(tmp_path):
         seen.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         return step_fn(m, batch)
 
-    train_stage(
-        stage="s",
-        model=model,
-        step_fn=recording,
-        batches=batches,
-        cfg=plain,
-        directory=tmp_path / "a",
-        progress=False,
-    )
+    _train(model, tmp_path / "a", plain, loss_fn=recording)
     after = seen[1:] + [model.state_dict()]
     expected = {k: v.clone() for k, v in seen[0].items()}
     for t, state in enumerate(after):
@@ -141,11 +141,7 @@ def test_ema_resumes_exactly_and_refuses_a_checkpoint_without_it(tmp_path):
     full = Tiny()
     _train(full, tmp_path / "a", cfg)
 
-    def interrupted(start, stop):  # dies after step 25
-        for step, b in batches(start, stop):
-            if step == 25:
-                raise KeyboardInterrupt
-            yield step, b
+    interrupted = dying(batches, at=25)
 
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
@@ -190,11 +186,7 @@ def test_optimiser_groups_keep_their_rates_and_resume_exactly(tmp_path):
     _train(one, tmp_path / "one", cfg)
     assert not torch.equal(one.b.weight, full.b.weight)
 
-    def interrupted(start, stop):
-        for step, b in batches(start, stop):
-            if step == 15:
-                raise KeyboardInterrupt
-            yield step, b
+    interrupted = dying(batches, at=15)
 
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
@@ -240,11 +232,7 @@ def test_channels_last_trains_in_nhwc_saves_the_usual_layout_and_resumes_exactly
     saved, _ = load_checkpoint(tmp_path / "a" / "final.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in full.state_dict().items())
 
-    def interrupted(start, stop):
-        for step, b in image_batches(start, stop):
-            if step == 12:
-                raise KeyboardInterrupt
-            yield step, b
+    interrupted = dying(image_batches, at=12)
 
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
