@@ -201,3 +201,36 @@ def test_a_method_revision_enters_the_demo_fingerprint_and_its_stage_keys(monkey
     revised = ctx.stage_key(model={"width": 8})
     assert revised == {**key, "revision": 2}
     assert ctx.shared_stage_dir("segmenter", revised) != shared
+
+
+def test_a_reused_stage_gives_the_run_the_notes_its_training_wrote(tmp_path):
+    import torch
+
+    from zeroseg.methods.base import RunContext, StagePlan
+
+    cfg = demo_config("projection", world=None, quick=True)
+    prepared = []
+
+    def prepare(ctx):
+        prepared.append(1)
+        ctx.notes.append("pseudo-labelled 7 pixels")  # as ZS5Net's stage 5 does
+        x = torch.ones(2, 3)
+        return StagePlan(
+            step_fn=lambda m, b: {"loss": m(b).pow(2).mean()},
+            batches=lambda start, stop: ((s, x) for s in range(start, stop)),
+            cfg=TrainConfig(iters=2),
+        )
+
+    def run(directory):
+        ctx = RunContext(cfg, directory, None, None, None, None, torch.device("cpu"))
+        ctx.progress = False
+        ctx.notes.append("the run's own note")
+        model = torch.nn.Linear(3, 1)
+        ctx.run_stage("s", model=model, prepare=lambda: prepare(ctx), guard=False)
+        return ctx, model
+
+    first, trained = run(tmp_path / "run")
+    again, loaded = run(tmp_path / "run")  # the finished stage is reused, not trained
+    assert len(prepared) == 1
+    assert first.notes == again.notes == ["the run's own note", "pseudo-labelled 7 pixels"]
+    assert torch.equal(trained.weight, loaded.weight)

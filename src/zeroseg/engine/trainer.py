@@ -481,7 +481,9 @@ def train_stage(
         return {k: sum(v) / len(v) for k, v in recent.items()}
 
 
-def load_stage(model: torch.nn.Module, directory: Path) -> None:
-    """Loads a finished stage's weights into ``model`` (strict)."""
-    tensors, _ = load_checkpoint(directory / "final.safetensors")
+def load_stage(model: torch.nn.Module, directory: Path) -> dict:
+    """Loads a finished stage's weights into ``model`` (strict); returns what was recorded with
+    them (the stage, its schedule, the method's ``meta``)."""
+    tensors, meta = load_checkpoint(directory / "final.safetensors")
     load_state_dict_strict(model, tensors, what=f"stage weights {directory / 'final.safetensors'}")
+    return meta

@@ -186,6 +186,9 @@ class RunContext:
             guard: the protocol guard (see :meth:`train_stage`).
             meta: recorded with the checkpoints.
 
+        The report notes ``prepare`` adds (e.g. how many pixels ZS5Net pseudo-labelled) are
+        recorded with the stage's weights and given again to a run that reuses the stage.
+
         Returns:
             The stage directory.
         """
@@ -198,9 +201,12 @@ class RunContext:
             else self.shared_stage_dir(name, self.stage_key(**key))
         )
         if stage_done(where):
-            load_stage(model, where)
+            recorded = load_stage(model, where).get("notes", [])
+            self.notes.extend(n for n in recorded if n not in self.notes)
             return where
+        before = len(self.notes)
         plan = prepare()
+        added = self.notes[before:]
         self.train_stage(
             stage=stage,
             model=model,
@@ -210,7 +216,7 @@ class RunContext:
             params=plan.params,
             directory=where,
             guard=guard,
-            meta=meta,
+            meta={**(meta or {}), **({"notes": added} if added else {})},
         )
         return where
 
