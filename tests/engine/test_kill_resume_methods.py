@@ -20,6 +20,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import _method_run  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent / "methods"))
+from _tiny_mask import FIT_MASK  # noqa: E402
+
 FAST = 0.0005  # minutes (30 ms): the default 5-minute cadence, scaled to a 1-second run
 
 ZS3NET = {
@@ -39,15 +42,7 @@ PADING = {
     "text": {"encoder": "attributes", "templates": "none"},
     "train": {"iters": 6, "batch_size": 4, "lr": 0.003},
     "model": {
-        "mask": {
-            "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
-            "hidden_dim": 32,
-            "mask_dim": 16,
-            "num_queries": 6,
-            "layers": 3,
-            "heads": 2,
-            "ffn_dim": 32,
-        },
+        "mask": FIT_MASK,
         "generator": {"primitives": 32, "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 32},
         "real_per_class": 16,
         "fake_per_class": 16,

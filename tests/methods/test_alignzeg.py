@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,9 @@ from zeroseg.models.backbones.clip import CLIPVisionConfig, VisionTransformer
 from zeroseg.models.backbones.small import SmallUNetConfig
 from zeroseg.models.heads.alignzeg_decoder import AlignZegModel, PrototypeClassifier
 from zeroseg.models.heads.mask_decoder import MaskModelConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_mask import FIT_MASK  # noqa: E402
 
 
 def test_bias_correction_flips_flagged_unseen_proposal_and_leaves_clear_seen_alone():
@@ -220,15 +225,7 @@ def _tiny_cfg(world, method: str, **model):
             "train": {"iters": 60, "batch_size": 8, "lr": 0.003, "warmup_iters": 10, "amp": "bf16"},
             "eval": {"batch_size": 48},
             "model": {
-                "mask": {
-                    "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
-                    "hidden_dim": 32,
-                    "mask_dim": 16,
-                    "num_queries": 6,
-                    "layers": 3,
-                    "heads": 2,
-                    "ffn_dim": 32,
-                },
+                "mask": FIT_MASK,
                 "object_threshold": 0.5,
                 "clip_fusion": False,
                 "background_prototypes": 3,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ from zeroseg.generators.mmd import mmd_loss
 from zeroseg.generators.primitive import GeneratorConfig, GMMNGenerator, PrimitiveGenerator
 from zeroseg.methods import pading
 from zeroseg.metrics.semantic import harmonic_mean
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_mask import FIT_MASK  # noqa: E402
 
 SMALL_GEN = GeneratorConfig(primitives=20, dim=16, layers=2, heads=2, ffn_dim=32, noise_std=1.0)
 
@@ -111,15 +116,7 @@ def _tiny_cfg(world, method: str):
             "train": {"iters": 80, "batch_size": 8, "lr": 0.003, "warmup_iters": 10, "amp": "bf16"},
             "eval": {"batch_size": 48},
             "model": {
-                "mask": {
-                    "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
-                    "hidden_dim": 32,
-                    "mask_dim": 16,
-                    "num_queries": 6,
-                    "layers": 3,
-                    "heads": 2,
-                    "ffn_dim": 32,
-                },
+                "mask": FIT_MASK,
                 "object_threshold": 0.5,
                 "generator": {"primitives": 32, "dim": 32, "layers": 2, "heads": 2, "ffn_dim": 32},
                 "real_per_class": 16,
