@@ -351,6 +351,52 @@ def test_virtual_detach_keeps_l_vir_off_the_decoders_features(
         assert to_queries is not detach  # the decoder's features only without the detach
 
 
+@pytest.mark.parametrize("class_detach", [False, True])
+def test_virtual_class_detach_keeps_l_vir_off_the_class_side(
+    tiny_world, tmp_path, monkeypatch, class_detach
+):
+    import zeroseg.methods.alignzeg as alignzeg
+
+    holder, reached = {}, []
+    real_losses, real_loss = alignzeg.AlignZeg.losses, alignzeg.virtual_loss
+
+    def losses(self, *args, **kwargs):
+        holder["model"] = self.model
+        return real_losses(self, *args, **kwargs)
+
+    def spy(logits, virtual_logit, target):
+        # Do L_vir's logits (seen classes and the virtual class) depend on the text-side map?
+        weight = holder["model"].text_map.weight
+        (grad,) = torch.autograd.grad(
+            logits[:, :-1].float().sum() + virtual_logit.float().sum(),
+            [weight],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        reached.append(grad is not None and bool(grad.abs().sum() > 0))
+        return real_loss(logits, virtual_logit, target)
+
+    monkeypatch.setattr(alignzeg.AlignZeg, "losses", losses)
+    monkeypatch.setattr(alignzeg, "virtual_loss", spy)
+    # The tiny fit has no foundation to copy the map from: it starts as the identity.
+    monkeypatch.setattr(alignzeg.AlignZeg, "check_text_map", lambda self, cfg: None)
+    mask = {**FIT_MASK, "text_map": "learned"}
+    cfg = _tiny_cfg(tiny_world, "alignzeg", mask=mask, virtual_class_detach=class_detach)
+    cfg.train.iters = 3
+    result = runner.train(cfg, tmp_path / str(class_detach), progress=False)
+    assert reached and all(r is not class_detach for r in reached)
+    weight = result.method.model.text_map.weight
+    assert not torch.equal(weight, torch.eye(len(weight)))  # the set loss trains it either way
+
+
+def test_virtual_class_detach_off_keeps_the_runs_before_it(neutral_default):
+    neutral_default(
+        "alignzeg_unet-small_1k_shapeworld",
+        "model.virtual_class_detach",
+        "model.virtual_class_detach=true",
+    )
+
+
 def test_rows_registered_and_flags_checked():
     for name in ("alignzeg", "alignzeg-norefine", "alignzeg-nogen", "alignzeg-nobc"):
         assert name in METHODS

@@ -58,6 +58,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "virtual_pairs": "all",
     # a training stage's weights as trained, no moving average (session 50)
     "ema_decay": 0.0,
+    # AlignZeg's L_vir trains the class vectors it compares with (session 51: detached)
+    "virtual_class_detach": False,
 }
 
 

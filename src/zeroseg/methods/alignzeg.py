@@ -141,6 +141,11 @@ class AlignZegConfig(MaskProjectionConfig):
     # hidden states and L_vir trains only the classification branch (class-embedding map,
     # classifier, background prototypes)
     virtual_detach: bool = False
+    # L_vir's class side: False, its gradient reaches the class vectors it compares with (with
+    # ``mask.text_map: learned`` the text-side map every class, unseen ones too, is matched
+    # through); True, they are detached in L_vir, as the paper's frozen CLIP text tower would be,
+    # and only the set loss trains the map
+    virtual_class_detach: bool = False
     bc_weight: float = 1.0  # weight of L_bc
     vir_weight: float = 1.0  # lambda3, weight of L_vir
     # What flags a proposal for the correction (inference only): "learned", the class indicator
@@ -458,10 +463,11 @@ class AlignZeg(MaskModelMethod):
             logs["norm_auc"] = torch.tensor(norm_auc(h.detach(), v.detach()))
             if cfg.generalise:
                 v_emb = model.class_embed(v)
-                logits = model.classify(v_emb, seen_emb)  # (V, S+1)
-                t_v = virtual_class_embeddings(
-                    model.class_vectors(seen_emb), y[mixed.i], y[mixed.j], mixed.g
-                )
+                vectors = model.class_vectors(seen_emb)
+                if cfg.virtual_class_detach:
+                    vectors = vectors.detach()
+                logits = model.classifier(v_emb, vectors)  # (V, S+1), as model.classify
+                t_v = virtual_class_embeddings(vectors, y[mixed.i], y[mixed.j], mixed.g)
                 cos_v = (F.normalize(v_emb.float(), dim=-1) * t_v).sum(-1)
                 l_vir = virtual_loss(logits, model.classifier.scale() * cos_v, cfg.virtual_target)
                 total = total + cfg.vir_weight * l_vir
