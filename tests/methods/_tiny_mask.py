@@ -10,14 +10,6 @@ TINY_MASK = {
     "ffn_dim": 16,
 }
 
-# Three decoder layers and six queries: the tests that fit a whole mask-family method under the
-# strict protocol (PADing, AlignZeg) or kill and resume one.
-FIT_MASK = {
-    "unet": {"widths": [8, 16, 16, 32], "out_dim": 16},
-    "hidden_dim": 32,
-    "mask_dim": 16,
-    "num_queries": 6,
-    "layers": 3,
-    "heads": 2,
-    "ffn_dim": 32,
-}
+# Wider, with three decoder layers and six queries: the tests that fit a whole mask-family method
+# under the strict protocol (PADing, AlignZeg) or kill and resume one.
+FIT_MASK = {**TINY_MASK, "hidden_dim": 32, "num_queries": 6, "layers": 3, "ffn_dim": 32}

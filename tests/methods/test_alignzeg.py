@@ -316,9 +316,10 @@ def test_virtual_pairs_decides_which_proposals_are_mixed(tiny_world, tmp_path, m
         assert not same.all()
 
 
-def _spy_on_l_vir(monkeypatch, measure) -> list:
-    """Installs a spy on L_vir for one training run: each call appends
-    ``measure(model, logits, virtual_logit)`` to the returned list, then computes the real loss."""
+def _fit_spying_on_l_vir(tiny_world, directory, monkeypatch, measure, **model):
+    """Trains the tiny AlignZeg fit (``model`` options) for 3 steps with a spy on L_vir: each call
+    appends ``measure(model, logits, virtual_logit)`` to the returned list before the real loss.
+    Returns (that list, the training result)."""
     import zeroseg.methods.alignzeg as alignzeg
 
     holder, seen = {}, []
@@ -334,7 +335,11 @@ def _spy_on_l_vir(monkeypatch, measure) -> list:
 
     monkeypatch.setattr(alignzeg.AlignZeg, "losses", losses)
     monkeypatch.setattr(alignzeg, "virtual_loss", spy)
-    return seen
+    cfg = _tiny_cfg(tiny_world, "alignzeg", **model)
+    cfg.train.iters = 3
+    result = runner.train(cfg, directory, progress=False)
+    assert seen
+    return seen, result
 
 
 def _reaches(output: torch.Tensor, weights: list) -> list[bool]:
@@ -349,16 +354,12 @@ def test_virtual_detach_keeps_l_vir_off_the_decoders_features(
 ):
     # Does L_vir's input depend on the decoder's queries (through the mixed hidden states)?
     # And on the class-embedding map, which it trains either way?
-    reached = _spy_on_l_vir(
-        monkeypatch,
-        lambda model, logits, _: _reaches(
-            logits, [model.query_feat.weight, next(model.class_embed.parameters())]
-        ),
+    def measure(model, logits, _):
+        return _reaches(logits, [model.query_feat.weight, next(model.class_embed.parameters())])
+
+    reached, _ = _fit_spying_on_l_vir(
+        tiny_world, tmp_path / str(detach), monkeypatch, measure, virtual_detach=detach
     )
-    cfg = _tiny_cfg(tiny_world, "alignzeg", virtual_detach=detach)
-    cfg.train.iters = 3
-    runner.train(cfg, tmp_path / str(detach), progress=False)
-    assert reached
     for to_queries, to_class_embed in reached:
         assert to_class_embed  # the classification branch always learns from L_vir
         assert to_queries is not detach  # the decoder's features only without the detach
@@ -371,19 +372,21 @@ def test_virtual_class_detach_keeps_l_vir_off_the_class_side(
     import zeroseg.methods.alignzeg as alignzeg
 
     # Do L_vir's logits (seen classes and the virtual class) depend on the text-side map?
-    reached = _spy_on_l_vir(
-        monkeypatch,
-        lambda model, logits, virtual: _reaches(
-            torch.cat([logits[:, :-1].flatten(), virtual.flatten()]), [model.text_map.weight]
-        )[0],
-    )
+    def measure(model, logits, virtual):
+        both = torch.cat([logits[:, :-1].flatten(), virtual.flatten()])
+        return _reaches(both, [model.text_map.weight])[0]
+
     # The tiny fit has no foundation to copy the map from: it starts as the identity.
     monkeypatch.setattr(alignzeg.AlignZeg, "check_text_map", lambda self, cfg: None)
-    mask = {**FIT_MASK, "text_map": "learned"}
-    cfg = _tiny_cfg(tiny_world, "alignzeg", mask=mask, virtual_class_detach=class_detach)
-    cfg.train.iters = 3
-    result = runner.train(cfg, tmp_path / str(class_detach), progress=False)
-    assert reached and all(r is not class_detach for r in reached)
+    reached, result = _fit_spying_on_l_vir(
+        tiny_world,
+        tmp_path / str(class_detach),
+        monkeypatch,
+        measure,
+        mask={**FIT_MASK, "text_map": "learned"},
+        virtual_class_detach=class_detach,
+    )
+    assert all(r is not class_detach for r in reached)
     weight = result.method.model.text_map.weight
     assert not torch.equal(weight, torch.eye(len(weight)))  # the set loss trains it either way
 
