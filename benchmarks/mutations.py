@@ -372,6 +372,14 @@ MUTATIONS = (
         ("tests/test_e2e.py::test_demo_split_val_reports_val_and_never_loads_test",),
     ),
     Mutation(
+        "stages-from-any-config",
+        "demo --stages-from copies the stages of a run started with another config",
+        "src/zeroseg/runner.py",
+        "        check_run_dir(reuse_from, resolved, legacy_config=lambda: _legacy_config(reuse_from))\n",
+        "",
+        ("tests/test_e2e.py::test_stages_from_a_run_of_another_config_is_refused_before_training",),
+    ),
+    Mutation(
         "indicator-script-loads-test",
         "benchmarks/alignzeg_indicator.py (a val-only diagnostic) loads the test split",
         "benchmarks/alignzeg_indicator.py",

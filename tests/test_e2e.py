@@ -161,6 +161,89 @@ def test_demo_split_val_reports_val_and_never_loads_test(
     assert "holds a report of the 'val' split" in capsys.readouterr().err
 
 
+def _files(directory) -> dict:
+    """Every file under ``directory`` (the lock files aside) and its bytes."""
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_demo_stages_from_scores_a_finished_test_run_on_val_without_training_or_writing_it(
+    demo_run, tiny_world, tmp_path, capsys, test_split_forbidden
+):
+    """``--stages-from DIR --split val``: the finished ``test`` run's stages are copied, nothing
+    trains, DIR is left as it was, and the figures are those of a copy of DIR's runs scored on
+    val (the hand-made way it replaces)."""
+    before = _files(demo_run)
+    by_copy = tmp_path / "by-copy"
+    args = _demo_over_the_fixtures_runs(demo_run, tiny_world, by_copy, "projection")
+    assert main([*args, "--split", "val"]) == 0
+    out = tmp_path / "val"
+    with test_split_forbidden():
+        assert (
+            main([*args, "--out", str(out), "--split", "val", "--stages-from", str(demo_run)]) == 0
+        )
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval_split"] == "val" and report["stages_from"] == str(demo_run)
+    assert f"copied from `{demo_run}`" in (out / "report.md").read_text()
+    row = report["methods"]["projection"]
+    assert row["reused"] is True
+    assert any("--stages-from" in n and "projection-segmenter" in n for n in row["notes"])
+    copied = json.loads((by_copy / "report.json").read_text())["methods"]["projection"]
+    for key in ("seen_miou", "unseen_miou", "hiou", "ausuc", "per_class_iou"):
+        assert row[key] == copied[key], key
+    assert _files(demo_run) == before  # DIR only read
+    assert not (out / "runs" / "oracle").exists()  # only this run's rows' stages are copied
+    assert sorted(p.name.split("-")[0] for p in (out / "runs").iterdir()) == [
+        "_shared",
+        "projection",
+    ]
+
+
+def test_demo_stages_from_refuses_what_is_not_an_earlier_output_of_the_same_layout(
+    demo_run, tiny_world, tmp_path, capsys
+):
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--no-progress"]
+    args += ["--out", str(tmp_path / "o")]
+    assert main([*args, "--stages-from", str(tmp_path / "nowhere")]) == 2
+    assert "expected an earlier demo --out holding runs/" in capsys.readouterr().err
+    assert main([*args, "--stages-from", str(demo_run), "--out", str(demo_run)]) == 2
+    assert "is --out itself" in capsys.readouterr().err
+    assert main([*args, "--stages-from", str(demo_run), "--seeds", "0", "1"]) == 2
+    assert f"--stages-from {demo_run / 'seed-0'}: expected" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_stages_from_a_run_of_another_config_is_refused_before_training(demo_run, tiny_world):
+    from zeroseg import runner
+    from zeroseg.engine.rundir import RunDirError
+
+    cfg = runner.load_experiment(
+        "projection_unet-small_2k_shapeworld", [f"data.world={tiny_world}"]
+    )
+    oracle = next((demo_run / "runs").glob("oracle-*"))
+    with pytest.raises(RunDirError, match=f"{oracle.name} was started with another config"):
+        runner.train(cfg, demo_run.parent / "never", progress=False, reuse_from=oracle)
+    assert not (demo_run.parent / "never").exists()
+
+
+def test_demo_seeds_stages_from_copies_each_seeds_own_stages(tiny_world, tmp_path):
+    """With ``--seeds``, seed ``s`` takes its stages from ``DIR/seed-<s>`` (another seed's
+    would give other figures): each seed's row equals the finished run's, nothing trains."""
+    args = ["demo", "--world", str(tiny_world), "--methods", "projection", "--seeds", "0", "1"]
+    args += ["--no-progress", "--set", "train.iters=20", "--set", "eval.batch_size=32"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--stages-from", str(tmp_path / "a")]) == 0
+    for seed in (0, 1):
+        a, b = (
+            json.loads((tmp_path / d / f"seed-{seed}" / "report.json").read_text())["methods"]
+            for d in ("a", "b")
+        )
+        assert a["projection"]["reused"] is False and b["projection"]["reused"] is True
+        assert b["projection"]["per_class_iou"] == a["projection"]["per_class_iou"], seed
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["stages_from"] == str(tmp_path / "a")
+    assert "Finished stages copied from" in (tmp_path / "b" / "report.md").read_text()
+
+
 def test_demo_refine_adds_a_row_at_the_methods_gamma_equal_to_eval_refine(
     demo_run, tiny_world, tmp_path, capsys
 ):

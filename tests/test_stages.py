@@ -234,3 +234,60 @@ def test_a_reused_stage_gives_the_run_the_notes_its_training_wrote(tmp_path):
     assert len(prepared) == 1
     assert first.notes == again.notes == ["the run's own note", "pseudo-labelled 7 pixels"]
     assert torch.equal(trained.weight, loaded.weight)
+
+
+def test_stages_from_adopts_a_runs_own_stages_by_name_and_shared_ones_by_key(tmp_path):
+    """``demo --stages-from``: a stage finished in the other output is copied, not trained,
+    before the method looks for it (PADing asks whether its classifier is finished before
+    running it); a shared stage only under the same key; the other output is only read."""
+    import torch
+
+    from zeroseg.engine.trainer import stage_done
+    from zeroseg.methods.base import RunContext, StagePlan
+
+    cfg = demo_config("projection", world=None, quick=True)
+    prepared = []
+
+    def prepare(ctx):
+        prepared.append(1)
+        ctx.notes.append("pseudo-labelled 7 pixels")
+        x = torch.ones(2, 3)
+        return StagePlan(
+            step_fn=lambda m, b: {"loss": m(b).pow(2).mean()},
+            batches=lambda start, stop: ((s, x) for s in range(start, stop)),
+            cfg=TrainConfig(iters=2),
+        )
+
+    def context(directory, reuse_from=None):
+        ctx = RunContext(cfg, directory, None, None, None, None, torch.device("cpu"))
+        ctx.progress, ctx.reuse_from = False, reuse_from
+        return ctx
+
+    def run(ctx, width=8):
+        own, shared = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+        ctx.run_stage("own", model=own, prepare=lambda: prepare(ctx), guard=False)
+        key = {"model": {"width": width}}
+        ctx.run_stage("sh", model=shared, prepare=lambda: prepare(ctx), guard=False, key=key)
+        return own, shared
+
+    source = tmp_path / "a" / "runs" / "row-1"
+    trained = run(context(source))
+    assert len(prepared) == 2
+    files = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    ctx = context(tmp_path / "b" / "runs" / "row-1", reuse_from=source)
+    ctx.adopt_own_stages()
+    assert ctx.stage_finished("own")  # found before the method runs it
+    loaded = run(ctx)
+    assert len(prepared) == 2  # nothing trained
+    for a, b in zip(trained, loaded):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert [p.relative_to(tmp_path / "a") for p in ctx.adopted] == [
+        source.relative_to(tmp_path / "a") / "own",
+        next((tmp_path / "a" / "runs" / "_shared").iterdir()).relative_to(tmp_path / "a"),
+    ]
+    assert ctx.notes == ["pseudo-labelled 7 pixels"] and not ctx.trained  # recorded, once
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == files
+    other = context(tmp_path / "c" / "runs" / "row-1", reuse_from=source)
+    run(other, width=9)  # another key: the shared stage is another stage, and trains
+    assert len(prepared) == 3 and other.trained == ["sh"]
+    assert stage_done(other.stage_dir("own")) and other.adopted[0].name == "own"

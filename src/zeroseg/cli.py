@@ -63,6 +63,7 @@ def cmd_demo(args) -> int:
         refine_on=args.refine_on,
         jobs=args.jobs,
         split=args.split,
+        stages_from=None if args.stages_from is None else Path(args.stages_from),
     )
     return 0
 
@@ -511,6 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split every figure is of (default: test, the reported one); val checks a "
         "choice (e.g. on worlds/dev.yaml) and never loads test; an OUT holding the other "
         "split's report is refused",
+    )
+    d.add_argument(
+        "--stages-from",
+        metavar="DIR",
+        help="an earlier demo --out (with the same --seeds): copy every training stage finished "
+        "there for a row of this run (same config, world and seed) into OUT instead of training "
+        "it, e.g. to score a finished test run on --split val; DIR is only read",
     )
 
     t = command(

@@ -242,6 +242,7 @@ def _run_row(
     refine: Sequence[str],
     tag: str = "",
     eval_split: str = "test",
+    reuse_from: Path | None = None,
 ) -> dict:
     """Trains (or loads) one demo row and evaluates it, with its refined rows.
 
@@ -249,7 +250,8 @@ def _run_row(
     ``confusions`` (their per-image confusion matrices, for the paired image bootstrap) and
     ``foundation`` (the foundation it starts from, or None). ``tag`` follows the row's name
     in what it prints (``--seeds --jobs``: which seed). ``eval_split``: the split the figures
-    are of (``val``: a check for a choice, the test split never read).
+    are of (``val``: a check for a choice, the test split never read). ``reuse_from``: the
+    row's run directory in a ``--stages-from`` output (:func:`zeroseg.runner.train`).
     """
     from zeroseg.methods import METHODS
 
@@ -263,7 +265,7 @@ def _run_row(
         f"[zeroseg] {name}{tag}: training (or loading finished stages) into {directory}", flush=True
     )
     memory = _memory_mark()
-    result = runner.train(cfg, directory, progress=progress, data=data)
+    result = runner.train(cfg, directory, progress=progress, data=data, reuse_from=reuse_from)
     # gamma of the shared calibration rule chosen on val; figures on test (never tuned on), or
     # on val itself in a --split val run
     evaluate = partial(
@@ -399,6 +401,7 @@ def _job_row(
     refine: Sequence[str],
     tag: str = "",
     eval_split: str = "test",
+    reuse_from: Path | None = None,
 ) -> dict:
     """A ``--jobs`` worker's row: the world from the cache the parent filled, no progress bars
     (two workers' bars would interleave)."""
@@ -414,6 +417,7 @@ def _job_row(
             refine=refine,
             tag=tag,
             eval_split=eval_split,
+            reuse_from=reuse_from,
         )
     finally:
         del data
@@ -462,9 +466,9 @@ def _rows_to_start(pending: Sequence[str], done: set[str], planned: Sequence[str
 
 
 def _run_rows_parallel(runs: list[list[tuple]], jobs: int, threads: int) -> list[dict[str, dict]]:
-    """Runs the rows of one or more demo runs (each a list of ``(name, cfg, directory,
-    grid_images, refine, tag)``; ``--seeds`` puts all its seeds here, so one seed's last rows
-    overlap the next seed's first) in ``jobs`` processes of ``threads`` threads each, a row
+    """Runs the rows of one or more demo runs (each a list of :attr:`_DemoPlan.rows_args`;
+    ``--seeds`` puts all its seeds here, so one seed's last rows overlap the next seed's
+    first) in ``jobs`` processes of ``threads`` threads each, a row
     starting once the rows it waits for in its own run have finished (:func:`_ready`), the
     ready row with the longest chain first (:func:`_start_order`). Returns, per run, each row's
     :func:`_run_row` result by name."""
@@ -507,6 +511,7 @@ def run_demo(
     refine_on: Sequence[str] | None = None,
     jobs: int = 1,
     split: str = "test",
+    stages_from: Path | None = None,
 ) -> dict:
     """Runs the demo and returns the report summary (also written to ``out``).
 
@@ -516,6 +521,11 @@ def run_demo(
     ``--jobs 2`` run repeats exactly, but its figures differ from a ``--jobs 1`` run as another
     seed's would: kernels split their sums by thread, and training amplifies the last-digit
     differences (up to a few hIoU points in a row; docs/benchmarks.md).
+
+    ``stages_from``: an earlier demo output (``--stages-from``): every stage finished there for
+    a row of this run (the same config, world and seed) is copied into ``out`` instead of
+    trained, e.g. to evaluate a finished ``test`` run on ``val`` (``split="val"``); it is only
+    read.
     """
     _check_jobs(jobs)
     t_start = time.perf_counter()
@@ -529,6 +539,7 @@ def run_demo(
         refine=refine,
         refine_on=refine_on,
         split=split,
+        stages_from=stages_from,
     )
     spec = plan.spec
     print(f"[zeroseg] world {spec.name!r}: {spec.num_classes} classes, {len(spec.unseen)} unseen")
@@ -545,6 +556,7 @@ def run_demo(
                 grid_images=a[3],
                 refine=a[4],
                 eval_split=split,
+                reuse_from=a[7],
             )
             for a in plan.rows_args
         }
@@ -568,9 +580,11 @@ class _DemoPlan:
     out: Path
     spec: object  # the world's WorldSpec
     methods: list[str]
-    rows_args: list[tuple]  # (name, cfg, directory, grid_images, refine, tag, split) per row
+    # (name, cfg, directory, grid_images, refine, tag, split, reuse_from) per row
+    rows_args: list[tuple]
     grid_images: int
     split: str = "test"  # the split every figure is of
+    stages_from: Path | None = None  # --stages-from: the output finished stages are copied from
 
     @property
     def first_config(self):
@@ -589,32 +603,55 @@ def _plan_demo(
     refine_on: Sequence[str] | None,
     tag: str = "",
     split: str = "test",
+    stages_from: Path | None = None,
 ) -> _DemoPlan:
-    """Validates a demo run's settings and builds its rows' configs and run directories."""
+    """Validates a demo run's settings and builds its rows' configs and run directories
+    (and each row's directory in ``stages_from``, or None)."""
     spec = load_spec(world)  # validates before any work
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in DEMO_PRESETS:
             raise ValueError(f"unknown method {m!r}; the demo knows {sorted(DEMO_PRESETS)}")
     check_report_split(out, split)
+    check_stages_from(stages_from, out)
     out.mkdir(parents=True, exist_ok=True)
     configs = {n: demo_config(n, world=world, quick=quick, overrides=overrides) for n in methods}
+    run_dirs = {
+        n: Path("runs") / f"{n}-{fingerprint(configs[n], spec.content_key())}" for n in methods
+    }
     rows_args = [
         (
             name,
             configs[name],
-            out / "runs" / f"{name}-{fingerprint(configs[name], spec.content_key())}",
+            out / run_dirs[name],
             grid_images,
             tuple(refine if refine_on is None or name in refine_on else ()),
             tag,
             split,
+            None if stages_from is None else stages_from / run_dirs[name],
         )
         for name in methods
     ]
-    return _DemoPlan(out, spec, methods, rows_args, grid_images, split)
+    return _DemoPlan(out, spec, methods, rows_args, grid_images, split, stages_from)
 
 
 SPLITS = ("test", "val")
+
+
+def check_stages_from(stages_from: Path | None, out: Path) -> None:
+    """Refuses a ``--stages-from`` that is not an earlier demo output (a directory holding
+    ``runs/``, as one seed's output does) or that is ``out`` itself."""
+    if stages_from is None:
+        return
+    if not (stages_from / "runs").is_dir():
+        raise ValueError(
+            f"--stages-from {stages_from}: expected an earlier demo --out holding runs/ "
+            "(with --seeds, one holding seed-<s>/runs/ for every seed)"
+        )
+    if stages_from.resolve() == out.resolve():
+        raise ValueError(
+            f"--stages-from {stages_from} is --out itself; its stages are reused anyway"
+        )
 
 
 def check_report_split(out: Path, split: str) -> None:
@@ -701,6 +738,7 @@ def _write_demo(
         # run never loads test
         "eval_split": plan.split,
         "tuned_on": "val",  # every choice: the calibration gamma, and the presets' settings
+        "stages_from": None if plan.stages_from is None else str(plan.stages_from),
         "train_images": len(data.train),
         "val_images": len(data.val),
         "test_images": len(data.test) if data.test is not None else 0,
@@ -755,6 +793,9 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
     jobs = kwargs.get("jobs", 1)
     _check_jobs(jobs)
     check_report_split(out, kwargs.get("split", "test"))
+    stages_from = kwargs.pop("stages_from", None)
+    for seed in seeds if stages_from is not None else ():
+        check_stages_from(stages_from / f"seed-{seed}", out / f"seed-{seed}")
     runs = {}
     if jobs == 1:
         for seed in seeds:
@@ -762,10 +803,13 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
             runs[seed] = run_demo(
                 out=out / f"seed-{seed}",
                 overrides=[*overrides, f"seed={seed}", f"train.seed={seed}"],
+                stages_from=None if stages_from is None else stages_from / f"seed-{seed}",
                 **kwargs,
             )
     else:
-        runs = _run_seeds_pooled(out=out, seeds=seeds, overrides=overrides, **kwargs)
+        runs = _run_seeds_pooled(
+            out=out, seeds=seeds, overrides=overrides, stages_from=stages_from, **kwargs
+        )
     spread = seed_spread({s: r["methods"] for s, r in runs.items()})
     summary = {"seeds": seeds, "methods": spread, "title": runs[seeds[0]]["title"]}
     images = {s: load_image_confusions(out / f"seed-{s}" / IMAGE_CONFUSIONS) for s in seeds}
@@ -782,6 +826,7 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
         "world_key": first["world_key"],
         "eval_split": first["eval_split"],
         "tuned_on": first["tuned_on"],
+        "stages_from": None if stages_from is None else str(stages_from),
         "seeds": seeds,
         "train_images": first["train_images"],
         "val_images": first["val_images"],
@@ -815,6 +860,7 @@ def _run_seeds_pooled(
     refine_on: Sequence[str] | None = None,
     jobs: int = 2,
     split: str = "test",
+    stages_from: Path | None = None,
 ) -> dict[int, dict]:
     """:func:`run_seeds` with ``jobs`` > 1: every seed's rows in one queue of ``jobs`` workers
     (a seed's last rows overlap the next seed's first ones instead of leaving a worker idle),
@@ -834,6 +880,7 @@ def _run_seeds_pooled(
             refine_on=refine_on,
             tag=f" (seed {seed})",
             split=split,
+            stages_from=None if stages_from is None else stages_from / f"seed-{seed}",
         )
         for seed in seeds
     }

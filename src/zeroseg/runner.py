@@ -324,6 +324,7 @@ def train(
     progress: bool = True,
     data: Data | None = None,
     overwrite: bool = False,
+    reuse_from: Path | None = None,
 ) -> TrainResult:
     """Trains ``cfg.method`` into ``directory`` and saves ``model.safetensors``.
 
@@ -332,6 +333,11 @@ def train(
     or by the method's code at another :attr:`~zeroseg.methods.base.Method.revision`, is refused
     (:class:`zeroseg.engine.rundir.RunDirError`) unless ``overwrite`` discards it.
     A lock stops a second concurrent run into the same directory.
+
+    ``reuse_from``: the same run in another output (``zeroseg demo --stages-from``; one process):
+    its finished stages, and the shared stages finished beside it, are copied into ``directory``
+    instead of trained (:meth:`RunContext.adopt_stage`). It must have been started with this
+    config; it is only read.
     """
     # a code change that alters the weights: runs of older code are not this config's
     resolved = {**check_config(cfg), **revision_key(method_class(cfg).revision)}
@@ -341,6 +347,11 @@ def train(
     if not dist.is_main():
         dist.barrier()  # rank 0 checks and records the directory first
         return _train(cfg, directory, device, progress=progress, data=data)
+    if reuse_from is not None:
+        reuse_from = Path(reuse_from)
+        if reuse_from.resolve() == directory.resolve():
+            raise ValueError(f"{reuse_from}: the stages to reuse are this run's own directory")
+        check_run_dir(reuse_from, resolved, legacy_config=lambda: _legacy_config(reuse_from))
     with run_lock(directory):
         if overwrite:
             clear_run_dir(directory)
@@ -348,7 +359,7 @@ def train(
             check_run_dir(directory, resolved, legacy_config=lambda: _legacy_config(directory))
         write_record(directory, resolved)
         dist.barrier()
-        return _train(cfg, directory, device, progress=progress, data=data)
+        return _train(cfg, directory, device, progress=progress, data=data, reuse_from=reuse_from)
 
 
 def _train(
@@ -358,6 +369,7 @@ def _train(
     *,
     progress: bool,
     data: Data | None,
+    reuse_from: Path | None = None,
 ) -> TrainResult:
     torch.manual_seed(cfg.seed)
     data = data or build_data(cfg, progress=progress)
@@ -380,7 +392,9 @@ def _train(
         world=data.world,
         train_transform=getattr(data.train, "train_transform", None) or hflip,
         revision=method.revision,
+        reuse_from=reuse_from,
     )
+    ctx.adopt_own_stages()
     if isinstance(train_set, SeenOnly) and train_set.dropped:
         ctx.notes.append(
             f"strict protocol dropped {train_set.dropped} training images with unseen pixels"
@@ -389,6 +403,9 @@ def _train(
     method.to(device)
     method.fit(ctx)
     seconds = time.perf_counter() - t0
+    if ctx.adopted:
+        names = ", ".join(p.name for p in ctx.adopted)
+        ctx.notes.append(f"stages copied from {reuse_from} and beside it (--stages-from): {names}")
     method.eval()
     detail = protocol_detail(method, ctx)
     if dist.is_main():

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,7 +10,15 @@ from zeroseg.engine.checkpoint import (
     save_checkpoint,
 )
 from zeroseg.engine.inference import slide_scores
-from zeroseg.engine.trainer import NonFiniteLossError, TrainConfig, lr_factor, train_stage
+from zeroseg.engine.trainer import (
+    NonFiniteLossError,
+    TrainConfig,
+    copy_stage,
+    load_stage,
+    lr_factor,
+    stage_done,
+    train_stage,
+)
 
 
 class Tiny(torch.nn.Module):
@@ -105,6 +115,42 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     _train(resumed, tmp_path / "b", cfg)
     for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_copy_stage_copies_a_finished_stage_whole_its_weights_last(tmp_path, monkeypatch):
+    """``demo --stages-from``'s copy: every file but the lock, the final weights written last
+    (so the copy counts as finished only once whole), the source untouched and read only."""
+    import shutil
+
+    from zeroseg.engine import trainer
+
+    model = Tiny()
+    _train(model, tmp_path / "a", TrainConfig(iters=4, lr=1e-2, log_every=1))
+    source = tmp_path / "a"
+    (source / "tb").mkdir(exist_ok=True)
+    (source / "tb" / "events").write_text("curve")
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    copied, copyfile = [], shutil.copyfile
+
+    def spy(src, dst):
+        copied.append(Path(src).name)
+        return copyfile(src, dst)
+
+    monkeypatch.setattr(trainer.shutil, "copyfile", spy)
+    copy_stage(source, tmp_path / "b")
+    assert copied[-1] == "final.safetensors" and ".lock" not in copied
+    assert {p.relative_to(source) for p in before if p.name != ".lock"} == {
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    }
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    loaded = Tiny()
+    load_stage(loaded, tmp_path / "b")
+    for (k, v), w in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(v, w), k
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ValueError, match="not a finished training stage"):
+        copy_stage(tmp_path / "c", tmp_path / "d")
+    assert not stage_done(tmp_path / "d")
 
 
 def test_ema_saves_the_moving_average_of_the_trained_weights(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,7 @@ from zeroseg.data.protocol import assert_seen_only
 from zeroseg.engine import distributed as dist
 from zeroseg.engine.checkpoint import (
     CheckpointError,
+    _atomic_write,
     list_checkpoints,
     load_checkpoint,
     load_state_dict_strict,
@@ -34,7 +36,7 @@ from zeroseg.engine.checkpoint import (
     optimizer_to_flat,
     save_checkpoint,
 )
-from zeroseg.engine.lock import hold_lock
+from zeroseg.engine.lock import LOCK, hold_lock
 
 
 @dataclass
@@ -298,8 +300,27 @@ class WeightAverage:
             v.copy_(tensors[f"ema/{k}"])
 
 
+FINAL = "final.safetensors"  # a stage is finished when its final weights are written
+
+
 def stage_done(directory: Path) -> bool:
-    return (directory / "final.safetensors").is_file()
+    return (directory / FINAL).is_file()
+
+
+def copy_stage(source: Path, directory: Path) -> None:
+    """Copies the finished stage ``source`` into ``directory`` (``zeroseg demo --stages-from``),
+    reading ``source`` only. Every file but the lock is copied atomically (a temporary file,
+    then a rename), the final weights last, so ``directory`` counts as finished only once whole,
+    and an interrupted copy leaves at most an unfinished stage that trains as usual. Step
+    checkpoints are copied too (a finished stage keeps none but the final one)."""
+    if not stage_done(source):
+        raise ValueError(f"{source}: not a finished training stage (no {FINAL})")
+    files = sorted(
+        p for p in source.rglob("*") if p.is_file() and p.name != LOCK and not p.is_symlink()
+    )
+    files.sort(key=lambda p: p == source / FINAL)  # the final weights last
+    for f in files:
+        _atomic_write(directory / f.relative_to(source), lambda tmp, f=f: shutil.copyfile(f, tmp))
 
 
 def train_stage(
@@ -466,7 +487,7 @@ def train_stage(
             model.load_state_dict(ema.state)
         if main:
             save_checkpoint(
-                directory / "final.safetensors",
+                directory / FINAL,
                 model.state_dict(),
                 {
                     "stage": stage,
@@ -484,6 +505,6 @@ def train_stage(
 def load_stage(model: torch.nn.Module, directory: Path) -> dict:
     """Loads a finished stage's weights into ``model`` (strict); returns what was recorded with
     them (the stage, its schedule, the method's ``meta``)."""
-    tensors, meta = load_checkpoint(directory / "final.safetensors")
-    load_state_dict_strict(model, tensors, what=f"stage weights {directory / 'final.safetensors'}")
+    tensors, meta = load_checkpoint(directory / FINAL)
+    load_state_dict_strict(model, tensors, what=f"stage weights {directory / FINAL}")
     return meta

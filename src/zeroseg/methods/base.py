@@ -106,6 +106,10 @@ class RunContext:
             (:meth:`uses_unseen_names`); empty: unseen names only at test time.
         encoders: the pretrained image-text encoders the model starts from
             (:meth:`pretrained_encoder`), and whether their captions name unseen classes.
+        reuse_from: the same row's run directory in another demo output (``zeroseg demo
+            --stages-from``): a stage finished there and not here is copied here
+            (:meth:`adopt_stage`) instead of trained; that output is only read.
+        adopted: the stage directories copied from there, in order.
     """
 
     cfg: object
@@ -124,9 +128,36 @@ class RunContext:
     unseen_name_stages: list[str] = field(default_factory=list)
     encoders: list[dict] = field(default_factory=list)
     revision: int = 0  # the method's :attr:`Method.revision`, for the stage keys
+    reuse_from: Path | None = None
+    adopted: list[Path] = field(default_factory=list)  # the stages :meth:`adopt_stage` copied
 
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
+
+    def adopt_stage(self, where: Path) -> bool:
+        """Copies the stage ``where`` (this run's own or a shared one) from :attr:`reuse_from`'s
+        output when it is finished there and not here; returns whether it did. Shared stages
+        are found by their key (:meth:`shared_stage_dir`), so they are the same stage in both."""
+        from zeroseg.engine.trainer import copy_stage, stage_done
+
+        if self.reuse_from is None or stage_done(where):
+            return False
+        source = self.reuse_from.parent / where.relative_to(self.directory.parent)
+        if not stage_done(source):
+            return False
+        copy_stage(source, where)
+        self.adopted.append(source)
+        return True
+
+    def adopt_own_stages(self) -> None:
+        """:meth:`adopt_stage` for every stage finished in :attr:`reuse_from` itself (this row's
+        own stages, which a method may look up before running them, e.g. PADing's)."""
+        from zeroseg.engine.trainer import stage_done
+
+        if self.reuse_from is None or not self.reuse_from.is_dir():
+            return
+        for source in sorted(p for p in self.reuse_from.iterdir() if stage_done(p)):
+            self.adopt_stage(self.directory / source.name)
 
     def shared_stage_dir(self, stage: str, key: dict) -> Path:
         """A stage directory shared by every run in the same parent directory with the same key.
@@ -200,6 +231,7 @@ class RunContext:
             if key is None
             else self.shared_stage_dir(name, self.stage_key(**key))
         )
+        self.adopt_stage(where)
         if stage_done(where):
             recorded = load_stage(model, where).get("notes", [])
             self.notes.extend(n for n in recorded if n not in self.notes)
