@@ -375,8 +375,8 @@ MUTATIONS = (
         "stages-from-any-config",
         "demo --stages-from copies the stages of a run started with another config",
         "src/zeroseg/runner.py",
-        "        check_run_dir(reuse_from, resolved, legacy_config=lambda: _legacy_config(reuse_from))\n",
-        "",
+        "        check_run_dir(\n            reuse_from,",
+        "        (lambda *a, **k: None)(\n            reuse_from,",
         ("tests/test_e2e.py::test_stages_from_a_run_of_another_config_is_refused_before_training",),
     ),
     Mutation(

@@ -351,7 +351,13 @@ def train(
         reuse_from = Path(reuse_from)
         if reuse_from.resolve() == directory.resolve():
             raise ValueError(f"{reuse_from}: the stages to reuse are this run's own directory")
-        check_run_dir(reuse_from, resolved, legacy_config=lambda: _legacy_config(reuse_from))
+        check_run_dir(
+            reuse_from,
+            resolved,
+            legacy_config=lambda: _legacy_config(reuse_from),
+            advice="its stages are not this run's: give --stages-from a demo output of the same "
+            "settings",
+        )
     with run_lock(directory):
         if overwrite:
             clear_run_dir(directory)

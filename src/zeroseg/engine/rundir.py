@@ -131,8 +131,15 @@ def _has_contents(directory: Path) -> bool:
     return directory.is_dir() and any(p.name != LOCK for p in directory.iterdir())
 
 
+OVERWRITE_ADVICE = "choose a new --out, or pass --overwrite to discard the old run"
+
+
 def check_run_dir(
-    directory: Path, resolved: dict, *, legacy_config: Callable[[], dict | None] | None = None
+    directory: Path,
+    resolved: dict,
+    *,
+    legacy_config: Callable[[], dict | None] | None = None,
+    advice: str = OVERWRITE_ADVICE,
 ) -> None:
     """Raises :class:`RunDirError` unless ``directory`` is new, empty, or started with this config.
 
@@ -140,6 +147,7 @@ def check_run_dir(
         resolved: the resolved config of the run about to start.
         legacy_config: for a directory written before ``run.json`` existed, returns the config
             recorded in its ``model.safetensors`` (adopted when it matches), or None.
+        advice: what the error tells the user to do (default: for a run about to write there).
     """
     record = directory / RECORD
     if record.is_file():
@@ -147,15 +155,12 @@ def check_run_dir(
             old = json.loads(record.read_text())
             old_hash, old_cfg = old["config_hash"], old["config"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise RunDirError(
-                f"{record} is unreadable ({type(e).__name__}); start a new --out or pass --overwrite"
-            ) from None
+            raise RunDirError(f"{record} is unreadable ({type(e).__name__}); {advice}") from None
     elif _has_contents(directory):
         legacy = legacy_config() if legacy_config is not None else None
         if legacy is None:
             raise RunDirError(
-                f"{directory} holds files but no {RECORD} saying which config made them; "
-                "choose a new --out, or pass --overwrite to discard them"
+                f"{directory} holds files but no {RECORD} saying which config made them; {advice}"
             )
         old_cfg, old_hash = legacy, config_hash(legacy)
     else:
@@ -165,7 +170,7 @@ def check_run_dir(
         shown = "; ".join(diff[:8]) + (f"; ... ({len(diff)} keys in all)" if len(diff) > 8 else "")
         raise RunDirError(
             f"{directory} was started with another config ({shown}); resuming would mix the two: "
-            "choose a new --out, or pass --overwrite to discard the old run"
+            f"{advice}"
         )
 
 
