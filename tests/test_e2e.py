@@ -191,11 +191,13 @@ def test_demo_stages_from_scores_a_finished_test_run_on_val_without_training_or_
     for key in ("seen_miou", "unseen_miou", "hiou", "ausuc", "per_class_iou"):
         assert row[key] == copied[key], key
     assert _files(demo_run) == before  # DIR only read
-    assert not (out / "runs" / "oracle").exists()  # only this run's rows' stages are copied
+    # only this run's rows' stages are copied: not the oracle's run nor its shared segmenter
     assert sorted(p.name.split("-")[0] for p in (out / "runs").iterdir()) == [
         "_shared",
         "projection",
     ]
+    shared = [p.name for p in (out / "runs" / "_shared").iterdir()]
+    assert len(shared) == 1 and shared[0].startswith("projection-segmenter-")
 
 
 def test_demo_stages_from_refuses_what_is_not_an_earlier_output_of_the_same_layout(
