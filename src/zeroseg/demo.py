@@ -638,6 +638,11 @@ def _plan_demo(
 SPLITS = ("test", "val")
 
 
+def seed_stages(stages_from: Path | None, seed: int) -> Path | None:
+    """Seed ``seed``'s output in a ``--seeds`` run's ``--stages-from`` directory (or None)."""
+    return None if stages_from is None else stages_from / f"seed-{seed}"
+
+
 def check_stages_from(stages_from: Path | None, out: Path) -> None:
     """Refuses a ``--stages-from`` that is not an earlier demo output (a directory holding
     ``runs/``, as one seed's output does) or that is ``out`` itself."""
@@ -794,8 +799,8 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
     _check_jobs(jobs)
     check_report_split(out, kwargs.get("split", "test"))
     stages_from = kwargs.pop("stages_from", None)
-    for seed in seeds if stages_from is not None else ():
-        check_stages_from(stages_from / f"seed-{seed}", out / f"seed-{seed}")
+    for seed in seeds:  # every seed's source before any seed runs
+        check_stages_from(seed_stages(stages_from, seed), out / f"seed-{seed}")
     runs = {}
     if jobs == 1:
         for seed in seeds:
@@ -803,7 +808,7 @@ def run_seeds(*, out: Path, seeds: Sequence[int], **kwargs) -> dict:
             runs[seed] = run_demo(
                 out=out / f"seed-{seed}",
                 overrides=[*overrides, f"seed={seed}", f"train.seed={seed}"],
-                stages_from=None if stages_from is None else stages_from / f"seed-{seed}",
+                stages_from=seed_stages(stages_from, seed),
                 **kwargs,
             )
     else:
@@ -880,7 +885,7 @@ def _run_seeds_pooled(
             refine_on=refine_on,
             tag=f" (seed {seed})",
             split=split,
-            stages_from=None if stages_from is None else stages_from / f"seed-{seed}",
+            stages_from=seed_stages(stages_from, seed),
         )
         for seed in seeds
     }

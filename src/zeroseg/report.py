@@ -198,6 +198,16 @@ def _machine() -> dict:
     }
 
 
+def _stages_from_sentence(summary: dict) -> str:
+    """The reports' word on ``zeroseg demo --stages-from`` (empty without it)."""
+    if not summary.get("stages_from"):
+        return ""
+    return (
+        f" Finished stages copied from `{summary['stages_from']}` (`--stages-from`), not"
+        " trained; each row's notes name them."
+    )
+
+
 def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
     """Writes ``report.json`` (the data) and ``report.md`` (tables) under ``out``.
 
@@ -225,13 +235,7 @@ def write_report(out: Path, summary: dict) -> tuple[Path, Path]:
         " highest hIoU); AUSUC: area under mIoU(S) against mIoU(U) over gamma, calibration-free"
         " (docs/methods.md, 'Calibration').",
         "'train (s)': training wall time in this run; 'reused': every stage was loaded from an"
-        " earlier run in the same output directory"
-        + (
-            f" or copied from `{summary['stages_from']}` (`--stages-from`; the row's notes name"
-            " the stages)."
-            if summary.get("stages_from")
-            else "."
-        ),
+        " earlier run in the same output directory." + _stages_from_sentence(summary),
         f"Machine: {summary['cpu']['model']} ({', '.join(summary['cpu']['bf16_isa']) or 'no bf16 ISA'}"
         f"), {summary['machine']}, torch {summary['torch']}, {summary.get('threads', '?')} threads,"
         f" amp auto = {summary.get('amp_auto', '?')}: training figures repeat on one CPU type at"
@@ -345,12 +349,7 @@ def write_seed_summary(out: Path, summary: dict) -> tuple[Path, Path]:
         "",
         f"Seeds {', '.join(map(str, seeds))} (each seed's report: `seed-<s>/report.md`). "
         f"Percent on `{summary['eval_split']}`, every choice made on `{summary['tuned_on']}`; "
-        "mean ± sample standard deviation over the seeds."
-        + (
-            f" Finished stages copied from `{summary['stages_from']}` (`--stages-from`)."
-            if summary.get("stages_from")
-            else ""
-        ),
+        "mean ± sample standard deviation over the seeds." + _stages_from_sentence(summary),
         f"Gap to the baseline (in brackets): marked **bold** only where it exceeds the spread "
         f"({summary['gap_rule']}); 'within spread' otherwise.",
         "",

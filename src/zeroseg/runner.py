@@ -349,8 +349,6 @@ def train(
         return _train(cfg, directory, device, progress=progress, data=data)
     if reuse_from is not None:
         reuse_from = Path(reuse_from)
-        if reuse_from.resolve() == directory.resolve():
-            raise ValueError(f"{reuse_from}: the stages to reuse are this run's own directory")
         check_run_dir(
             reuse_from,
             resolved,

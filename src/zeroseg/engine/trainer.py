@@ -315,10 +315,10 @@ def copy_stage(source: Path, directory: Path) -> None:
     checkpoints are copied too (a finished stage keeps none but the final one)."""
     if not stage_done(source):
         raise ValueError(f"{source}: not a finished training stage (no {FINAL})")
-    files = sorted(
-        p for p in source.rglob("*") if p.is_file() and p.name != LOCK and not p.is_symlink()
+    files = sorted(  # the final weights last
+        (p for p in source.rglob("*") if p.is_file() and p.name != LOCK and not p.is_symlink()),
+        key=lambda p: (p == source / FINAL, p),
     )
-    files.sort(key=lambda p: p == source / FINAL)  # the final weights last
     for f in files:
         _atomic_write(directory / f.relative_to(source), lambda tmp, f=f: shutil.copyfile(f, tmp))
 

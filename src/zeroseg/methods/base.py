@@ -134,20 +134,18 @@ class RunContext:
     def stage_dir(self, stage: str) -> Path:
         return self.directory / stage
 
-    def adopt_stage(self, where: Path) -> bool:
+    def adopt_stage(self, where: Path) -> None:
         """Copies the stage ``where`` (this run's own or a shared one) from :attr:`reuse_from`'s
-        output when it is finished there and not here; returns whether it did. Shared stages
-        are found by their key (:meth:`shared_stage_dir`), so they are the same stage in both."""
+        output when it is finished there and not here. Shared stages are found by their key
+        (:meth:`shared_stage_dir`), so they are the same stage in both."""
         from zeroseg.engine.trainer import copy_stage, stage_done
 
         if self.reuse_from is None or stage_done(where):
-            return False
+            return
         source = self.reuse_from.parent / where.relative_to(self.directory.parent)
-        if not stage_done(source):
-            return False
-        copy_stage(source, where)
-        self.adopted.append(source)
-        return True
+        if stage_done(source):
+            copy_stage(source, where)
+            self.adopted.append(source)
 
     def adopt_own_stages(self) -> None:
         """:meth:`adopt_stage` for every stage finished in :attr:`reuse_from` itself (this row's
