@@ -279,9 +279,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_world(args) -> int:
+    from zeroseg.config import ConfigError
     from zeroseg.data.shapeworld import load_spec
     from zeroseg.data.shapeworld.render import render
 
+    if args.draw is not None:
+        args.spec = draw_world_file(args)
+    elif args.out is not None:
+        raise ConfigError("--out names the file --draw writes; give --draw SEED with it")
     spec = load_spec(args.spec)
     split = spec.class_split()
     print(
@@ -309,6 +314,30 @@ def cmd_world(args) -> int:
         Image.fromarray(np.concatenate(rows, 0)).save(args.preview)
         print(f"preview: {args.preview}")
     return 0
+
+
+def draw_world_file(args) -> str:
+    """``zeroseg world --draw SEED --out FILE``: writes the drawn spec, never over a file."""
+    from zeroseg.config import ConfigError
+    from zeroseg.foundation.web import draw_world, world_yaml
+    from zeroseg.report import write_text_atomic
+
+    if args.spec is not None:
+        raise ConfigError(f"give a spec ({args.spec}) or --draw SEED, not both")
+    if args.out is None:
+        raise ConfigError("--draw needs --out FILE, the spec file to write")
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"{out} exists; --draw writes a new spec file: give another --out")
+    data = draw_world(args.draw)
+    header = (
+        f"Drawn by `zeroseg world --draw {args.draw} --out {out.name}`: colours, shapes, textures\n"
+        "and the unseen classes at random within the shipped foundation's range (the same seed\n"
+        "gives the same world). Nothing in zeroseg was chosen on a drawn world."
+    )
+    write_text_atomic(out, world_yaml(data, header=header))
+    print(f"wrote {out}")
+    return str(out)
 
 
 def cmd_pretrain(args) -> int:
@@ -771,7 +800,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     w = command(sub, "world", cmd_world, help="validate a ShapeWorld spec and preview it")
-    w.add_argument("spec", nargs="?")
+    w.add_argument(
+        "spec", nargs="?", help="a spec file or a shipped world's name (default: default)"
+    )
+    w.add_argument(
+        "--draw",
+        type=int,
+        metavar="SEED",
+        help="draw a new world at random within the shipped foundation's range (a check on a "
+        "world nobody chose anything on) and write it to --out",
+    )
+    w.add_argument("--out", help="the spec file --draw writes (never over an existing file)")
     w.add_argument("--preview", help="write a 4x4 grid of training images to this PNG")
     w.add_argument(
         "--protocols",

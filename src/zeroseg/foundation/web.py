@@ -9,12 +9,15 @@ spec's ``caption`` split is read (its own seed, so no image is shared with a ben
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 
 import yaml
 
+from zeroseg._yaml import safe_load
 from zeroseg.config import ConfigError
-from zeroseg.data.shapeworld.spec import SHAPES, TEXTURES, WorldSpec, parse_spec
+from zeroseg.data.shapeworld.spec import SHAPES, TEXTURES, WorldSpec, parse_spec, spec_warnings
 
 WEB_SPEC = Path(__file__).with_name("web.yaml")
 
@@ -27,6 +30,12 @@ TEXTURE_WORDS = {
     "noise": "noisy",
     "waves": "wavy",
 }
+
+
+def web_colors(path: str | Path | None = None) -> dict[str, list[int]]:
+    """The web world's colour words and their RGB values, in the file's order."""
+    path = Path(path) if path is not None else WEB_SPEC
+    return dict(yaml.safe_load(path.read_text())["colors"])
 
 
 def web_spec(path: str | Path | None = None, *, caption_images: int | None = None) -> WorldSpec:
@@ -88,3 +97,130 @@ def world_path(name: str) -> Path:
             f"world {name!r} is neither a shipped world (default, second) nor a spec file"
         )
     return Path(name)
+
+
+# --- worlds drawn at random within the foundation's range ------------------------------------------
+
+
+def draw_world(seed: int, *, web: str | Path | None = None) -> dict:
+    """A ShapeWorld spec (as a dict) drawn from ``seed``, within the web world's range.
+
+    For checking that a result carries over to a world nobody chose anything on: 4-6 colour
+    words x 4-6 shapes as things, 2-4 other colour words x 2-3 textures as grounds, 1-4 or 2-5
+    objects an image, the shipped worlds' split sizes. About a fifth of the things (at least two)
+    and one ground (two when there are more than six) are unseen, each a new combination of a
+    colour and a shape (or texture) that seen classes show: no colour or shape loses more than
+    its share of seen classes, so every unseen name is made of words the seen classes teach.
+    The same seed gives the same spec; the spec validates with no warning.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"a world's draw seed must be an integer >= 0, got {seed!r}")
+    rng = random.Random(seed)
+    colors = web_colors(web)
+    words = list(colors)
+    if len(words) < 10:  # up to six for the things, up to four others for the grounds
+        raise ConfigError(
+            f"{web or WEB_SPEC}: drawing a world needs at least 10 colour words, got {len(words)}"
+        )
+    thing_colors = rng.sample(words, rng.randint(4, 6))
+    shapes = rng.sample(SHAPES, rng.randint(4, 6))
+    ground_colors = rng.sample([w for w in words if w not in thing_colors], rng.randint(2, 4))
+    textures = rng.sample(TEXTURES, rng.randint(2, 3))
+    n_things = len(thing_colors) * len(shapes)
+    n_stuff = len(ground_colors) * len(textures)
+    unseen_things = _unseen_cells(rng, thing_colors, shapes, max(2, round(0.2 * n_things)))
+    unseen_stuff = _unseen_cells(rng, ground_colors, textures, 1 if n_stuff <= 6 else 2)
+
+    def thing(c: str, s: str) -> str:
+        return f"{c} {s}"
+
+    def ground(c: str, t: str) -> str:
+        return f"{TEXTURE_WORDS[t]} {c} ground"
+
+    data = {
+        "name": f"drawn-{seed}",
+        "seed": seed,
+        "image_size": 64,
+        "train_images": 4000,
+        "val_images": 500,
+        "test_images": 500,
+        "caption_images": 1000,
+        "objects_per_image": rng.choice([[1, 4], [2, 5]]),
+        "things": [
+            {"name": thing(c, s), "color": list(colors[c]), "shape": s}
+            for c in thing_colors
+            for s in shapes
+        ],
+        "stuff": [
+            {"name": ground(c, t), "color": list(colors[c]), "texture": t}
+            for c in ground_colors
+            for t in textures
+        ],
+        "unseen": [thing(c, s) for c, s in unseen_things] + [ground(c, t) for c, t in unseen_stuff],
+    }
+    spec = parse_spec(data, source=f"drawn world {seed}")
+    problems = spec_warnings(spec)
+    if problems:  # the palette (a --web file) has colours too close to tell apart
+        raise ConfigError(f"drawn world {seed}: {problems[0]}")
+    return data
+
+
+def _unseen_cells(rng: random.Random, rows: list[str], cols: list[str], n: int) -> list[tuple]:
+    """``n`` cells of the rows x cols grid, at most its share of them in any row or column.
+
+    Each row keeps at least two seen cells when it has four or more (one otherwise), and each
+    column likewise: a shuffled greedy pass, retried (a pass that paints itself into a corner
+    is redrawn, from the same generator, so the result still depends on the seed alone).
+    """
+    cap_row, cap_col = math.ceil(n / len(rows)), math.ceil(n / len(cols))
+    keep_row = 2 if len(cols) >= 4 else 1
+    keep_col = 2 if len(rows) >= 4 else 1
+    cells = [(r, c) for r in rows for c in cols]
+    for _ in range(1000):
+        rng.shuffle(cells)
+        picked: list[tuple] = []
+        for r, c in cells:
+            in_row = sum(p[0] == r for p in picked)
+            in_col = sum(p[1] == c for p in picked)
+            if (
+                in_row < cap_row
+                and in_col < cap_col
+                and len(cols) - in_row - 1 >= keep_row
+                and len(rows) - in_col - 1 >= keep_col
+            ):
+                picked.append((r, c))
+                if len(picked) == n:
+                    order = {cell: i for i, cell in enumerate((r, c) for r in rows for c in cols)}
+                    return sorted(picked, key=order.__getitem__)
+    raise ConfigError(f"cannot leave {n} of {len(rows)}x{len(cols)} classes unseen")
+
+
+def world_yaml(data: dict, *, header: str) -> str:
+    """A drawn spec as YAML in the shipped worlds' layout (one class a line), ``header`` as a
+    comment on top; reading it back gives ``data``."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for key in (
+        "name",
+        "seed",
+        "image_size",
+        "train_images",
+        "val_images",
+        "test_images",
+        "caption_images",
+    ):
+        lines.append(f"{key}: {data[key]}")
+    lo, hi = data["objects_per_image"]
+    lines.append(f"objects_per_image: [{lo}, {hi}]")
+    for key, form in (("things", "shape"), ("stuff", "texture")):
+        lines.append(f"{key}:")
+        for cls in data[key]:
+            r, g, b = cls["color"]
+            lines.append(
+                f"  - {{name: {cls['name']}, color: [{r}, {g}, {b}], {form}: {cls[form]}}}"
+            )
+    lines.append("unseen:")
+    lines += [f"  - {name}" for name in data["unseen"]]
+    text = "\n".join(lines) + "\n"
+    if safe_load(text) != data:  # names are colour, shape and texture words: plain YAML scalars
+        raise ConfigError(f"world {data['name']!r} does not read back from YAML as written")
+    return text
