@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-ablations benchmark benchmark-third benchmark-full dev-check test lint format bench clean venv .venv serve
+.PHONY: demo demo-ablations benchmark benchmark-third benchmark-drawn benchmark-full dev-check test lint format bench clean venv .venv serve
 
 # Stamps: what is installed in .venv (make demo needs only the first).
 CORE := $(VENV)/.installed-core
@@ -75,6 +75,16 @@ benchmark: $(CORE)
 benchmark-third: $(CORE)
 	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/third $(REFINE) \
 		--world $(WORLDS)/third.yaml
+
+# The same 3 seeds on a world nobody chose anything on, drawn at random within the foundation's
+# range (zeroseg world --draw; the same SEED, the same world): make benchmark-drawn SEED=N writes
+# runs/worlds/drawn-N.yaml (left as it is when it already holds that draw) and the report in
+# runs/benchmark/drawn-N. SEED 53 is the shipped worlds/drawn-53.yaml (26:31 in session 53).
+SEED ?= 53
+benchmark-drawn: $(CORE)
+	$(BIN)/zeroseg world --draw $(SEED) --out runs/worlds/drawn-$(SEED).yaml
+	$(BIN)/zeroseg demo --quick --jobs 2 --seeds 0 1 2 --out runs/benchmark/drawn-$(SEED) $(REFINE) \
+		--world runs/worlds/drawn-$(SEED).yaml
 
 # The presets' full schedule (no --quick: gamma on all 500 val images, all 500 test images scored),
 # 3 seeds, on the three test worlds: the pixel rows, the mask family, and ZegCLIP with its two

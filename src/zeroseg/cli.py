@@ -327,15 +327,22 @@ def draw_world_file(args) -> str:
     if args.out is None:
         raise ConfigError("--draw needs --out FILE, the spec file to write")
     out = Path(args.out)
-    if out.exists():
-        raise ConfigError(f"{out} exists; --draw writes a new spec file: give another --out")
     data = draw_world(args.draw)
     header = (
         f"Drawn by `zeroseg world --draw {args.draw} --out {out.name}`: colours, shapes, textures\n"
         "and the unseen classes at random within the shipped foundation's range (the same seed\n"
         "gives the same world). Nothing in zeroseg was chosen on a drawn world."
     )
-    write_text_atomic(out, world_yaml(data, header=header))
+    text = world_yaml(data, header=header)
+    if out.exists():
+        if not out.is_file() or out.read_text() != text:
+            raise ConfigError(
+                f"{out} exists and is not this draw; --draw never writes over a file: give "
+                "another --out"
+            )
+        print(f"{out}: already this draw, left as it is")
+        return str(out)
+    write_text_atomic(out, text)
     print(f"wrote {out}")
     return str(out)
 

@@ -96,9 +96,16 @@ def test_the_command_writes_a_new_file_and_never_over_one(tmp_path, capsys):
     assert safe_load(out.read_text()) == draw_world(5)
     assert "zeroseg world --draw 5" in out.read_text().splitlines()[0]
     before = out.read_bytes()
+    assert main(["world", "--draw", "5", "--out", str(out)]) == 0  # the same draw: a no-op
+    assert "already this draw" in capsys.readouterr().out
     assert main(["world", "--draw", "6", "--out", str(out)]) == 2
-    assert "exists" in capsys.readouterr().err
+    assert "exists and is not this draw" in capsys.readouterr().err
     assert out.read_bytes() == before
+    out.write_text(out.read_text().replace("seed: 5", "seed: 50"))  # a hand-edited draw
+    edited = out.read_bytes()
+    assert main(["world", "--draw", "5", "--out", str(out)]) == 2
+    assert "exists and is not this draw" in capsys.readouterr().err
+    assert out.read_bytes() == edited
     assert main(["world", "--draw", "6"]) == 2
     assert "--draw needs --out" in capsys.readouterr().err
     assert main(["world", str(DEFAULT_SPEC), "--draw", "6", "--out", str(tmp_path / "x")]) == 2
