@@ -79,7 +79,8 @@ benchmark-third: $(CORE)
 # The same 3 seeds on a world nobody chose anything on, drawn at random within the foundation's
 # range (zeroseg world --draw; the same SEED, the same world): make benchmark-drawn SEED=N writes
 # runs/worlds/drawn-N.yaml (left as it is when it already holds that draw) and the report in
-# runs/benchmark/drawn-N. SEED 53 is the shipped worlds/drawn-53.yaml (26:31 in session 53).
+# runs/benchmark/drawn-N. Seeds 53, 54 and 55 draw the shipped worlds/drawn-5N.yaml (26:31, 22:59
+# and 23:07 in session 53, one at a time; docs/results.md, "Three worlds drawn at random").
 SEED ?= 53
 benchmark-drawn: $(CORE)
 	$(BIN)/zeroseg world --draw $(SEED) --out runs/worlds/drawn-$(SEED).yaml

@@ -115,7 +115,10 @@ def test_the_command_writes_a_new_file_and_never_over_one(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.yaml").exists()
 
 
-def test_the_shipped_drawn_world_is_what_its_command_draws():
-    shipped = DEFAULT_SPEC.parent / "worlds" / "drawn-53.yaml"
-    assert "`zeroseg world --draw 53 --out drawn-53.yaml`" in shipped.read_text()
-    assert safe_load(shipped.read_text()) == draw_world(53)
+def test_the_shipped_drawn_worlds_are_what_their_command_draws():
+    shipped = sorted((DEFAULT_SPEC.parent / "worlds").glob("drawn-*.yaml"))
+    assert [p.stem for p in shipped] == ["drawn-53", "drawn-54", "drawn-55"]
+    for path in shipped:
+        seed = int(path.stem.removeprefix("drawn-"))
+        assert f"`zeroseg world --draw {seed} --out {path.name}`" in path.read_text()
+        assert safe_load(path.read_text()) == draw_world(seed), path.name
