@@ -807,9 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     w = command(sub, "world", cmd_world, help="validate a ShapeWorld spec and preview it")
-    w.add_argument(
-        "spec", nargs="?", help="a spec file or a shipped world's name (default: default)"
-    )
+    w.add_argument("spec", nargs="?", help="a spec file (default: the default world's)")
     w.add_argument(
         "--draw",
         type=int,
@@ -817,7 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw a new world at random within the shipped foundation's range (a check on a "
         "world nobody chose anything on) and write it to --out",
     )
-    w.add_argument("--out", help="the spec file --draw writes (never over an existing file)")
+    w.add_argument(
+        "--out", help="the spec file --draw writes (never over a file that holds another spec)"
+    )
     w.add_argument("--preview", help="write a 4x4 grid of training images to this PNG")
     w.add_argument(
         "--protocols",
