@@ -282,12 +282,13 @@ def cmd_world(args) -> int:
     from zeroseg.config import ConfigError
     from zeroseg.data.shapeworld import load_spec
     from zeroseg.data.shapeworld.render import render
+    from zeroseg.foundation.web import world_path
 
     if args.draw is not None:
         args.spec = draw_world_file(args)
     elif args.out is not None:
         raise ConfigError("--out names the file --draw writes; give --draw SEED with it")
-    spec = load_spec(args.spec)
+    spec = load_spec(world_path(args.spec) if args.spec is not None else None)
     split = spec.class_split()
     print(
         f"{spec.name}: {spec.num_classes} classes ({len(spec.things)} things, {len(spec.stuff)} stuff)"
@@ -807,7 +808,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     w = command(sub, "world", cmd_world, help="validate a ShapeWorld spec and preview it")
-    w.add_argument("spec", nargs="?", help="a spec file (default: the default world's)")
+    w.add_argument(
+        "spec", nargs="?", help="a spec file or a shipped world's name (default: default)"
+    )
     w.add_argument(
         "--draw",
         type=int,

@@ -122,3 +122,11 @@ def test_the_shipped_drawn_worlds_are_what_their_command_draws():
         seed = int(path.stem.removeprefix("drawn-"))
         assert f"`zeroseg world --draw {seed} --out {path.name}`" in path.read_text()
         assert safe_load(path.read_text()) == draw_world(seed), path.name
+
+
+def test_the_command_takes_a_shipped_worlds_name(capsys):
+    assert main(["world", "drawn-53"]) == 0
+    assert capsys.readouterr().out.startswith("drawn-53: 36 classes")
+    assert main(["world", "no-such-world"]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-world' is neither a shipped world (default, dev, drawn-53" in err

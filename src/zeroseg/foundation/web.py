@@ -93,8 +93,9 @@ def world_path(name: str) -> Path:
     if shipped.is_file() and not Path(name).is_file():
         return shipped
     if not Path(name).is_file():
+        names = ["default", *sorted(p.stem for p in shipped.parent.glob("*.yaml"))]
         raise FileNotFoundError(
-            f"world {name!r} is neither a shipped world (default, second) nor a spec file"
+            f"world {name!r} is neither a shipped world ({', '.join(names)}) nor a spec file"
         )
     return Path(name)
 
