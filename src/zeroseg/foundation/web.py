@@ -38,19 +38,27 @@ def web_colors(path: str | Path | None = None) -> dict[str, list[int]]:
     return dict(yaml.safe_load(path.read_text())["colors"])
 
 
+def thing_class(color: str, rgb, shape: str) -> dict:
+    """A thing class of a spec, named as every shipped world names them ("pink ring")."""
+    return {"name": f"{color} {shape}", "color": list(rgb), "shape": shape}
+
+
+def ground_class(color: str, rgb, texture: str) -> dict:
+    """A stuff class of a spec, named as every shipped world names them ("dotted teal ground")."""
+    return {
+        "name": f"{TEXTURE_WORDS[texture]} {color} ground",
+        "color": list(rgb),
+        "texture": texture,
+    }
+
+
 def web_spec(path: str | Path | None = None, *, caption_images: int | None = None) -> WorldSpec:
     """The expanded web world (``caption_images`` overrides the file's count, for tests)."""
     path = Path(path) if path is not None else WEB_SPEC
     raw = yaml.safe_load(path.read_text())
     colors = raw["colors"]
-    things = [
-        {"name": f"{c} {s}", "color": rgb, "shape": s} for c, rgb in colors.items() for s in SHAPES
-    ]
-    stuff = [
-        {"name": f"{TEXTURE_WORDS[t]} {c} ground", "color": rgb, "texture": t}
-        for c, rgb in colors.items()
-        for t in TEXTURES
-    ]
+    things = [thing_class(c, rgb, s) for c, rgb in colors.items() for s in SHAPES]
+    stuff = [ground_class(c, rgb, t) for c, rgb in colors.items() for t in TEXTURES]
     data = {k: raw[k] for k in ("name", "seed", "image_size", "objects_per_image", "variation")}
     data.update(
         caption_images=caption_images or raw["caption_images"],
@@ -127,17 +135,10 @@ def draw_world(seed: int, *, web: str | Path | None = None) -> dict:
     shapes = rng.sample(SHAPES, rng.randint(4, 6))
     ground_colors = rng.sample([w for w in words if w not in thing_colors], rng.randint(2, 4))
     textures = rng.sample(TEXTURES, rng.randint(2, 3))
-    n_things = len(thing_colors) * len(shapes)
-    n_stuff = len(ground_colors) * len(textures)
-    unseen_things = _unseen_cells(rng, thing_colors, shapes, max(2, round(0.2 * n_things)))
-    unseen_stuff = _unseen_cells(rng, ground_colors, textures, 1 if n_stuff <= 6 else 2)
-
-    def thing(c: str, s: str) -> str:
-        return f"{c} {s}"
-
-    def ground(c: str, t: str) -> str:
-        return f"{TEXTURE_WORDS[t]} {c} ground"
-
+    things = {(c, s): thing_class(c, colors[c], s) for c in thing_colors for s in shapes}
+    stuff = {(c, t): ground_class(c, colors[c], t) for c in ground_colors for t in textures}
+    unseen_things = _unseen_cells(rng, thing_colors, shapes, max(2, round(0.2 * len(things))))
+    unseen_stuff = _unseen_cells(rng, ground_colors, textures, 1 if len(stuff) <= 6 else 2)
     data = {
         "name": f"drawn-{seed}",
         "seed": seed,
@@ -147,17 +148,10 @@ def draw_world(seed: int, *, web: str | Path | None = None) -> dict:
         "test_images": 500,
         "caption_images": 1000,
         "objects_per_image": rng.choice([[1, 4], [2, 5]]),
-        "things": [
-            {"name": thing(c, s), "color": list(colors[c]), "shape": s}
-            for c in thing_colors
-            for s in shapes
-        ],
-        "stuff": [
-            {"name": ground(c, t), "color": list(colors[c]), "texture": t}
-            for c in ground_colors
-            for t in textures
-        ],
-        "unseen": [thing(c, s) for c, s in unseen_things] + [ground(c, t) for c, t in unseen_stuff],
+        "things": list(things.values()),
+        "stuff": list(stuff.values()),
+        "unseen": [things[cell]["name"] for cell in unseen_things]
+        + [stuff[cell]["name"] for cell in unseen_stuff],
     }
     spec = parse_spec(data, source=f"drawn world {seed}")
     problems = spec_warnings(spec)
@@ -184,9 +178,8 @@ def _unseen_cells(rng: random.Random, rows: list[str], cols: list[str], n: int) 
             in_col = sum(p[1] == c for p in picked)
             if in_row < cap_row and in_col < cap_col:
                 picked.append((r, c))
-                if len(picked) == n:
-                    order = {cell: i for i, cell in enumerate((r, c) for r in rows for c in cols)}
-                    return sorted(picked, key=order.__getitem__)
+                if len(picked) == n:  # in the grid's order
+                    return sorted(picked, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1])))
     raise ConfigError(f"cannot leave {n} of {len(rows)}x{len(cols)} classes unseen")
 
 
