@@ -15,7 +15,7 @@ from torch import Tensor
 import zeroseg.engine.trainer as trainer_mod
 from zeroseg import runner
 from zeroseg.config import load_config
-from zeroseg.data.labels import select_top_percent
+from zeroseg.data.labels import downsample_labels, select_top_percent
 from zeroseg.data.protocol import ProtocolError, SeenOnly
 from zeroseg.data.shapeworld import load_spec
 from zeroseg.generators.mmd import class_conditional_mmd
@@ -634,3 +634,35 @@ def test_the_feature_bank_is_the_draw_from_every_seen_feature(runs):
     finally:
         method.feature_gen.bank.copy_(saved[0])
         method.feature_gen.bank_count.copy_(saved[1])
+
+
+def test_the_fake_quality_script_reads_val_only_and_gathers_each_class_features(
+    runs, benchmark_script, test_split_forbidden, capsys
+):
+    """benchmarks/zs3_fake_quality.py (docs/methods.md, ZS3Net on the drawn worlds): its real
+    features of a class are every ``val`` feature whose label, downsampled as the bank's, is that
+    class; its fakes are stage 3's own draw (so the figures describe what stage 3 trained on);
+    it never loads ``test``."""
+    script = benchmark_script("zs3_fake_quality")
+    method: ZS3Net = runs["zs3net"][0].method
+    data = runs["data"]
+    k = data.split.num_classes
+    real = script.real_features(method, data.val, k, per_class=10**9)
+    with torch.no_grad():
+        images = torch.stack([data.val[i]["image"] for i in range(len(data.val))])
+        labels = torch.stack([data.val[i]["label"] for i in range(len(data.val))])
+        feats = method.features(images).float()
+    small = downsample_labels(labels, tuple(feats.shape[-2:])).reshape(-1)
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    for c in range(k):
+        assert torch.allclose(real[c], flat[small == c], atol=1e-5), data.split.names[c]
+    fake = script.fakes(method, k, 16, seed=4)
+    batch = method._fake_only_batch(torch.arange(k), method.train_embeddings, 16, _seeded(4, 0))
+    assert all(torch.equal(fake[c], batch["features"][16 * c : 16 * (c + 1)]) for c in range(k))
+    with test_split_forbidden():
+        figures = script.report(str(runs["out"] / "zs3net"), 64, show_classes=True)
+    assert set(figures) == {
+        f"{kind}_{n}" for kind in ("seen", "unseen") for n in ("mmd", "fake_own", "own0", "own1")
+    }
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in data.split.names)
