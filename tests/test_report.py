@@ -325,3 +325,23 @@ def test_gaps_carry_the_seed_by_seed_differences_and_whether_each_has_the_means_
     assert gap["hiou"]["by_seed"] == {"0": 9.0, "1": 11.0, "2": 10.0}
     assert gap["ausuc"]["by_seed"] == {"0": 1.0, "1": 1.0, "2": -1.0}
     assert gap["ausuc"]["same_sign"] is False
+
+
+def test_the_seed_report_says_how_much_the_oracle_leaves_the_baselines(tmp_path):
+    by_seed = {
+        s: {**rows, "oracle": _row(60, 40 + s, 48 + s, 20, 0.0)} for s, rows in BY_SEED.items()
+    }
+    rows = seed_rows(by_seed, seed_spread(by_seed))
+    summary = {"title": "t", "seeds": [0, 1, 2], "eval_split": "test", "tuned_on": "val"}
+    md, _ = write_seed_summary(tmp_path, {**summary, "gap_rule": GAP_RULE, "methods": rows})
+    line = next(x for x in md.read_text().splitlines() if x.startswith("Headroom"))
+    # oracle hIoU 48 / 49 / 50: 49.0 ± 1.0; projection's mean 10.0 is 0.20 of it; zs3net has a
+    # baseline, so it is not listed
+    assert line == (
+        "Headroom: the oracle (every training label, the unseen classes' too) reaches 49.0 ± 1.0"
+        " hIoU; the rows with no baseline in this run reach, as a share of it, projection 0.20"
+        " (means over seeds)."
+    )
+    no_oracle = seed_rows(BY_SEED, seed_spread(BY_SEED))
+    md, _ = write_seed_summary(tmp_path, {**summary, "gap_rule": GAP_RULE, "methods": no_oracle})
+    assert "Headroom" not in md.read_text()

@@ -334,6 +334,31 @@ def write_seed_report(out: Path, summary: dict) -> tuple[Path, Path]:
     return out / "seeds.md", out / "seeds.json"
 
 
+def headroom_sentence(rows: dict) -> str:
+    """How much a world leaves the zero-shot methods: the oracle's mean hIoU (trained on every
+    label, the unseen classes' too) and, as a share of it, that of each row compared with no other
+    in this run (the baselines, when their methods ran); "" when the run has no oracle row. On an
+    easy world the baselines sit near the oracle, and the gaps issue 19 asks of the methods are
+    small against the seed spread."""
+    oracle = rows.get("oracle", {})
+    if "hiou" not in oracle or oracle["hiou"] <= 0:
+        return ""
+    bases = [
+        f"{name} {row['hiou'] / oracle['hiou']:.2f}"
+        for name, row in rows.items()
+        if name != "oracle" and "baseline" not in row and "hiou" in row
+    ]
+    text = (
+        f"Headroom: the oracle (every training label, the unseen classes' too) reaches "
+        f"{oracle['hiou']:.1f} ± {oracle.get('hiou_std', float('nan')):.1f} hIoU"
+    )
+    if bases:
+        text += "; the rows with no baseline in this run reach, as a share of it, " + ", ".join(
+            bases
+        )
+    return text + " (means over seeds)."
+
+
 def write_seed_summary(out: Path, summary: dict) -> tuple[Path, Path]:
     """``report.json`` and ``report.md`` of a seed run (``zeroseg demo --seeds``).
 
@@ -352,6 +377,7 @@ def write_seed_summary(out: Path, summary: dict) -> tuple[Path, Path]:
         "mean ± sample standard deviation over the seeds." + _stages_from_sentence(summary),
         f"Gap to the baseline (in brackets): marked **bold** only where it exceeds the spread "
         f"({summary['gap_rule']}); 'within spread' otherwise.",
+        *filter(None, [headroom_sentence(summary["methods"])]),
         "",
         "| method | protocol | baseline | mIoU(S) | mIoU(U) | hIoU | AUSUC | gamma by seed |",
         "|---|---|---|---:|---:|---:|---:|---|",
