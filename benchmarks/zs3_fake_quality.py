@@ -13,10 +13,12 @@ draws as many fakes per class as stage 3 draws them (the GMMN in train mode), an
 - ``real->own start / retrained``: the share of the class's real ``val`` features put in their
   own class before and after stage 3 (argmax over every class, no calibration).
 
-A summary line gives the seen and unseen classes' means. Reading: if the unseen fakes are far
-from the real unseen features (their ``mmd`` well above the seen classes'), stage 3 moves the
-unseen class vectors towards the wrong place and ``real->own`` falls for unseen classes.
-Labels of ``val`` are read (it is a diagnosis, as ``unseen_confusion.py``); nothing trains.
+A summary line gives the seen and unseen classes' means. Reading (docs/methods.md, ZS3Net, "Why
+ZS3Net gains less on the drawn worlds"): stage 3 can only teach what the unseen fakes disagree
+with the starting classifier about; where it already puts nearly all of them in their own class
+(a high unseen ``fake->own``), the unseen classes gain little (``real->own`` start -> retrained)
+while the real seen features keep lifting the seen ones. Labels of ``val`` are read (it is a
+diagnosis, as ``unseen_confusion.py``); nothing trains.
 
 Usage: python benchmarks/zs3_fake_quality.py RUN [RUN ...] [--per-class N] [--classes]
 """
