@@ -350,7 +350,7 @@ def headroom_sentence(rows: dict) -> str:
     ]
     text = (
         f"Headroom: the oracle (every training label, the unseen classes' too) reaches "
-        f"{oracle['hiou']:.1f} ± {oracle.get('hiou_std', float('nan')):.1f} hIoU"
+        f"{oracle['hiou']:.1f} ± {oracle['hiou_std']:.1f} hIoU"
     )
     if bases:
         text += "; the rows with no baseline in this run reach, as a share of it, " + ", ".join(
