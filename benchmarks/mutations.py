@@ -267,6 +267,17 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "world-left-out-of-stage-keys",
+        "a stage's key names the world by neither path nor content (another world's stage reused)",
+        "src/zeroseg/methods/base.py",
+        'key = {"data": data, "world": world, "seed": self.cfg.seed}',
+        'key = {"data": data, "world": None, "seed": self.cfg.seed}',
+        (
+            "tests/engine/test_rundir.py::"
+            "test_the_same_world_named_another_way_is_the_same_run_and_the_same_stages",
+        ),
+    ),
+    Mutation(
         "dropout-inverted-mask",
         "the CPU dropout keeps the elements it should drop",
         "src/zeroseg/models/dropout.py",

@@ -165,14 +165,32 @@ def waits_for(name: str) -> tuple[str, ...]:
     return baselines_of(name)
 
 
-def fingerprint(cfg, world_key: str) -> str:
+def fingerprint(cfg, world_key: str, *, by_path: bool = False) -> str:
     """The run directory's hash: the config (without the row's metadata), the world and the
-    method's code revision (:attr:`zeroseg.methods.base.Method.revision`, when not 0)."""
+    method's code revision (:attr:`zeroseg.methods.base.Method.revision`, when not 0).
+
+    The world enters by its content (``world_key``), not by the path ``data.world`` names it by,
+    so the same world named another way is the same run. ``by_path``: the hash before session
+    55, with the path as typed (for the default world, None: the same hash), whose run
+    directories are still found (:func:`run_dir_of`)."""
     run = {k: v for k, v in to_dict(cfg).items() if k != "demo"}  # the row's metadata: no effect
+    if not by_path:
+        run["data"] = {**run["data"], "world": None}  # world_key says which world
     run = without_neutral(run)  # an option at its neutral default keeps earlier fingerprints
     key = {"cfg": run, "world": world_key, **revision_key(runner.method_class(cfg).revision)}
     blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def run_dir_of(name: str, cfg, world_key: str, root: Path) -> Path:
+    """Row ``name``'s run directory in the demo output ``root``, relative to it:
+    ``runs/<name>-<fingerprint>``, or the one named by the fingerprint before session 55
+    (:func:`fingerprint` ``by_path``) where only that one exists there."""
+    named = [
+        Path("runs") / f"{name}-{fingerprint(cfg, world_key, by_path=by_path)}"
+        for by_path in (False, True)
+    ]
+    return next((d for d in named if (root / d).is_dir()), named[0])
 
 
 def demo_config(method: str, *, world: str | None, quick: bool, overrides: Sequence[str] = ()):
@@ -616,8 +634,13 @@ def _plan_demo(
     check_stages_from(stages_from, out)
     out.mkdir(parents=True, exist_ok=True)
     configs = {n: demo_config(n, world=world, quick=quick, overrides=overrides) for n in methods}
-    run_dirs = {
-        n: Path("runs") / f"{n}-{fingerprint(configs[n], spec.content_key())}" for n in methods
+    key = spec.content_key()
+    run_dirs = {n: run_dir_of(n, configs[n], key, out) for n in methods}
+    reuse = {
+        n: None
+        if stages_from is None
+        else stages_from / run_dir_of(n, configs[n], key, stages_from)
+        for n in methods
     }
     rows_args = [
         (
@@ -628,7 +651,7 @@ def _plan_demo(
             tuple(refine if refine_on is None or name in refine_on else ()),
             tag,
             split,
-            None if stages_from is None else stages_from / run_dirs[name],
+            reuse[name],
         )
         for name in methods
     ]

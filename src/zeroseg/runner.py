@@ -306,6 +306,25 @@ def _legacy_config(directory: Path) -> dict | None:
         return None
 
 
+def world_by_content(resolved: dict) -> dict:
+    """``resolved`` with a ShapeWorld run's ``data.world`` (the spec's path as typed, or None for
+    the default world) replaced by the spec's content key, so that a run directory resumes when
+    the same world is named another way (relative or absolute, a copy). A spec that no longer
+    reads stays named by its path."""
+    from zeroseg.data.shapeworld import SpecError, load_spec
+
+    data = resolved.get("data")
+    if not isinstance(data, dict) or data.get("dataset") != "shapeworld":
+        return resolved
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said when the run loaded it
+            key = load_spec(data.get("world")).content_key()
+    except SpecError:
+        return resolved
+    return {**resolved, "data": {**data, "world": f"the world of content key {key}"}}
+
+
 @dataclass
 class TrainResult:
     method: Method
@@ -353,6 +372,7 @@ def train(
             reuse_from,
             resolved,
             legacy_config=lambda: _legacy_config(reuse_from),
+            canonical=world_by_content,
             advice="its stages are not this run's: give --stages-from a demo output of the same "
             "settings",
         )
@@ -360,7 +380,12 @@ def train(
         if overwrite:
             clear_run_dir(directory)
         else:
-            check_run_dir(directory, resolved, legacy_config=lambda: _legacy_config(directory))
+            check_run_dir(
+                directory,
+                resolved,
+                legacy_config=lambda: _legacy_config(directory),
+                canonical=world_by_content,
+            )
         write_record(directory, resolved)
         dist.barrier()
         return _train(cfg, directory, device, progress=progress, data=data, reuse_from=reuse_from)

@@ -197,3 +197,66 @@ def test_train_with_split_val_evaluates_val_and_never_reads_test(
     assert json.loads(capsys.readouterr().out)["hiou"] == written["hiou"]
     with pytest.raises(AssertionError, match="the test split was read"):
         main([*args, *sets])  # the default, test, reads it: the stand-in does catch a reader
+
+
+def _shared(run_parent):
+    return sorted(p.name for p in (run_parent / "_shared").iterdir())
+
+
+def test_the_same_world_named_another_way_is_the_same_run_and_the_same_stages(
+    tiny_world, tmp_path, monkeypatch
+):
+    from zeroseg.data.shapeworld import load_spec
+
+    copy = tmp_path / "elsewhere" / "copy.yaml"
+    copy.parent.mkdir()
+    copy.write_text(tiny_world.read_text())
+    monkeypatch.chdir(tiny_world.parent)
+    spellings = [tiny_world, "tiny.yaml", f"./../{tiny_world.parent.name}/tiny.yaml", copy]
+    key = load_spec(tiny_world).content_key()
+    assert len({fingerprint(_cfg(w), key) for w in spellings}) == 1
+    assert len({fingerprint(_cfg(w), key, by_path=True) for w in spellings}) == len(spellings)
+
+    runs = tmp_path / "runs"
+    assert runner.train(_cfg(tiny_world), runs / "a", progress=False).trained_stages == [
+        "segmenter"
+    ]
+    for spelling in spellings[1:]:  # the run directory resumes; another run finds the stage
+        assert runner.train(_cfg(spelling), runs / "a", progress=False).trained_stages == []
+        assert runner.train(_cfg(spelling), runs / "b", progress=False).trained_stages == []
+    assert len(_shared(runs)) == 1
+
+    # another world (one line changed) is another run: refused, naming data.world
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_world.read_text().replace("seed: 1", "seed: 2"))
+    with pytest.raises(RunDirError, match=r"data\.world: .*content key"):
+        runner.train(_cfg(other), runs / "a", progress=False)
+    assert runner.train(_cfg(other), runs / "c", progress=False).trained_stages == ["segmenter"]
+    assert len(_shared(runs)) == 2
+
+
+def test_stages_and_demo_runs_keyed_by_the_worlds_path_before_are_still_found(
+    tiny_world, tmp_path, monkeypatch
+):
+    from zeroseg.data.shapeworld import load_spec
+    from zeroseg.demo import run_dir_of
+    from zeroseg.methods.base import RunContext
+
+    data_key = RunContext.data_key
+    runs = tmp_path / "runs"
+    with monkeypatch.context() as m:  # the key of the code before: the world's path as typed
+        m.setattr(RunContext, "data_key", lambda self, by_path=False: data_key(self, by_path=True))
+        runner.train(_cfg(tiny_world), runs / "old", progress=False)
+    (old_stage,) = _shared(runs)
+    again = runner.train(_cfg(tiny_world), runs / "new", progress=False)
+    assert again.trained_stages == [] and _shared(runs) == [old_stage]  # found, not retrained
+
+    cfg, key = _cfg(tiny_world), load_spec(tiny_world).content_key()
+    out = tmp_path / "demo"
+    today = run_dir_of("projection", cfg, key, out)
+    assert today.name == f"projection-{fingerprint(cfg, key)}"
+    before = out / "runs" / f"projection-{fingerprint(cfg, key, by_path=True)}"
+    before.mkdir(parents=True)
+    assert out / run_dir_of("projection", cfg, key, out) == before  # only the old one: reused
+    (out / today).mkdir()
+    assert run_dir_of("projection", cfg, key, out) == today  # both: today's

@@ -140,6 +140,7 @@ def check_run_dir(
     *,
     legacy_config: Callable[[], dict | None] | None = None,
     advice: str = OVERWRITE_ADVICE,
+    canonical: Callable[[dict], dict] = lambda cfg: cfg,
 ) -> None:
     """Raises :class:`RunDirError` unless ``directory`` is new, empty, or started with this config.
 
@@ -148,24 +149,25 @@ def check_run_dir(
         legacy_config: for a directory written before ``run.json`` existed, returns the config
             recorded in its ``model.safetensors`` (adopted when it matches), or None.
         advice: what the error tells the user to do (default: for a run about to write there).
+        canonical: applied to both configs before they are compared (the runner names the
+            ShapeWorld world by its content, so another path to the same world resumes).
     """
     record = directory / RECORD
     if record.is_file():
         try:
-            old = json.loads(record.read_text())
-            old_hash, old_cfg = old["config_hash"], old["config"]
+            old_cfg = json.loads(record.read_text())["config"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise RunDirError(f"{record} is unreadable ({type(e).__name__}); {advice}") from None
     elif _has_contents(directory):
-        legacy = legacy_config() if legacy_config is not None else None
-        if legacy is None:
+        old_cfg = legacy_config() if legacy_config is not None else None
+        if old_cfg is None:
             raise RunDirError(
                 f"{directory} holds files but no {RECORD} saying which config made them; {advice}"
             )
-        old_cfg, old_hash = legacy, config_hash(legacy)
     else:
         return
-    if old_hash != config_hash(resolved):
+    old_cfg, resolved = canonical(old_cfg), canonical(resolved)
+    if config_hash(old_cfg) != config_hash(resolved):
         diff = config_diff(old_cfg, resolved)
         shown = "; ".join(diff[:8]) + (f"; ... ({len(diff)} keys in all)" if len(diff) > 8 else "")
         raise RunDirError(

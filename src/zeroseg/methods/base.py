@@ -168,10 +168,43 @@ class RunContext:
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return self.directory.parent / "_shared" / f"{stage}-{digest}"
 
-    def data_key(self) -> dict:
-        """What decides the training data: dataset config, protocol, world content."""
+    def stage_where(self, name: str, key: dict | None) -> Path:
+        """The directory of stage ``name``: this run's own (``key`` None) or the shared one of
+        :meth:`stage_key` ``(**key)``, adopted from :attr:`reuse_from` when finished there.
+
+        A shared stage started under the key of code before session 55 (the world by its path as
+        typed, :meth:`data_key`) is used when none exists under today's key: so the stages
+        trained so far keep being reused (they are found only by the spelling they were trained
+        with; new ones by the world's content)."""
+        from zeroseg.engine.trainer import stage_done
+
+        if key is None:
+            where = self.stage_dir(name)
+            self.adopt_stage(where)
+            return where
+        keyed = [
+            self.shared_stage_dir(name, self._stage_key(key, by_path=by_path))
+            for by_path in (False, True)
+        ]
+        for candidate in keyed:
+            self.adopt_stage(candidate)
+            if stage_done(candidate):
+                return candidate
+        return next((c for c in keyed if c.is_dir()), keyed[0])  # an interrupted one resumes
+
+    def data_key(self, *, by_path: bool = False) -> dict:
+        """What decides the training data: dataset config, protocol, world content.
+
+        A ShapeWorld world enters by its content (``world``), not by the path ``data.world``
+        names it by, so the same world named another way (relative or absolute, a copy
+        elsewhere, the default world's own file for None) is the same stage. ``by_path``: the key
+        as it was before session 55, with the path as typed (for the default world, None: the
+        same key), whose stages are still found (:meth:`stage_where`)."""
         world = self.world.content_key() if self.world is not None else None
-        key = {"data": dataclasses.asdict(self.cfg.data), "world": world, "seed": self.cfg.seed}
+        data = dataclasses.asdict(self.cfg.data)
+        if world is not None and not by_path:
+            data["world"] = None  # the content key below says which world
+        key = {"data": data, "world": world, "seed": self.cfg.seed}
         if self.world is None:
             from zeroseg.data.real import VAL_FRACTION, VAL_MAX, VAL_SALT
 
@@ -184,8 +217,11 @@ class RunContext:
         method's :attr:`Method.revision` (when not 0) and ``parts`` (configs as dataclasses or
         plain values; dataclasses are turned into dicts), without the cadence keys (checkpoint
         and log intervals), which change no weight, as in a run's identity."""
+        return self._stage_key(parts, by_path=False)
+
+    def _stage_key(self, parts: dict, *, by_path: bool) -> dict:
         return {
-            "data": self.data_key(),
+            "data": self.data_key(by_path=by_path),
             **revision_key(self.revision),
             **without_neutral({k: without_cadence(_plain(v)) for k, v in sorted(parts.items())}),
         }
@@ -223,13 +259,7 @@ class RunContext:
         """
         from zeroseg.engine.trainer import load_stage, stage_done
 
-        name = directory or stage
-        where = (
-            self.stage_dir(name)
-            if key is None
-            else self.shared_stage_dir(name, self.stage_key(**key))
-        )
-        self.adopt_stage(where)
+        where = self.stage_where(directory or stage, key)
         if stage_done(where):
             recorded = load_stage(model, where).get("notes", [])
             self.notes.extend(n for n in recorded if n not in self.notes)
