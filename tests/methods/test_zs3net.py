@@ -26,6 +26,7 @@ from zeroseg.methods.zs3net import (
     _seeded,
     balanced_class_mmd,
 )
+from zeroseg.models.heads.projection import CosineClassifier
 
 # Small schedules: the whole file must stay well under a minute on a shared CPU.
 TINY = [
@@ -666,3 +667,28 @@ def test_the_fake_quality_script_reads_val_only_and_gathers_each_class_features(
     }
     printed = capsys.readouterr().out
     assert all(name in printed for name in data.split.names)
+
+
+def test_stage_3_notes_the_share_of_unseen_fakes_its_start_already_classifies_right(runs):
+    """The report note of stage 3 (label-free: the names' embeddings and the generator only):
+    the share of the generated unseen features that the classifier stage 3 starts from (the
+    head's text side) puts in their own class, the measured predictor of how much stage 3 adds
+    (docs/methods.md, ZS3Net); zs5net, which reuses the stage, carries the same note."""
+    res = runs["zs3net"][0]
+    method: ZS3Net = res.method
+    unseen = method.unseen_t
+    start = CosineClassifier(method.segmenter.head, method.train_embeddings, train_shared=False)
+    share = 100 * method.fakes_in_own_class(start, unseen)
+    (note,) = [n for n in res.notes if n.startswith("stage 3 starts from")]
+    assert f"puts {float(share.mean()):.1f} % of the generated unseen" in note
+    assert note in runs["zs5net"][0].notes
+
+    # the count itself: a classifier that calls every feature class j
+    k = method.split.num_classes
+    j = int(unseen[0])
+    constant = torch.nn.Conv2d(method.segmenter.feature_dim, k, 1)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.copy_(torch.nn.functional.one_hot(torch.tensor(j), k).float())
+    got = method.fakes_in_own_class(constant, torch.arange(k), n=8)
+    assert got.tolist() == [1.0 if c == j else 0.0 for c in range(k)]

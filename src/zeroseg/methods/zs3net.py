@@ -656,6 +656,8 @@ class ZS3Net(Method):
         c, cfg = self.cfg, self.cfg.classifier_train
         present = torch.nonzero(self.feature_gen.bank_count.cpu() > 0).flatten()
         unseen = self.unseen_t
+        if self.projection_head and len(unseen):
+            ctx.notes.append(self._start_agreement_note(unseen))
         emb_unseen = self.train_embeddings[unseen]
         weight = torch.ones(self.split.num_classes, device=ctx.device)
         weight[unseen.to(ctx.device)] = c.unseen_weight
@@ -758,6 +760,32 @@ class ZS3Net(Method):
             opt.step()
         clf.requires_grad_(False)
         return partial(_classify, clf, torch.arange(kcls, device=device))
+
+    @torch.no_grad()
+    def fakes_in_own_class(
+        self, classifier: nn.Module, classes: Tensor, n: int = 512, seed: int = 0
+    ) -> Tensor:
+        """(len(classes),) the share of ``n`` generated features of each class, drawn as stage 3
+        draws them (:meth:`_fake_only_batch`), that ``classifier`` (a 1x1 classifier over every
+        training class) puts in their own class. Reads no label: only the names' embeddings."""
+        batch = self._fake_only_batch(classes, self.train_embeddings[classes], n, _seeded(seed, 0))
+        feats = batch["features"].float()
+        device = next(classifier.parameters()).device
+        predicted = classifier(feats[:, :, None, None].to(device))[:, :, 0, 0].argmax(1).cpu()
+        own = (predicted == batch["label"]).float()
+        return torch.stack([own[batch["label"] == c].mean() for c in classes.tolist()])
+
+    def _start_agreement_note(self, unseen: Tensor) -> str:
+        """The report note of stage 3's start (the head's text side, the projection baseline's
+        scoring): what share of the generated unseen features it already classifies right."""
+        share = 100 * self.fakes_in_own_class(self.segmenter.classifier, unseen)
+        spread = f" ({share.min():.0f}-{share.max():.0f} % by class)" if len(share) > 1 else ""
+        return (
+            f"stage 3 starts from a classifier that already puts {share.mean():.1f} % of the "
+            f"generated unseen features in their own class{spread}: what stage 3 can teach the "
+            "unseen classes is the rest (docs/methods.md, ZS3Net, 'Why ZS3Net gains less on the "
+            "drawn worlds')"
+        )
 
     def _fake_only_batch(self, classes: Tensor, emb: Tensor, n: int, gen: torch.Generator) -> dict:
         out = self._classifier_batch(classes[:0], classes[:0], classes, emb, 0, n, gen)
