@@ -172,10 +172,10 @@ class RunContext:
         """The directory of stage ``name``: this run's own (``key`` None) or the shared one of
         :meth:`stage_key` ``(**key)``, adopted from :attr:`reuse_from` when finished there.
 
-        A shared stage started under the key of code before session 55 (the world by its path as
-        typed, :meth:`data_key`) is used when none exists under today's key: so the stages
-        trained so far keep being reused (they are found only by the spelling they were trained
-        with; new ones by the world's content)."""
+        A shared stage under the key of the code before session 55 (the world by its path as
+        typed, :meth:`data_key` ``by_path``) is used when it is finished and today's is not, or
+        when only it was started (it resumes): so the stages trained before keep being reused,
+        found by the spelling they were trained with (new ones by the world's content)."""
         from zeroseg.engine.trainer import stage_done
 
         if key is None:
