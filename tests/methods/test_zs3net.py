@@ -672,8 +672,9 @@ def test_the_fake_quality_script_reads_val_only_and_gathers_each_class_features(
 def test_stage_3_notes_the_share_of_unseen_fakes_its_start_already_classifies_right(runs):
     """The report note of stage 3 (label-free: the names' embeddings and the generator only):
     the share of the generated unseen features that the classifier stage 3 starts from (the
-    head's text side) puts in their own class, the measured predictor of how much stage 3 adds
-    (docs/methods.md, ZS3Net); zs5net, which reuses the stage, carries the same note."""
+    head's text side) puts in their own class, the figure that went with how much stage 3 added
+    on the worlds measured (docs/methods.md, ZS3Net), computed with the starting classifier, not
+    the retrained one; zs5net, which reuses the stage, carries the same note."""
     res = runs["zs3net"][0]
     method: ZS3Net = res.method
     unseen = method.unseen_t
