@@ -693,3 +693,20 @@ def test_stage_3_notes_the_share_of_unseen_fakes_its_start_already_classifies_ri
         constant.bias.copy_(torch.nn.functional.one_hot(torch.tensor(j), k).float())
     got = method.fakes_in_own_class(constant, torch.arange(k), n=8)
     assert got.tolist() == [1.0 if c == j else 0.0 for c in range(k)]
+
+
+def test_the_stage_3_note_leaves_the_random_state_and_the_generator_as_they_were(runs):
+    """Stage 3's batches are functions of their step's own generator; the note's draw must not
+    move the global random state, the generator's mode or the classifier it scores with, so a
+    run with the note trains the weights a run without it would."""
+    method: ZS3Net = runs["zs3net"][0].method
+    start = CosineClassifier(method.segmenter.head, method.train_embeddings, train_shared=False)
+    weights = {k: v.clone() for k, v in start.state_dict().items()}
+    for mode in (False, True):
+        method.feature_gen.train(mode)
+        state = torch.get_rng_state()
+        method.fakes_in_own_class(start, method.unseen_t)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert method.feature_gen.training is mode
+    method.feature_gen.eval()
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in weights.items())
